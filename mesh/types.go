@@ -1,0 +1,139 @@
+package mesh
+
+import "fmt"
+
+// Protocol is the application protocol a service speaks. It decides whether
+// the proxy treats traffic as HTTP (and can route and authorize requests) or
+// as opaque TCP.
+type Protocol string
+
+const (
+	ProtocolHTTP  Protocol = "http"
+	ProtocolHTTP2 Protocol = "http2"
+	ProtocolGRPC  Protocol = "grpc"
+	ProtocolTCP   Protocol = "tcp"
+)
+
+// IsHTTP reports whether the proxy should run an HTTP connection manager.
+func (p Protocol) IsHTTP() bool { return p == ProtocolHTTP || p == ProtocolHTTP2 || p == ProtocolGRPC }
+
+// UsesHTTP2 reports whether connections to this service must speak HTTP/2.
+func (p Protocol) UsesHTTP2() bool { return p == ProtocolHTTP2 || p == ProtocolGRPC }
+
+func (p Protocol) valid() bool { return p == ProtocolHTTP || p.UsesHTTP2() || p == ProtocolTCP }
+
+// Flavor is the kind of xDS client a proxy is.
+type Flavor string
+
+const (
+	// FlavorEnvoy is an Envoy sidecar: inbound listener on the public port,
+	// outbound listeners on loopback, secrets over SDS.
+	FlavorEnvoy Flavor = "envoy"
+	// FlavorGRPC is a proxyless gRPC application using gRPC's xDS support.
+	FlavorGRPC Flavor = "grpc"
+)
+
+// Health is an endpoint's health as discovery reports it.
+type Health string
+
+const (
+	HealthHealthy   Health = "healthy"
+	HealthUnhealthy Health = "unhealthy"
+	HealthDraining  Health = "draining"
+	HealthUnknown   Health = "unknown"
+)
+
+func (h Health) valid() bool {
+	switch h {
+	case HealthHealthy, HealthUnhealthy, HealthDraining, HealthUnknown:
+		return true
+	}
+	return false
+}
+
+// Locality places an endpoint for locality-aware load balancing.
+type Locality struct {
+	Region  string `yaml:"region,omitempty" json:"region,omitempty"`
+	Zone    string `yaml:"zone,omitempty" json:"zone,omitempty"`
+	SubZone string `yaml:"subZone,omitempty" json:"subZone,omitempty"`
+}
+
+// ServiceKey names a service uniquely within the mesh.
+type ServiceKey struct {
+	Namespace string
+	Name      string
+}
+
+// String renders the key as "name.namespace", the form used in messages and
+// in the catalog's upstream references.
+func (k ServiceKey) String() string { return k.Name + "." + k.Namespace }
+
+// Service is a named, single-port, single-protocol destination (as in Consul:
+// a workload exposing two ports is two services).
+type Service struct {
+	Name      string   `yaml:"name" json:"name"`
+	Namespace string   `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+	Protocol  Protocol `yaml:"protocol,omitempty" json:"protocol,omitempty"`
+	// ServiceAccount is the identity the service's instances run as.
+	// Defaults to the service name.
+	ServiceAccount string     `yaml:"serviceAccount,omitempty" json:"serviceAccount,omitempty"`
+	Endpoints      []Endpoint `yaml:"endpoints,omitempty" json:"endpoints,omitempty"`
+}
+
+// Key returns the service's unique key.
+func (s *Service) Key() ServiceKey { return ServiceKey{Namespace: s.Namespace, Name: s.Name} }
+
+// Endpoint is one reachable instance of a service: the address and port where
+// mesh traffic for it is accepted (a sidecar's public port, or a proxyless
+// gRPC server's listening port).
+type Endpoint struct {
+	Address  string            `yaml:"address" json:"address"`
+	Port     uint32            `yaml:"port" json:"port"`
+	Labels   map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
+	Health   Health            `yaml:"health,omitempty" json:"health,omitempty"`
+	Locality Locality          `yaml:"locality,omitempty" json:"locality,omitempty"`
+	// Weight is the endpoint's load-balancing weight; 0 means 1.
+	Weight uint32 `yaml:"weight,omitempty" json:"weight,omitempty"`
+}
+
+// HostPort renders the endpoint's address for messages.
+func (e *Endpoint) HostPort() string { return fmt.Sprintf("%s:%d", e.Address, e.Port) }
+
+// Upstream is a service a proxy is allowed and configured to call.
+type Upstream struct {
+	Service   string `yaml:"service" json:"service"`
+	Namespace string `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+	// LocalPort is the loopback port an Envoy sidecar listens on for this
+	// upstream. Unused (and rejected) for proxyless gRPC.
+	LocalPort uint32 `yaml:"localPort,omitempty" json:"localPort,omitempty"`
+}
+
+// Key returns the upstream's service key.
+func (u *Upstream) Key() ServiceKey { return ServiceKey{Namespace: u.Namespace, Name: u.Service} }
+
+// Proxy is one xDS client: an Envoy sidecar or a proxyless gRPC application.
+type Proxy struct {
+	// ID is the xDS node id the proxy presents. Defaults to "service.namespace".
+	ID        string `yaml:"id,omitempty" json:"id,omitempty"`
+	Flavor    Flavor `yaml:"flavor,omitempty" json:"flavor,omitempty"`
+	Service   string `yaml:"service" json:"service"`
+	Namespace string `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+	// Address is the IP the proxy's public listener binds. Envoy defaults to
+	// 0.0.0.0; a gRPC server needs its concrete listening IP because gRPC
+	// names its server listener by it.
+	Address string `yaml:"address,omitempty" json:"address,omitempty"`
+	// PublicPort accepts mesh (mTLS) traffic. 0 means a client-only proxy.
+	PublicPort uint32 `yaml:"publicPort,omitempty" json:"publicPort,omitempty"`
+	// AppPort is where an Envoy sidecar finds the application on 127.0.0.1.
+	AppPort   uint32     `yaml:"appPort,omitempty" json:"appPort,omitempty"`
+	Upstreams []Upstream `yaml:"upstreams,omitempty" json:"upstreams,omitempty"`
+}
+
+// ServiceKey returns the key of the service the proxy fronts.
+func (p *Proxy) ServiceKey() ServiceKey { return ServiceKey{Namespace: p.Namespace, Name: p.Service} }
+
+// Inbound reports whether the proxy accepts mesh traffic.
+func (p *Proxy) Inbound() bool { return p.PublicPort != 0 }
+
+// DefaultNamespace is used wherever a namespace is omitted.
+const DefaultNamespace = "default"

@@ -1,0 +1,105 @@
+package xds
+
+import (
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// buildLocalAppCluster is the static cluster from a sidecar to its own
+// application on loopback. Its name depends only on the service, so every
+// sidecar of the service shares the inbound route that points at it.
+func buildLocalAppCluster(s *mesh.Service, p *mesh.Proxy) (*Resource, error) {
+	name := LocalAppClusterName(s.Key())
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		AltStatName:          name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       localConnectTimeout,
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: socketAddress(LocalAppAddress, p.AppPort),
+				}},
+			}}}},
+		},
+	}
+	if err := setHTTP2(c, s.Protocol); err != nil {
+		return nil, err
+	}
+	return newResource(name, c)
+}
+
+// buildEnvoyOutboundCluster is a sidecar's EDS cluster for an upstream,
+// originating mTLS with the sidecar's own identity. It depends on the caller's
+// identity (its certificate's secret name), so it is shared by every sidecar
+// of the same identity calling the same service.
+func buildEnvoyOutboundCluster(up *mesh.Service, self mesh.Identity, trustDomain string) (*Resource, error) {
+	name := OutboundClusterName(up.Key())
+	peer := mesh.IdentityOf(trustDomain, up).SPIFFEID()
+	alpn := []string{alpnHTTP11}
+	if up.Protocol.UsesHTTP2() {
+		alpn = []string{alpnH2}
+	} else if up.Protocol == mesh.ProtocolTCP {
+		alpn = nil
+	}
+	ts, err := tlsTransportSocket(envoyUpstreamTLS(IdentitySecretName(self), SNI(up.Key(), trustDomain), peer, alpn))
+	if err != nil {
+		return nil, err
+	}
+	c := edsCluster(name)
+	c.TransportSocket = ts
+	if err := setHTTP2(c, up.Protocol); err != nil {
+		return nil, err
+	}
+	refs := append(secretRefs(IdentitySecretName(self)), Ref{TypeURL: resourcev3.EndpointType, Name: name})
+	return newResource(name, c, refs...)
+}
+
+// buildGRPCCluster is a proxyless gRPC client's cluster for an upstream. It
+// names no identity of the caller (gRPC takes certificates from its
+// bootstrap's provider instance), so every gRPC client shares it.
+func buildGRPCCluster(up *mesh.Service, trustDomain string) (*Resource, error) {
+	name := OutboundClusterName(up.Key())
+	ts, err := tlsTransportSocket(grpcUpstreamTLS(mesh.IdentityOf(trustDomain, up).SPIFFEID()))
+	if err != nil {
+		return nil, err
+	}
+	c := edsCluster(name)
+	c.TransportSocket = ts
+	return newResource(name, c, Ref{TypeURL: resourcev3.EndpointType, Name: name})
+}
+
+func edsCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
+		ConnectTimeout:       connectTimeout,
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+	}
+}
+
+// setHTTP2 makes a cluster speak HTTP/2 to its hosts when the protocol needs
+// it (gRPC and h2 apps); otherwise Envoy's default HTTP/1.1 is right.
+func setHTTP2(c *clusterv3.Cluster, p mesh.Protocol) error {
+	if !p.UsesHTTP2() {
+		return nil
+	}
+	opts, err := anyOf(&httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+		}},
+	})
+	if err != nil {
+		return err
+	}
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsK: opts}
+	return nil
+}

@@ -1,0 +1,111 @@
+package xds
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// Every name meshd gives an Envoy or gRPC resource, secret, stat prefix or
+// bootstrap entry is decided here and nowhere else, so that translation,
+// bootstraps, tests and docs cannot drift apart.
+
+const (
+	// XDSClusterName is the static cluster in every Envoy bootstrap that
+	// points at meshd.
+	XDSClusterName = "meshd_xds"
+
+	// TrustBundleSecretName is the SDS secret holding the mesh's trusted roots.
+	// It is fixed (as in SPIRE) so that a root rotation only changes its
+	// contents, never the references to it.
+	TrustBundleSecretName = "ROOTCA"
+
+	// CertProviderInstance is the certificate provider instance name in a
+	// proxyless gRPC bootstrap; gRPC's TLS contexts refer to it for both the
+	// identity certificate and the trusted roots.
+	CertProviderInstance = "meshd"
+
+	// GRPCServerListenerTemplate is the bootstrap's
+	// server_listener_resource_name_template; gRPC substitutes "IP:PORT".
+	GRPCServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
+	// LocalAppAddress is where a sidecar finds its application.
+	LocalAppAddress = "127.0.0.1"
+	// OutboundBindAddress is where a sidecar's outbound listeners bind.
+	OutboundBindAddress = "127.0.0.1"
+
+	// Node metadata keys meshctl writes into bootstraps.
+	NodeMetaNamespace = "MESHD_NAMESPACE"
+	NodeMetaService   = "MESHD_SERVICE"
+	NodeMetaFlavor    = "MESHD_FLAVOR"
+)
+
+// IdentitySecretName names the SDS secret carrying an identity's certificate
+// and key: its SPIFFE ID, so the name says whose it is.
+func IdentitySecretName(id mesh.Identity) string { return id.SPIFFEID() }
+
+// InboundListenerName names a sidecar's public (mTLS-terminating) listener.
+func InboundListenerName(p *mesh.Proxy) string {
+	return "inbound|" + strconv.FormatUint(uint64(p.PublicPort), 10)
+}
+
+// LocalAppClusterName names the static cluster from a sidecar to its own app.
+// It is the same for every sidecar of a service (only the port inside
+// differs), so the inbound route that points at it can be shared.
+func LocalAppClusterName(k mesh.ServiceKey) string { return "local_app|" + k.String() }
+
+// InboundRouteName names the route configuration of a sidecar's inbound
+// listener. It depends only on the service, so every sidecar of a service
+// shares it.
+func InboundRouteName(k mesh.ServiceKey) string { return "inbound|" + k.String() }
+
+// OutboundListenerName names a sidecar's loopback listener for one upstream.
+func OutboundListenerName(u *mesh.Upstream) string {
+	return "outbound|" + strconv.FormatUint(uint64(u.LocalPort), 10) + "|" + u.Key().String()
+}
+
+// OutboundClusterName names the EDS cluster of a service (also its EDS
+// resource name). Envoy and gRPC proxies share it.
+func OutboundClusterName(k mesh.ServiceKey) string { return "outbound|" + k.String() }
+
+// OutboundRouteName names the route configuration for calls to a service.
+func OutboundRouteName(k mesh.ServiceKey) string { return "outbound|" + k.String() }
+
+// GRPCTarget is the host part of the xds:/// target a proxyless gRPC client
+// dials for a service, and the name of its api_listener.
+func GRPCTarget(k mesh.ServiceKey) string { return k.String() }
+
+// GRPCServerListenerName is the listener a proxyless gRPC server at ip:port
+// subscribes to.
+func GRPCServerListenerName(ip string, port uint32) string {
+	return fmt.Sprintf(GRPCServerListenerTemplate, net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10)))
+}
+
+// SNI is the server name a client sends to a service's endpoints. It is
+// informative (the SPIFFE URI SAN is what is verified) and lets operators see
+// the destination in TLS logs.
+func SNI(k mesh.ServiceKey, trustDomain string) string {
+	return k.Name + "." + k.Namespace + ".svc." + trustDomain
+}
+
+// DNSNames are the DNS SANs a service's leaf certificate carries.
+func DNSNames(k mesh.ServiceKey, trustDomain string) []string {
+	return []string{k.Name, k.Name + "." + k.Namespace, SNI(k, trustDomain)}
+}
+
+// Stat prefixes. The inbound one names the transport so that, once
+// PERMISSIVE mode adds a plaintext chain, dashboards tell mTLS from plaintext.
+func InboundStatPrefix(k mesh.ServiceKey, mtls bool) string {
+	if mtls {
+		return "inbound_mtls." + k.String()
+	}
+	return "inbound_plaintext." + k.String()
+}
+
+// OutboundStatPrefix is the stat prefix of an outbound listener's filter.
+func OutboundStatPrefix(k mesh.ServiceKey) string { return "outbound_mtls." + k.String() }
+
+// DefaultNodeID is the node id a proxy presents when the catalog gives none.
+func DefaultNodeID(k mesh.ServiceKey) string { return k.String() }

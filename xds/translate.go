@@ -1,0 +1,320 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// Options are the mesh-wide settings translation depends on.
+type Options struct {
+	TrustDomain string
+}
+
+// ProxyResources is everything one proxy is served, by type, each list sorted
+// by name. Secrets are not included: they come from the CA at publish time
+// (see SecretNames).
+type ProxyResources struct {
+	Listeners []*Resource
+	Clusters  []*Resource
+	Routes    []*Resource
+	Endpoints []*Resource
+	// Identity is the identity the proxy runs as; an Envoy proxy is served its
+	// certificate under IdentitySecretName(Identity) plus the trust bundle.
+	Identity mesh.Identity
+	// SDS reports whether the proxy consumes secrets over SDS (Envoy does;
+	// proxyless gRPC reads files through certificate providers).
+	SDS bool
+}
+
+// SecretNames lists the SDS secrets the proxy must be served.
+func (r *ProxyResources) SecretNames() []string {
+	if !r.SDS {
+		return nil
+	}
+	return []string{IdentitySecretName(r.Identity), TrustBundleSecretName}
+}
+
+// Translate renders one proxy's resources from a catalog. It is a pure
+// function: no I/O, no clock, and the same input gives byte-identical output.
+func Translate(cat *mesh.Catalog, proxyID string, opts Options) (*ProxyResources, error) {
+	return NewTranslator(opts).Generation(cat).Proxy(proxyID)
+}
+
+// Translator renders many proxies across many catalog generations, building
+// each shared resource (a service's endpoints, clusters, routes) once and
+// handing the same immutable *Resource to every proxy that needs it. Results
+// are identical to calling Translate per proxy.
+type Translator struct {
+	opts Options
+	mu   sync.Mutex
+	// prev holds the resources of the last generation; cur those built or
+	// reused in this one. Keys name every input a resource depends on, so a
+	// hit is always correct, and a resource unused for a whole generation is
+	// dropped for the garbage collector.
+	prev, cur map[string]*Resource
+}
+
+// NewTranslator returns a translator for the given mesh options.
+func NewTranslator(opts Options) *Translator {
+	return &Translator{opts: opts, prev: map[string]*Resource{}, cur: map[string]*Resource{}}
+}
+
+// Generation is one catalog being rendered. Proxy may be called concurrently.
+type Generation struct {
+	t   *Translator
+	cat *mesh.Catalog
+	// fullFP fingerprints a service with its endpoints; shapeFP without them
+	// (what clusters, routes and listeners depend on).
+	fullFP, shapeFP map[mesh.ServiceKey]string
+}
+
+// Generation starts rendering a new catalog. Call Close when every proxy of
+// interest has been rendered.
+func (t *Translator) Generation(cat *mesh.Catalog) *Generation {
+	g := &Generation{t: t, cat: cat,
+		fullFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
+		shapeFP: make(map[mesh.ServiceKey]string, len(cat.Services())),
+	}
+	for _, s := range cat.Services() {
+		b, _ := json.Marshal(s) // plain structs and string maps: cannot fail, and map keys are sorted
+		g.fullFP[s.Key()] = hashString(string(b))
+		g.shapeFP[s.Key()] = hashString(strings.Join([]string{s.Name, s.Namespace, string(s.Protocol), s.ServiceAccount}, "\x00"))
+	}
+	return g
+}
+
+// Close ends the generation: resources not used in it are forgotten.
+func (g *Generation) Close() {
+	t := g.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.prev, t.cur = t.cur, make(map[string]*Resource, len(t.cur))
+}
+
+// Fingerprint summarises every input that proxy's resources depend on. If it
+// is unchanged between generations the proxy need not be re-rendered: its
+// own definition, the shape of its own service, and its upstreams in full.
+func (g *Generation) Fingerprint(p *mesh.Proxy) string {
+	b, _ := json.Marshal(p)
+	parts := []string{g.t.opts.TrustDomain, string(b), g.shapeFP[p.ServiceKey()]}
+	for i := range p.Upstreams {
+		parts = append(parts, g.fullFP[p.Upstreams[i].Key()])
+	}
+	return hashString(strings.Join(parts, "\x00"))
+}
+
+// memo returns the resource built for key, building it at most once per
+// generation and reusing the previous generation's when the key matches.
+func (g *Generation) memo(key string, build func() (*Resource, error)) (*Resource, error) {
+	t := g.t
+	t.mu.Lock()
+	if r, ok := t.cur[key]; ok {
+		t.mu.Unlock()
+		return r, nil
+	}
+	if r, ok := t.prev[key]; ok {
+		t.cur[key] = r
+		t.mu.Unlock()
+		return r, nil
+	}
+	t.mu.Unlock()
+	// Built outside the lock: two proxies racing for the same key build
+	// identical resources and one wins, which is cheaper than serialising.
+	r, err := build()
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	if prev, ok := t.cur[key]; ok {
+		r = prev
+	} else {
+		t.cur[key] = r
+	}
+	t.mu.Unlock()
+	return r, nil
+}
+
+// Proxy renders the resources of the proxy with the given node id.
+func (g *Generation) Proxy(id string) (*ProxyResources, error) {
+	p := g.cat.Proxy(id)
+	if p == nil {
+		return nil, fmt.Errorf("proxy %q is not in the catalog: add it under proxies (its id must match the node id in its bootstrap)", id)
+	}
+	self := g.cat.Service(p.ServiceKey())
+	if self == nil {
+		return nil, fmt.Errorf("proxy %q: its service %s is not in the catalog", id, p.ServiceKey())
+	}
+	td := g.t.opts.TrustDomain
+	out := &ProxyResources{Identity: mesh.IdentityOf(td, self), SDS: p.Flavor == mesh.FlavorEnvoy}
+	var err error
+	switch p.Flavor {
+	case mesh.FlavorEnvoy:
+		err = g.envoy(p, self, out)
+	case mesh.FlavorGRPC:
+		err = g.grpc(p, self, out)
+	default:
+		err = fmt.Errorf("unknown flavor %q", p.Flavor)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("proxy %q: %w", id, err)
+	}
+	for _, l := range [][]*Resource{out.Listeners, out.Clusters, out.Routes, out.Endpoints} {
+		slices.SortFunc(l, func(a, b *Resource) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return out, nil
+}
+
+func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResources) error {
+	td := g.t.opts.TrustDomain
+	if p.Inbound() {
+		l, err := buildEnvoyInboundListener(self, p, out.Identity, td)
+		if err != nil {
+			return fmt.Errorf("inbound listener: %w", err)
+		}
+		c, err := buildLocalAppCluster(self, p)
+		if err != nil {
+			return fmt.Errorf("local app cluster: %w", err)
+		}
+		out.Listeners = append(out.Listeners, l)
+		out.Clusters = append(out.Clusters, c)
+		if self.Protocol.IsHTTP() {
+			r, err := g.memo("rds-in|"+g.shapeFP[self.Key()], func() (*Resource, error) { return buildInboundRoute(self) })
+			if err != nil {
+				return fmt.Errorf("inbound route: %w", err)
+			}
+			out.Routes = append(out.Routes, r)
+		}
+	}
+	for i := range p.Upstreams {
+		u := &p.Upstreams[i]
+		up, err := g.upstream(u)
+		if err != nil {
+			return err
+		}
+		shape := g.shapeFP[up.Key()]
+		l, err := g.memo("lds-out|"+strconv.FormatUint(uint64(u.LocalPort), 10)+"|"+shape, func() (*Resource, error) { return buildEnvoyOutboundListener(up, u) })
+		if err != nil {
+			return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
+		}
+		c, err := g.memo("cds-envoy|"+shape+"|"+out.Identity.SPIFFEID(), func() (*Resource, error) { return buildEnvoyOutboundCluster(up, out.Identity, td) })
+		if err != nil {
+			return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
+		}
+		e, err := g.memo("eds|"+g.fullFP[up.Key()], func() (*Resource, error) { return buildEndpoints(up) })
+		if err != nil {
+			return fmt.Errorf("upstream %s: endpoints: %w", up.Key(), err)
+		}
+		out.Listeners = append(out.Listeners, l)
+		out.Clusters = append(out.Clusters, c)
+		out.Endpoints = append(out.Endpoints, e)
+		if up.Protocol.IsHTTP() {
+			r, err := g.memo("rds-out|"+shape, func() (*Resource, error) { return buildOutboundRoute(up) })
+			if err != nil {
+				return fmt.Errorf("upstream %s: route: %w", up.Key(), err)
+			}
+			out.Routes = append(out.Routes, r)
+		}
+	}
+	return nil
+}
+
+func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources) error {
+	td := g.t.opts.TrustDomain
+	if p.Inbound() {
+		l, err := buildGRPCServerListener(self, p)
+		if err != nil {
+			return fmt.Errorf("server listener: %w", err)
+		}
+		out.Listeners = append(out.Listeners, l)
+	}
+	for i := range p.Upstreams {
+		up, err := g.upstream(&p.Upstreams[i])
+		if err != nil {
+			return err
+		}
+		shape := g.shapeFP[up.Key()]
+		l, err := g.memo("lds-grpc|"+shape, func() (*Resource, error) { return buildGRPCClientListener(up) })
+		if err != nil {
+			return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
+		}
+		c, err := g.memo("cds-grpc|"+shape+"|"+td, func() (*Resource, error) { return buildGRPCCluster(up, td) })
+		if err != nil {
+			return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
+		}
+		e, err := g.memo("eds|"+g.fullFP[up.Key()], func() (*Resource, error) { return buildEndpoints(up) })
+		if err != nil {
+			return fmt.Errorf("upstream %s: endpoints: %w", up.Key(), err)
+		}
+		out.Listeners = append(out.Listeners, l)
+		out.Clusters = append(out.Clusters, c)
+		out.Endpoints = append(out.Endpoints, e)
+	}
+	return nil
+}
+
+func (g *Generation) upstream(u *mesh.Upstream) (*mesh.Service, error) {
+	up := g.cat.Service(u.Key())
+	if up == nil {
+		return nil, fmt.Errorf("upstream %s does not exist in the catalog: define the service or remove the upstream", u.Key())
+	}
+	return up, nil
+}
+
+// CheckReferences verifies that every name a resource refers to (RDS, EDS,
+// SDS, route clusters) is present in the set, so a proxy is never served a
+// configuration that would leave Envoy warming forever or failing requests.
+func CheckReferences(sets map[string][]*Resource) error {
+	have := map[Ref]bool{}
+	for typ, list := range sets {
+		for _, r := range list {
+			have[Ref{TypeURL: typ, Name: r.Name}] = true
+		}
+	}
+	var missing []string
+	for typ, list := range sets {
+		for _, r := range list {
+			for _, ref := range r.Refs {
+				if !have[ref] {
+					missing = append(missing, fmt.Sprintf("%s %q refers to missing %s %q", shortType(typ), r.Name, shortType(ref.TypeURL), ref.Name))
+				}
+			}
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return fmt.Errorf("dangling references: %s", strings.Join(missing, "; "))
+	}
+	return nil
+}
+
+// ByType returns the resources keyed by type URL (secrets excluded).
+func (r *ProxyResources) ByType() map[string][]*Resource {
+	return map[string][]*Resource{
+		resourcev3.ListenerType: r.Listeners,
+		resourcev3.ClusterType:  r.Clusters,
+		resourcev3.RouteType:    r.Routes,
+		resourcev3.EndpointType: r.Endpoints,
+	}
+}
+
+func shortType(typeURL string) string {
+	if i := strings.LastIndexByte(typeURL, '.'); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}
+
+func hashString(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:12])
+}
