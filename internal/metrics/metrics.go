@@ -1,0 +1,82 @@
+// Package metrics defines every Prometheus metric meshd exports, in one
+// place, so names and labels stay consistent and documented together
+// (docs/operations.md lists them).
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics is the set of meshd's collectors.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	ConnectedProxies *prometheus.GaugeVec   // flavor
+	Pushes           *prometheus.CounterVec // type
+	PushBytes        *prometheus.CounterVec // type
+	ACKs             *prometheus.CounterVec // type
+	NACKs            *prometheus.CounterVec // type
+
+	SnapshotBuilds        prometheus.Counter
+	SnapshotBuildDuration prometheus.Histogram
+	ProxiesRendered       prometheus.Counter
+	ProxiesSkipped        prometheus.Counter // inputs unchanged: not re-rendered
+	PublishesUnchanged    prometheus.Counter // re-rendered but identical: not pushed
+	SnapshotErrors        prometheus.Counter
+	CatalogRejected       prometheus.Counter
+	CatalogAccepted       prometheus.Counter
+}
+
+// New creates and registers meshd's metrics on a fresh registry (plus the
+// standard Go and process collectors).
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		ConnectedProxies: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meshd_connected_proxies", Help: "xDS streams currently open, by proxy flavor (envoy, grpc, unknown).",
+		}, []string{"flavor"}),
+		Pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_xds_pushes_total", Help: "xDS responses sent, by resource type.",
+		}, []string{"type"}),
+		PushBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_xds_push_resource_bytes_total", Help: "Serialized resource bytes sent in xDS responses, by resource type.",
+		}, []string{"type"}),
+		ACKs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_xds_acks_total", Help: "xDS responses acknowledged by proxies, by resource type.",
+		}, []string{"type"}),
+		NACKs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_xds_nacks_total", Help: "xDS responses rejected by proxies (NACK), by resource type. See /debug/status for the error details.",
+		}, []string{"type"}),
+		SnapshotBuilds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_snapshot_builds_total", Help: "Catalog generations rendered into per-proxy snapshots.",
+		}),
+		SnapshotBuildDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "meshd_snapshot_build_duration_seconds", Help: "Time to render and publish one catalog generation for all affected proxies.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		ProxiesRendered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_proxies_rendered_total", Help: "Per-proxy renders (a proxy whose inputs changed).",
+		}),
+		ProxiesSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_proxies_skipped_total", Help: "Per-proxy renders skipped because none of the proxy's inputs changed.",
+		}),
+		PublishesUnchanged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_publishes_unchanged_total", Help: "Proxies re-rendered whose resources came out identical, so nothing was pushed.",
+		}),
+		SnapshotErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_snapshot_errors_total", Help: "Per-proxy snapshots rejected by validation or reference checks; the last good snapshot keeps serving.",
+		}),
+		CatalogAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_catalog_updates_total", Help: "Catalog updates accepted.",
+		}),
+		CatalogRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_catalog_rejected_total", Help: "Catalog updates rejected (parse or validation errors); the previous catalog keeps serving.",
+		}),
+	}
+	r.MustRegister(m.ConnectedProxies, m.Pushes, m.PushBytes, m.ACKs, m.NACKs, m.SnapshotBuilds,
+		m.SnapshotBuildDuration, m.ProxiesRendered, m.ProxiesSkipped, m.PublishesUnchanged,
+		m.SnapshotErrors, m.CatalogAccepted, m.CatalogRejected,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/snapshot"
+	"github.com/meshd/meshd/xds"
+)
+
+// Admin serves meshd's operator endpoints.
+type Admin struct {
+	Publisher *snapshot.Publisher
+	Tracker   *Tracker
+	Metrics   *metrics.Metrics
+	Logger    *slog.Logger
+	// CatalogStatus, when set, reports the discovery sources' state.
+	CatalogStatus func() any
+}
+
+// Handler returns the admin HTTP mux.
+func (a *Admin) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Publisher.Ready() {
+			http.Error(w, "not ready: no catalog published yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /debug/config_dump", a.configDump)
+	mux.HandleFunc("GET /debug/status", a.status)
+	return mux
+}
+
+func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
+	type proxy struct {
+		snapshot.ProxyStatus
+		XDS *NodeStatus `json:"xds,omitempty"`
+	}
+	var out struct {
+		Ready   bool         `json:"ready"`
+		Catalog any          `json:"catalog,omitempty"`
+		Proxies []proxy      `json:"proxies"`
+		Unknown []NodeStatus `json:"unknownNodes,omitempty"`
+	}
+	out.Ready = a.Publisher.Ready()
+	if a.CatalogStatus != nil {
+		out.Catalog = a.CatalogStatus()
+	}
+	nodes := map[string]NodeStatus{}
+	for _, n := range a.Tracker.Status() {
+		nodes[n.ID] = n
+	}
+	for _, ps := range a.Publisher.Status() {
+		p := proxy{ProxyStatus: ps}
+		if n, ok := nodes[ps.ID]; ok {
+			p.XDS = &n
+			delete(nodes, ps.ID)
+		}
+		out.Proxies = append(out.Proxies, p)
+	}
+	for _, n := range nodes {
+		out.Unknown = append(out.Unknown, n)
+	}
+	sort.Slice(out.Unknown, func(i, j int) bool { return out.Unknown[i].ID < out.Unknown[j].ID })
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
+}
+
+// configDump renders one proxy's current resources in the shape of Envoy's
+// /config_dump, with private keys redacted.
+func (a *Admin) configDump(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("proxy")
+	if id == "" {
+		http.Error(w, "missing ?proxy=<node-id>; /debug/status lists the proxies", http.StatusBadRequest)
+		return
+	}
+	snap := a.Publisher.Snapshot(id)
+	if snap == nil {
+		http.Error(w, fmt.Sprintf("no snapshot for proxy %q; /debug/status lists the proxies", id), http.StatusNotFound)
+		return
+	}
+	dump, err := ConfigDump(snap)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(dump)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+// ConfigDump converts a snapshot into Envoy's config-dump message. Secrets are
+// passed through xds.Redact so a dump never carries key material.
+func ConfigDump(snap *cachev3.Snapshot) (*adminv3.ConfigDump, error) {
+	sorted := func(typ string) ([]string, map[string]proto.Message, string) {
+		res := snap.GetResources(typ)
+		names := make([]string, 0, len(res))
+		msgs := make(map[string]proto.Message, len(res))
+		for n, r := range res {
+			names = append(names, n)
+			msgs[n] = r
+		}
+		sort.Strings(names)
+		return names, msgs, snap.GetVersion(typ)
+	}
+	var errOut error
+	pack := func(m proto.Message) *anypb.Any {
+		a, err := anypb.New(m)
+		if err != nil && errOut == nil {
+			errOut = err
+		}
+		return a
+	}
+	l := &adminv3.ListenersConfigDump{}
+	names, msgs, v := sorted(resourcev3.ListenerType)
+	l.VersionInfo = v
+	for _, n := range names {
+		l.DynamicListeners = append(l.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{
+			Name: n, ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: v, Listener: pack(msgs[n])},
+		})
+	}
+	c := &adminv3.ClustersConfigDump{}
+	names, msgs, v = sorted(resourcev3.ClusterType)
+	c.VersionInfo = v
+	for _, n := range names {
+		c.DynamicActiveClusters = append(c.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{VersionInfo: v, Cluster: pack(msgs[n])})
+	}
+	rt := &adminv3.RoutesConfigDump{}
+	names, msgs, v = sorted(resourcev3.RouteType)
+	for _, n := range names {
+		rt.DynamicRouteConfigs = append(rt.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{VersionInfo: v, RouteConfig: pack(msgs[n])})
+	}
+	e := &adminv3.EndpointsConfigDump{}
+	names, msgs, v = sorted(resourcev3.EndpointType)
+	for _, n := range names {
+		e.DynamicEndpointConfigs = append(e.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{VersionInfo: v, EndpointConfig: pack(msgs[n])})
+	}
+	s := &adminv3.SecretsConfigDump{}
+	names, msgs, v = sorted(resourcev3.SecretType)
+	for _, n := range names {
+		s.DynamicActiveSecrets = append(s.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{Name: n, VersionInfo: v, Secret: pack(xds.Redact(msgs[n]))})
+	}
+	dump := &adminv3.ConfigDump{Configs: []*anypb.Any{pack(l), pack(c), pack(rt), pack(e), pack(s)}}
+	return dump, errOut
+}

@@ -1,0 +1,105 @@
+// Package server wires meshd's xDS gRPC server (go-control-plane), the
+// stream tracker and the admin HTTP endpoints.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+)
+
+// Options configure the xDS server.
+type Options struct {
+	// TLS is required: meshd serves xDS over TLS only (server certificate
+	// from the mesh CA).
+	TLS     *tls.Config
+	Logger  *slog.Logger
+	Tracker *Tracker
+	// Keepalive: how often to ping an idle proxy and how long to wait for
+	// the answer. Dead peers (a VM that vanished) are detected in
+	// KeepaliveTime+KeepaliveTimeout rather than at TCP timeout.
+	KeepaliveTime, KeepaliveTimeout time.Duration
+}
+
+// XDS is the running xDS gRPC server.
+type XDS struct {
+	grpc *grpc.Server
+	log  *slog.Logger
+	// cancel ends go-control-plane's server context.
+	cancel context.CancelFunc
+}
+
+// NewXDS builds the gRPC server serving ADS (state-of-the-world and delta)
+// and the per-type discovery services from cache.
+func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
+	if o.TLS == nil {
+		return nil, errors.New("xDS server needs a TLS configuration")
+	}
+	if o.KeepaliveTime == 0 {
+		o.KeepaliveTime = 30 * time.Second
+	}
+	if o.KeepaliveTimeout == 0 {
+		o.KeepaliveTimeout = 10 * time.Second
+	}
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(o.TLS)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.KeepaliveTime, Timeout: o.KeepaliveTimeout}),
+		// Proxies ping us too (Envoy's and gRPC's keepalives); allow it
+		// rather than closing their connections with ENHANCE_YOUR_CALM.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// Each proxy holds one long-lived stream; there is no reason to
+		// allow a client thousands of concurrent streams.
+		grpc.MaxConcurrentStreams(64),
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	xs := serverv3.NewServer(ctx, cache, o.Tracker)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
+	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)
+	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xs)
+	routeservice.RegisterRouteDiscoveryServiceServer(gs, xs)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(gs, xs)
+	secretservice.RegisterSecretDiscoveryServiceServer(gs, xs)
+	return &XDS{grpc: gs, log: o.Logger, cancel: cancel}, nil
+}
+
+// Serve accepts connections on lis until Stop.
+func (x *XDS) Serve(lis net.Listener) error {
+	if err := x.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("xDS server: %w", err)
+	}
+	return nil
+}
+
+// Stop drains gracefully for up to timeout, then closes every stream. Proxies
+// keep their configuration and reconnect (to this or another replica).
+func (x *XDS) Stop(timeout time.Duration) {
+	// xDS streams never end on their own, so a plain GracefulStop would
+	// always hit the timeout: end go-control-plane's stream handlers first.
+	x.cancel()
+	done := make(chan struct{})
+	go func() {
+		x.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		x.grpc.Stop()
+	}
+}

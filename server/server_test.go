@@ -1,0 +1,231 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"gopkg.in/yaml.v3"
+
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/snapshot"
+	"github.com/meshd/meshd/xds"
+)
+
+type caSecrets struct{ ca *sds.Authority }
+
+func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
+	l, err := s.ca.Leaf(id, dns)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.CertPEM, l.KeyPEM, nil
+}
+func (s caSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
+func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
+
+type fixture struct {
+	addr    string
+	ca      *sds.Authority
+	tracker *Tracker
+	metrics *metrics.Metrics
+	pub     *snapshot.Publisher
+}
+
+// startServer runs the real xDS server (TLS, go-control-plane, tracker,
+// publisher) on loopback with the quickstart catalog.
+func startServer(t *testing.T) *fixture {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: t.TempDir(), TrustDomain: "cluster.local", Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in struct {
+		Services []mesh.Service `yaml:"services"`
+		Proxies  []mesh.Proxy   `yaml:"proxies"`
+	}
+	if err := yaml.Unmarshal(data, &in); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := mesh.NewCatalog(in.Services, in.Proxies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
+	pub.Update(cat)
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	tr := NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
+	tlsConf, err := ca.ServerTLSConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := NewXDS(cache, Options{TLS: tlsConf, Logger: log, Tracker: tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go xs.Serve(lis)
+	t.Cleanup(func() { xs.Stop(2 * time.Second) })
+	return &fixture{addr: lis.Addr().String(), ca: ca, tracker: tr, metrics: m, pub: pub}
+}
+
+func (f *fixture) dial(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(f.ca.RootCertPEM())
+	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// TestNACKIsRecordedAndNotResent drives a raw ADS stream: it NACKs the
+// cluster response and checks the rejected version is recorded and that the
+// server does not resend it (go-control-plane alone would, in a tight loop).
+func TestNACKIsRecordedAndNotResent(t *testing.T) {
+	f := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResources()) == 0 || resp.GetVersionInfo() == "" {
+		t.Fatalf("empty first response: %v", resp)
+	}
+	rejected := resp.GetVersionInfo()
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{
+		Node: node, TypeUrl: resourcev3.ClusterType, ResponseNonce: resp.GetNonce(),
+		ErrorDetail: &statuspb.Status{Code: 3, Message: "test: cluster rejected"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Any response within a second would be a resend of the same version.
+	got := make(chan *discoveryv3.DiscoveryResponse, 1)
+	go func() {
+		if r, err := stream.Recv(); err == nil {
+			got <- r
+		}
+	}()
+	select {
+	case r := <-got:
+		t.Fatalf("server resent after a NACK: version %q (rejected %q)", r.GetVersionInfo(), rejected)
+	case <-time.After(time.Second):
+	}
+	st, ok := f.tracker.Node("web.default")
+	if !ok {
+		t.Fatal("node not tracked")
+	}
+	cl := st.Types["Cluster"]
+	if cl == nil || cl.Nacked != rejected || !strings.Contains(cl.NackError, "test: cluster rejected") || cl.Pushes != 1 {
+		t.Fatalf("cluster status %+v, want NACK of %q recorded after one push", cl, rejected)
+	}
+	if n := testutil.ToFloat64(f.metrics.NACKs.WithLabelValues("Cluster")); n != 1 {
+		t.Fatalf("nack metric %v", n)
+	}
+	if n := testutil.ToFloat64(f.metrics.ConnectedProxies.WithLabelValues("envoy")); n != 1 {
+		t.Fatalf("connected proxies metric %v", n)
+	}
+}
+
+// TestPlaintextRefused checks the xDS port speaks TLS only.
+func TestPlaintextRefused(t *testing.T) {
+	f := startServer(t)
+	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err == nil {
+		err = stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "web.default"}, TypeUrl: resourcev3.ClusterType})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+	}
+	if err == nil {
+		t.Fatal("plaintext xDS client got a response")
+	}
+}
+
+// TestDeltaNACKNotResent does the same over delta xDS.
+func TestDeltaNACKNotResent(t *testing.T) {
+	f := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t)).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
+	if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetResources()) != 4 {
+		t.Fatalf("web should get 4 listeners (1 inbound, 3 outbound), got %d", len(resp.GetResources()))
+	}
+	if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.ListenerType, ResponseNonce: resp.GetNonce(),
+		ErrorDetail: &statuspb.Status{Code: 3, Message: "test: listener rejected"}}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{}, 1)
+	go func() {
+		if _, err := stream.Recv(); err == nil {
+			got <- struct{}{}
+		}
+	}()
+	select {
+	case <-got:
+		t.Fatal("server resent after a delta NACK")
+	case <-time.After(time.Second):
+	}
+	st, _ := f.tracker.Node("web.default")
+	if l := st.Types["Listener"]; l == nil || !strings.Contains(l.NackError, "listener rejected") {
+		t.Fatalf("delta NACK not recorded: %+v", st.Types)
+	}
+}

@@ -1,0 +1,300 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/xds"
+)
+
+// Tracker implements go-control-plane's stream callbacks: it knows which
+// proxies are connected, what each was sent, acknowledged and rejected, and
+// it stops the NACK resend loop.
+//
+// go-control-plane does not handle NACKs: a NACK carries the last *accepted*
+// version, the cache sees it differs from the snapshot and immediately resends
+// the rejected one, thousands of times a second. The tracker records the NACK
+// and rewrites the request's version to the rejected one, so the cache waits
+// for a genuinely new version instead.
+type Tracker struct {
+	log   *slog.Logger
+	m     *metrics.Metrics
+	known func(nodeID string) bool
+
+	mu      sync.Mutex
+	streams map[int64]*streamState
+	nodes   map[string]*nodeState
+}
+
+type streamState struct {
+	node   string
+	flavor string
+	delta  bool
+	// sent maps type URL → nonce → version for responses in flight.
+	sent map[string]map[string]string
+}
+
+type nodeState struct {
+	flavor  string
+	streams int
+	types   map[string]*TypeStatus
+	seen    time.Time
+}
+
+// TypeStatus is the xDS state of one resource type for one proxy.
+type TypeStatus struct {
+	Sent      string    `json:"sent,omitempty"`
+	Acked     string    `json:"acked,omitempty"`
+	Nacked    string    `json:"nacked,omitempty"`
+	NackError string    `json:"nackError,omitempty"`
+	NackAt    time.Time `json:"nackAt,omitzero"`
+	Pushes    int       `json:"pushes"`
+}
+
+// NewTracker returns a tracker; known reports whether a node id is in the
+// current catalog (an unknown node is logged once per stream).
+func NewTracker(log *slog.Logger, m *metrics.Metrics, known func(string) bool) *Tracker {
+	return &Tracker{log: log, m: m, known: known, streams: map[int64]*streamState{}, nodes: map[string]*nodeState{}}
+}
+
+func flavorOf(n *corev3.Node) string {
+	if f := n.GetMetadata().GetFields()[xds.NodeMetaFlavor].GetStringValue(); f == "envoy" || f == "grpc" {
+		return f
+	}
+	ua := strings.ToLower(n.GetUserAgentName())
+	switch {
+	case strings.Contains(ua, "envoy"):
+		return "envoy"
+	case strings.Contains(ua, "grpc"):
+		return "grpc"
+	}
+	return "unknown"
+}
+
+func (t *Tracker) open(id int64, delta bool) {
+	t.mu.Lock()
+	t.streams[id] = &streamState{delta: delta, sent: map[string]map[string]string{}}
+	t.mu.Unlock()
+}
+
+func (t *Tracker) closed(id int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.streams[id]
+	delete(t.streams, id)
+	if s == nil || s.node == "" {
+		return
+	}
+	t.m.ConnectedProxies.WithLabelValues(s.flavor).Dec()
+	if n := t.nodes[s.node]; n != nil {
+		n.streams--
+		n.seen = time.Now()
+	}
+	t.log.Info("proxy disconnected", "node", s.node, "stream", id)
+}
+
+// identify binds a stream to its node on the first request that carries one.
+func (t *Tracker) identify(id int64, node *corev3.Node) *streamState {
+	s := t.streams[id]
+	if s == nil {
+		s = &streamState{sent: map[string]map[string]string{}}
+		t.streams[id] = s
+	}
+	if s.node != "" || node.GetId() == "" {
+		return s
+	}
+	s.node, s.flavor = node.GetId(), flavorOf(node)
+	n := t.nodes[s.node]
+	if n == nil {
+		n = &nodeState{types: map[string]*TypeStatus{}}
+		t.nodes[s.node] = n
+	}
+	n.flavor = s.flavor
+	n.streams++
+	n.seen = time.Now()
+	t.m.ConnectedProxies.WithLabelValues(s.flavor).Inc()
+	if t.known != nil && !t.known(s.node) {
+		t.log.Warn("proxy connected with a node id that is not in the catalog; it gets no configuration until one is added",
+			"node", s.node, "flavor", s.flavor, "stream", id)
+	} else {
+		t.log.Info("proxy connected", "node", s.node, "flavor", s.flavor, "stream", id, "delta", s.delta)
+	}
+	return s
+}
+
+func (t *Tracker) typeStatus(node, typeURL string) *TypeStatus {
+	n := t.nodes[node]
+	if n == nil {
+		return &TypeStatus{} // detached: the stream never identified itself
+	}
+	ts := n.types[typeURL]
+	if ts == nil {
+		ts = &TypeStatus{}
+		n.types[typeURL] = ts
+	}
+	return ts
+}
+
+// request handles one SotW or delta request. It returns the version the
+// NACKed response carried ("" if this is not a NACK or it is unknown).
+func (t *Tracker) request(id int64, node *corev3.Node, typeURL, nonce string, errDetail interface{ GetMessage() string }, isNack bool) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.identify(id, node)
+	if nonce == "" {
+		return "" // initial subscription, not a reply to anything
+	}
+	version, ok := s.sent[typeURL][nonce]
+	if ok {
+		delete(s.sent[typeURL], nonce)
+	}
+	short := shortType(typeURL)
+	ts := t.typeStatus(s.node, typeURL)
+	if isNack {
+		ts.Nacked, ts.NackError, ts.NackAt = version, errDetail.GetMessage(), time.Now()
+		t.m.NACKs.WithLabelValues(short).Inc()
+		t.log.Warn("proxy rejected configuration (NACK); it keeps its previous config and the rejected version will not be resent",
+			"node", s.node, "type", short, "version", version, "error", errDetail.GetMessage())
+		return version
+	}
+	if ok {
+		ts.Acked = version
+		if ts.Nacked == version {
+			ts.Nacked, ts.NackError = "", ""
+		}
+		t.m.ACKs.WithLabelValues(short).Inc()
+	}
+	return ""
+}
+
+func (t *Tracker) response(id int64, typeURL, nonce, version string, resources int, bytes int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.streams[id]
+	if s == nil {
+		return
+	}
+	m := s.sent[typeURL]
+	if m == nil {
+		m = map[string]string{}
+		s.sent[typeURL] = m
+	}
+	m[nonce] = version
+	ts := t.typeStatus(s.node, typeURL)
+	ts.Sent = version
+	ts.Pushes++
+	short := shortType(typeURL)
+	t.m.Pushes.WithLabelValues(short).Inc()
+	t.m.PushBytes.WithLabelValues(short).Add(float64(bytes))
+}
+
+// OnStreamOpen implements sotw.Callbacks.
+func (t *Tracker) OnStreamOpen(_ context.Context, id int64, _ string) error {
+	t.open(id, false)
+	return nil
+}
+
+// OnStreamClosed implements sotw.Callbacks.
+func (t *Tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.closed(id) }
+
+// OnStreamRequest implements sotw.Callbacks. On a NACK it rewrites the
+// request's version to the rejected one (see Tracker).
+func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	if v := t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil); v != "" {
+		req.VersionInfo = v
+	}
+	return nil
+}
+
+// OnStreamResponse implements sotw.Callbacks.
+func (t *Tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	n := 0
+	for _, r := range resp.GetResources() {
+		n += len(r.GetValue())
+	}
+	t.response(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo(), len(resp.GetResources()), n)
+}
+
+// OnDeltaStreamOpen implements delta.Callbacks.
+func (t *Tracker) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
+	t.open(id, true)
+	return nil
+}
+
+// OnDeltaStreamClosed implements delta.Callbacks.
+func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.closed(id) }
+
+// OnStreamDeltaRequest implements delta.Callbacks. Delta needs no rewrite:
+// the server tracks per-resource versions it sent, so it does not resend a
+// NACKed resource until its content changes.
+func (t *Tracker) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
+	return nil
+}
+
+// OnStreamDeltaResponse implements delta.Callbacks.
+func (t *Tracker) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	n := 0
+	for _, r := range resp.GetResources() {
+		n += len(r.GetResource().GetValue())
+	}
+	t.response(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo(), len(resp.GetResources()), n)
+}
+
+// OnFetchRequest implements rest.Callbacks (REST xDS is not served).
+func (t *Tracker) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error { return nil }
+
+// OnFetchResponse implements rest.Callbacks.
+func (t *Tracker) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+
+// NodeStatus is the connection and ACK state of one proxy.
+type NodeStatus struct {
+	ID        string                 `json:"id"`
+	Flavor    string                 `json:"flavor"`
+	Streams   int                    `json:"streams"`
+	Connected bool                   `json:"connected"`
+	LastSeen  time.Time              `json:"lastSeen"`
+	Types     map[string]*TypeStatus `json:"types"`
+}
+
+// Status returns every proxy that has connected since meshd started.
+func (t *Tracker) Status() []NodeStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]NodeStatus, 0, len(t.nodes))
+	for id, n := range t.nodes {
+		ns := NodeStatus{ID: id, Flavor: n.flavor, Streams: n.streams, Connected: n.streams > 0, LastSeen: n.seen, Types: map[string]*TypeStatus{}}
+		for typ, ts := range n.types {
+			c := *ts
+			ns.Types[shortType(typ)] = &c
+		}
+		out = append(out, ns)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Node returns one proxy's status.
+func (t *Tracker) Node(id string) (NodeStatus, bool) {
+	for _, n := range t.Status() {
+		if n.ID == id {
+			return n, true
+		}
+	}
+	return NodeStatus{}, false
+}
+
+func shortType(typeURL string) string {
+	if i := strings.LastIndexByte(typeURL, '.'); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}

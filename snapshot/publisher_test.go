@@ -1,0 +1,359 @@
+package snapshot
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"gopkg.in/yaml.v3"
+
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/xds"
+)
+
+// fakeSecrets stands in for the CA: unit tests here are about publishing
+// logic, not certificates (the CA and end-to-end tests cover those).
+type fakeSecrets struct {
+	mu      sync.Mutex
+	serial  map[string]int
+	failFor string
+}
+
+func (f *fakeSecrets) Identity(id mesh.Identity, _ []string) ([]byte, []byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failFor == id.SPIFFEID() {
+		return nil, nil, fmt.Errorf("CA unavailable for %s", id)
+	}
+	if f.serial == nil {
+		f.serial = map[string]int{}
+	}
+	n := f.serial[id.SPIFFEID()]
+	return []byte(fmt.Sprintf("cert %s #%d", id, n)), []byte("key"), nil
+}
+func (f *fakeSecrets) rotate(id string) { f.mu.Lock(); f.serial[id]++; f.mu.Unlock() }
+func (f *fakeSecrets) Bundle() []byte         { return []byte("roots") }
+func (f *fakeSecrets) NextRenewal() time.Time { return time.Time{} }
+
+func quickstart(t testing.TB) (services []mesh.Service, proxies []mesh.Proxy) {
+	t.Helper()
+	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in struct {
+		Services []mesh.Service `yaml:"services"`
+		Proxies  []mesh.Proxy   `yaml:"proxies"`
+	}
+	if err := yaml.Unmarshal(data, &in); err != nil {
+		t.Fatal(err)
+	}
+	return in.Services, in.Proxies
+}
+
+func mustCatalog(t testing.TB, s []mesh.Service, p []mesh.Proxy) *mesh.Catalog {
+	t.Helper()
+	c, err := mesh.NewCatalog(s, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newTestPublisher(sec Secrets) (*Publisher, cachev3.SnapshotCache) {
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	return New(cache, sec, Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: metrics.New()}), cache
+}
+
+func TestPublishQuickstart(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	pub, cache := newTestPublisher(&fakeSecrets{})
+	pub.Update(mustCatalog(t, svcs, pxs))
+	st, err := pub.Publish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Rendered != len(pxs) || st.Pushed != len(pxs) {
+		t.Fatalf("first publish: %+v, want %d rendered and pushed", st, len(pxs))
+	}
+	for _, p := range pxs {
+		id := p.Service + ".default"
+		snap, err := cache.GetSnapshot(id)
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		s := snap.(*cachev3.Snapshot)
+		if err := s.Consistent(); err != nil {
+			t.Errorf("%s: go-control-plane consistency: %v", id, err)
+		}
+		secrets := s.GetResources(resourcev3.SecretType)
+		if p.Flavor == "grpc" {
+			if len(secrets) != 0 {
+				t.Errorf("%s: proxyless gRPC must get no SDS secrets, got %d", id, len(secrets))
+			}
+			continue
+		}
+		want := "spiffe://cluster.local/ns/default/sa/" + p.Service
+		if _, ok := secrets[want]; !ok || len(secrets) != 2 {
+			t.Errorf("%s: secrets %v, want exactly its own %s and %s", id, keys(secrets), want, xds.TrustBundleSecretName)
+		}
+		if !pub.Ready() {
+			t.Error("publisher not ready after a publish")
+		}
+	}
+	// Publishing the same catalog again renders nothing.
+	pub.Update(mustCatalog(t, svcs, pxs))
+	st, err = pub.Publish()
+	if err != nil || st.Rendered != 0 || st.Pushed != 0 || st.Skipped != len(pxs) {
+		t.Fatalf("republish of identical catalog: %+v %v, want everything skipped", st, err)
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestEndpointChangeRerendersOnlyDependents(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	pub, cache := newTestPublisher(&fakeSecrets{})
+	pub.Update(mustCatalog(t, svcs, pxs))
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := cache.GetSnapshot("web.default")
+	apiBefore, _ := cache.GetSnapshot("api.default")
+
+	// Add an endpoint to api: only web (its one caller) must be re-rendered.
+	for i := range svcs {
+		if svcs[i].Name == "api" {
+			svcs[i].Endpoints = append(svcs[i].Endpoints, mesh.Endpoint{Address: "127.0.0.9", Port: 15102})
+		}
+	}
+	pub.Update(mustCatalog(t, svcs, pxs))
+	st, err := pub.Publish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Rendered != 1 || st.Pushed != 1 || st.Skipped != len(pxs)-1 {
+		t.Fatalf("stats %+v: want exactly web re-rendered and pushed", st)
+	}
+	after, _ := cache.GetSnapshot("web.default")
+	for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.RouteType, resourcev3.SecretType} {
+		if before.GetVersion(typ) != after.GetVersion(typ) {
+			t.Errorf("%s version changed although only endpoints did", typ)
+		}
+	}
+	if before.GetVersion(resourcev3.EndpointType) == after.GetVersion(resourcev3.EndpointType) {
+		t.Error("endpoint version did not change")
+	}
+	apiAfter, _ := cache.GetSnapshot("api.default")
+	if apiBefore != apiAfter {
+		t.Error("api's own snapshot was replaced although its inputs did not change")
+	}
+	if got := testutil.ToFloat64(pub.m.ProxiesSkipped); got != float64(len(pxs)-1) {
+		t.Errorf("skipped metric %v", got)
+	}
+}
+
+func TestChangeWithoutEffectPushesNothing(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	pub, _ := newTestPublisher(&fakeSecrets{})
+	pub.Update(mustCatalog(t, svcs, pxs))
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	// Labels do not reach any xDS resource yet: web is re-rendered (its
+	// upstream's inputs changed) but nothing is pushed.
+	for i := range svcs {
+		if svcs[i].Name == "api" {
+			svcs[i].Endpoints[0].Labels = map[string]string{"version": "v2"}
+		}
+	}
+	pub.Update(mustCatalog(t, svcs, pxs))
+	st, err := pub.Publish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pushed != 0 || st.Unchanged != 1 {
+		t.Fatalf("stats %+v: want one unchanged render and no push", st)
+	}
+}
+
+func TestVersionsAreContentHashes(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	a, ca := newTestPublisher(&fakeSecrets{})
+	b, cb := newTestPublisher(&fakeSecrets{})
+	for _, p := range []*Publisher{a, b} {
+		p.Update(mustCatalog(t, svcs, pxs))
+		if _, err := p.Publish(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"web.default", "hello-client.default"} {
+		sa, _ := ca.GetSnapshot(id)
+		sb, _ := cb.GetSnapshot(id)
+		for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.RouteType, resourcev3.EndpointType, resourcev3.SecretType} {
+			va, vb := sa.GetVersion(typ), sb.GetVersion(typ)
+			if va != vb || va == "" {
+				t.Errorf("%s %s: versions %q and %q differ between two publishers of the same input", id, typ, va, vb)
+			}
+		}
+	}
+}
+
+func TestSecretRotationRepublishesOnlyThatIdentity(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	sec := &fakeSecrets{}
+	pub, cache := newTestPublisher(sec)
+	pub.Update(mustCatalog(t, svcs, pxs))
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := cache.GetSnapshot("api.default")
+	sec.rotate("spiffe://cluster.local/ns/default/sa/api")
+	st, err := pub.Publish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pushed != 1 {
+		t.Fatalf("stats %+v: want only api pushed", st)
+	}
+	after, _ := cache.GetSnapshot("api.default")
+	if before.GetVersion(resourcev3.SecretType) == after.GetVersion(resourcev3.SecretType) {
+		t.Error("secret version unchanged after rotation")
+	}
+	if before.GetVersion(resourcev3.ListenerType) != after.GetVersion(resourcev3.ListenerType) {
+		t.Error("listener version changed on a secret rotation")
+	}
+}
+
+func TestFailureKeepsLastGood(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	sec := &fakeSecrets{}
+	pub, cache := newTestPublisher(sec)
+	pub.Update(mustCatalog(t, svcs, pxs))
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := cache.GetSnapshot("api.default")
+	sec.failFor = "spiffe://cluster.local/ns/default/sa/api"
+	// Change api's callers' view and api itself so every proxy has work.
+	for i := range svcs {
+		if svcs[i].Name == "api" {
+			svcs[i].Endpoints = append(svcs[i].Endpoints, mesh.Endpoint{Address: "127.0.0.9", Port: 15102})
+		}
+	}
+	pub.Update(mustCatalog(t, svcs, pxs))
+	st, err := pub.Publish()
+	if err == nil || !strings.Contains(err.Error(), "CA unavailable") {
+		t.Fatalf("want the CA error reported, got %v", err)
+	}
+	if st.Failed != 1 || st.Pushed != 1 {
+		t.Fatalf("stats %+v: want api failed and web still pushed", st)
+	}
+	still, _ := cache.GetSnapshot("api.default")
+	if still != good {
+		t.Error("api's last good snapshot was replaced")
+	}
+	var found bool
+	for _, s := range pub.Status() {
+		if s.ID == "api.default" {
+			found = strings.Contains(s.Error, "CA unavailable")
+		}
+	}
+	if !found {
+		t.Errorf("status does not show the failure: %+v", pub.Status())
+	}
+	// Recovery: the next publish retries the failed proxy even though its
+	// inputs did not change again.
+	sec.failFor = ""
+	st, err = pub.Publish()
+	if err != nil || st.Rendered != 1 {
+		t.Fatalf("after recovery: %+v %v", st, err)
+	}
+}
+
+func TestRemovedProxyIsCleared(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	pub, cache := newTestPublisher(&fakeSecrets{})
+	pub.Update(mustCatalog(t, svcs, pxs))
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	var rest []mesh.Proxy
+	for _, p := range pxs {
+		if p.Service != "db" {
+			rest = append(rest, p)
+		}
+	}
+	pub.Update(mustCatalog(t, svcs, rest))
+	st, err := pub.Publish()
+	if err != nil || st.Removed != 1 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if _, err := cache.GetSnapshot("db.default"); err == nil {
+		t.Error("snapshot of removed proxy still served")
+	}
+}
+
+func TestDebounce(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	m := metrics.New()
+	pub := New(cache, &fakeSecrets{}, Options{
+		Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m,
+		Holdoff: 50 * time.Millisecond, MaxDelay: 300 * time.Millisecond,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go pub.Run(ctx)
+	cat := mustCatalog(t, svcs, pxs)
+	// A burst makes one build.
+	for range 20 {
+		pub.Update(cat)
+	}
+	waitFor(t, func() bool { return pub.Ready() })
+	time.Sleep(150 * time.Millisecond)
+	if got := testutil.ToFloat64(m.SnapshotBuilds); got != 1 {
+		t.Fatalf("burst of 20 updates made %v builds, want 1", got)
+	}
+	// A steady trickle faster than the holdoff still flushes by MaxDelay.
+	stop := time.After(700 * time.Millisecond)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+trickle:
+	for {
+		select {
+		case <-tick.C:
+			pub.Update(cat)
+		case <-stop:
+			break trickle
+		}
+	}
+	if got := testutil.ToFloat64(m.SnapshotBuilds); got < 2 {
+		t.Fatalf("a 700 ms trickle with 300 ms max delay made %v builds, want ≥ 2", got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
