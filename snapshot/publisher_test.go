@@ -39,7 +39,7 @@ func (f *fakeSecrets) Identity(id mesh.Identity, _ []string) ([]byte, []byte, er
 	n := f.serial[id.SPIFFEID()]
 	return []byte(fmt.Sprintf("cert %s #%d", id, n)), []byte("key"), nil
 }
-func (f *fakeSecrets) rotate(id string) { f.mu.Lock(); f.serial[id]++; f.mu.Unlock() }
+func (f *fakeSecrets) rotate(id string)       { f.mu.Lock(); f.serial[id]++; f.mu.Unlock() }
 func (f *fakeSecrets) Bundle() []byte         { return []byte("roots") }
 func (f *fakeSecrets) NextRenewal() time.Time { return time.Time{} }
 
