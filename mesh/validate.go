@@ -75,8 +75,11 @@ func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 		if !s.Protocol.valid() {
 			v.add(obj, "protocol", "unknown protocol %q: use http, http2, grpc or tcp", s.Protocol)
 		}
-		if err := ValidName(s.ServiceAccount); err != nil {
-			v.add(obj, "serviceAccount", "%v", err)
+		// A defaulted service account equals the name, already checked above.
+		if s.ServiceAccount != s.Name {
+			if err := ValidName(s.ServiceAccount); err != nil {
+				v.add(obj, "serviceAccount", "%v", err)
+			}
 		}
 		if _, dup := byKey[s.Key()]; dup {
 			v.add(obj, "name", "duplicate service %s: each name.namespace may be defined once", s.Key())
@@ -154,7 +157,7 @@ func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 				v.add(obj, "appPort", "a proxyless gRPC application has no separate app port; remove it")
 			}
 			if p.Inbound() {
-				if a, err := netip.ParseAddr(p.Address); err != nil || a.IsUnspecified() {
+				if a, err := netip.ParseAddr(p.Address); p.Address == "" || (err == nil && a.IsUnspecified()) {
 					v.add(obj, "address", "a gRPC server needs the concrete IP it listens on (gRPC names its server listener by it)")
 				}
 				if svc != nil && svc.Protocol != ProtocolGRPC {
@@ -182,7 +185,12 @@ func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 					if u.LocalPort == p.AppPort {
 						v.add(obj, f+".localPort", "equals appPort %d", p.AppPort)
 					}
-					claim(obj, f+".localPort", "127.0.0.1", u.LocalPort)
+					// A public listener on 0.0.0.0 or :: also holds the port on
+					// loopback, where the outbound listener must bind.
+					if a, err := netip.ParseAddr(p.Address); err == nil && a.IsUnspecified() && u.LocalPort == p.PublicPort {
+						v.add(obj, f+".localPort", "equals publicPort %d, which the sidecar binds on %s (every address, loopback included)", p.PublicPort, p.Address)
+					}
+					claim(obj, f+".localPort", loopbackOf(p.Address), u.LocalPort)
 				}
 			case FlavorGRPC:
 				if u.LocalPort != 0 {
@@ -195,4 +203,16 @@ func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 		}
 	}
 	return v.errs
+}
+
+// loopbackOf names the loopback interface of the host a proxy runs on, for
+// port-clash detection: outbound listeners bind 127.0.0.1, so two sidecars on
+// different hosts may reuse a local port, but sidecars on one host may not.
+// Proxies whose address is itself loopback (a one-machine setup such as the
+// quickstart) share the real 127.0.0.1 with every public port bound there.
+func loopbackOf(address string) string {
+	if a, err := netip.ParseAddr(address); err == nil && a.IsLoopback() {
+		return "127.0.0.1"
+	}
+	return "loopback of " + address
 }

@@ -1,0 +1,11 @@
+// Package file is meshd's file discovery source: the whole mesh described in
+// one YAML catalog file (see docs/catalog.md), parsed strictly and watched for
+// changes.
+//
+// The file is the operator's only interface to the mesh, so the package is
+// deliberately unforgiving about what it accepts and deliberately forgiving
+// about when: an unknown field, a type mismatch, a second YAML document or an
+// empty file is an error naming the file and line, never a silently smaller
+// mesh; but a bad edit to a file that is already being served only produces a
+// warning and keeps the last good catalog in place until the file is fixed.
+package file

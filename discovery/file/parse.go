@@ -1,0 +1,191 @@
+package file
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// docsHint ends every message about the file's shape so that a user who typed
+// a field wrong knows where the reference is.
+const docsHint = "see docs/catalog.md"
+
+// document is the top level of a catalog file. Its YAML field names, and those
+// of the mesh types it holds, are the file format.
+type document struct {
+	Services []mesh.Service `yaml:"services"`
+	Proxies  []mesh.Proxy   `yaml:"proxies"`
+}
+
+var (
+	// ErrEmpty is wrapped by the error for a file that defines nothing. An
+	// empty catalog would remove every service from every proxy, and the usual
+	// reason for an empty file is a write caught half-way, so it is refused.
+	ErrEmpty = errors.New("catalog is empty")
+	// ErrMultipleDocuments is wrapped by the error for a file holding more than
+	// one YAML document; which one should win is not something to guess.
+	ErrMultipleDocuments = errors.New("more than one YAML document")
+)
+
+// Problem is one thing wrong with a catalog file.
+type Problem struct {
+	// Line is the 1-based line the problem is on, or 0 when it is not tied to
+	// one line (validation problems, which name the object and field instead).
+	Line int
+	// Message says what is wrong and, where it can, what would be accepted.
+	Message string
+}
+
+// ParseError is the error Parse and Load return for a file that was read but
+// cannot be used. Its message has one line per problem, each starting with the
+// file's path, so it reads well both in a terminal and in a log.
+type ParseError struct {
+	Path     string
+	Problems []Problem
+	// Err is the underlying cause: a yaml.v3 error, mesh.ValidationErrors,
+	// ErrEmpty or ErrMultipleDocuments (possibly joined).
+	Err error
+}
+
+func (e *ParseError) Error() string {
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(e.Path)
+		b.WriteString(": ")
+		if p.Line > 0 {
+			fmt.Fprintf(&b, "line %d: ", p.Line)
+		}
+		b.WriteString(p.Message)
+	}
+	return b.String()
+}
+
+// Unwrap lets callers use errors.Is(err, ErrEmpty) or
+// errors.As(err, &mesh.ValidationErrors{}).
+func (e *ParseError) Unwrap() error { return e.Err }
+
+// Load reads and parses the catalog file at path. A file that cannot be read
+// gives "path: cannot read catalog: why", wrapping the cause so that
+// errors.Is(err, fs.ErrNotExist) works; anything else is Parse's error.
+func Load(path string) (*mesh.Catalog, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// readFile reads path, reporting failures as "path: cannot read catalog: why"
+// so that, like every other catalog error, the message starts with the path.
+func readFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			// The PathError would repeat the path; its cause still satisfies
+			// errors.Is(err, fs.ErrNotExist).
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("%s: cannot read catalog: %w", path, err)
+	}
+	return data, nil
+}
+
+// Parse decodes one catalog document strictly and validates it. path is used
+// only in messages. Errors always start with the path:
+//
+//   - YAML syntax errors, unknown fields, wrong types and repeated keys carry
+//     yaml.v3's line number and name the field as it is spelled in YAML, e.g.
+//     `catalog.yaml: line 7: unknown field "prot" in service (services[0]); did you mean "protocol"? see docs/catalog.md`;
+//   - validation problems are one line each, e.g.
+//     `catalog.yaml: services[1] "web.default": field endpoints[0].port: 0 is not a port: use 1-65535`;
+//   - an empty file, or one with only comments or only `---`, is ErrEmpty;
+//   - more than one YAML document is ErrMultipleDocuments.
+//
+// Every error is a *ParseError.
+func Parse(path string, data []byte) (*mesh.Catalog, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	// A misspelt field would otherwise be dropped silently, and the mesh
+	// would quietly differ from what the operator wrote.
+	dec.KnownFields(true)
+
+	var doc document
+	err := dec.Decode(&doc)
+	if errors.Is(err, io.EOF) {
+		return nil, emptyError(path)
+	}
+	var (
+		problems []Problem
+		causes   []error
+		typeErr  *yaml.TypeError
+	)
+	switch {
+	case err == nil:
+	case errors.As(err, &typeErr):
+		// yaml.v3 reports every field problem of the document at once; keep
+		// going to also report a second document.
+		problems = append(problems, explainTypeErrors(data, typeErr)...)
+		causes = append(causes, err)
+	default:
+		// A syntax error leaves nothing reliable to look at after it.
+		return nil, &ParseError{Path: path, Problems: []Problem{syntaxProblem(data, err)}, Err: err}
+	}
+
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		problems = append(problems, syntaxProblem(data, err))
+		causes = append(causes, err)
+	default:
+		problems = append(problems, Problem{
+			Line: extra.Line,
+			Message: "a second YAML document starts here, but a catalog file holds exactly one: " +
+				"remove the '---' separator and put everything under one services: and one proxies: list",
+		})
+		causes = append(causes, ErrMultipleDocuments)
+	}
+	if len(problems) > 0 {
+		return nil, &ParseError{Path: path, Problems: problems, Err: errors.Join(causes...)}
+	}
+
+	// A document that is just `---` or `~`, or a write caught after its first
+	// line, decodes to nothing at all.
+	if len(doc.Services) == 0 && len(doc.Proxies) == 0 {
+		return nil, emptyError(path)
+	}
+
+	cat, err := mesh.NewCatalog(doc.Services, doc.Proxies)
+	if err != nil {
+		var verrs mesh.ValidationErrors
+		if !errors.As(err, &verrs) {
+			return nil, &ParseError{Path: path, Problems: []Problem{{Message: err.Error()}}, Err: err}
+		}
+		problems := make([]Problem, len(verrs))
+		for i, fe := range verrs {
+			problems[i] = Problem{Message: fe.Error()}
+		}
+		return nil, &ParseError{Path: path, Problems: problems, Err: err}
+	}
+	return cat, nil
+}
+
+func emptyError(path string) error {
+	return &ParseError{
+		Path: path,
+		Problems: []Problem{{Message: ErrEmpty.Error() +
+			": it defines no services or proxies (an empty mesh is never loaded, to protect against a truncated write); " + docsHint}},
+		Err: ErrEmpty,
+	}
+}

@@ -1,0 +1,416 @@
+package file
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+const (
+	// DefaultPollInterval is how often the file is re-read whatever the
+	// file-system events say. Events can be lost (queue overflow, network
+	// file systems, a watched directory replaced); the poll bounds how long
+	// a change can go unseen.
+	DefaultPollInterval = 5 * time.Second
+	// DefaultHoldoff is how long the file must be quiet before it is read, so
+	// that an editor's or a script's burst of writes is read once, complete.
+	DefaultHoldoff = 100 * time.Millisecond
+)
+
+// Status describes the watcher for operators (an admin endpoint, a CLI).
+type Status struct {
+	// Path is the catalog file as configured.
+	Path string `json:"path"`
+	// LoadedAt is when the catalog being served was loaded.
+	LoadedAt time.Time `json:"loadedAt"`
+	// SHA256 is the hex SHA-256 of the file content being served.
+	SHA256 string `json:"sha256"`
+	// CheckedAt is when the file was last read, successfully or not.
+	CheckedAt time.Time `json:"checkedAt"`
+	// LastError is why the last read of the file was not used, or "" when
+	// the file on disk is the catalog being served.
+	LastError string `json:"lastError"`
+	// Accepted counts reloads that replaced the catalog after the initial
+	// load; Rejected counts distinct file contents that failed to parse or
+	// validate (re-reading the same bad content does not count again).
+	Accepted uint64 `json:"accepted"`
+	Rejected uint64 `json:"rejected"`
+}
+
+// Option configures a Watcher.
+type Option func(*Watcher)
+
+// WithPollInterval sets how often the file is re-read as a safety net for
+// lost file-system events (default DefaultPollInterval); d <= 0 turns
+// polling off.
+func WithPollInterval(d time.Duration) Option { return func(w *Watcher) { w.pollInterval = d } }
+
+// WithHoldoff sets how long the file must be quiet after a change before it
+// is read (default DefaultHoldoff).
+func WithHoldoff(d time.Duration) Option { return func(w *Watcher) { w.holdoff = max(d, 0) } }
+
+// Watcher serves the catalog in one file and follows its changes. A change
+// that does not parse or validate is logged, counted and otherwise ignored:
+// the last good catalog stays in place, because a proxy configured from a
+// half-written file is worse than one configured from a stale one.
+type Watcher struct {
+	path         string // as configured, for messages
+	abs          string // absolute and clean, for comparing with event names
+	logger       *slog.Logger
+	pollInterval time.Duration
+	holdoff      time.Duration
+	notify       bool // false only in tests of the polling fallback
+
+	updates chan *mesh.Catalog
+	running atomic.Bool
+
+	mu      sync.Mutex
+	current *mesh.Catalog
+	status  Status
+
+	// Owned by the goroutine in Run (and NewWatcher before it).
+	acceptedSum [sha256.Size]byte
+	rejectedSum [sha256.Size]byte
+	hasRejected bool
+	readErr     string // the read failure last logged, so that it is logged once
+	watchErr    string // the watch failure last logged, likewise
+	target      string // where abs resolved through symlinks at the last look; "" if it did not
+	fsw         *fsnotify.Watcher
+}
+
+// NewWatcher loads the file once and returns its error if it is invalid:
+// meshd refuses to start on a bad catalog rather than start with none.
+// A nil logger means slog.Default().
+func NewWatcher(path string, logger *slog.Logger, opts ...Option) (*Watcher, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: resolving catalog path: %w", path, err)
+	}
+	w := &Watcher{
+		path:         path,
+		abs:          abs,
+		logger:       logger,
+		pollInterval: DefaultPollInterval,
+		holdoff:      DefaultHoldoff,
+		notify:       true,
+		updates:      make(chan *mesh.Catalog, 1),
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cat, err := Parse(path, data)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	w.acceptedSum = sha256.Sum256(data)
+	w.current = cat
+	w.status = Status{Path: path, LoadedAt: now, CheckedAt: now, SHA256: hex.EncodeToString(w.acceptedSum[:])}
+	logger.Info("catalog loaded", "path", path, "sha256", w.status.SHA256,
+		"services", len(cat.Services()), "proxies", len(cat.Proxies()))
+	return w, nil
+}
+
+// Current returns the catalog being served: the last valid content of the file.
+func (w *Watcher) Current() *mesh.Catalog {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.current
+}
+
+// Updates delivers each new valid catalog while Run runs. It has latest-value
+// semantics: the channel holds at most one catalog, and a newer catalog
+// replaces one the consumer has not taken yet, so a slow consumer never
+// blocks the watcher and never sees a stale catalog after a fresh one. The
+// channel is never closed.
+func (w *Watcher) Updates() <-chan *mesh.Catalog { return w.updates }
+
+// Status returns a snapshot of the watcher's state.
+func (w *Watcher) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.status
+}
+
+// Run follows the file until ctx is done, then returns nil. It watches the
+// file's parent directory rather than the file: editors, `mv tmp catalog.yaml`
+// and Kubernetes ConfigMap updates all replace the file instead of writing
+// it, which a watch on the file itself would not survive. Symlinks are
+// re-resolved on every change in the directory, and the directory of the
+// resolved file is watched too. If file-system events are unavailable, Run
+// falls back to polling. Run must not be called concurrently with itself.
+func (w *Watcher) Run(ctx context.Context) error {
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("file: Watcher.Run is already running")
+	}
+	defer w.running.Store(false)
+
+	var (
+		events <-chan fsnotify.Event
+		errs   <-chan error
+	)
+	poll := w.pollInterval
+	if w.notify {
+		fsw, err := fsnotify.NewWatcher()
+		if err == nil {
+			w.fsw = fsw
+			defer func() {
+				fsw.Close()
+				w.fsw = nil
+			}()
+			events, errs = fsw.Events, fsw.Errors
+			w.resolve()
+			w.ensureWatches()
+		} else {
+			// Typically the inotify instance limit. Polling still works.
+			if poll <= 0 {
+				poll = DefaultPollInterval
+			}
+			w.logger.Warn("cannot watch the catalog for changes; polling instead",
+				"path", w.path, "interval", poll, "error", err)
+		}
+	} else if poll <= 0 {
+		poll = DefaultPollInterval
+	}
+	var tick <-chan time.Time
+	if poll > 0 {
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		tick = t.C
+	}
+
+	// settle fires once the file has been quiet for the holdoff.
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
+	pending := false
+
+	// The file may have changed between NewWatcher and Run.
+	w.check("start")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if w.relevant(ev) {
+				settle.Reset(w.holdoff)
+				pending = true
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			w.logger.Warn("catalog watch error; re-reading the file", "path", w.path, "error", err)
+			// Events may have been lost (fsnotify.ErrEventOverflow): look.
+			settle.Reset(w.holdoff)
+			pending = true
+		case <-settle.C:
+			pending = false
+			w.check("change")
+		case <-tick:
+			// The watched directory may have been deleted and recreated.
+			w.resolve()
+			w.ensureWatches()
+			if !pending {
+				w.check("poll")
+			}
+		}
+	}
+}
+
+// relevant reports whether an event in a watched directory may have changed
+// what the catalog path reads as.
+func (w *Watcher) relevant(ev fsnotify.Event) bool {
+	previous := w.target
+	// Any entry may be a link on the way to the file: Kubernetes updates a
+	// ConfigMap volume by swapping a "..data" symlink, and the file's own
+	// name sees no event at all. Re-resolving on every event also keeps the
+	// watch on a symlink target's directory current.
+	moved := w.resolve()
+	name := filepath.Clean(ev.Name)
+	return moved || name == w.abs || (previous != "" && name == previous)
+}
+
+// resolve re-evaluates the symlinks on the way to the file and reports
+// whether the file now resolves somewhere else.
+func (w *Watcher) resolve() bool {
+	target, err := filepath.EvalSymlinks(w.abs)
+	if err != nil {
+		target = "" // missing for now; the parent directory's events will say when it is back
+	}
+	if target == w.target {
+		return false
+	}
+	w.target = target
+	w.ensureWatches()
+	return true
+}
+
+// ensureWatches watches the file's directory and, if the file is a symlink
+// into another directory, that directory too (edits to the target file
+// happen there), and stops watching a previous target's directory.
+func (w *Watcher) ensureWatches() {
+	if w.fsw == nil {
+		return
+	}
+	parent := filepath.Dir(w.abs)
+	want := []string{parent}
+	if w.target != "" {
+		dir := filepath.Dir(w.target)
+		// The same directory reached through a symlinked path is one inotify
+		// watch; adding it twice would only confuse event names.
+		if real, err := filepath.EvalSymlinks(parent); err != nil || real != dir {
+			want = append(want, dir)
+		}
+	}
+	have := w.fsw.WatchList()
+	for _, d := range have {
+		if !slices.Contains(want, d) {
+			_ = w.fsw.Remove(d) // already gone if the directory was deleted
+		}
+	}
+	var errs []error
+	for _, d := range want {
+		if !slices.Contains(have, d) {
+			if err := w.fsw.Add(d); err != nil {
+				errs = append(errs, fmt.Errorf("watching %s: %w", d, err))
+			}
+		}
+	}
+	msg := ""
+	if err := errors.Join(errs...); err != nil {
+		msg = err.Error()
+	}
+	if msg != w.watchErr {
+		w.watchErr = msg
+		if msg != "" {
+			w.logger.Warn("cannot watch the catalog's directory; relying on polling until it can",
+				"path", w.path, "interval", w.pollInterval, "error", msg)
+		}
+	}
+}
+
+// check reads the file and, if it holds a new valid catalog, serves and
+// publishes it.
+func (w *Watcher) check(trigger string) {
+	data, err := os.ReadFile(w.abs)
+	now := time.Now()
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		msg := fmt.Sprintf("%s: cannot read catalog: %v", w.path, err)
+		// Logged once: the poll would otherwise repeat it every few seconds.
+		// Logged before the status changes, so that whoever sees the status
+		// can find the log line.
+		if msg != w.readErr {
+			w.readErr = msg
+			if errors.Is(err, fs.ErrNotExist) {
+				w.logger.Warn("catalog file is missing; still serving the previous catalog until it reappears",
+					"path", w.path, "trigger", trigger)
+			} else {
+				w.logger.Warn("cannot read the catalog file; still serving the previous catalog",
+					"path", w.path, "trigger", trigger, "error", msg)
+			}
+		}
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.status.LastError = msg
+		w.mu.Unlock()
+		return
+	}
+	w.readErr = ""
+	sum := sha256.Sum256(data)
+
+	if sum == w.acceptedSum {
+		// Nothing to serve. If the file was broken or missing before, the
+		// operator has put back what is being served: say so once.
+		w.hasRejected = false
+		if w.Status().LastError != "" {
+			w.logger.Info("catalog file is back to the catalog being served", "path", w.path, "sha256", hex.EncodeToString(sum[:]))
+		}
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.status.LastError = ""
+		w.mu.Unlock()
+		return
+	}
+	if w.hasRejected && sum == w.rejectedSum {
+		// Already rejected and logged; polling must not count it again.
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.mu.Unlock()
+		return
+	}
+
+	cat, err := Parse(w.path, data)
+	if err != nil {
+		w.rejectedSum, w.hasRejected = sum, true
+		w.logger.Warn("catalog rejected; still serving the previous catalog",
+			"path", w.path, "trigger", trigger, "sha256", hex.EncodeToString(sum[:]),
+			"serving_sha256", w.Status().SHA256, "error", err.Error())
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.status.LastError = err.Error()
+		w.status.Rejected++
+		w.mu.Unlock()
+		return
+	}
+
+	w.acceptedSum, w.hasRejected = sum, false
+	hash := hex.EncodeToString(sum[:])
+	w.logger.Info("catalog reloaded", "path", w.path, "trigger", trigger, "sha256", hash,
+		"services", len(cat.Services()), "proxies", len(cat.Proxies()))
+	w.mu.Lock()
+	w.current = cat
+	w.status.LoadedAt = now
+	w.status.CheckedAt = now
+	w.status.SHA256 = hash
+	w.status.LastError = ""
+	w.status.Accepted++
+	w.mu.Unlock()
+	w.publish(cat)
+}
+
+// publish hands c to the consumer without ever blocking: if an older catalog
+// is still waiting in the channel, it is replaced.
+func (w *Watcher) publish(c *mesh.Catalog) {
+	for {
+		select {
+		case w.updates <- c:
+			return
+		default:
+		}
+		select {
+		case <-w.updates:
+		default:
+		}
+	}
+}
