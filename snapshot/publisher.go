@@ -206,9 +206,12 @@ func (p *Publisher) Publish() (Stats, error) {
 	}
 	var errs []error
 	seen := make(map[string]bool, len(cat.Proxies()))
+	// Each identity's secret is fetched and hashed once per publish, however
+	// many proxies share it.
+	idSecrets := map[mesh.Identity]secretResult{}
 	for _, px := range cat.Proxies() {
 		seen[px.ID] = true
-		if err := p.publishProxy(gen, cat, px, bundle, &st); err != nil {
+		if err := p.publishProxy(gen, cat, px, bundle, idSecrets, &st); err != nil {
 			st.Failed++
 			errs = append(errs, err)
 		}
@@ -237,7 +240,12 @@ func (p *Publisher) Publish() (Stats, error) {
 	return st, p.lastErr
 }
 
-func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mesh.Proxy, bundle *xds.Resource, st *Stats) error {
+type secretResult struct {
+	res *xds.Resource
+	err error
+}
+
+func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mesh.Proxy, bundle *xds.Resource, idSecrets map[mesh.Identity]secretResult, st *Stats) error {
 	state := p.proxies[px.ID]
 	if state == nil {
 		state = &proxyState{}
@@ -254,7 +262,12 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 	if px.Flavor == mesh.FlavorEnvoy {
 		svc := cat.Service(px.ServiceKey())
 		id := mesh.IdentityOf(p.opts.Translate.TrustDomain, svc)
-		idSecret, err := p.identitySecret(id, svc)
+		r, ok := idSecrets[id]
+		if !ok {
+			r.res, r.err = p.identitySecret(id, svc)
+			idSecrets[id] = r
+		}
+		idSecret, err := r.res, r.err
 		if err != nil {
 			return fail(fmt.Errorf("identity %s: %w", id, err))
 		}

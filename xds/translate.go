@@ -3,7 +3,6 @@ package xds
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -85,10 +84,10 @@ func (t *Translator) Generation(cat *mesh.Catalog) *Generation {
 		fullFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
 		shapeFP: make(map[mesh.ServiceKey]string, len(cat.Services())),
 	}
+	f := newFingerprinter()
 	for _, s := range cat.Services() {
-		b, _ := json.Marshal(s) // plain structs and string maps: cannot fail, and map keys are sorted
-		g.fullFP[s.Key()] = hashString(string(b))
-		g.shapeFP[s.Key()] = hashString(strings.Join([]string{s.Name, s.Namespace, string(s.Protocol), s.ServiceAccount}, "\x00"))
+		g.fullFP[s.Key()] = f.service(s, true)
+		g.shapeFP[s.Key()] = f.service(s, false)
 	}
 	return g
 }
@@ -105,12 +104,12 @@ func (g *Generation) Close() {
 // is unchanged between generations the proxy need not be re-rendered: its
 // own definition, the shape of its own service, and its upstreams in full.
 func (g *Generation) Fingerprint(p *mesh.Proxy) string {
-	b, _ := json.Marshal(p)
-	parts := []string{g.t.opts.TrustDomain, string(b), g.shapeFP[p.ServiceKey()]}
+	deps := make([]string, 0, len(p.Upstreams)+1)
+	deps = append(deps, g.shapeFP[p.ServiceKey()])
 	for i := range p.Upstreams {
-		parts = append(parts, g.fullFP[p.Upstreams[i].Key()])
+		deps = append(deps, g.fullFP[p.Upstreams[i].Key()])
 	}
-	return hashString(strings.Join(parts, "\x00"))
+	return newFingerprinter().proxy(p, g.t.opts.TrustDomain, deps)
 }
 
 // memo returns the resource built for key, building it at most once per

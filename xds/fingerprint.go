@@ -1,0 +1,92 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"hash"
+	"slices"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// fingerprinter hashes model objects field by field. It is much cheaper than
+// hashing a JSON encoding (no reflection, no allocation per field), which
+// matters because every proxy is fingerprinted on every catalog change.
+// Every variable-length field is length-prefixed so distinct inputs cannot
+// collide by shifting bytes between fields.
+type fingerprinter struct {
+	h   hash.Hash
+	buf [8]byte
+}
+
+func newFingerprinter() *fingerprinter { return &fingerprinter{h: sha256.New()} }
+
+func (f *fingerprinter) str(s string) {
+	binary.LittleEndian.PutUint64(f.buf[:], uint64(len(s)))
+	f.h.Write(f.buf[:])
+	f.h.Write([]byte(s))
+}
+
+func (f *fingerprinter) u32(v uint32) {
+	binary.LittleEndian.PutUint32(f.buf[:4], v)
+	f.h.Write(f.buf[:4])
+}
+
+func (f *fingerprinter) sum() string {
+	s := f.h.Sum(nil)
+	f.h.Reset()
+	return hex.EncodeToString(s[:12])
+}
+
+func (f *fingerprinter) service(s *mesh.Service, withEndpoints bool) string {
+	f.str(s.Name)
+	f.str(s.Namespace)
+	f.str(string(s.Protocol))
+	f.str(s.ServiceAccount)
+	if withEndpoints {
+		f.u32(uint32(len(s.Endpoints)))
+		for i := range s.Endpoints {
+			e := &s.Endpoints[i]
+			f.str(e.Address)
+			f.u32(e.Port)
+			f.str(string(e.Health))
+			f.str(e.Locality.Region)
+			f.str(e.Locality.Zone)
+			f.str(e.Locality.SubZone)
+			f.u32(e.Weight)
+			keys := make([]string, 0, len(e.Labels))
+			for k := range e.Labels {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			f.u32(uint32(len(keys)))
+			for _, k := range keys {
+				f.str(k)
+				f.str(e.Labels[k])
+			}
+		}
+	}
+	return f.sum()
+}
+
+func (f *fingerprinter) proxy(p *mesh.Proxy, trustDomain string, deps []string) string {
+	f.str(trustDomain)
+	f.str(p.ID)
+	f.str(string(p.Flavor))
+	f.str(p.Service)
+	f.str(p.Namespace)
+	f.str(p.Address)
+	f.u32(p.PublicPort)
+	f.u32(p.AppPort)
+	f.u32(uint32(len(p.Upstreams)))
+	for _, u := range p.Upstreams {
+		f.str(u.Service)
+		f.str(u.Namespace)
+		f.u32(u.LocalPort)
+	}
+	for _, d := range deps {
+		f.str(d)
+	}
+	return f.sum()
+}
