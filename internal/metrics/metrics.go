@@ -23,8 +23,6 @@ type Metrics struct {
 	ProxiesSkipped        prometheus.Counter // inputs unchanged: not re-rendered
 	PublishesUnchanged    prometheus.Counter // re-rendered but identical: not pushed
 	SnapshotErrors        prometheus.Counter
-	CatalogRejected       prometheus.Counter
-	CatalogAccepted       prometheus.Counter
 }
 
 // New creates and registers meshd's metrics on a fresh registry (plus the
@@ -67,16 +65,24 @@ func New() *Metrics {
 		SnapshotErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshd_snapshot_errors_total", Help: "Per-proxy snapshots rejected by validation or reference checks; the last good snapshot keeps serving.",
 		}),
-		CatalogAccepted: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "meshd_catalog_updates_total", Help: "Catalog updates accepted.",
-		}),
-		CatalogRejected: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "meshd_catalog_rejected_total", Help: "Catalog updates rejected (parse or validation errors); the previous catalog keeps serving.",
-		}),
 	}
 	r.MustRegister(m.ConnectedProxies, m.Pushes, m.PushBytes, m.ACKs, m.NACKs, m.SnapshotBuilds,
 		m.SnapshotBuildDuration, m.ProxiesRendered, m.ProxiesSkipped, m.PublishesUnchanged,
-		m.SnapshotErrors, m.CatalogAccepted, m.CatalogRejected,
+		m.SnapshotErrors,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
+}
+
+// RegisterCatalogSource exports a discovery source's reload counters, read
+// from the source itself so the figures cannot drift from its own status.
+func (m *Metrics) RegisterCatalogSource(source string, accepted, rejected func() float64) {
+	labels := prometheus.Labels{"source": source}
+	m.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_catalog_reloads_accepted_total", Help: "Catalog reloads accepted, by source.", ConstLabels: labels,
+		}, accepted),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_catalog_reloads_rejected_total", Help: "Catalog reloads rejected (parse or validation errors), by source; the previous catalog keeps serving.", ConstLabels: labels,
+		}, rejected),
+	)
 }

@@ -1,0 +1,267 @@
+package bootstrap
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/xds"
+)
+
+// Extension names Envoy looks typed configs up by. They are Envoy's own
+// names, not meshd's, so they live here rather than in xds/names.go.
+const (
+	tlsTransportSocketName = "envoy.transport_sockets.tls"
+	httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+)
+
+// EnvoyOptions describes one Envoy sidecar's bootstrap.
+type EnvoyOptions struct {
+	// NodeID is the xDS node id; it defaults to xds.DefaultNodeID of the
+	// service, which is also the catalog's default proxy id.
+	NodeID string
+	// Service and Namespace name the service the sidecar fronts; Namespace
+	// defaults to mesh.DefaultNamespace.
+	Service, Namespace string
+	// XDSAddress is HOST:PORT of meshd's (TLS) xDS server; default
+	// DefaultXDSAddress.
+	XDSAddress string
+	// AdminPort is Envoy's admin port on 127.0.0.1; default DefaultAdminPort.
+	AdminPort uint32
+	// CAFile is the path, as Envoy will see it, of the mesh root PEM that
+	// Envoy uses to verify meshd. Exactly one of CAFile and CAPEM is set.
+	CAFile string
+	// CAPEM is the same root, embedded in the bootstrap instead.
+	CAPEM []byte
+}
+
+// Envoy builds the bootstrap of an Envoy sidecar: who it is, where its admin
+// listens, and how it reaches meshd (ADS over HTTP/2 and TLS). Listeners,
+// clusters and secrets all come later over ADS.
+func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
+	id, err := resolveIdentity(o.NodeID, o.Service, o.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := parseXDSAddress(o.XDSAddress)
+	if err != nil {
+		return nil, err
+	}
+	if (o.CAFile == "") == (len(o.CAPEM) == 0) {
+		return nil, errors.New("exactly one of CA file and inline CA PEM must be given: Envoy needs the mesh root to verify meshd's certificate")
+	}
+	adminPort := o.AdminPort
+	if adminPort == 0 {
+		adminPort = DefaultAdminPort
+	}
+	if adminPort > 65535 {
+		return nil, fmt.Errorf("admin port %d is not a TCP port: use 1 to 65535", adminPort)
+	}
+
+	xdsCluster, err := buildXDSCluster(srv, o.CAFile, o.CAPEM)
+	if err != nil {
+		return nil, err
+	}
+	node, err := buildNode(id, mesh.FlavorEnvoy)
+	if err != nil {
+		return nil, err
+	}
+	b := &bootstrapv3.Bootstrap{
+		Node: node,
+		Admin: &bootstrapv3.Admin{
+			// Loopback only: the admin API can reconfigure and stop Envoy.
+			Address: socketAddress("127.0.0.1", adminPort),
+		},
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+			AdsConfig: &corev3.ApiConfigSource{
+				ApiType:             corev3.ApiConfigSource_GRPC,
+				TransportApiVersion: corev3.ApiVersion_V3,
+				// meshd learns the node on the first request of a stream;
+				// repeating it on every request only costs bytes.
+				SetNodeOnFirstMessageOnly: true,
+				GrpcServices: []*corev3.GrpcService{{
+					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: xds.XDSClusterName},
+					},
+				}},
+			},
+			LdsConfig: adsConfigSource(),
+			CdsConfig: adsConfigSource(),
+		},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
+			Clusters: []*clusterv3.Cluster{xdsCluster},
+		},
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("generated Envoy bootstrap is invalid (a bug in meshd, please report it): %w", err)
+	}
+	return b, nil
+}
+
+// EnvoyYAML renders Envoy's bootstrap as YAML with Envoy's snake_case field
+// names. protojson deliberately varies its whitespace between runs, so the
+// JSON is re-encoded through YAML, which sorts keys and fixes the layout.
+func EnvoyYAML(o EnvoyOptions) ([]byte, error) {
+	b, err := Envoy(o)
+	if err != nil {
+		return nil, err
+	}
+	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("encoding Envoy bootstrap as JSON: %w", err)
+	}
+	y, err := yaml.JSONToYAML(js)
+	if err != nil {
+		return nil, fmt.Errorf("converting Envoy bootstrap to YAML: %w", err)
+	}
+	return y, nil
+}
+
+func buildNode(id identity, flavor mesh.Flavor) (*corev3.Node, error) {
+	md, err := structpb.NewStruct(map[string]any{
+		xds.NodeMetaNamespace: id.namespace,
+		xds.NodeMetaService:   id.service,
+		xds.NodeMetaFlavor:    string(flavor),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("building node metadata: %w", err)
+	}
+	return &corev3.Node{Id: id.nodeID, Cluster: id.service, Metadata: md}, nil
+}
+
+func adsConfigSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+	}
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       host,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// buildXDSCluster is the one static cluster: meshd itself.
+func buildXDSCluster(srv xdsServer, caFile string, caPEM []byte) (*clusterv3.Cluster, error) {
+	// A literal IP must be STATIC: STRICT_DNS would hand it to the resolver.
+	// A name is re-resolved so that meshd can move (STRICT_DNS also keeps
+	// every address if the name resolves to several meshd replicas).
+	discovery := clusterv3.Cluster_STRICT_DNS
+	if srv.isIP {
+		discovery = clusterv3.Cluster_STATIC
+	}
+
+	// xDS is gRPC, which needs HTTP/2. Envoy picks the upstream protocol
+	// from these options; without them it would speak HTTP/1.1 to meshd.
+	h2, err := marshalAny(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				},
+			},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	trustedCA := &corev3.DataSource{}
+	if caFile != "" {
+		trustedCA.Specifier = &corev3.DataSource_Filename{Filename: caFile}
+	} else {
+		trustedCA.Specifier = &corev3.DataSource_InlineBytes{InlineBytes: caPEM}
+	}
+	tlsCtx := &tlsv3.UpstreamTlsContext{
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			// gRPC servers insist on ALPN h2 over TLS (grpc-go rejects a TLS
+			// handshake without it since v1.67).
+			AlpnProtocols: []string{"h2"},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
+				ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: trustedCA},
+			},
+		},
+	}
+	if !srv.isIP {
+		// SNI must be a host name (RFC 6066 forbids IP literals), so it is
+		// only sent when meshd is addressed by name.
+		tlsCtx.Sni = srv.host
+	}
+	tlsAny, err := marshalAny(tlsCtx)
+	if err != nil {
+		return nil, err
+	}
+
+	return &clusterv3.Cluster{
+		Name:                 xds.XDSClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
+		ConnectTimeout:       durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			httpProtocolOptionsKey: h2,
+		},
+		// TCP keepalive makes a silently dead meshd (host gone, NAT entry
+		// dropped) surface as a broken connection that Envoy re-dials,
+		// instead of a stream that waits for updates forever. HTTP/2 PING
+		// keepalive would do the same, but grpc-go servers answer PINGs more
+		// frequent than their enforcement policy (5 min by default) with
+		// GOAWAY "too_many_pings", so TCP keepalive is the safe choice.
+		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{
+			TcpKeepalive: &corev3.TcpKeepalive{
+				KeepaliveTime:     wrapperspb.UInt32(30),
+				KeepaliveInterval: wrapperspb.UInt32(10),
+				KeepaliveProbes:   wrapperspb.UInt32(3),
+			},
+		},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: xds.XDSClusterName,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: socketAddress(srv.host, srv.port),
+					}},
+				}},
+			}},
+		},
+		TransportSocket: &corev3.TransportSocket{
+			Name:       tlsTransportSocketName,
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsAny},
+		},
+	}, nil
+}
+
+// validatable is what protoc-gen-validate generates on every Envoy message.
+type validatable interface {
+	proto.Message
+	ValidateAll() error
+}
+
+// marshalAny validates m and wraps it deterministically. ValidateAll does not
+// look inside Any fields, so this is the only place their contents are
+// checked; deterministic bytes keep the output (and golden files) stable.
+func marshalAny(m validatable) (*anypb.Any, error) {
+	if err := m.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("generated %s is invalid (a bug in meshd, please report it): %w", m.ProtoReflect().Descriptor().FullName(), err)
+	}
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		return nil, fmt.Errorf("wrapping %s in Any: %w", m.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return a, nil
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+
+	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/mesh"
+)
+
+const bootstrapDescription = `
+Print the bootstrap a proxy starts with: who it is (node id, service,
+namespace) and how it reaches meshd's xDS server over TLS. Everything else
+(listeners, clusters, certificates) arrives over xDS.
+
+--flavor envoy (default) prints an Envoy bootstrap as YAML, for
+  envoy -c FILE. Envoy verifies meshd with the mesh root CA: by default it
+  reads <data-dir>/ca/root-cert.pem at start-up (a relative path is resolved
+  against Envoy's working directory); --inline-ca embeds the root instead, so
+  the bootstrap works on another machine.
+--flavor grpc prints a proxyless gRPC xDS bootstrap as JSON, for
+  GRPC_XDS_BOOTSTRAP=FILE. gRPC reads its identity from --cert-dir
+  (cert.pem, key.pem, ca.pem), which "meshctl certs issue" can fill.`
+
+const bootstrapExamples = `
+  # The quickstart's web sidecar (run from the repo root, where meshd runs
+  # with --data-dir .meshd):
+  meshctl bootstrap --service web --admin-port 15001 -o envoy-configs/web.yaml
+  envoy -c envoy-configs/web.yaml --base-id 1
+
+  # A sidecar on another machine, with meshd at meshd.example:15012 and the
+  # root embedded:
+  meshctl bootstrap --service api --namespace shop \
+      --xds-address meshd.example:15012 --inline-ca > api.yaml
+
+  # A proxyless gRPC server:
+  meshctl certs issue --service hello --out .meshd/certs/hello
+  meshctl bootstrap --flavor grpc --service hello --cert-dir .meshd/certs/hello -o hello.json
+  GRPC_XDS_BOOTSTRAP=hello.json ./hello-server`
+
+// Flags that only one flavor uses; giving them to the other is a mistake
+// worth reporting rather than ignoring.
+var (
+	envoyOnlyFlags = []string{"admin-port", "inline-ca"}
+	grpcOnlyFlags  = []string{"cert-dir", "refresh-interval"}
+)
+
+func runBootstrap(args []string, stdout, stderr io.Writer) int {
+	flags := newFlagSet("meshctl bootstrap", bootstrapDescription, bootstrapExamples, stderr)
+	service := flags.String("service", "", "catalog name of the service this proxy fronts (required)")
+	namespace := flags.String("namespace", mesh.DefaultNamespace, "namespace of the service")
+	nodeID := flags.String("node-id", "", "xDS node id; must match the proxy's id in the catalog (default SERVICE.NAMESPACE, the catalog's default)")
+	xdsAddr := flags.String("xds-address", bootstrap.DefaultXDSAddress, "`HOST:PORT` of meshd's xDS server (TLS); a DNS name is also sent as SNI")
+	adminPort := flags.Uint("admin-port", uint(bootstrap.DefaultAdminPort), "envoy only: `PORT` of Envoy's admin API on 127.0.0.1; give each Envoy on a host its own")
+	caFile := flags.String("ca-file", "", "`PATH` of the mesh root CA PEM the proxy verifies meshd with (default <data-dir>/ca/root-cert.pem)")
+	inlineCA := flags.Bool("inline-ca", false, "envoy only: embed the root CA read from --ca-file in the bootstrap instead of referring to the file")
+	dataDir := flags.String("data-dir", defaultDataDir, "`DIR` where meshd keeps its state; the root CA is DIR/ca/root-cert.pem")
+	flavor := flags.String("flavor", string(mesh.FlavorEnvoy), "`FLAVOR` of proxy: envoy (an Envoy sidecar) or grpc (a proxyless gRPC application)")
+	certDir := flags.String("cert-dir", "", "grpc only (required): `DIR` holding the app's cert.pem, key.pem and ca.pem (see meshctl certs issue)")
+	refresh := flags.String("refresh-interval", bootstrap.DefaultRefreshInterval, "grpc only: how often gRPC re-reads --cert-dir, as a Go `DURATION` (60s, 5m)")
+	out := flags.String("o", "", "write to `FILE` instead of standard output")
+	if code, ok := parseFlags(flags, args, stdout); !ok {
+		return code
+	}
+
+	if *service == "" {
+		usageErrorf(flags, "--service is required: name the catalog service this proxy fronts, e.g. --service web")
+		return exitUsage
+	}
+	given := setFlags(flags)
+	var wrongFlavor []string
+	switch mesh.Flavor(*flavor) {
+	case mesh.FlavorEnvoy:
+		wrongFlavor = intersect(given, grpcOnlyFlags)
+	case mesh.FlavorGRPC:
+		wrongFlavor = intersect(given, envoyOnlyFlags)
+	default:
+		usageErrorf(flags, "--flavor %q is not supported: use envoy or grpc", *flavor)
+		return exitUsage
+	}
+	if len(wrongFlavor) > 0 {
+		usageErrorf(flags, "--%s does not apply to --flavor %s", wrongFlavor[0], *flavor)
+		return exitUsage
+	}
+	if mesh.Flavor(*flavor) == mesh.FlavorGRPC && *certDir == "" {
+		usageErrorf(flags, "--cert-dir is required with --flavor grpc: gRPC reads its certificate from files; create them with `meshctl certs issue --service %s --out DIR` and pass --cert-dir DIR", *service)
+		return exitUsage
+	}
+	if *adminPort == 0 || *adminPort > 65535 {
+		usageErrorf(flags, "--admin-port %d is not a TCP port: use 1 to 65535", *adminPort)
+		return exitUsage
+	}
+	if *caFile == "" {
+		*caFile = rootCertPath(*dataDir)
+	}
+
+	var (
+		data []byte
+		err  error
+	)
+	if mesh.Flavor(*flavor) == mesh.FlavorGRPC {
+		data, err = bootstrap.GRPC(bootstrap.GRPCOptions{
+			NodeID: *nodeID, Service: *service, Namespace: *namespace, XDSAddress: *xdsAddr,
+			CAFile: *caFile, CertDir: *certDir, RefreshInterval: *refresh,
+		})
+	} else {
+		o := bootstrap.EnvoyOptions{
+			NodeID: *nodeID, Service: *service, Namespace: *namespace, XDSAddress: *xdsAddr,
+			AdminPort: uint32(*adminPort),
+		}
+		if *inlineCA {
+			o.CAPEM, err = readRootPEM(*caFile)
+			if err != nil {
+				fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
+				return exitError
+			}
+		} else {
+			o.CAFile = *caFile
+			warnIfMissing(stderr, *caFile)
+		}
+		data, err = bootstrap.EnvoyYAML(o)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
+		return exitError
+	}
+	if err := writeOutput(*out, data, stdout); err != nil {
+		fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+// readRootPEM reads the root CA to embed and checks it holds a certificate,
+// so a wrong path (a key, an empty file) fails here and not in Envoy.
+func readRootPEM(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("reading the root CA to inline: %w (start meshd once with this --data-dir to create its CA, or pass --ca-file)", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the root CA to inline: %w", err)
+	}
+	rest := data
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, fmt.Errorf("%s holds no PEM CERTIFICATE: pass the mesh root certificate (root-cert.pem) with --ca-file", path)
+		}
+		if block.Type == "CERTIFICATE" {
+			return data, nil
+		}
+	}
+}
+
+// warnIfMissing notes a CA file that does not exist here. It is only a
+// warning: the bootstrap may be meant for another machine or container
+// where the path is valid.
+func warnIfMissing(stderr io.Writer, path string) {
+	if _, err := os.Stat(path); err != nil {
+		fmt.Fprintf(stderr, "meshctl bootstrap: warning: CA file %s: %v; Envoy reads it at start-up and will refuse to start without it (start meshd to create it, or use --inline-ca)\n", path, err)
+	}
+}
+
+func writeOutput(path string, data []byte, stdout io.Writer) error {
+	if path == "" || path == "-" {
+		_, err := stdout.Write(data)
+		return err
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w (check the directory exists and is writable)", path, err)
+	}
+	return nil
+}
+
+func intersect(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/xds"
+)
+
+func runCerts(args []string, stdout, stderr io.Writer) int {
+	usage := func(w io.Writer) {
+		fmt.Fprint(w, `Usage: meshctl certs <subcommand> [flags]
+
+Subcommands:
+  issue   write a workload certificate, key and trust bundle to a directory
+          (development only: it signs with the CA key in the data directory)
+
+Run "meshctl certs issue -h" for its flags.
+`)
+	}
+	if len(args) == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "issue":
+		return runCertsIssue(args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		usage(stdout)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "meshctl certs: unknown subcommand %q\n\n", args[0])
+	usage(stderr)
+	return exitUsage
+}
+
+const certsIssueDescription = `
+Issue a certificate for a service's identity and write cert.pem, key.pem
+(mode 0600) and ca.pem (the trust bundle) into --out, the layout a proxyless
+gRPC app's file_watcher certificate provider reads (see meshctl bootstrap
+--flavor grpc --cert-dir).
+
+DEVELOPMENT ONLY, until the node agent exists: meshctl opens meshd's CA in
+--data-dir and signs with its private key, so it needs read access to that
+key, and whoever can run it can mint any identity. If the data directory has
+no CA yet, one is created there (meshd will then use it). The certificate is
+short-lived (24h) and is not renewed: run the command again before it
+expires; gRPC picks the new files up on its next refresh.`
+
+const certsIssueExamples = `
+  # Identity for the quickstart's proxyless gRPC server hello:
+  meshctl certs issue --service hello --out .meshd/certs/hello
+
+  # A service running as another service account, in namespace shop:
+  meshctl certs issue --service cart --namespace shop --service-account cart-v2 \
+      --trust-domain example.org --data-dir /var/lib/meshd --out /run/cart/certs`
+
+func runCertsIssue(args []string, stdout, stderr io.Writer) int {
+	flags := newFlagSet("meshctl certs issue", certsIssueDescription, certsIssueExamples, stderr)
+	service := flags.String("service", "", "catalog name of the service (required); also its DNS SANs")
+	namespace := flags.String("namespace", mesh.DefaultNamespace, "namespace of the service")
+	serviceAccount := flags.String("service-account", "", "service account in the SPIFFE ID (default: the service name, as in the catalog)")
+	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust domain; must be meshd's")
+	dataDir := flags.String("data-dir", defaultDataDir, "`DIR` where meshd keeps its state, including the CA (DIR/ca)")
+	out := flags.String("out", "", "`DIR` to write cert.pem, key.pem and ca.pem into (required; created 0700 if missing)")
+	if code, ok := parseFlags(flags, args, stdout); !ok {
+		return code
+	}
+	if *service == "" {
+		usageErrorf(flags, "--service is required, e.g. --service hello")
+		return exitUsage
+	}
+	if *out == "" {
+		usageErrorf(flags, "--out is required: name the directory the app's bootstrap --cert-dir points at")
+		return exitUsage
+	}
+	if *serviceAccount == "" {
+		*serviceAccount = *service
+	}
+	for _, c := range []struct{ flag, value string }{{"service", *service}, {"namespace", *namespace}, {"service-account", *serviceAccount}} {
+		if err := mesh.ValidName(c.value); err != nil {
+			usageErrorf(flags, "--%s: %v", c.flag, err)
+			return exitUsage
+		}
+	}
+
+	_, statErr := os.Stat(rootCertPath(*dataDir))
+	hadCA := statErr == nil
+	ca, err := sds.LoadOrCreate(sds.Options{
+		DataDir:     *dataDir,
+		TrustDomain: *trustDomain,
+		Logger:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "meshctl certs issue: opening the CA in %s: %v\n", *dataDir, err)
+		if errors.Is(err, fs.ErrPermission) {
+			fmt.Fprintln(stderr, "meshctl certs issue: this command needs read access to the CA key; run it as the user meshd runs as")
+		}
+		return exitError
+	}
+	if !hadCA {
+		fmt.Fprintf(stderr, "meshctl certs issue: note: %s had no CA, so a new one was created; start meshd with --data-dir %s --trust-domain %s to use it\n", *dataDir, *dataDir, *trustDomain)
+	}
+	key := mesh.ServiceKey{Namespace: *namespace, Name: *service}
+	id := mesh.Identity{TrustDomain: *trustDomain, Namespace: *namespace, ServiceAccount: *serviceAccount}
+	leaf, err := ca.IssueLeaf(id, xds.DNSNames(key, *trustDomain))
+	if err != nil {
+		fmt.Fprintf(stderr, "meshctl certs issue: issuing a certificate for %s: %v\n", id.SPIFFEID(), err)
+		return exitError
+	}
+	if err := sds.WriteFiles(*out, leaf, ca.RootCertPEM()); err != nil {
+		fmt.Fprintf(stderr, "meshctl certs issue: %v\n", err)
+		return exitError
+	}
+	fmt.Fprintf(stdout, "wrote %s, %s and %s for %s (valid until %s; run again before then)\n",
+		filepath.Join(*out, sds.CertFileName), filepath.Join(*out, sds.KeyFileName), filepath.Join(*out, sds.BundleFileName),
+		id.SPIFFEID(), leaf.NotAfter.UTC().Format(time.RFC3339))
+	return exitOK
+}

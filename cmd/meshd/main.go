@@ -1,0 +1,253 @@
+// Command meshd is the meshd control plane: it watches the service catalog,
+// runs the mesh CA and serves xDS to Envoy sidecars and proxyless gRPC
+// applications. See docs/configuration.md for every flag.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/snapshot"
+	"github.com/meshd/meshd/xds"
+)
+
+type config struct {
+	catalog      string
+	dataDir      string
+	trustDomain  string
+	xdsListen    string
+	adminListen  string
+	serverHosts  string
+	leafTTL      time.Duration
+	holdoff      time.Duration
+	maxDelay     time.Duration
+	logLevel     string
+	logFormat    string
+	pollInterval time.Duration
+}
+
+const usage = `meshd — an Envoy xDS control plane with a built-in mesh CA.
+
+meshd watches a service catalog file, renders per-proxy Envoy and proxyless
+gRPC configuration (mTLS between SPIFFE identities) and serves it over xDS
+(gRPC, TLS only). On first start it creates a root CA in --data-dir.
+
+Usage:
+  meshd --catalog FILE [flags]
+
+Example (the quickstart, from the repository root):
+  meshd --catalog examples/quickstart/catalog.yaml
+
+Flags:
+`
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("meshd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\nEndpoints on --admin-listen: /healthz /readyz /metrics /debug/status /debug/config_dump?proxy=<node-id>\n")
+	}
+	fs.StringVar(&c.catalog, "catalog", "", "catalog `file` to watch (YAML; see docs/catalog.md). Required.")
+	fs.StringVar(&c.dataDir, "data-dir", ".meshd", "`directory` for meshd's state: the CA's root certificate and key (ca/, mode 0700)")
+	fs.StringVar(&c.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust `domain` of the mesh: identities are spiffe://<domain>/ns/<ns>/sa/<sa>")
+	fs.StringVar(&c.xdsListen, "xds-listen", "127.0.0.1:15012", "`address` of the xDS gRPC server (TLS). Use 0.0.0.0:15012 to serve other hosts")
+	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:15014", "`address` of the admin HTTP server (health, metrics, debug); keep it on loopback or a private network")
+	fs.StringVar(&c.serverHosts, "server-hosts", "", "comma-separated extra DNS names and IPs for the xDS server certificate (localhost and 127.0.0.1 are always included); list every name proxies use to reach meshd")
+	fs.DurationVar(&c.leafTTL, "leaf-ttl", 24*time.Hour, "lifetime of workload certificates; each is reissued at half its life")
+	fs.DurationVar(&c.holdoff, "debounce-holdoff", 100*time.Millisecond, "wait this long after a catalog change for further changes before pushing")
+	fs.DurationVar(&c.maxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
+	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "re-read the catalog this often even without file events (safety net for missed events)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: meshd takes only flags (see meshd -h)", fs.Arg(0))
+	}
+	if c.catalog == "" {
+		return nil, errors.New("--catalog is required: point it at a catalog file, e.g. --catalog examples/quickstart/catalog.yaml")
+	}
+	if err := mesh.ValidTrustDomain(c.trustDomain); err != nil {
+		return nil, fmt.Errorf("--trust-domain: %w", err)
+	}
+	if c.leafTTL < 2*time.Minute {
+		return nil, fmt.Errorf("--leaf-ttl %s is too short: certificates are backdated 1 minute and reissued at half their life; use at least 2m", c.leafTTL)
+	}
+	if c.holdoff <= 0 || c.maxDelay < c.holdoff {
+		return nil, fmt.Errorf("--debounce-holdoff (%s) must be positive and no larger than --debounce-max (%s)", c.holdoff, c.maxDelay)
+	}
+	return c, nil
+}
+
+func newLogger(c *config, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", c.logLevel)
+	}
+	o := &slog.HandlerOptions{Level: lvl}
+	switch c.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", c.logFormat)
+}
+
+func main() {
+	c, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "meshd:", err)
+		os.Exit(2)
+	}
+	log, err := newLogger(c, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "meshd:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log, nil); err != nil {
+		log.Error("meshd stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// caSecrets adapts the CA to what the publisher needs.
+type caSecrets struct{ ca *sds.Authority }
+
+func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
+	l, err := s.ca.Leaf(id, dns)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.CertPEM, l.KeyPEM, nil
+}
+func (s caSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
+func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
+
+// run starts everything and blocks until ctx ends. ready, if not nil,
+// receives the bound xDS and admin addresses once both listen (for tests).
+func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, adminAddr string)) error {
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: c.dataDir, TrustDomain: c.trustDomain, LeafTTL: c.leafTTL, Logger: log})
+	if err != nil {
+		return fmt.Errorf("mesh CA: %w", err)
+	}
+	watcher, err := file.NewWatcher(c.catalog, log, file.WithPollInterval(c.pollInterval))
+	if err != nil {
+		return fmt.Errorf("catalog: %w", err)
+	}
+	m := metrics.New()
+	m.RegisterCatalogSource("file", func() float64 { return float64(watcher.Status().Accepted) },
+		func() float64 { return float64(watcher.Status().Rejected) })
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
+		Translate: xds.Options{TrustDomain: c.trustDomain},
+		Holdoff:   c.holdoff, MaxDelay: c.maxDelay,
+		Logger: log, Metrics: m,
+	})
+	tracker := server.NewTracker(log, m, func(id string) bool {
+		cat := pub.Catalog()
+		return cat != nil && cat.Proxy(id) != nil
+	})
+
+	// Publish the first catalog before accepting proxies, so the first
+	// proxies to connect get configuration at once.
+	pub.Update(watcher.Current())
+	if _, err := pub.Publish(); err != nil {
+		log.Error("some proxies could not be rendered; see /debug/status", "err", err)
+	}
+
+	var hosts []string
+	for _, h := range strings.Split(c.serverHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	tlsConf, err := ca.ServerTLSConfig(hosts)
+	if err != nil {
+		return fmt.Errorf("xDS server certificate: %w", err)
+	}
+	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tracker})
+	if err != nil {
+		return err
+	}
+	xlis, err := net.Listen("tcp", c.xdsListen)
+	if err != nil {
+		return fmt.Errorf("--xds-listen %s: %w", c.xdsListen, err)
+	}
+	alis, err := net.Listen("tcp", c.adminListen)
+	if err != nil {
+		xlis.Close()
+		return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
+	}
+	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
+		CatalogStatus: func() any { return watcher.Status() }}
+	hs := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 4)
+	go func() { errc <- watcher.Run(ctx) }()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case cat := <-watcher.Updates():
+				pub.Update(cat)
+			}
+		}
+	}()
+	go pub.Run(ctx)
+	go func() { errc <- xs.Serve(xlis) }()
+	go func() {
+		if err := hs.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin server: %w", err)
+		}
+	}()
+	log.Info("meshd started", "xds", xlis.Addr().String(), "admin", alis.Addr().String(),
+		"catalog", c.catalog, "trust_domain", c.trustDomain, "ca_root", ca.Fingerprint(),
+		"services", len(watcher.Current().Services()), "proxies", len(watcher.Current().Proxies()))
+	if ready != nil {
+		ready(xlis.Addr().String(), alis.Addr().String())
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	log.Info("meshd shutting down")
+	cancel()
+	xs.Stop(5 * time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	_ = hs.Shutdown(sctx)
+	return runErr
+}

@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/internal/envoytest"
+)
+
+var binDir string
+
+// TestMain builds the real binaries once; every test runs them as users do.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "meshd-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	for _, c := range []string{"meshd", "meshctl"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", c, ":", err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// meshd is one running control plane.
+type meshd struct {
+	t           *testing.T
+	dir         string
+	dataDir     string
+	catalogPath string
+	xdsAddr     string
+	adminAddr   string
+	cmd         *exec.Cmd
+	logPath     string
+	done        chan struct{}
+}
+
+// startMeshd writes catalog into a temp dir and starts meshd on free ports.
+func startMeshd(t *testing.T, catalog string, extraArgs ...string) *meshd {
+	t.Helper()
+	dir := t.TempDir()
+	m := &meshd{
+		t: t, dir: dir,
+		dataDir:     filepath.Join(dir, "data"),
+		catalogPath: filepath.Join(dir, "catalog.yaml"),
+		xdsAddr:     fmt.Sprintf("127.0.0.1:%d", envoytest.FreePort(t)),
+		adminAddr:   fmt.Sprintf("127.0.0.1:%d", envoytest.FreePort(t)),
+		logPath:     filepath.Join(dir, "meshd.log"),
+		done:        make(chan struct{}),
+	}
+	m.writeCatalog(catalog)
+	m.start(extraArgs...)
+	return m
+}
+
+func (m *meshd) start(extraArgs ...string) {
+	t := m.t
+	t.Helper()
+	logf, err := os.OpenFile(m.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{
+		"--catalog", m.catalogPath, "--data-dir", m.dataDir,
+		"--xds-listen", m.xdsAddr, "--admin-listen", m.adminAddr,
+		"--debounce-holdoff", "20ms", "--debounce-max", "200ms",
+		"--catalog-poll", "1s", "--log-level", "debug",
+	}, extraArgs...)
+	m.cmd = exec.Command(filepath.Join(binDir, "meshd"), args...)
+	m.cmd.Stdout, m.cmd.Stderr = logf, logf
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m.done = make(chan struct{})
+	go func() { m.cmd.Wait(); logf.Close(); close(m.done) }()
+	t.Cleanup(func() {
+		m.stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(m.logPath)
+			lines := strings.Split(string(b), "\n")
+			if len(lines) > 80 {
+				lines = lines[len(lines)-80:]
+			}
+			t.Logf("meshd log (last lines):\n%s", strings.Join(lines, "\n"))
+		}
+	})
+	m.waitReady()
+}
+
+func (m *meshd) stop() {
+	select {
+	case <-m.done:
+		return
+	default:
+	}
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		m.cmd.Process.Kill()
+		<-m.done
+	}
+}
+
+func (m *meshd) waitReady() {
+	m.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-m.done:
+			b, _ := os.ReadFile(m.logPath)
+			m.t.Fatalf("meshd exited during start:\n%s", b)
+		default:
+		}
+		if code, _ := m.adminGET("/readyz"); code == 200 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	m.t.Fatal("meshd not ready within 20s")
+}
+
+// writeCatalog replaces the catalog atomically (write + rename), as a
+// deployment tool would.
+func (m *meshd) writeCatalog(content string) {
+	m.t.Helper()
+	tmp := m.catalogPath + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, m.catalogPath); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+func (m *meshd) adminGET(path string) (int, string) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + m.adminAddr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (m *meshd) rootCAFile() string { return filepath.Join(m.dataDir, "ca", "root-cert.pem") }
+
+// meshctl runs the real CLI against this meshd's data dir and xDS address.
+func (m *meshd) meshctl(args ...string) string {
+	m.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "meshctl"), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		m.t.Fatalf("meshctl %s: %v\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String()
+}
+
+type statusDoc struct {
+	Ready   bool `json:"ready"`
+	Catalog struct {
+		LastError string `json:"lastError"`
+		Rejected  int    `json:"rejected"`
+		Accepted  int    `json:"accepted"`
+	} `json:"catalog"`
+	Proxies []struct {
+		ID       string            `json:"id"`
+		Versions map[string]string `json:"versions"`
+		Error    string            `json:"error"`
+		XDS      *struct {
+			Connected bool `json:"connected"`
+			Types     map[string]struct {
+				Sent, Acked, Nacked, NackError string
+			} `json:"types"`
+		} `json:"xds"`
+	} `json:"proxies"`
+}
+
+func (m *meshd) status() statusDoc {
+	m.t.Helper()
+	code, body := m.adminGET("/debug/status")
+	if code != 200 {
+		m.t.Fatalf("/debug/status: %d %s", code, body)
+	}
+	var s statusDoc
+	if err := json.Unmarshal([]byte(body), &s); err != nil {
+		m.t.Fatalf("/debug/status: %v\n%s", err, body)
+	}
+	return s
+}
+
+// assertAllACKed checks meshd's own view: every connected proxy has ACKed
+// the current version of every type and none has NACKed anything.
+func (m *meshd) assertAllACKed(ids ...string) {
+	m.t.Helper()
+	eventually(m.t, 10*time.Second, func() error {
+		s := m.status()
+		byID := map[string]int{}
+		for i, p := range s.Proxies {
+			byID[p.ID] = i
+		}
+		for _, id := range ids {
+			i, ok := byID[id]
+			if !ok {
+				return fmt.Errorf("proxy %s not in status", id)
+			}
+			p := s.Proxies[i]
+			if p.XDS == nil || !p.XDS.Connected {
+				return fmt.Errorf("proxy %s not connected", id)
+			}
+			for typ, ts := range p.XDS.Types {
+				if ts.Nacked != "" || ts.NackError != "" {
+					return fmt.Errorf("proxy %s NACKed %s %s: %s", id, typ, ts.Nacked, ts.NackError)
+				}
+				if want := p.Versions[typ]; ts.Acked != want {
+					return fmt.Errorf("proxy %s: %s acked %q, current %q", id, typ, ts.Acked, want)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// eventually retries f until it succeeds or the timeout passes.
+func eventually(t testing.TB, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not true within %s: %v", timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logWatcher is an io.Writer sink for processes whose output tests inspect.
+type logWatcher struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logWatcher) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logWatcher) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+var _ = context.Background

@@ -1,0 +1,262 @@
+package envoytest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Envoy is one running Envoy process owned by a test.
+type Envoy struct {
+	// AdminPort is the port of its admin API on 127.0.0.1.
+	AdminPort uint32
+	// LogPath is where its stdout and stderr go.
+	LogPath string
+
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has been reaped
+	err    error         // Wait's result, valid after exited is closed
+	client *http.Client
+}
+
+// startCount makes --base-id unique per call within this process.
+var startCount atomic.Uint32
+
+// logTailLines is how much of a failed test's Envoy log is shown.
+const logTailLines = 100
+
+// Start runs Envoy on configPath, whose admin must listen on
+// 127.0.0.1:adminPort. The process is stopped (by PID) when the test ends;
+// if the test failed, the end of Envoy's log is printed.
+func Start(t testing.TB, configPath string, adminPort uint32) *Envoy {
+	t.Helper()
+	bin := Binary(t)
+	dir := t.TempDir() // before t.Cleanup below, so the log outlives the process
+	logPath := filepath.Join(dir, "envoy.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatalf("creating Envoy log: %v", err)
+	}
+	// Several Envoys run at once (parallel tests, several test binaries).
+	// --disable-hot-restart means no shared memory or domain socket is
+	// created, so they cannot collide; the unique --base-id is belt and
+	// braces in case a config or a future flag re-enables hot restart.
+	// pid_max is at most 2^22, so pid*100+n fits in uint32 with room for
+	// Envoy's base_id*10 arithmetic.
+	baseID := uint32(os.Getpid())*100 + startCount.Add(1)%100
+	cmd := exec.Command(bin,
+		"-c", configPath,
+		"--concurrency", "1",
+		"--base-id", strconv.FormatUint(uint64(baseID), 10),
+		"--disable-hot-restart",
+		"--log-level", "info",
+	)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("starting %s: %v", bin, err)
+	}
+	e := &Envoy{
+		AdminPort: adminPort,
+		LogPath:   logPath,
+		cmd:       cmd,
+		exited:    make(chan struct{}),
+		client:    &http.Client{},
+	}
+	go func() {
+		e.err = cmd.Wait()
+		logFile.Close()
+		close(e.exited)
+	}()
+	t.Cleanup(func() {
+		e.stop(t)
+		if t.Failed() {
+			t.Logf("last %d lines of Envoy log %s:\n%s", logTailLines, logPath, tail(logPath, logTailLines))
+		}
+	})
+	return e
+}
+
+// stop asks Envoy to exit (SIGTERM lets it flush logs), then kills it.
+func (e *Envoy) stop(t testing.TB) {
+	select {
+	case <-e.exited:
+		return
+	default:
+	}
+	// Signal only our own child, by PID.
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.exited:
+		return
+	case <-time.After(5 * time.Second):
+	}
+	_ = e.cmd.Process.Kill()
+	select {
+	case <-e.exited:
+	case <-time.After(10 * time.Second):
+		t.Errorf("Envoy (pid %d) did not exit after SIGKILL", e.cmd.Process.Pid)
+	}
+}
+
+// PID is the Envoy process id.
+func (e *Envoy) PID() int { return e.cmd.Process.Pid }
+
+// Log returns Envoy's output so far.
+func (e *Envoy) Log() string {
+	b, err := os.ReadFile(e.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(cannot read Envoy log: %v)", err)
+	}
+	return string(b)
+}
+
+// Exited reports whether the process has ended, and how.
+func (e *Envoy) Exited() (bool, error) {
+	select {
+	case <-e.exited:
+		return true, e.err
+	default:
+		return false, nil
+	}
+}
+
+// WaitReady polls the admin /ready endpoint until it answers 200 "LIVE"
+// (all initial xDS fetches done, listeners ready), failing the test if the
+// timeout passes or Envoy exits first.
+func (e *Envoy) WaitReady(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := "no answer yet"
+	for {
+		if done, err := e.Exited(); done {
+			t.Fatalf("Envoy exited before becoming ready (%v); last %d log lines:\n%s", err, logTailLines, tail(e.LogPath, logTailLines))
+		}
+		status, body, err := e.getWithin("/ready", time.Second)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case status == http.StatusOK && strings.TrimSpace(body) == "LIVE":
+			return
+		default:
+			last = fmt.Sprintf("%d %s", status, strings.TrimSpace(body))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Envoy not ready after %v (last /ready: %s)", timeout, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// AdminGET fetches an admin path such as "/config_dump" or
+// "/stats?filter=^cluster\." and fails the test unless it answers 200.
+func (e *Envoy) AdminGET(t testing.TB, path string) string {
+	t.Helper()
+	status, body, err := e.getWithin(path, 10*time.Second)
+	if err != nil {
+		t.Fatalf("Envoy admin GET %s: %v", path, err)
+	}
+	if status != http.StatusOK {
+		t.Fatalf("Envoy admin GET %s: status %d: %s", path, status, body)
+	}
+	return body
+}
+
+// getWithin bounds each admin request: while Envoy starts, something else
+// may hold the port and never answer, and a poll must not hang on that.
+func (e *Envoy) getWithin(path string, timeout time.Duration) (int, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", strconv.FormatUint(uint64(e.AdminPort), 10))+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, "", err
+	}
+	return resp.StatusCode, string(b), nil
+}
+
+// Stat returns the current value of the counter or gauge called name (an
+// exact name, e.g. "cluster.meshd_xds.upstream_cx_total"), and whether
+// Envoy has such a stat.
+func (e *Envoy) Stat(t testing.TB, name string) (int64, bool) {
+	t.Helper()
+	q := url.Values{"format": {"json"}, "filter": {"^" + regexp.QuoteMeta(name) + "$"}}
+	body := e.AdminGET(t, "/stats?"+q.Encode())
+	var doc struct {
+		Stats []struct {
+			Name  string           `json:"name"`
+			Value *json.RawMessage `json:"value"`
+		} `json:"stats"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatalf("parsing Envoy /stats JSON: %v\n%s", err, body)
+	}
+	for _, s := range doc.Stats {
+		// Histograms come as an entry without name/value; skip them.
+		if s.Name != name || s.Value == nil {
+			continue
+		}
+		v, err := strconv.ParseInt(string(*s.Value), 10, 64)
+		if err != nil {
+			t.Fatalf("stat %s has non-integer value %s", name, *s.Value)
+		}
+		return v, true
+	}
+	return 0, false
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago. Another
+// process can take it before Envoy binds it; tests that must be immune should
+// retry, but on a test machine the window is small.
+func FreePort(t testing.TB) uint32 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer l.Close()
+	return uint32(l.Addr().(*net.TCPAddr).Port)
+}
+
+// tail returns the last n lines of the file at path.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}

