@@ -112,7 +112,9 @@ func TestFingerprint(t *testing.T) {
 			x := svc(s, "api")
 			x.Endpoints = append(x.Endpoints, mesh.Endpoint{Address: "127.0.0.2", Port: 1})
 		}, true},
-		{"upstream endpoint label", func(s []mesh.Service, _ []mesh.Proxy) { svc(s, "api").Endpoints[0].Labels = map[string]string{"a": "b"} }, true},
+		{"upstream endpoint label", func(s []mesh.Service, _ []mesh.Proxy) {
+			svc(s, "api").Endpoints[0].Labels = map[string]string{"a": "b"}
+		}, true},
 		{"upstream health", func(s []mesh.Service, _ []mesh.Proxy) { svc(s, "db").Endpoints[0].Health = mesh.HealthUnhealthy }, true},
 		{"upstream protocol", func(s []mesh.Service, _ []mesh.Proxy) { svc(s, "db").Protocol = mesh.ProtocolHTTP }, true},
 		{"own app port", func(_ []mesh.Service, p []mesh.Proxy) { proxy(p, "web").AppPort = 8999 }, true},
