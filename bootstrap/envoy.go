@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -48,6 +49,10 @@ type EnvoyOptions struct {
 	CAFile string
 	// CAPEM is the same root, embedded in the bootstrap instead.
 	CAPEM []byte
+	// TrustDomain is the mesh's trust domain; Envoy accepts only meshd's
+	// own identity in it (mesh.ControlPlaneIdentity). Default
+	// mesh.DefaultTrustDomain.
+	TrustDomain string
 }
 
 // Envoy builds the bootstrap of an Envoy sidecar: who it is, where its admin
@@ -73,7 +78,14 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("admin port %d is not a TCP port: use 1 to 65535", adminPort)
 	}
 
-	xdsCluster, err := buildXDSCluster(srv, o.CAFile, o.CAPEM)
+	td := o.TrustDomain
+	if td == "" {
+		td = mesh.DefaultTrustDomain
+	}
+	if err := mesh.ValidTrustDomain(td); err != nil {
+		return nil, err
+	}
+	xdsCluster, err := buildXDSCluster(srv, o.CAFile, o.CAPEM, mesh.ControlPlaneIdentity(td).SPIFFEID())
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +171,7 @@ func socketAddress(host string, port uint32) *corev3.Address {
 }
 
 // buildXDSCluster is the one static cluster: meshd itself.
-func buildXDSCluster(srv xdsServer, caFile string, caPEM []byte) (*clusterv3.Cluster, error) {
+func buildXDSCluster(srv xdsServer, caFile string, caPEM []byte, controlPlaneID string) (*clusterv3.Cluster, error) {
 	// A literal IP must be STATIC: STRICT_DNS would hand it to the resolver.
 	// A name is re-resolved so that meshd can move (STRICT_DNS also keeps
 	// every address if the name resolves to several meshd replicas).
@@ -195,7 +207,15 @@ func buildXDSCluster(srv xdsServer, caFile string, caPEM []byte) (*clusterv3.Clu
 			// handshake without it since v1.67).
 			AlpnProtocols: []string{"h2"},
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
-				ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: trustedCA},
+				// Chaining to the mesh root is not enough: every workload
+				// certificate does. Only meshd's own SPIFFE ID is accepted.
+				ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustedCa: trustedCA,
+					MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+						SanType: tlsv3.SubjectAltNameMatcher_URI,
+						Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: controlPlaneID}},
+					}},
+				},
 			},
 		},
 	}

@@ -52,3 +52,14 @@ func ValidTrustDomain(td string) error {
 	}
 	return nil
 }
+
+// DefaultTrustDomain is the trust domain meshd and meshctl use unless told
+// otherwise (Istio's default, so principals written for Istio carry over).
+const DefaultTrustDomain = "cluster.local"
+
+// ControlPlaneIdentity is the identity meshd's own xDS server certificate
+// carries. Proxies pin it, so a workload certificate from the same CA cannot
+// impersonate the control plane.
+func ControlPlaneIdentity(trustDomain string) Identity {
+	return Identity{TrustDomain: trustDomain, Namespace: "meshd-system", ServiceAccount: "meshd"}
+}

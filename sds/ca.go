@@ -60,6 +60,9 @@ type Options struct {
 	RenewFraction float64          // reissue when this fraction of life has passed; default 0.5
 	Clock         func() time.Time // default time.Now; tests inject
 	Logger        *slog.Logger     // default slog.Default()
+	// NoCreate makes a missing CA an error instead of creating one: tools
+	// other than meshd (meshctl) must never mint a second, unrelated root.
+	NoCreate bool
 }
 
 // withDefaults validates o and fills in defaults.
@@ -149,6 +152,8 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 		if err := a.loadRoot(certPath, keyPath); err != nil {
 			return nil, err
 		}
+	case !certExists && !keyExists && opts.NoCreate:
+		return nil, fmt.Errorf("no CA in %s: start meshd once with this data directory to create it, or point --data-dir at meshd's", dir)
 	case !certExists && !keyExists:
 		if err := a.createRoot(dir, certPath, keyPath); err != nil {
 			return nil, err

@@ -12,16 +12,10 @@ import (
 	"github.com/meshd/meshd/mesh"
 )
 
-// meshd's own identity, presented by its xDS server.
-const (
-	serverNamespace      = "meshd-system"
-	serverServiceAccount = "meshd"
-)
-
 // ServerIdentity is the identity meshd's xDS server presents: proxies that
 // pin the control plane's SPIFFE ID pin this one.
 func (a *Authority) ServerIdentity() mesh.Identity {
-	return mesh.Identity{TrustDomain: a.opts.TrustDomain, Namespace: serverNamespace, ServiceAccount: serverServiceAccount}
+	return mesh.ControlPlaneIdentity(a.opts.TrustDomain)
 }
 
 // ServerTLSConfig returns a *tls.Config for meshd's own xDS gRPC server. Its

@@ -6,7 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -92,11 +91,10 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
-	_, statErr := os.Stat(rootCertPath(*dataDir))
-	hadCA := statErr == nil
 	ca, err := sds.LoadOrCreate(sds.Options{
 		DataDir:     *dataDir,
 		TrustDomain: *trustDomain,
+		NoCreate:    true,
 		Logger:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
@@ -105,9 +103,6 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "meshctl certs issue: this command needs read access to the CA key; run it as the user meshd runs as")
 		}
 		return exitError
-	}
-	if !hadCA {
-		fmt.Fprintf(stderr, "meshctl certs issue: note: %s had no CA, so a new one was created; start meshd with --data-dir %s --trust-domain %s to use it\n", *dataDir, *dataDir, *trustDomain)
 	}
 	key := mesh.ServiceKey{Namespace: *namespace, Name: *service}
 	id := mesh.Identity{TrustDomain: *trustDomain, Namespace: *namespace, ServiceAccount: *serviceAccount}

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/meshd/meshd/mesh"
 )
 
 // Exit codes.
@@ -26,7 +28,7 @@ const (
 	// (meshd --data-dir .meshd).
 	defaultDataDir = ".meshd"
 	// defaultTrustDomain must match meshd's own default trust domain.
-	defaultTrustDomain = "cluster.local"
+	defaultTrustDomain = mesh.DefaultTrustDomain
 )
 
 // rootCertPath is where meshd's CA keeps its root certificate: the layout

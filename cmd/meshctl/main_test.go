@@ -217,13 +217,22 @@ func TestRootCertPathMatchesSDS(t *testing.T) {
 func TestCertsIssueThenGRPCBootstrap(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	out := filepath.Join(t.TempDir(), "certs", "hello")
+	// Without meshd's CA, meshctl refuses rather than minting a stray root.
 	r := runArgs("certs", "issue", "--service", "hello", "--namespace", "shop", "--service-account", "hello-sa",
+		"--trust-domain", "example.org", "--data-dir", dataDir, "--out", out)
+	if r.code != exitError || !strings.Contains(r.stderr, "start meshd once with this data directory") {
+		t.Fatalf("certs issue without a CA: code %d; stderr: %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(rootCertPath(dataDir)); err == nil {
+		t.Fatal("meshctl created a CA")
+	}
+	if _, err := sds.LoadOrCreate(sds.Options{DataDir: dataDir, TrustDomain: "example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	r = runArgs("certs", "issue", "--service", "hello", "--namespace", "shop", "--service-account", "hello-sa",
 		"--trust-domain", "example.org", "--data-dir", dataDir, "--out", out)
 	if r.code != exitOK {
 		t.Fatalf("certs issue: code %d; stderr: %s", r.code, r.stderr)
-	}
-	if !strings.Contains(r.stderr, "a new one was created") {
-		t.Errorf("creating a CA was not reported; stderr: %s", r.stderr)
 	}
 	if !strings.Contains(r.stdout, "spiffe://example.org/ns/shop/sa/hello-sa") {
 		t.Errorf("stdout does not name the identity: %s", r.stdout)
@@ -274,7 +283,7 @@ func TestCertsIssueThenGRPCBootstrap(t *testing.T) {
 		t.Errorf("key.pem mode %v, want 0600", fi.Mode().Perm())
 	}
 
-	// A second issue reuses the CA, silently.
+	// A second issue reuses the CA.
 	r = runArgs("certs", "issue", "--service", "hello", "--namespace", "shop", "--service-account", "hello-sa",
 		"--trust-domain", "example.org", "--data-dir", dataDir, "--out", out)
 	if r.code != exitOK || strings.Contains(r.stderr, "created") {
