@@ -54,6 +54,10 @@ func envoyCases() []envoyCase {
 		{"envoy-ipv6", func(*testing.T) bootstrap.EnvoyOptions {
 			return bootstrap.EnvoyOptions{Service: "db", XDSAddress: "[::1]:15012", AdminPort: 15004, CAFile: "/etc/meshd/root-cert.pem"}
 		}},
+		{"envoy-delta-trust-domain", func(*testing.T) bootstrap.EnvoyOptions {
+			return bootstrap.EnvoyOptions{Service: "cart", Namespace: "shop", XDSAddress: "127.0.0.1:15012", CAFile: "/etc/meshd/root-cert.pem",
+				Delta: true, TrustDomain: "example.org"}
+		}},
 	}
 }
 

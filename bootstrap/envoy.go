@@ -49,6 +49,9 @@ type EnvoyOptions struct {
 	CAFile string
 	// CAPEM is the same root, embedded in the bootstrap instead.
 	CAPEM []byte
+	// Delta makes Envoy use incremental (delta) xDS on its ADS stream
+	// instead of state-of-the-world; meshd serves both.
+	Delta bool
 	// TrustDomain is the mesh's trust domain; Envoy accepts only meshd's
 	// own identity in it (mesh.ControlPlaneIdentity). Default
 	// mesh.DefaultTrustDomain.
@@ -101,7 +104,7 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 		},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &corev3.ApiConfigSource{
-				ApiType:             corev3.ApiConfigSource_GRPC,
+				ApiType:             apiType(o.Delta),
 				TransportApiVersion: corev3.ApiVersion_V3,
 				// meshd learns the node on the first request of a stream;
 				// repeating it on every request only costs bytes.
@@ -284,4 +287,11 @@ func marshalAny(m validatable) (*anypb.Any, error) {
 		return nil, fmt.Errorf("wrapping %s in Any: %w", m.ProtoReflect().Descriptor().FullName(), err)
 	}
 	return a, nil
+}
+
+func apiType(delta bool) corev3.ApiConfigSource_ApiType {
+	if delta {
+		return corev3.ApiConfigSource_DELTA_GRPC
+	}
+	return corev3.ApiConfigSource_GRPC
 }

@@ -109,10 +109,10 @@ func startTCPEcho(t *testing.T, port uint32) {
 
 // startSidecar generates the bootstrap with the real meshctl, validates it
 // with envoy --mode validate and runs Envoy on it.
-func startSidecar(t *testing.T, m *meshd, service, nodeID string, admin uint32) *envoytest.Envoy {
+func startSidecar(t *testing.T, m *meshd, service, nodeID string, admin uint32, extra ...string) *envoytest.Envoy {
 	t.Helper()
-	args := []string{"bootstrap", "--service", service, "--xds-address", m.xdsAddr,
-		"--admin-port", fmt.Sprint(admin), "--data-dir", m.dataDir}
+	args := append([]string{"bootstrap", "--service", service, "--xds-address", m.xdsAddr,
+		"--admin-port", fmt.Sprint(admin), "--data-dir", m.dataDir}, extra...)
 	if nodeID != "" {
 		args = append(args, "--node-id", nodeID)
 	}
@@ -190,7 +190,8 @@ func TestEnvoySidecars(t *testing.T) {
 	web := startSidecar(t, m, "web", "", e.web.admin)
 	api := startSidecar(t, m, "api", "", e.api.admin)
 	greeter := startSidecar(t, m, "greeter", "", e.greeter.admin)
-	db := startSidecar(t, m, "db", "", e.db.admin)
+	// db runs delta xDS: meshd serves both protocols to real Envoys.
+	db := startSidecar(t, m, "db", "", e.db.admin, "--delta")
 	outer := t
 
 	t.Run("http through both sidecars over mTLS", func(t *testing.T) {

@@ -30,8 +30,15 @@ type Tracker struct {
 	known func(nodeID string) bool
 
 	mu      sync.Mutex
-	streams map[int64]*streamState
+	streams map[streamKey]*streamState
 	nodes   map[string]*nodeState
+}
+
+// streamKey identifies a stream. go-control-plane numbers SotW and delta
+// streams with separate counters, so an id alone is ambiguous.
+type streamKey struct {
+	delta bool
+	id    int64
 }
 
 type streamState struct {
@@ -62,7 +69,7 @@ type TypeStatus struct {
 // NewTracker returns a tracker; known reports whether a node id is in the
 // current catalog (an unknown node is logged once per stream).
 func NewTracker(log *slog.Logger, m *metrics.Metrics, known func(string) bool) *Tracker {
-	return &Tracker{log: log, m: m, known: known, streams: map[int64]*streamState{}, nodes: map[string]*nodeState{}}
+	return &Tracker{log: log, m: m, known: known, streams: map[streamKey]*streamState{}, nodes: map[string]*nodeState{}}
 }
 
 func flavorOf(n *corev3.Node) string {
@@ -79,13 +86,13 @@ func flavorOf(n *corev3.Node) string {
 	return "unknown"
 }
 
-func (t *Tracker) open(id int64, delta bool) {
+func (t *Tracker) open(id streamKey) {
 	t.mu.Lock()
-	t.streams[id] = &streamState{delta: delta, sent: map[string]map[string]string{}}
+	t.streams[id] = &streamState{delta: id.delta, sent: map[string]map[string]string{}}
 	t.mu.Unlock()
 }
 
-func (t *Tracker) closed(id int64) {
+func (t *Tracker) closed(id streamKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.streams[id]
@@ -98,14 +105,14 @@ func (t *Tracker) closed(id int64) {
 		n.streams--
 		n.seen = time.Now()
 	}
-	t.log.Info("proxy disconnected", "node", s.node, "stream", id)
+	t.log.Info("proxy disconnected", "node", s.node, "stream", id.id, "delta", id.delta)
 }
 
 // identify binds a stream to its node on the first request that carries one.
-func (t *Tracker) identify(id int64, node *corev3.Node) *streamState {
+func (t *Tracker) identify(id streamKey, node *corev3.Node) *streamState {
 	s := t.streams[id]
 	if s == nil {
-		s = &streamState{sent: map[string]map[string]string{}}
+		s = &streamState{delta: id.delta, sent: map[string]map[string]string{}}
 		t.streams[id] = s
 	}
 	if s.node != "" || node.GetId() == "" {
@@ -123,9 +130,9 @@ func (t *Tracker) identify(id int64, node *corev3.Node) *streamState {
 	t.m.ConnectedProxies.WithLabelValues(s.flavor).Inc()
 	if t.known != nil && !t.known(s.node) {
 		t.log.Warn("proxy connected with a node id that is not in the catalog; it gets no configuration until one is added",
-			"node", s.node, "flavor", s.flavor, "stream", id)
+			"node", s.node, "flavor", s.flavor, "stream", id.id)
 	} else {
-		t.log.Info("proxy connected", "node", s.node, "flavor", s.flavor, "stream", id, "delta", s.delta)
+		t.log.Info("proxy connected", "node", s.node, "flavor", s.flavor, "stream", id.id, "delta", s.delta)
 	}
 	return s
 }
@@ -145,7 +152,7 @@ func (t *Tracker) typeStatus(node, typeURL string) *TypeStatus {
 
 // request handles one SotW or delta request. It returns the version the
 // NACKed response carried ("" if this is not a NACK or it is unknown).
-func (t *Tracker) request(id int64, node *corev3.Node, typeURL, nonce string, errDetail interface{ GetMessage() string }, isNack bool) string {
+func (t *Tracker) request(id streamKey, node *corev3.Node, typeURL, nonce string, errDetail interface{ GetMessage() string }, isNack bool) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.identify(id, node)
@@ -175,7 +182,7 @@ func (t *Tracker) request(id int64, node *corev3.Node, typeURL, nonce string, er
 	return ""
 }
 
-func (t *Tracker) response(id int64, typeURL, nonce, version string, resources int, bytes int) {
+func (t *Tracker) response(id streamKey, typeURL, nonce, version string, resources int, bytes int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.streams[id]
@@ -198,17 +205,17 @@ func (t *Tracker) response(id int64, typeURL, nonce, version string, resources i
 
 // OnStreamOpen implements sotw.Callbacks.
 func (t *Tracker) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	t.open(id, false)
+	t.open(streamKey{id: id})
 	return nil
 }
 
 // OnStreamClosed implements sotw.Callbacks.
-func (t *Tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.closed(id) }
+func (t *Tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.closed(streamKey{id: id}) }
 
 // OnStreamRequest implements sotw.Callbacks. On a NACK it rewrites the
 // request's version to the rejected one (see Tracker).
 func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	if v := t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil); v != "" {
+	if v := t.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil); v != "" {
 		req.VersionInfo = v
 	}
 	return nil
@@ -220,23 +227,23 @@ func (t *Tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.D
 	for _, r := range resp.GetResources() {
 		n += len(r.GetValue())
 	}
-	t.response(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo(), len(resp.GetResources()), n)
+	t.response(streamKey{id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo(), len(resp.GetResources()), n)
 }
 
 // OnDeltaStreamOpen implements delta.Callbacks.
 func (t *Tracker) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	t.open(id, true)
+	t.open(streamKey{delta: true, id: id})
 	return nil
 }
 
 // OnDeltaStreamClosed implements delta.Callbacks.
-func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.closed(id) }
+func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.closed(streamKey{delta: true, id: id}) }
 
 // OnStreamDeltaRequest implements delta.Callbacks. Delta needs no rewrite:
 // the server tracks per-resource versions it sent, so it does not resend a
 // NACKed resource until its content changes.
 func (t *Tracker) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
+	t.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
 	return nil
 }
 
@@ -246,7 +253,7 @@ func (t *Tracker) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryR
 	for _, r := range resp.GetResources() {
 		n += len(r.GetResource().GetValue())
 	}
-	t.response(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo(), len(resp.GetResources()), n)
+	t.response(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo(), len(resp.GetResources()), n)
 }
 
 // OnFetchRequest implements rest.Callbacks (REST xDS is not served).

@@ -46,7 +46,7 @@ const bootstrapExamples = `
 // Flags that only one flavor uses; giving them to the other is a mistake
 // worth reporting rather than ignoring.
 var (
-	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain"}
+	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta"}
 	grpcOnlyFlags  = []string{"cert-dir", "refresh-interval"}
 )
 
@@ -64,6 +64,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	certDir := flags.String("cert-dir", "", "grpc only (required): `DIR` holding the app's cert.pem, key.pem and ca.pem (see meshctl certs issue)")
 	refresh := flags.String("refresh-interval", bootstrap.DefaultRefreshInterval, "grpc only: how often gRPC re-reads --cert-dir, as a Go `DURATION` (60s, 5m)")
 	out := flags.String("o", "", "write to `FILE` instead of standard output")
+	delta := flags.Bool("delta", false, "envoy only: use incremental (delta) xDS instead of state-of-the-world")
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "envoy only: meshd's SPIFFE trust `domain`; Envoy accepts only meshd's own identity in it")
 	if code, ok := parseFlags(flags, args, stdout); !ok {
 		return code
@@ -112,7 +113,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	} else {
 		o := bootstrap.EnvoyOptions{
 			NodeID: *nodeID, Service: *service, Namespace: *namespace, XDSAddress: *xdsAddr,
-			AdminPort: uint32(*adminPort), TrustDomain: *trustDomain,
+			AdminPort: uint32(*adminPort), TrustDomain: *trustDomain, Delta: *delta,
 		}
 		if *inlineCA {
 			o.CAPEM, err = readRootPEM(*caFile)

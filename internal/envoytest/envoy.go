@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -234,13 +235,26 @@ func (e *Envoy) Stat(t testing.TB, name string) (int64, bool) {
 // retry, but on a test machine the window is small.
 func FreePort(t testing.TB) uint32 {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("finding a free port: %v", err)
+		}
+		port := uint32(l.Addr().(*net.TCPAddr).Port)
+		l.Close()
+		// The kernel may hand the same ephemeral port out again once it is
+		// closed; a test that asks for several ports before binding any of
+		// them would then give two listeners one port.
+		if _, dup := handedOut.LoadOrStore(port, true); !dup {
+			return port
+		}
 	}
-	defer l.Close()
-	return uint32(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no unused free port after 100 tries")
+	return 0
 }
+
+// handedOut remembers every port FreePort returned in this process.
+var handedOut sync.Map
 
 // tail returns the last n lines of the file at path.
 func tail(path string, n int) string {
