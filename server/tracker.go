@@ -237,7 +237,9 @@ func (t *Tracker) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error
 }
 
 // OnDeltaStreamClosed implements delta.Callbacks.
-func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.closed(streamKey{delta: true, id: id}) }
+func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+	t.closed(streamKey{delta: true, id: id})
+}
 
 // OnStreamDeltaRequest implements delta.Callbacks. Delta needs no rewrite:
 // the server tracks per-resource versions it sent, so it does not resend a
