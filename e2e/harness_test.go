@@ -85,6 +85,9 @@ func (m *meshd) start(extraArgs ...string) {
 		"--xds-listen", m.xdsAddr, "--admin-listen", m.adminAddr,
 		"--debounce-holdoff", "20ms", "--debounce-max", "200ms",
 		"--catalog-poll", "1s", "--log-level", "debug",
+		// Tests that exercise PERMISSIVE or DISABLE pass their own
+		// --mtls-mode (the last one wins).
+		"--mtls-mode", "STRICT",
 	}, extraArgs...)
 	m.cmd = exec.Command(filepath.Join(binDir, "meshd"), args...)
 	m.cmd.Stdout, m.cmd.Stderr = logf, logf

@@ -128,7 +128,7 @@ func BenchmarkTranslateProxy(b *testing.B) {
 		b.Fatal(err)
 	}
 	tr := xds.NewTranslator(xds.Options{TrustDomain: "cluster.local"})
-	gen := tr.Generation(cat)
+	gen := tr.Generation(cat, nil)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

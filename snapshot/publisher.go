@@ -59,6 +59,7 @@ type Publisher struct {
 	mu      sync.Mutex
 	latest  *mesh.Catalog // most recent catalog handed to Update
 	current *mesh.Catalog // catalog of the last publish
+	policy  *mesh.PolicySet
 	proxies map[string]*proxyState
 	// identities caches each identity's rendered secret by certificate, so a
 	// secret is rebuilt only when the CA reissues the leaf.
@@ -80,6 +81,7 @@ type proxyState struct {
 	err      error
 	errAt    time.Time
 	okAt     time.Time
+	warnings []string
 }
 
 // New returns a publisher writing into cache. The cache must answer named
@@ -121,6 +123,18 @@ func (p *Publisher) Update(cat *mesh.Catalog) {
 	}
 }
 
+// UpdatePolicy hands the publisher a new policy set; Run renders it after
+// the holdoff like a catalog change.
+func (p *Publisher) UpdatePolicy(ps *mesh.PolicySet) {
+	p.mu.Lock()
+	p.policy = ps
+	p.mu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Ready reports whether a catalog has been published at least once.
 func (p *Publisher) Ready() bool {
 	p.mu.Lock()
@@ -145,7 +159,9 @@ func (p *Publisher) Run(ctx context.Context) {
 			renew = nil
 			return
 		}
-		renew = time.NewTimer(max(time.Until(next), 0) + 10*time.Millisecond)
+		// The floor stops a renewal that keeps failing (or a leaf that is
+		// somehow never reissued) from turning into a busy loop.
+		renew = time.NewTimer(max(time.Until(next), time.Second) + 10*time.Millisecond)
 	}
 	renewC := func() <-chan time.Time {
 		if renew == nil {
@@ -197,7 +213,7 @@ func (p *Publisher) Publish() (Stats, error) {
 	if cat == nil {
 		return st, errors.New("no catalog yet")
 	}
-	gen := p.tr.Generation(cat)
+	gen := p.tr.Generation(cat, p.policy)
 	defer gen.Close()
 
 	bundle, err := p.bundleSecret()
@@ -291,6 +307,10 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 	snap, versions := buildSnapshot(sets)
 	state.inputKey = inputKey
 	state.err = nil
+	if len(res.Warnings) > 0 && !slices.Equal(res.Warnings, state.warnings) {
+		p.log.Warn("policy warnings for proxy", "proxy", px.ID, "warnings", res.Warnings)
+	}
+	state.warnings = res.Warnings
 	state.okAt = time.Now()
 	if maps2Equal(versions, state.versions) {
 		st.Unchanged++
@@ -397,6 +417,11 @@ func (p *Publisher) forgetIdentities(cat *mesh.Catalog) {
 			delete(p.identities, name)
 		}
 	}
+	// The CA must forget them too: a cached leaf nobody uses would keep
+	// NextRenewal in the past and the renewal timer firing.
+	if f, ok := p.secrets.(interface{ Forget(keep map[string]bool) }); ok {
+		f.Forget(keep)
+	}
 }
 
 func hashBytes(b []byte) string {
@@ -411,6 +436,7 @@ type ProxyStatus struct {
 	Error    string            `json:"error,omitempty"`
 	ErrorAt  time.Time         `json:"errorAt,omitzero"`
 	OKAt     time.Time         `json:"renderedAt,omitzero"`
+	Warnings []string          `json:"warnings,omitempty"`
 }
 
 // Status lists every proxy of the current catalog, sorted by id.
@@ -419,7 +445,7 @@ func (p *Publisher) Status() []ProxyStatus {
 	defer p.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(p.proxies))
 	for id, s := range p.proxies {
-		ps := ProxyStatus{ID: id, OKAt: s.okAt, ErrorAt: s.errAt}
+		ps := ProxyStatus{ID: id, OKAt: s.okAt, ErrorAt: s.errAt, Warnings: s.warnings}
 		if len(s.versions) > 0 {
 			ps.Versions = map[string]string{}
 			for t, v := range s.versions {

@@ -4,9 +4,11 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -43,11 +45,13 @@ func buildLocalAppCluster(s *mesh.Service, p *mesh.Proxy) (*Resource, error) {
 func buildEnvoyOutboundCluster(up *mesh.Service, self mesh.Identity, trustDomain string) (*Resource, error) {
 	name := OutboundClusterName(up.Key())
 	peer := mesh.IdentityOf(trustDomain, up).SPIFFEID()
-	alpn := []string{alpnHTTP11}
+	// The mesh ALPN comes first so a PERMISSIVE server recognises mesh
+	// traffic; the application protocol follows for the server to select.
+	alpn := []string{MeshALPN, alpnHTTP11}
 	if up.Protocol.UsesHTTP2() {
-		alpn = []string{alpnH2}
+		alpn = []string{MeshALPN, alpnH2}
 	} else if up.Protocol == mesh.ProtocolTCP {
-		alpn = nil
+		alpn = []string{MeshALPN}
 	}
 	ts, err := tlsTransportSocket(envoyUpstreamTLS(IdentitySecretName(self), SNI(up.Key(), trustDomain), peer, alpn))
 	if err != nil {
@@ -55,6 +59,17 @@ func buildEnvoyOutboundCluster(up *mesh.Service, self mesh.Identity, trustDomain
 	}
 	c := edsCluster(name)
 	c.TransportSocket = ts
+	// Endpoints whose workload has mTLS disabled are reached in plaintext
+	// (auto mTLS); EDS marks them, so this cluster stays shareable.
+	raw, err := anyOf(&rawbufferv3.RawBuffer{})
+	if err != nil {
+		return nil, err
+	}
+	c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{{
+		Name:            "plaintext-to-mtls-disabled",
+		Match:           &structpb.Struct{Fields: map[string]*structpb.Value{TransportSocketMatchKey: structpb.NewStringValue(TransportSocketMatchDisabled)}},
+		TransportSocket: &corev3.TransportSocket{Name: transportSocketRaw, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw}},
+	}}
 	if err := setHTTP2(c, up.Protocol); err != nil {
 		return nil, err
 	}
@@ -65,14 +80,19 @@ func buildEnvoyOutboundCluster(up *mesh.Service, self mesh.Identity, trustDomain
 // buildGRPCCluster is a proxyless gRPC client's cluster for an upstream. It
 // names no identity of the caller (gRPC takes certificates from its
 // bootstrap's provider instance), so every gRPC client shares it.
-func buildGRPCCluster(up *mesh.Service, trustDomain string) (*Resource, error) {
+//
+// gRPC has no transport socket matches, so the choice is per service: plaintext
+// only when every endpoint's workload has mTLS disabled.
+func buildGRPCCluster(up *mesh.Service, trustDomain string, plaintext bool) (*Resource, error) {
 	name := OutboundClusterName(up.Key())
-	ts, err := tlsTransportSocket(grpcUpstreamTLS(mesh.IdentityOf(trustDomain, up).SPIFFEID()))
-	if err != nil {
-		return nil, err
-	}
 	c := edsCluster(name)
-	c.TransportSocket = ts
+	if !plaintext {
+		ts, err := tlsTransportSocket(grpcUpstreamTLS(mesh.IdentityOf(trustDomain, up).SPIFFEID()))
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = ts
+	}
 	return newResource(name, c, Ref{TypeURL: resourcev3.EndpointType, Name: name})
 }
 

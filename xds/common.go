@@ -16,6 +16,8 @@ const (
 	filterRouter   = "envoy.filters.http.router"
 	// transportSocketTLS must be exactly this for gRPC, which matches on it.
 	transportSocketTLS   = "envoy.transport_sockets.tls"
+	transportSocketRaw   = "envoy.transport_sockets.raw_buffer"
+	listenerTLSInspector = "envoy.filters.listener.tls_inspector"
 	httpProtocolOptionsK = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 

@@ -6,14 +6,17 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshd/meshd/mesh"
 )
 
 // buildEndpoints renders a service's endpoints as the EDS resource of its
-// outbound cluster. Envoy and gRPC clients share it.
-func buildEndpoints(s *mesh.Service) (*Resource, error) {
+// outbound cluster. Envoy and gRPC clients share it. modes[i] is the mTLS
+// mode of endpoint i's workload: DISABLE endpoints are marked so callers'
+// transport socket matches reach them in plaintext.
+func buildEndpoints(s *mesh.Service, modes []mesh.MTLSMode) (*Resource, error) {
 	name := OutboundClusterName(s.Key())
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	byLocality := map[mesh.Locality]*endpointv3.LocalityLbEndpoints{}
@@ -29,13 +32,19 @@ func buildEndpoints(s *mesh.Service) (*Resource, error) {
 			order = append(order, e.Locality)
 		}
 		w := max(e.Weight, 1)
-		loc.LbEndpoints = append(loc.LbEndpoints, &endpointv3.LbEndpoint{
+		lb := &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: socketAddress(e.Address, e.Port),
 			}},
 			HealthStatus:        healthStatus(e.Health),
 			LoadBalancingWeight: wrapperspb.UInt32(w),
-		})
+		}
+		if i < len(modes) && modes[i] == mesh.MTLSDisable {
+			lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+				"envoy.transport_socket_match": {Fields: map[string]*structpb.Value{TransportSocketMatchKey: structpb.NewStringValue(TransportSocketMatchDisabled)}},
+			}}
+		}
+		loc.LbEndpoints = append(loc.LbEndpoints, lb)
 	}
 	slices.SortFunc(order, func(a, b mesh.Locality) int {
 		return cmp.Or(cmp.Compare(a.Region, b.Region), cmp.Compare(a.Zone, b.Zone), cmp.Compare(a.SubZone, b.SubZone))

@@ -44,7 +44,7 @@ func FuzzTranslate(f *testing.F) {
 			td = "cluster.local"
 		}
 		tr := NewTranslator(Options{TrustDomain: td})
-		gen := tr.Generation(cat)
+		gen := tr.Generation(cat, nil)
 		for _, p := range cat.Proxies() {
 			r, err := gen.Proxy(p.ID)
 			if err != nil {

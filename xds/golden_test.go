@@ -27,7 +27,10 @@ type goldenInput struct {
 	TrustDomain string         `yaml:"trustDomain"`
 	Services    []mesh.Service `yaml:"services"`
 	Proxies     []mesh.Proxy   `yaml:"proxies"`
-	ExpectError string         `yaml:"expectError"`
+	// Policy is the normalised policy set (policy.Parse produces it from
+	// Istio YAML; the translation tests start from the model).
+	Policy      *mesh.PolicySet `yaml:"policy"`
+	ExpectError string          `yaml:"expectError"`
 }
 
 func loadCase(t *testing.T, path string) goldenInput {
@@ -71,8 +74,9 @@ func TestGolden(t *testing.T) {
 			var results map[string]*ProxyResources
 			if err == nil {
 				results = map[string]*ProxyResources{}
+				gen := NewTranslator(Options{TrustDomain: in.TrustDomain}).Generation(cat, in.Policy)
 				for _, p := range cat.Proxies() {
-					r, terr := Translate(cat, p.ID, Options{TrustDomain: in.TrustDomain})
+					r, terr := gen.Proxy(p.ID)
 					if terr != nil {
 						err = terr
 						break
@@ -91,6 +95,11 @@ func TestGolden(t *testing.T) {
 			}
 			for id, r := range results {
 				checkProxy(t, id, r)
+				if len(r.Warnings) > 0 {
+					file := filepath.Join("testdata", "out", name, id+".warnings.txt")
+					written[file] = true
+					compareGolden(t, file, []byte(strings.Join(r.Warnings, "\n")+"\n"))
+				}
 				for kind, list := range map[string][]*Resource{"listeners": r.Listeners, "clusters": r.Clusters, "routes": r.Routes, "endpoints": r.Endpoints} {
 					if len(list) == 0 {
 						continue
@@ -103,7 +112,7 @@ func TestGolden(t *testing.T) {
 		})
 	}
 	if *update {
-		stale, _ := filepath.Glob("testdata/out/*/*.yaml")
+		stale, _ := filepath.Glob("testdata/out/*/*.*")
 		for _, f := range stale {
 			if !written[f] {
 				os.Remove(f)

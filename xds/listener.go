@@ -4,6 +4,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -13,56 +14,140 @@ import (
 	"github.com/meshd/meshd/mesh"
 )
 
-// buildEnvoyInboundListener terminates mesh mTLS on the sidecar's public port
-// and hands traffic to the local application.
-func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, trustDomain string) (*Resource, error) {
+// buildEnvoyInboundListener accepts mesh traffic on the sidecar's public
+// port and hands it to the local application, after the authorization
+// filters. The mTLS mode decides the filter chains:
+//   - STRICT: one chain terminating mTLS;
+//   - PERMISSIVE: the TLS inspector routes TLS offering the mesh ALPN (and,
+//     for grpc services, h2 from proxyless gRPC callers, which cannot set
+//     ALPN) to the mTLS chain; everything else, an application's own TLS
+//     included, to a plaintext chain with its own stat prefix;
+//   - DISABLE: one plaintext chain.
+func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, trustDomain string, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
 	name := InboundListenerName(p)
 	secret := IdentitySecretName(self)
-	var alpn []string
-	if s.Protocol.IsHTTP() {
-		alpn = []string{alpnH2, alpnHTTP11}
-	}
-	ts, err := tlsTransportSocket(envoyDownstreamTLS(secret, trustDomain, alpn))
-	if err != nil {
-		return nil, err
-	}
-	refs := secretRefs(secret)
-	var filter *listenerv3.Filter
-	stat := InboundStatPrefix(s.Key(), true)
-	if s.Protocol.IsHTTP() {
-		route := InboundRouteName(s.Key())
-		hcm, err := rdsHCM(stat, route)
-		if err != nil {
-			return nil, err
-		}
-		// The app learns the caller's verified identity from
-		// x-forwarded-client-cert; anything a client sent in it is replaced.
-		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
-		hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
-		filter, err = networkFilter(filterHCM, hcm)
-		if err != nil {
-			return nil, err
-		}
-		refs = append(refs, Ref{TypeURL: resourcev3.RouteType, Name: route})
-	} else {
-		cluster := LocalAppClusterName(s.Key())
-		filter, err = tcpProxyFilter(stat, cluster)
-		if err != nil {
-			return nil, err
-		}
-		refs = append(refs, Ref{TypeURL: resourcev3.ClusterType, Name: cluster})
-	}
 	l := &listenerv3.Listener{
 		Name:             name,
 		Address:          socketAddress(p.Address, p.PublicPort),
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
-		FilterChains: []*listenerv3.FilterChain{{
-			Name:            "mtls",
-			Filters:         []*listenerv3.Filter{filter},
-			TransportSocket: ts,
-		}},
 	}
-	return newResource(name, l, refs...)
+	var refs []Ref
+	mtlsChain := func() (*listenerv3.FilterChain, error) {
+		var alpn []string
+		if s.Protocol.IsHTTP() {
+			alpn = []string{alpnH2, alpnHTTP11}
+		}
+		ts, err := tlsTransportSocket(envoyDownstreamTLS(secret, trustDomain, alpn))
+		if err != nil {
+			return nil, err
+		}
+		filters, frefs, err := inboundFilters(s, true, rbac)
+		if err != nil {
+			return nil, err
+		}
+		refs = append(refs, frefs...)
+		refs = append(refs, secretRefs(secret)...)
+		return &listenerv3.FilterChain{Name: FilterChainMTLS, Filters: filters, TransportSocket: ts}, nil
+	}
+	plainChain := func() (*listenerv3.FilterChain, error) {
+		filters, frefs, err := inboundFilters(s, false, rbac)
+		if err != nil {
+			return nil, err
+		}
+		refs = append(refs, frefs...)
+		return &listenerv3.FilterChain{Name: FilterChainPlaintext, Filters: filters}, nil
+	}
+	switch mode {
+	case mesh.MTLSDisable:
+		c, err := plainChain()
+		if err != nil {
+			return nil, err
+		}
+		l.FilterChains = []*listenerv3.FilterChain{c}
+	case mesh.MTLSPermissive:
+		c, err := mtlsChain()
+		if err != nil {
+			return nil, err
+		}
+		protos := []string{MeshALPN}
+		if s.Protocol == mesh.ProtocolGRPC {
+			protos = append(protos, alpnH2)
+		}
+		c.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "tls", ApplicationProtocols: protos}
+		plain, err := plainChain()
+		if err != nil {
+			return nil, err
+		}
+		inspector, err := anyOf(&tlsinspectorv3.TlsInspector{})
+		if err != nil {
+			return nil, err
+		}
+		l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: listenerTLSInspector, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
+		l.FilterChains = []*listenerv3.FilterChain{c}
+		l.DefaultFilterChain = plain
+	default: // STRICT
+		c, err := mtlsChain()
+		if err != nil {
+			return nil, err
+		}
+		l.FilterChains = []*listenerv3.FilterChain{c}
+	}
+	return newResource(name, l, dedupRefs(refs)...)
+}
+
+// inboundFilters renders one inbound chain's network filters: RBAC then
+// the HTTP connection manager (with HTTP RBAC inside) or tcp_proxy.
+func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.Filter, []Ref, error) {
+	stat := InboundStatPrefix(s.Key(), mtls)
+	if s.Protocol.IsHTTP() {
+		route := InboundRouteName(s.Key())
+		hcm, err := rdsHCM(stat, route)
+		if err != nil {
+			return nil, nil, err
+		}
+		authz, err := rbac.httpFilters(false)
+		if err != nil {
+			return nil, nil, err
+		}
+		hcm.HttpFilters = append(authz, hcm.HttpFilters...)
+		if mtls {
+			// The app learns the caller's verified identity from
+			// x-forwarded-client-cert; anything a client sent is replaced.
+			hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
+			hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
+		} else {
+			// A plaintext caller has no verified identity to pass on, and
+			// must not be able to forge one.
+			hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE
+		}
+		f, err := networkFilter(filterHCM, hcm)
+		if err != nil {
+			return nil, nil, err
+		}
+		return []*listenerv3.Filter{f}, []Ref{{TypeURL: resourcev3.RouteType, Name: route}}, nil
+	}
+	cluster := LocalAppClusterName(s.Key())
+	filters, err := rbac.networkFilters(stat)
+	if err != nil {
+		return nil, nil, err
+	}
+	tcp, err := tcpProxyFilter(stat, cluster)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(filters, tcp), []Ref{{TypeURL: resourcev3.ClusterType, Name: cluster}}, nil
+}
+
+func dedupRefs(refs []Ref) []Ref {
+	seen := map[Ref]bool{}
+	var out []Ref
+	for _, r := range refs {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // buildEnvoyOutboundListener accepts the application's plaintext calls to
@@ -126,16 +211,22 @@ func buildGRPCClientListener(up *mesh.Service) (*Resource, error) {
 }
 
 // buildGRPCServerListener is what a proxyless gRPC server at address:port
-// subscribes to: one filter chain, the HCM as its only filter, routes with
-// NonForwardingAction and mTLS from the bootstrap's certificate provider.
-func buildGRPCServerListener(s *mesh.Service, p *mesh.Proxy) (*Resource, error) {
+// subscribes to: one filter chain, the HCM as its only filter, RBAC then the
+// router, routes with NonForwardingAction, and mTLS from the bootstrap's
+// certificate provider unless the workload's mode is DISABLE.
+func buildGRPCServerListener(s *mesh.Service, p *mesh.Proxy, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
 	name := GRPCServerListenerName(p.Address, p.PublicPort)
 	router, err := routerFilter()
 	if err != nil {
 		return nil, err
 	}
+	authz, err := rbac.httpFilters(true)
+	if err != nil {
+		return nil, err
+	}
+	mtls := mode != mesh.MTLSDisable
 	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: InboundStatPrefix(s.Key(), true),
+		StatPrefix: InboundStatPrefix(s.Key(), mtls),
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
 			Name: InboundRouteName(s.Key()),
 			VirtualHosts: []*routev3.VirtualHost{{
@@ -147,24 +238,24 @@ func buildGRPCServerListener(s *mesh.Service, p *mesh.Proxy) (*Resource, error) 
 				}},
 			}},
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{router},
+		HttpFilters: append(authz, router),
 	}
 	filter, err := networkFilter(filterHCM, hcm)
 	if err != nil {
 		return nil, err
 	}
-	ts, err := tlsTransportSocket(grpcDownstreamTLS())
-	if err != nil {
-		return nil, err
+	chain := &listenerv3.FilterChain{Name: FilterChainPlaintext, Filters: []*listenerv3.Filter{filter}}
+	if mtls {
+		ts, err := tlsTransportSocket(grpcDownstreamTLS())
+		if err != nil {
+			return nil, err
+		}
+		chain.Name, chain.TransportSocket = FilterChainMTLS, ts
 	}
 	l := &listenerv3.Listener{
-		Name:    name,
-		Address: socketAddress(p.Address, p.PublicPort),
-		FilterChains: []*listenerv3.FilterChain{{
-			Name:            "mtls",
-			Filters:         []*listenerv3.Filter{filter},
-			TransportSocket: ts,
-		}},
+		Name:         name,
+		Address:      socketAddress(p.Address, p.PublicPort),
+		FilterChains: []*listenerv3.FilterChain{chain},
 	}
 	return newResource(name, l)
 }

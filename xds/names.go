@@ -36,6 +36,22 @@ const (
 	// OutboundBindAddress is where a sidecar's outbound listeners bind.
 	OutboundBindAddress = "127.0.0.1"
 
+	// Filter chain names of inbound listeners.
+	FilterChainMTLS      = "mtls"
+	FilterChainPlaintext = "plaintext"
+
+	// MeshALPN is offered first by every sidecar originating mesh mTLS. A
+	// PERMISSIVE inbound listener routes TLS that offers it to the mTLS
+	// chain, so an application's own TLS is never mistaken for mesh traffic.
+	MeshALPN = "meshd"
+
+	// TransportSocketMatchKey marks, in endpoint metadata, endpoints whose
+	// workload does not accept mTLS (mode DISABLE): callers reach them in
+	// plaintext (auto mTLS).
+	TransportSocketMatchKey = "meshd.mtls"
+	// TransportSocketMatchDisabled is the key's value for such endpoints.
+	TransportSocketMatchDisabled = "disabled"
+
 	// Node metadata keys meshctl writes into bootstraps.
 	NodeMetaNamespace = "MESHD_NAMESPACE"
 	NodeMetaService   = "MESHD_SERVICE"

@@ -3,6 +3,7 @@ package xds
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -33,6 +34,9 @@ type ProxyResources struct {
 	// SDS reports whether the proxy consumes secrets over SDS (Envoy does;
 	// proxyless gRPC reads files through certificate providers).
 	SDS bool
+	// Warnings are policy effects an operator should know about (a rule
+	// that can never match, a mode a proxyless server cannot honour).
+	Warnings []string
 }
 
 // SecretNames lists the SDS secrets the proxy must be served.
@@ -43,10 +47,11 @@ func (r *ProxyResources) SecretNames() []string {
 	return []string{IdentitySecretName(r.Identity), TrustBundleSecretName}
 }
 
-// Translate renders one proxy's resources from a catalog. It is a pure
-// function: no I/O, no clock, and the same input gives byte-identical output.
+// Translate renders one proxy's resources from a catalog without policies.
+// It is a pure function: no I/O, no clock, and the same input gives
+// byte-identical output.
 func Translate(cat *mesh.Catalog, proxyID string, opts Options) (*ProxyResources, error) {
-	return NewTranslator(opts).Generation(cat).Proxy(proxyID)
+	return NewTranslator(opts).Generation(cat, nil).Proxy(proxyID)
 }
 
 // Translator renders many proxies across many catalog generations, building
@@ -72,22 +77,59 @@ func NewTranslator(opts Options) *Translator {
 type Generation struct {
 	t   *Translator
 	cat *mesh.Catalog
-	// fullFP fingerprints a service with its endpoints; shapeFP without them
-	// (what clusters, routes and listeners depend on).
+	ps  *mesh.PolicySet
+	// fullFP fingerprints a service with its endpoints and their mTLS
+	// modes; shapeFP without them (what clusters, routes and listeners
+	// depend on).
 	fullFP, shapeFP map[mesh.ServiceKey]string
+	// modes[svc][i] is the mTLS mode of the workload behind endpoint i.
+	modes map[mesh.ServiceKey][]mesh.MTLSMode
+	// policyFP fingerprints each authorization policy's content.
+	policyFP map[*mesh.AuthorizationPolicy]string
 }
 
-// Generation starts rendering a new catalog. Call Close when every proxy of
-// interest has been rendered.
-func (t *Translator) Generation(cat *mesh.Catalog) *Generation {
-	g := &Generation{t: t, cat: cat,
-		fullFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
-		shapeFP: make(map[mesh.ServiceKey]string, len(cat.Services())),
+// Generation starts rendering a new catalog under a policy set (nil means
+// no policies: the default mTLS mode, PERMISSIVE, and no authorization).
+// Call Close when every proxy of interest has been rendered.
+func (t *Translator) Generation(cat *mesh.Catalog, ps *mesh.PolicySet) *Generation {
+	if ps == nil {
+		ps = &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace}
+	}
+	g := &Generation{t: t, cat: cat, ps: ps,
+		fullFP:   make(map[mesh.ServiceKey]string, len(cat.Services())),
+		shapeFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
+		modes:    make(map[mesh.ServiceKey][]mesh.MTLSMode, len(cat.Services())),
+		policyFP: make(map[*mesh.AuthorizationPolicy]string, len(ps.Authorizations)),
+	}
+	// Which proxy serves which endpoint decides the endpoint's mTLS mode.
+	byEndpoint := map[string]*mesh.Proxy{}
+	for _, p := range cat.Proxies() {
+		if p.Inbound() {
+			byEndpoint[p.Namespace+"/"+p.Service+"/"+p.Address+":"+strconv.FormatUint(uint64(p.PublicPort), 10)] = p
+		}
 	}
 	f := newFingerprinter()
 	for _, s := range cat.Services() {
+		modes := make([]mesh.MTLSMode, len(s.Endpoints))
+		for i := range s.Endpoints {
+			e := &s.Endpoints[i]
+			w := mesh.Workload{Namespace: s.Namespace, Labels: e.Labels}
+			if p := byEndpoint[s.Namespace+"/"+s.Name+"/"+e.HostPort()]; p != nil {
+				w = cat.WorkloadOf(p)
+			}
+			modes[i] = ps.MTLSModeFor(w)
+		}
+		g.modes[s.Key()] = modes
+		for _, m := range modes {
+			f.str(string(m))
+		}
 		g.fullFP[s.Key()] = f.service(s, true)
 		g.shapeFP[s.Key()] = f.service(s, false)
+	}
+	for i := range ps.Authorizations {
+		a := &ps.Authorizations[i]
+		b, _ := json.Marshal(a) // plain data; map keys sorted
+		g.policyFP[a] = hashString(string(b))
 	}
 	return g
 }
@@ -104,10 +146,17 @@ func (g *Generation) Close() {
 // is unchanged between generations the proxy need not be re-rendered: its
 // own definition, the shape of its own service, and its upstreams in full.
 func (g *Generation) Fingerprint(p *mesh.Proxy) string {
-	deps := make([]string, 0, len(p.Upstreams)+1)
+	deps := make([]string, 0, len(p.Upstreams)+3)
 	deps = append(deps, g.shapeFP[p.ServiceKey()])
 	for i := range p.Upstreams {
 		deps = append(deps, g.fullFP[p.Upstreams[i].Key()])
+	}
+	if p.Inbound() {
+		w := g.cat.WorkloadOf(p)
+		deps = append(deps, string(g.ps.MTLSModeFor(w)))
+		for _, a := range g.ps.AuthorizationsFor(w) {
+			deps = append(deps, g.policyFP[a])
+		}
 	}
 	return newFingerprinter().proxy(p, g.t.opts.TrustDomain, deps)
 }
@@ -176,7 +225,13 @@ func (g *Generation) Proxy(id string) (*ProxyResources, error) {
 func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResources) error {
 	td := g.t.opts.TrustDomain
 	if p.Inbound() {
-		l, err := buildEnvoyInboundListener(self, p, out.Identity, td)
+		w := g.cat.WorkloadOf(p)
+		rbac, err := buildRBAC(g.ps.AuthorizationsFor(w), td, self.Protocol == mesh.ProtocolTCP, w.Port)
+		if err != nil {
+			return fmt.Errorf("authorization: %w", err)
+		}
+		out.Warnings = append(out.Warnings, rbac.warnings...)
+		l, err := buildEnvoyInboundListener(self, p, out.Identity, td, g.ps.MTLSModeFor(w), rbac)
 		if err != nil {
 			return fmt.Errorf("inbound listener: %w", err)
 		}
@@ -209,7 +264,7 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 		if err != nil {
 			return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
 		}
-		e, err := g.memo("eds|"+g.fullFP[up.Key()], func() (*Resource, error) { return buildEndpoints(up) })
+		e, err := g.endpoints(up)
 		if err != nil {
 			return fmt.Errorf("upstream %s: endpoints: %w", up.Key(), err)
 		}
@@ -230,7 +285,20 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources) error {
 	td := g.t.opts.TrustDomain
 	if p.Inbound() {
-		l, err := buildGRPCServerListener(self, p)
+		w := g.cat.WorkloadOf(p)
+		mode := g.ps.MTLSModeFor(w)
+		if mode == mesh.MTLSPermissive {
+			// gRPC servers cannot serve TLS and plaintext on one port: fail
+			// closed to STRICT and say so.
+			out.Warnings = append(out.Warnings, "mTLS mode PERMISSIVE is not supported by proxyless gRPC servers; serving STRICT (set STRICT or DISABLE for this workload)")
+			mode = mesh.MTLSStrict
+		}
+		rbac, err := buildRBAC(g.ps.AuthorizationsFor(w), td, false, w.Port)
+		if err != nil {
+			return fmt.Errorf("authorization: %w", err)
+		}
+		out.Warnings = append(out.Warnings, rbac.warnings...)
+		l, err := buildGRPCServerListener(self, p, mode, rbac)
 		if err != nil {
 			return fmt.Errorf("server listener: %w", err)
 		}
@@ -246,11 +314,12 @@ func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources
 		if err != nil {
 			return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
 		}
-		c, err := g.memo("cds-grpc|"+shape+"|"+td, func() (*Resource, error) { return buildGRPCCluster(up, td) })
+		plaintext := allDisabled(g.modes[up.Key()])
+		c, err := g.memo("cds-grpc|"+shape+"|"+td+"|"+strconv.FormatBool(plaintext), func() (*Resource, error) { return buildGRPCCluster(up, td, plaintext) })
 		if err != nil {
 			return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
 		}
-		e, err := g.memo("eds|"+g.fullFP[up.Key()], func() (*Resource, error) { return buildEndpoints(up) })
+		e, err := g.endpoints(up)
 		if err != nil {
 			return fmt.Errorf("upstream %s: endpoints: %w", up.Key(), err)
 		}
@@ -259,6 +328,22 @@ func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources
 		out.Endpoints = append(out.Endpoints, e)
 	}
 	return nil
+}
+
+// endpoints returns the shared EDS resource of a service.
+func (g *Generation) endpoints(up *mesh.Service) (*Resource, error) {
+	return g.memo("eds|"+g.fullFP[up.Key()], func() (*Resource, error) { return buildEndpoints(up, g.modes[up.Key()]) })
+}
+
+// allDisabled reports whether a service has endpoints and every one of them
+// has mTLS disabled.
+func allDisabled(modes []mesh.MTLSMode) bool {
+	for _, m := range modes {
+		if m != mesh.MTLSDisable {
+			return false
+		}
+	}
+	return len(modes) > 0
 }
 
 func (g *Generation) upstream(u *mesh.Upstream) (*mesh.Service, error) {

@@ -24,7 +24,7 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 	opts := Options{TrustDomain: "cluster.local"}
 	tr := NewTranslator(opts)
 	for round := range 2 { // round 1 reuses the previous generation's resources
-		gen := tr.Generation(cat)
+		gen := tr.Generation(cat, nil)
 		for _, p := range cat.Proxies() {
 			shared, err := gen.Proxy(p.ID)
 			if err != nil {
@@ -49,7 +49,7 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 		gen.Close()
 	}
 	// Two callers of the same upstream share the endpoints resource.
-	gen := tr.Generation(cat)
+	gen := tr.Generation(cat, nil)
 	a, _ := gen.Proxy("hello-client.default")
 	tr2 := gen
 	b, _ := tr2.Proxy("hello-client.default")
@@ -65,7 +65,7 @@ func TestFingerprint(t *testing.T) {
 		t.Fatal(err)
 	}
 	fp := func(c *mesh.Catalog, id string) string {
-		return NewTranslator(Options{TrustDomain: "cluster.local"}).Generation(c).Fingerprint(c.Proxy(id))
+		return NewTranslator(Options{TrustDomain: "cluster.local"}).Generation(c, nil).Fingerprint(c.Proxy(id))
 	}
 	mutate := func(f func(s []mesh.Service, p []mesh.Proxy)) *mesh.Catalog {
 		s := make([]mesh.Service, len(in.Services))

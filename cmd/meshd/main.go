@@ -42,6 +42,8 @@ type config struct {
 	logLevel     string
 	logFormat    string
 	pollInterval time.Duration
+	mtlsMode     string
+	rootNS       string
 }
 
 const usage = `meshd — an Envoy xDS control plane with a built-in mesh CA.
@@ -78,6 +80,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.holdoff, "debounce-holdoff", 100*time.Millisecond, "wait this long after a catalog change for further changes before pushing")
 	fs.DurationVar(&c.maxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
 	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "re-read the catalog this often even without file events (safety net for missed events)")
+	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
+	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -91,6 +95,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if err := mesh.ValidTrustDomain(c.trustDomain); err != nil {
 		return nil, fmt.Errorf("--trust-domain: %w", err)
+	}
+	if m := mesh.MTLSMode(c.mtlsMode); !m.Valid() || m == mesh.MTLSUnset {
+		return nil, fmt.Errorf("--mtls-mode %q: use STRICT, PERMISSIVE or DISABLE", c.mtlsMode)
+	}
+	if err := mesh.ValidName(c.rootNS); err != nil {
+		return nil, fmt.Errorf("--root-namespace: %w", err)
 	}
 	if c.leafTTL < 2*time.Minute {
 		return nil, fmt.Errorf("--leaf-ttl %s is too short: certificates are backdated 1 minute and reissued at half their life; use at least 2m", c.leafTTL)
@@ -151,6 +161,9 @@ func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, err
 func (s caSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
 func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
 
+// Forget lets the publisher drop leaves of identities no proxy uses any more.
+func (s caSecrets) Forget(keep map[string]bool) { s.ca.Forget(keep) }
+
 // run starts everything and blocks until ctx ends. ready, if not nil,
 // receives the bound xDS and admin addresses once both listen (for tests).
 func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, adminAddr string)) error {
@@ -178,6 +191,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 
 	// Publish the first catalog before accepting proxies, so the first
 	// proxies to connect get configuration at once.
+	pub.UpdatePolicy(&mesh.PolicySet{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode)})
 	pub.Update(watcher.Current())
 	if _, err := pub.Publish(); err != nil {
 		log.Error("some proxies could not be rendered; see /debug/status", "err", err)
