@@ -18,6 +18,7 @@ import (
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/config"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -68,7 +69,11 @@ func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
 		grpc.MaxConcurrentStreams(64),
 	)
 	ctx, cancel := context.WithCancel(context.Background())
-	xs := serverv3.NewServer(ctx, cache, o.Tracker)
+	// Only listeners and clusters have wildcard subscriptions in xDS; for
+	// other types an empty resource list means "subscribed to nothing",
+	// which go-control-plane's legacy mode would read as "everything"
+	// (see unsubscribe.go).
+	xs := serverv3.NewServer(ctx, cache, o.Tracker, config.DeactivateLegacyWildcardForTypes(nonWildcardTypes))
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)
 	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xs)

@@ -81,6 +81,7 @@ func startServer(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	tr := NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
+	tr.SetVersionSource(CacheVersions(cache))
 	tlsConf, err := ca.ServerTLSConfig(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -227,5 +228,54 @@ func TestDeltaNACKNotResent(t *testing.T) {
 	st, _ := f.tracker.Node("web.default")
 	if l := st.Types["Listener"]; l == nil || !strings.Contains(l.NackError, "listener rejected") {
 		t.Fatalf("delta NACK not recorded: %+v", st.Types)
+	}
+}
+
+// TestEmptySubscriptionIsNotAnswered reproduces the loop Envoy and
+// go-control-plane fall into after a rejected listener: requests for routes
+// or secrets that name nothing must not be answered with everything.
+func TestEmptySubscriptionIsNotAnswered(t *testing.T) {
+	f := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "api.default", UserAgentName: "envoy"}
+	// Identify the stream first, as Envoy does with its CDS request.
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{resourcev3.SecretType, resourcev3.RouteType} {
+		if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: typ}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan *discoveryv3.DiscoveryResponse, 1)
+	go func() {
+		if r, err := stream.Recv(); err == nil {
+			got <- r
+		}
+	}()
+	select {
+	case r := <-got:
+		t.Fatalf("answered a request naming no %s with %d resources", r.GetTypeUrl(), len(r.GetResources()))
+	case <-time.After(time.Second):
+	}
+	// A named subscription is still answered.
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.SecretType, ResourceNames: []string{"ROOTCA"}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		if len(r.GetResources()) != 1 {
+			t.Fatalf("named secret request answered with %d resources", len(r.GetResources()))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("named secret request not answered")
 	}
 }

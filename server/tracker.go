@@ -32,6 +32,10 @@ type Tracker struct {
 	mu      sync.Mutex
 	streams map[streamKey]*streamState
 	nodes   map[string]*nodeState
+
+	// versions reports the version of a type in a node's current snapshot
+	// (unsubscribe.go).
+	versions VersionSource
 }
 
 // streamKey identifies a stream. go-control-plane numbers SotW and delta
@@ -218,6 +222,7 @@ func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 	if v := t.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil); v != "" {
 		req.VersionInfo = v
 	}
+	t.holdEmptySubscription(streamKey{id: id}, req)
 	return nil
 }
 

@@ -188,6 +188,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 		cat := pub.Catalog()
 		return cat != nil && cat.Proxy(id) != nil
 	})
+	tracker.SetVersionSource(server.CacheVersions(cache))
 
 	// Publish the first catalog before accepting proxies, so the first
 	// proxies to connect get configuration at once.
