@@ -178,9 +178,8 @@ func (t *Tracker) request(id streamKey, node *corev3.Node, typeURL, nonce string
 	}
 	if ok {
 		ts.Acked = version
-		if ts.Nacked == version {
-			ts.Nacked, ts.NackError = "", ""
-		}
+		// Accepting any later version supersedes an earlier rejection.
+		ts.Nacked, ts.NackError = "", ""
 		t.m.ACKs.WithLabelValues(short).Inc()
 	}
 	return ""

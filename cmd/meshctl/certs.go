@@ -49,8 +49,8 @@ gRPC app's file_watcher certificate provider reads (see meshctl bootstrap
 
 DEVELOPMENT ONLY, until the node agent exists: meshctl opens meshd's CA in
 --data-dir and signs with its private key, so it needs read access to that
-key, and whoever can run it can mint any identity. If the data directory has
-no CA yet, one is created there (meshd will then use it). The certificate is
+key, and whoever can run it can mint any identity. It never creates a CA:
+start meshd once with the same --data-dir first. The certificate is
 short-lived (24h) and is not renewed: run the command again before it
 expires; gRPC picks the new files up on its next refresh.`
 
