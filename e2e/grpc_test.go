@@ -29,6 +29,10 @@ type greeterServer struct {
 	name string
 }
 
+func (g *greeterServer) EmptyCall(context.Context, *testgrpc.Empty) (*testgrpc.Empty, error) {
+	return &testgrpc.Empty{}, nil
+}
+
 func (g *greeterServer) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
 	caller := "plaintext"
 	if p, ok := peer.FromContext(ctx); ok {
@@ -86,6 +90,14 @@ func mustServerCreds(t *testing.T) credentials.TransportCredentials {
 	// The fallback is used only if meshd's listener had no TLS; the test
 	// proves it has by showing plaintext is refused.
 	c, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func mustClientCreds(t *testing.T) credentials.TransportCredentials {
+	c, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,8 @@ type Admin struct {
 	Logger    *slog.Logger
 	// CatalogStatus, when set, reports the discovery sources' state.
 	CatalogStatus func() any
+	// PolicyStatus, when set, reports the policy sources' state.
+	PolicyStatus func() any
 }
 
 // Handler returns the admin HTTP mux.
@@ -55,15 +57,22 @@ func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 		XDS *NodeStatus `json:"xds,omitempty"`
 	}
 	var out struct {
-		Ready   bool         `json:"ready"`
-		Catalog any          `json:"catalog,omitempty"`
-		Proxies []proxy      `json:"proxies"`
-		Unknown []NodeStatus `json:"unknownNodes,omitempty"`
+		Ready   bool `json:"ready"`
+		Catalog any  `json:"catalog,omitempty"`
+		Policy  any  `json:"policy,omitempty"`
+		// Migrations are mTLS mode changes waiting for proxies to ACK.
+		Migrations []snapshot.Transition `json:"migrations,omitempty"`
+		Proxies    []proxy               `json:"proxies"`
+		Unknown    []NodeStatus          `json:"unknownNodes,omitempty"`
 	}
 	out.Ready = a.Publisher.Ready()
 	if a.CatalogStatus != nil {
 		out.Catalog = a.CatalogStatus()
 	}
+	if a.PolicyStatus != nil {
+		out.Policy = a.PolicyStatus()
+	}
+	out.Migrations = a.Publisher.Transitions()
 	nodes := map[string]NodeStatus{}
 	for _, n := range a.Tracker.Status() {
 		nodes[n.ID] = n

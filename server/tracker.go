@@ -36,6 +36,8 @@ type Tracker struct {
 	// versions reports the version of a type in a node's current snapshot
 	// (unsubscribe.go).
 	versions VersionSource
+	// ackHook is called after every ACK (acks.go).
+	ackHook func()
 }
 
 // streamKey identifies a stream. go-control-plane numbers SotW and delta
@@ -222,6 +224,7 @@ func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		req.VersionInfo = v
 	}
 	t.holdEmptySubscription(streamKey{id: id}, req)
+	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
 	return nil
 }
 
@@ -250,6 +253,7 @@ func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 // NACKed resource until its content changes.
 func (t *Tracker) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	t.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
+	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
 	return nil
 }
 

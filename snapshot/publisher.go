@@ -67,6 +67,12 @@ type Publisher struct {
 	bundle     *secretEntry
 	published  bool
 	lastErr    error
+
+	// Safe mTLS migration state (migrate.go).
+	acks       AckSource
+	applied    map[string]modes
+	desired    map[string]mesh.MTLSMode
+	migrations map[string]*migration
 }
 
 type secretEntry struct {
@@ -109,6 +115,9 @@ func New(cache cachev3.SnapshotCache, secrets Secrets, opts Options) *Publisher 
 		kick:       make(chan struct{}, 1),
 		proxies:    map[string]*proxyState{},
 		identities: map[string]*secretEntry{},
+		applied:    map[string]modes{},
+		desired:    map[string]mesh.MTLSMode{},
+		migrations: map[string]*migration{},
 	}
 }
 
@@ -213,7 +222,7 @@ func (p *Publisher) Publish() (Stats, error) {
 	if cat == nil {
 		return st, errors.New("no catalog yet")
 	}
-	gen := p.tr.Generation(cat, p.policy)
+	gen := p.tr.GenerationWith(cat, p.policy, p.plan(cat, p.policy))
 	defer gen.Close()
 
 	bundle, err := p.bundleSecret()

@@ -1,9 +1,11 @@
 package xds
 
 import (
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -110,6 +112,16 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 			return nil, nil, err
 		}
 		hcm.HttpFilters = append(authz, hcm.HttpFilters...)
+		if len(authz) > 0 {
+			// Denials are logged with the RBAC rule that caused them
+			// (rbac_access_denied_matched_policy[<ns>/<policy>/rule-<n>]),
+			// so "which policy denied this?" is answered from Envoy's log.
+			al, err := deniedAccessLog()
+			if err != nil {
+				return nil, nil, err
+			}
+			hcm.AccessLog = []*accesslogv3.AccessLog{al}
+		}
 		if mtls {
 			// The app learns the caller's verified identity from
 			// x-forwarded-client-cert; anything a client sent is replaced.
@@ -136,6 +148,30 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 		return nil, nil, err
 	}
 	return append(filters, tcp), []Ref{{TypeURL: resourcev3.ClusterType, Name: cluster}}, nil
+}
+
+// DeniedLogPrefix starts every access log line Envoy writes for a request
+// an authorization policy denied.
+const DeniedLogPrefix = "[meshd-denied]"
+
+// deniedAccessLog logs 403 responses to Envoy's stdout with the response
+// details, the caller's SPIFFE ID and the request line.
+func deniedAccessLog() (*accesslogv3.AccessLog, error) {
+	cfg, err := anyOf(&streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
+		Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
+			InlineString: DeniedLogPrefix + " %START_TIME% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% authority=%REQ(:AUTHORITY)%\n",
+		}}},
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &accesslogv3.AccessLog{
+		Name: "envoy.access_loggers.stdout",
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{StatusCodeFilter: &accesslogv3.StatusCodeFilter{
+			Comparison: &accesslogv3.ComparisonFilter{Op: accesslogv3.ComparisonFilter_EQ, Value: &corev3.RuntimeUInt32{DefaultValue: 403, RuntimeKey: "meshd.denied_log_status"}},
+		}}},
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg},
+	}, nil
 }
 
 func dedupRefs(refs []Ref) []Ref {

@@ -78,6 +78,7 @@ type Generation struct {
 	t   *Translator
 	cat *mesh.Catalog
 	ps  *mesh.PolicySet
+	ov  *Overrides
 	// fullFP fingerprints a service with its endpoints and their mTLS
 	// modes; shapeFP without them (what clusters, routes and listeners
 	// depend on).
@@ -88,14 +89,39 @@ type Generation struct {
 	policyFP map[*mesh.AuthorizationPolicy]string
 }
 
+// Overrides replace the mTLS modes policy asks for while a mode change is
+// being rolled out safely (snapshot's migration): the server side and the
+// callers' side of a workload change in separate, acknowledged steps.
+type Overrides struct {
+	// ServerMode is the mode rendered in a proxy's inbound listener, by
+	// proxy id.
+	ServerMode map[string]mesh.MTLSMode
+	// CallerMode is the mode callers assume for an endpoint (only DISABLE
+	// matters: plaintext instead of mTLS), by EndpointKey.
+	CallerMode map[string]mesh.MTLSMode
+}
+
+// EndpointKey names one endpoint of one service for Overrides.
+func EndpointKey(k mesh.ServiceKey, e *mesh.Endpoint) string {
+	return k.Namespace + "/" + k.Name + "/" + e.HostPort()
+}
+
 // Generation starts rendering a new catalog under a policy set (nil means
 // no policies: the default mTLS mode, PERMISSIVE, and no authorization).
 // Call Close when every proxy of interest has been rendered.
 func (t *Translator) Generation(cat *mesh.Catalog, ps *mesh.PolicySet) *Generation {
+	return t.GenerationWith(cat, ps, nil)
+}
+
+// GenerationWith is Generation with mode overrides.
+func (t *Translator) GenerationWith(cat *mesh.Catalog, ps *mesh.PolicySet, ov *Overrides) *Generation {
+	if ov == nil {
+		ov = &Overrides{}
+	}
 	if ps == nil {
 		ps = &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace}
 	}
-	g := &Generation{t: t, cat: cat, ps: ps,
+	g := &Generation{t: t, cat: cat, ps: ps, ov: ov,
 		fullFP:   make(map[mesh.ServiceKey]string, len(cat.Services())),
 		shapeFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
 		modes:    make(map[mesh.ServiceKey][]mesh.MTLSMode, len(cat.Services())),
@@ -118,6 +144,9 @@ func (t *Translator) Generation(cat *mesh.Catalog, ps *mesh.PolicySet) *Generati
 				w = cat.WorkloadOf(p)
 			}
 			modes[i] = ps.MTLSModeFor(w)
+			if m, ok := ov.CallerMode[EndpointKey(s.Key(), e)]; ok {
+				modes[i] = m
+			}
 		}
 		g.modes[s.Key()] = modes
 		for _, m := range modes {
@@ -153,7 +182,7 @@ func (g *Generation) Fingerprint(p *mesh.Proxy) string {
 	}
 	if p.Inbound() {
 		w := g.cat.WorkloadOf(p)
-		deps = append(deps, string(g.ps.MTLSModeFor(w)))
+		deps = append(deps, string(g.serverMode(p, w)))
 		for _, a := range g.ps.AuthorizationsFor(w) {
 			deps = append(deps, g.policyFP[a])
 		}
@@ -231,7 +260,7 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 			return fmt.Errorf("authorization: %w", err)
 		}
 		out.Warnings = append(out.Warnings, rbac.warnings...)
-		l, err := buildEnvoyInboundListener(self, p, out.Identity, td, g.ps.MTLSModeFor(w), rbac)
+		l, err := buildEnvoyInboundListener(self, p, out.Identity, td, g.serverMode(p, w), rbac)
 		if err != nil {
 			return fmt.Errorf("inbound listener: %w", err)
 		}
@@ -286,7 +315,7 @@ func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources
 	td := g.t.opts.TrustDomain
 	if p.Inbound() {
 		w := g.cat.WorkloadOf(p)
-		mode := g.ps.MTLSModeFor(w)
+		mode := g.serverMode(p, w)
 		if mode == mesh.MTLSPermissive {
 			// gRPC servers cannot serve TLS and plaintext on one port: fail
 			// closed to STRICT and say so.
@@ -328,6 +357,14 @@ func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources
 		out.Endpoints = append(out.Endpoints, e)
 	}
 	return nil
+}
+
+// serverMode is the mode a proxy's inbound side is rendered with.
+func (g *Generation) serverMode(p *mesh.Proxy, w mesh.Workload) mesh.MTLSMode {
+	if m, ok := g.ov.ServerMode[p.ID]; ok {
+		return m
+	}
+	return g.ps.MTLSModeFor(w)
 }
 
 // endpoints returns the shared EDS resource of a service.

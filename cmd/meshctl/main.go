@@ -48,6 +48,7 @@ func commands() []command {
 	return []command{
 		{"bootstrap", "print the bootstrap an Envoy sidecar or a proxyless gRPC app needs to reach meshd", runBootstrap},
 		{"certs", "certificate helpers for development (certs issue)", runCerts},
+		{"analyze", "check a catalog and mesh policy offline: errors and likely mistakes", runAnalyze},
 		{"version", "print meshctl's version", runVersion},
 		{"help", "explain a command: meshctl help <command>", runHelp},
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/meshd/meshd/discovery/file"
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/server"
 	"github.com/meshd/meshd/snapshot"
@@ -44,6 +45,7 @@ type config struct {
 	pollInterval time.Duration
 	mtlsMode     string
 	rootNS       string
+	policyDir    string
 }
 
 const usage = `meshd — an Envoy xDS control plane with a built-in mesh CA.
@@ -82,6 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "re-read the catalog this often even without file events (safety net for missed events); 0 turns polling off")
 	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
 	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
+	fs.StringVar(&c.policyDir, "policy-dir", "", "`directory` of Istio-compatible PeerAuthentication and AuthorizationPolicy YAML files to watch (see docs/policy.md); empty: no policies, only --mtls-mode")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -189,10 +192,24 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 		return cat != nil && cat.Proxy(id) != nil
 	})
 	tracker.SetVersionSource(server.CacheVersions(cache))
+	// mTLS mode changes roll out in acknowledged steps (snapshot/migrate.go).
+	pub.SetAckSource(tracker)
+	tracker.SetAckHook(pub.Acked)
 
 	// Publish the first catalog before accepting proxies, so the first
 	// proxies to connect get configuration at once.
-	pub.UpdatePolicy(&mesh.PolicySet{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode)})
+	var policies *policy.Watcher
+	if c.policyDir != "" {
+		policies, err = policy.NewWatcher(c.policyDir, c.rootNS, mesh.MTLSMode(c.mtlsMode), log, policy.WithPollInterval(c.pollInterval))
+		if err != nil {
+			return fmt.Errorf("policy: %w", err)
+		}
+		m.RegisterPolicySource("dir", func() float64 { return float64(policies.Status().Accepted) },
+			func() float64 { return float64(policies.Status().Rejected) })
+		pub.UpdatePolicy(policies.Current())
+	} else {
+		pub.UpdatePolicy(&mesh.PolicySet{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode)})
+	}
 	pub.Update(watcher.Current())
 	if _, err := pub.Publish(); err != nil {
 		log.Error("some proxies could not be rendered; see /debug/status", "err", err)
@@ -223,12 +240,28 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	}
 	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
 		CatalogStatus: func() any { return watcher.Status() }}
+	if policies != nil {
+		admin.PolicyStatus = func() any { return policies.Status() }
+	}
 	hs := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 4)
 	go func() { errc <- watcher.Run(ctx) }()
+	if policies != nil {
+		go func() { errc <- policies.Run(ctx) }()
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case ps := <-policies.Updates():
+					pub.UpdatePolicy(ps)
+				}
+			}
+		}()
+	}
 	go func() {
 		for {
 			select {

@@ -86,3 +86,16 @@ func (m *Metrics) RegisterCatalogSource(source string, accepted, rejected func()
 		}, rejected),
 	)
 }
+
+// RegisterPolicySource exports a policy source's reload counters.
+func (m *Metrics) RegisterPolicySource(source string, accepted, rejected func() float64) {
+	labels := prometheus.Labels{"source": source}
+	m.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_policy_reloads_accepted_total", Help: "Policy set reloads accepted, by source.", ConstLabels: labels,
+		}, accepted),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_policy_reloads_rejected_total", Help: "Policy set reloads rejected (parse or validation errors), by source; the previous policy set keeps serving.", ConstLabels: labels,
+		}, rejected),
+	)
+}

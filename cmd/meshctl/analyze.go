@@ -1,0 +1,255 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/policy"
+)
+
+const analyzeDescription = `
+Check a catalog and mesh policy offline, before meshd sees them.
+
+Errors (exit status 1) are input meshd would refuse: a catalog or policy file
+that does not parse or validate, and policy meshd cannot enforce as written
+(PERMISSIVE on a proxyless gRPC server). Every error is listed, not only the
+first.
+
+Warnings (exit status 0) are policy that loads but probably does not do what
+was meant: selectors that select no workload of the catalog, principals and
+namespaces that name no identity of the catalog, several PeerAuthentications
+competing for one workload, port-level modes for ports no workload has,
+identity rules on workloads that accept plaintext (PERMISSIVE or DISABLE),
+HTTP-only fields in rules for tcp services, and methods other than POST for
+gRPC services.
+
+Policy comes from --policy-dir (every *.yaml and *.yml in it, as meshd reads
+it) or from the files named as arguments. Without --catalog only the policy's
+own validity and its principals' trust domain are checked.
+
+Each finding is one line:
+  error|warning: <file>:<line>: <kind> <namespace>/<name>: <field>: <message>
+See docs/policy.md.`
+
+const analyzeExamples = `
+  # The quickstart, as meshd would load it:
+  meshctl analyze --catalog examples/quickstart/catalog.yaml \
+      --policy-dir examples/quickstart/policy
+
+  # One file being edited, against the live catalog, as JSON:
+  meshctl analyze --catalog /etc/meshd/catalog.yaml -o json new-policy.yaml
+
+  # Policy only, for a mesh whose root namespace is istio-system:
+  meshctl analyze --root-namespace istio-system policies/*.yaml
+
+  # With the settings meshd runs with:
+  meshctl analyze --catalog catalog.yaml --policy-dir policy \
+      --root-namespace mesh-root --mtls-mode STRICT --trust-domain example.org`
+
+// analyzeReport is the JSON output.
+type analyzeReport struct {
+	Findings []policy.Finding `json:"findings"`
+	Errors   int              `json:"errors"`
+	Warnings int              `json:"warnings"`
+}
+
+func runAnalyze(args []string, stdout, stderr io.Writer) int {
+	flags := newFlagSet("meshctl analyze", analyzeDescription, analyzeExamples, stderr)
+	catalogPath := flags.String("catalog", "", "catalog `FILE` to check, and to check the policy against")
+	policyDir := flags.String("policy-dir", "", "`DIR` of policy files, read as meshd reads it (or name policy files as arguments)")
+	rootNamespace := flags.String("root-namespace", mesh.DefaultRootNamespace, "`NAMESPACE` whose policies apply mesh-wide; must be meshd's")
+	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust `domain` of the mesh, for checking principals; must be meshd's")
+	defaultMode := flags.String("default-mode", string(mesh.MTLSPermissive), "mTLS `MODE` of workloads no PeerAuthentication sets (STRICT, PERMISSIVE or DISABLE); must be meshd's --mtls-mode")
+	flags.StringVar(defaultMode, "mtls-mode", string(mesh.MTLSPermissive), "same as --default-mode, under meshd's name for it")
+	output := flags.String("o", "text", "output `FORMAT`: text (one line per finding) or json")
+	flags.StringVar(output, "output", "text", "same as -o")
+	files, code, ok := parseInterleaved(flags, args, stdout)
+	if !ok {
+		return code
+	}
+
+	if *output != "text" && *output != "json" {
+		usageErrorf(flags, "-o %q: use text or json", *output)
+		return exitUsage
+	}
+	if *policyDir != "" && len(files) > 0 {
+		usageErrorf(flags, "give --policy-dir or policy files, not both")
+		return exitUsage
+	}
+	if *catalogPath == "" && *policyDir == "" && len(files) == 0 {
+		usageErrorf(flags, "nothing to analyze: give --catalog, --policy-dir or policy files")
+		return exitUsage
+	}
+	if err := mesh.ValidName(*rootNamespace); err != nil {
+		usageErrorf(flags, "--root-namespace: %v", err)
+		return exitUsage
+	}
+	if err := mesh.ValidTrustDomain(*trustDomain); err != nil {
+		usageErrorf(flags, "--trust-domain: %v", err)
+		return exitUsage
+	}
+	mode, err := policy.ParseMode(*defaultMode)
+	if err != nil {
+		usageErrorf(flags, "--default-mode: %v", err)
+		return exitUsage
+	}
+
+	var findings []policy.Finding
+	var cat *mesh.Catalog
+	if *catalogPath != "" {
+		cat, err = file.Load(*catalogPath)
+		if err != nil {
+			findings = append(findings, catalogFindings(*catalogPath, err)...)
+		}
+	}
+	var pols *policy.Policies
+	switch {
+	case *policyDir != "":
+		pols, err = policy.LoadDir(*policyDir)
+	case len(files) > 0:
+		pols, err = policy.LoadFiles(files)
+	default:
+		pols = &policy.Policies{}
+	}
+	if err != nil {
+		findings = append(findings, policyFindings(err)...)
+	}
+	// Analysis needs valid policy; a bad catalog only limits it to the
+	// checks that need none, so policy mistakes are still all reported.
+	if pols != nil {
+		findings = append(findings, policy.Analyze(policy.AnalyzeInput{
+			Catalog:     cat,
+			CatalogPath: *catalogPath,
+			Policy:      pols.Set(*rootNamespace, mode),
+			TrustDomain: *trustDomain,
+		})...)
+	}
+
+	report := analyzeReport{Findings: findings}
+	if report.Findings == nil {
+		report.Findings = []policy.Finding{}
+	}
+	for _, f := range findings {
+		if f.Severity == policy.SeverityError {
+			report.Errors++
+		} else {
+			report.Warnings++
+		}
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			fmt.Fprintf(stderr, "meshctl analyze: writing output: %v\n", err)
+			return exitError
+		}
+	} else {
+		for _, f := range findings {
+			fmt.Fprintln(stdout, f.String())
+		}
+		fmt.Fprintf(stderr, "meshctl analyze: %s, %s%s\n", plural(report.Errors, "error"), plural(report.Warnings, "warning"), summary(cat, pols, *policyDir != "" || len(files) > 0))
+	}
+	if report.Errors > 0 {
+		return exitError
+	}
+	return exitOK
+}
+
+// summary says what was analyzed, so "0 errors" cannot hide an empty input.
+func summary(cat *mesh.Catalog, p *policy.Policies, policyGiven bool) string {
+	s := ""
+	if cat != nil {
+		s += fmt.Sprintf("; catalog: %s, %s", plural(len(cat.Services()), "service"), plural(len(cat.Proxies()), "proxy"))
+	}
+	if p != nil && policyGiven {
+		s += fmt.Sprintf("; policy: %s, %s, %s", plural(len(p.Files), "file"),
+			plural(len(p.Peer), "PeerAuthentication"), plural(len(p.Authorizations), "AuthorizationPolicy"))
+	}
+	return s
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	switch word {
+	case "proxy":
+		return fmt.Sprintf("%d proxies", n)
+	case "AuthorizationPolicy":
+		return fmt.Sprintf("%d AuthorizationPolicies", n)
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// catalogFindings turns a catalog error into one error finding per problem.
+func catalogFindings(path string, err error) []policy.Finding {
+	var pe *file.ParseError
+	if !errors.As(err, &pe) {
+		// A catalog that cannot be read: the message starts with its path.
+		return []policy.Finding{{Severity: policy.SeverityError, Message: err.Error()}}
+	}
+	var out []policy.Finding
+	for _, p := range pe.Problems {
+		loc := pe.Path
+		if p.Line > 0 {
+			loc = fmt.Sprintf("%s:%d", pe.Path, p.Line)
+		}
+		out = append(out, policy.Finding{Severity: policy.SeverityError, File: loc, Message: p.Message})
+	}
+	return out
+}
+
+// policyFindings turns a policy load error into one error finding per
+// problem.
+func policyFindings(err error) []policy.Finding {
+	var pe *policy.Error
+	if !errors.As(err, &pe) {
+		// A file or directory that cannot be read: the message starts with
+		// its path.
+		return []policy.Finding{{Severity: policy.SeverityError, Message: err.Error()}}
+	}
+	var out []policy.Finding
+	for _, p := range pe.Problems {
+		out = append(out, policy.Finding{Severity: policy.SeverityError, File: p.Location(), Policy: p.Policy, Field: p.Field, Message: p.Message})
+	}
+	return out
+}
+
+// parseInterleaved parses flags that may come before, between or after the
+// positional arguments (meshctl analyze --catalog c.yaml a.yaml -o json
+// b.yaml), which the flag package alone stops at. Everything after "--" is
+// positional.
+func parseInterleaved(fs *flagSet, args []string, stdout io.Writer) (positional []string, code int, ok bool) {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.help(stdout)
+			return nil, exitOK, false
+		}
+	}
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitUsage, false
+		}
+		left := fs.Args()
+		if len(left) == 0 {
+			return positional, exitOK, true
+		}
+		if consumed := len(rest) - len(left); consumed > 0 && rest[consumed-1] == "--" {
+			return append(positional, left...), exitOK, true
+		}
+		positional = append(positional, left[0])
+		rest = left[1:]
+	}
+}

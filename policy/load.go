@@ -1,0 +1,192 @@
+package policy
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// Policies is the policy read from a set of files, before the mesh-level
+// settings (root namespace, default mode) make it a mesh.PolicySet.
+type Policies struct {
+	// Files are the files read, in the order read (sorted by name).
+	Files          []string
+	Peer           []mesh.PeerAuthentication
+	Authorizations []mesh.AuthorizationPolicy
+}
+
+// Set returns the mesh.PolicySet these policies form with the given root
+// namespace and default mode; "" means mesh.DefaultRootNamespace and
+// PERMISSIVE. The policies are ordered by namespace and name, so the same
+// files always give the same set.
+func (p *Policies) Set(rootNamespace string, defaultMode mesh.MTLSMode) *mesh.PolicySet {
+	if rootNamespace == "" {
+		rootNamespace = mesh.DefaultRootNamespace
+	}
+	if defaultMode == "" || defaultMode == mesh.MTLSUnset {
+		defaultMode = mesh.MTLSPermissive
+	}
+	ps := &mesh.PolicySet{
+		RootNamespace:  rootNamespace,
+		DefaultMode:    defaultMode,
+		Peer:           slices.Clone(p.Peer),
+		Authorizations: slices.Clone(p.Authorizations),
+	}
+	slices.SortStableFunc(ps.Peer, func(a, b mesh.PeerAuthentication) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	slices.SortStableFunc(ps.Authorizations, func(a, b mesh.AuthorizationPolicy) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return ps
+}
+
+// ParseMode reads a mesh default mode as given on a command line: STRICT,
+// PERMISSIVE or DISABLE, in any case. UNSET is refused: the default is what
+// UNSET falls back to.
+func ParseMode(s string) (mesh.MTLSMode, error) {
+	m := mesh.MTLSMode(strings.ToUpper(s))
+	switch m {
+	case mesh.MTLSStrict, mesh.MTLSPermissive, mesh.MTLSDisable:
+		return m, nil
+	}
+	return "", fmt.Errorf("%q is not a default mTLS mode: use STRICT, PERMISSIVE or DISABLE", s)
+}
+
+// IsPolicyFile reports whether a directory entry name is read by LoadDir:
+// *.yaml and *.yml, except hidden files (editors' swap and lock files,
+// Kubernetes' ..data) which are never policy.
+func IsPolicyFile(name string) bool {
+	if strings.HasPrefix(name, ".") {
+		return false
+	}
+	ext := filepath.Ext(name)
+	return ext == ".yaml" || ext == ".yml"
+}
+
+// file is one file's name and content.
+type file struct {
+	path string
+	data []byte
+}
+
+// readDir reads every policy file of dir (not its subdirectories), sorted by
+// name.
+func readDir(dir string) ([]file, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("%s: cannot read policy directory: %w", dir, err)
+	}
+	var paths []string
+	for _, e := range entries {
+		if !IsPolicyFile(e.Name()) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		// Symlinks are followed (a Kubernetes ConfigMap volume is made of
+		// them); directories named *.yaml are not files.
+		if info, err := os.Stat(p); err == nil && info.IsDir() {
+			continue
+		}
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	return readFiles(paths)
+}
+
+func readFiles(paths []string) ([]file, error) {
+	var out []file
+	var errs []error
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			errs = append(errs, fmt.Errorf("%s: cannot read policy file: %w", p, err))
+			continue
+		}
+		out = append(out, file{p, data})
+	}
+	return out, errors.Join(errs...)
+}
+
+// digest identifies the content of a set of files, names included, so the
+// watcher can tell "nothing changed" from a change.
+func digest(files []file) [sha256.Size]byte {
+	h := sha256.New()
+	for _, f := range files {
+		fmt.Fprintf(h, "%d:%s\n%d:", len(f.path), f.path, len(f.data))
+		h.Write(f.data)
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+// parseFiles parses every file and checks the set as a whole; any problem
+// rejects everything, with every problem of every file reported.
+func parseFiles(files []file) (*Policies, error) {
+	p := &Policies{}
+	var problems []Problem
+	var causes []error
+	for _, f := range files {
+		p.Files = append(p.Files, f.path)
+		peers, authzs, err := Parse(f.path, f.data)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) {
+				return nil, err
+			}
+			problems = append(problems, pe.Problems...)
+			causes = append(causes, pe.Err)
+			continue
+		}
+		p.Peer = append(p.Peer, peers...)
+		p.Authorizations = append(p.Authorizations, authzs...)
+	}
+	if err := errorOf(problems, causes...); err != nil {
+		return nil, err
+	}
+	// Parse checked duplicates within each file; this finds them across
+	// files, naming both.
+	if err := checkDuplicates(p.Peer, p.Authorizations); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// LoadDir reads every *.yaml and *.yml file in dir (not its
+// subdirectories; hidden files are skipped) in name order. Any problem in
+// any file rejects the whole directory: a policy set with one file missing
+// could allow what that file denied. An empty directory is valid (no
+// policy). Errors list every problem, each starting with its file.
+func LoadDir(dir string) (*Policies, error) {
+	files, err := readDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return parseFiles(files)
+}
+
+// LoadFiles reads the given files, as LoadDir does a directory's.
+func LoadFiles(paths []string) (*Policies, error) {
+	files, err := readFiles(paths)
+	if err != nil {
+		return nil, err
+	}
+	return parseFiles(files)
+}

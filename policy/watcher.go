@@ -1,0 +1,381 @@
+package policy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+const (
+	// DefaultPollInterval is how often the directory is re-read whatever the
+	// file-system events say: events can be lost (queue overflow, network
+	// file systems, a directory replaced), and the poll bounds how long a
+	// change can go unseen.
+	DefaultPollInterval = 5 * time.Second
+	// DefaultHoldoff is how long the directory must be quiet before it is
+	// read, so that a burst of writes (an editor, `cp *.yaml`, a ConfigMap
+	// swap) is read once, complete.
+	DefaultHoldoff = 100 * time.Millisecond
+)
+
+// Status describes the watcher for operators (an admin endpoint, a CLI).
+type Status struct {
+	// Dir is the policy directory as configured.
+	Dir string `json:"dir"`
+	// Files are the files of the policy set being served.
+	Files []string `json:"files"`
+	// PeerAuthentications and AuthorizationPolicies count the policies
+	// being served.
+	PeerAuthentications   int `json:"peerAuthentications"`
+	AuthorizationPolicies int `json:"authorizationPolicies"`
+	// LoadedAt is when the set being served was loaded.
+	LoadedAt time.Time `json:"loadedAt"`
+	// SHA256 identifies the content (file names and bytes) being served.
+	SHA256 string `json:"sha256"`
+	// CheckedAt is when the directory was last read, successfully or not.
+	CheckedAt time.Time `json:"checkedAt"`
+	// LastError is why the directory's current content is not being
+	// served, or "" when it is.
+	LastError string `json:"lastError"`
+	// Accepted counts reloads that replaced the set after the initial load;
+	// Rejected counts distinct contents that were refused (re-reading the
+	// same bad content does not count again).
+	Accepted uint64 `json:"accepted"`
+	Rejected uint64 `json:"rejected"`
+}
+
+// Option configures a Watcher.
+type Option func(*Watcher)
+
+// WithPollInterval sets how often the directory is re-read as a safety net
+// for lost file-system events (default DefaultPollInterval); d <= 0 turns
+// polling off.
+func WithPollInterval(d time.Duration) Option { return func(w *Watcher) { w.pollInterval = d } }
+
+// WithHoldoff sets how long the directory must be quiet after a change
+// before it is read (default DefaultHoldoff).
+func WithHoldoff(d time.Duration) Option { return func(w *Watcher) { w.holdoff = max(d, 0) } }
+
+// Watcher serves the policy in a directory and follows its changes. A change
+// that does not load is logged, shown in Status and otherwise ignored: the
+// last good set stays in force, because a half-applied edit of security
+// policy may allow what the whole one denies.
+type Watcher struct {
+	dir           string // as configured, for messages
+	abs           string
+	rootNamespace string
+	defaultMode   mesh.MTLSMode
+	logger        *slog.Logger
+	pollInterval  time.Duration
+	holdoff       time.Duration
+	notify        bool // false only in tests of the polling fallback
+
+	updates chan *mesh.PolicySet
+	running atomic.Bool
+
+	mu      sync.Mutex
+	current *mesh.PolicySet
+	status  Status
+
+	// Owned by the goroutine in Run (and NewWatcher before it).
+	acceptedSum [sha256.Size]byte
+	rejectedSum [sha256.Size]byte
+	hasRejected bool
+	readErr     string // the read failure last logged, so it is logged once
+	watchErr    string // the watch failure last logged, likewise
+	fsw         *fsnotify.Watcher
+}
+
+// NewWatcher loads dir once and returns its error if it does not load:
+// meshd refuses to start on bad policy rather than start without it.
+// rootNamespace "" means mesh.DefaultRootNamespace; defaultMode "" means
+// PERMISSIVE. A nil logger means slog.Default().
+func NewWatcher(dir, rootNamespace string, defaultMode mesh.MTLSMode, logger *slog.Logger, opts ...Option) (*Watcher, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if rootNamespace == "" {
+		rootNamespace = mesh.DefaultRootNamespace
+	}
+	if err := mesh.ValidName(rootNamespace); err != nil {
+		return nil, fmt.Errorf("policy root namespace: %w", err)
+	}
+	if defaultMode == "" {
+		defaultMode = mesh.MTLSPermissive
+	}
+	if m, err := ParseMode(string(defaultMode)); err != nil || m != defaultMode {
+		return nil, fmt.Errorf("policy default mode %q: use STRICT, PERMISSIVE or DISABLE", defaultMode)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: resolving policy directory: %w", dir, err)
+	}
+	w := &Watcher{
+		dir:           dir,
+		abs:           abs,
+		rootNamespace: rootNamespace,
+		defaultMode:   defaultMode,
+		logger:        logger,
+		pollInterval:  DefaultPollInterval,
+		holdoff:       DefaultHoldoff,
+		notify:        true,
+		updates:       make(chan *mesh.PolicySet, 1),
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	files, err := readDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	p, err := parseFiles(files)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	w.acceptedSum = digest(files)
+	w.current = p.Set(rootNamespace, defaultMode)
+	w.status = Status{Dir: dir, LoadedAt: now, CheckedAt: now, SHA256: hex.EncodeToString(w.acceptedSum[:])}
+	w.setCounts(p)
+	logger.Info("policy loaded", "dir", dir, "sha256", w.status.SHA256, "files", len(p.Files),
+		"peer_authentications", len(p.Peer), "authorization_policies", len(p.Authorizations),
+		"root_namespace", rootNamespace, "default_mode", defaultMode)
+	return w, nil
+}
+
+// setCounts records what p holds in the status; the caller holds mu or
+// owns w exclusively.
+func (w *Watcher) setCounts(p *Policies) {
+	w.status.Files = slices.Clone(p.Files)
+	w.status.PeerAuthentications = len(p.Peer)
+	w.status.AuthorizationPolicies = len(p.Authorizations)
+}
+
+// Current returns the policy set in force: the last content of the
+// directory that loaded. Callers must not modify it.
+func (w *Watcher) Current() *mesh.PolicySet {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.current
+}
+
+// Updates delivers each new policy set while Run runs, with latest-value
+// semantics: the channel holds at most one set, and a newer one replaces a
+// set the consumer has not taken yet, so a slow consumer never blocks the
+// watcher and never sees a stale set after a fresh one. It is never closed.
+func (w *Watcher) Updates() <-chan *mesh.PolicySet { return w.updates }
+
+// Status returns a snapshot of the watcher's state.
+func (w *Watcher) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.status
+	s.Files = slices.Clone(s.Files)
+	return s
+}
+
+// Run follows the directory until ctx is done, then returns nil. Every
+// event in the directory leads, once it has been quiet for the holdoff, to
+// a re-read of all its policy files; content identical to what is served is
+// not reloaded. Events in the directory itself (rather than on each file)
+// are what survive editors and `mv tmp policy.yaml` replacing files and
+// Kubernetes swapping a ConfigMap's ..data symlink. If file-system events
+// are unavailable, Run polls. Run must not be called concurrently with
+// itself.
+func (w *Watcher) Run(ctx context.Context) error {
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("policy: Watcher.Run is already running")
+	}
+	defer w.running.Store(false)
+
+	var (
+		events <-chan fsnotify.Event
+		errs   <-chan error
+	)
+	poll := w.pollInterval
+	if w.notify {
+		fsw, err := fsnotify.NewWatcher()
+		if err == nil {
+			w.fsw = fsw
+			defer func() {
+				fsw.Close()
+				w.fsw = nil
+			}()
+			events, errs = fsw.Events, fsw.Errors
+			w.ensureWatch()
+		} else {
+			// Typically the inotify instance limit. Polling still works.
+			if poll <= 0 {
+				poll = DefaultPollInterval
+			}
+			w.logger.Warn("cannot watch the policy directory for changes; polling instead",
+				"dir", w.dir, "interval", poll, "error", err)
+		}
+	} else if poll <= 0 {
+		poll = DefaultPollInterval
+	}
+	var tick <-chan time.Time
+	if poll > 0 {
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		tick = t.C
+	}
+
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
+	pending := false
+
+	// The directory may have changed between NewWatcher and Run.
+	w.check("start")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			settle.Reset(w.holdoff)
+			pending = true
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			w.logger.Warn("policy directory watch error; re-reading it", "dir", w.dir, "error", err)
+			settle.Reset(w.holdoff)
+			pending = true
+		case <-settle.C:
+			pending = false
+			w.check("change")
+		case <-tick:
+			// The directory may have been deleted and recreated, which
+			// ends its watch.
+			w.ensureWatch()
+			if !pending {
+				w.check("poll")
+			}
+		}
+	}
+}
+
+// ensureWatch (re-)adds the watch on the directory if it is missing.
+func (w *Watcher) ensureWatch() {
+	if w.fsw == nil {
+		return
+	}
+	msg := ""
+	if !slices.Contains(w.fsw.WatchList(), w.abs) {
+		if err := w.fsw.Add(w.abs); err != nil {
+			msg = fmt.Sprintf("watching %s: %v", w.abs, err)
+		}
+	}
+	if msg != w.watchErr {
+		w.watchErr = msg
+		if msg != "" {
+			w.logger.Warn("cannot watch the policy directory; relying on polling until it can",
+				"dir", w.dir, "interval", w.pollInterval, "error", msg)
+		}
+	}
+}
+
+// check reads the directory and, if it holds a new valid policy set, puts
+// it in force and publishes it.
+func (w *Watcher) check(trigger string) {
+	files, err := readDir(w.dir)
+	now := time.Now()
+	if err != nil {
+		msg := err.Error()
+		// Logged once: polling would otherwise repeat it every few seconds.
+		// Logged before the status changes, so that whoever sees the status
+		// can find the log line.
+		if msg != w.readErr {
+			w.readErr = msg
+			w.logger.Warn("cannot read the policy directory; the previous policy stays in force",
+				"dir", w.dir, "trigger", trigger, "error", msg)
+		}
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.status.LastError = msg
+		w.mu.Unlock()
+		return
+	}
+	w.readErr = ""
+	sum := digest(files)
+	if sum == w.acceptedSum {
+		w.hasRejected = false
+		if w.Status().LastError != "" {
+			w.logger.Info("policy directory is back to the policy in force", "dir", w.dir, "sha256", hex.EncodeToString(sum[:]))
+		}
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.status.LastError = ""
+		w.mu.Unlock()
+		return
+	}
+	if w.hasRejected && sum == w.rejectedSum {
+		// Already rejected and logged; polling must not count it again.
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.mu.Unlock()
+		return
+	}
+	p, err := parseFiles(files)
+	if err != nil {
+		w.rejectedSum, w.hasRejected = sum, true
+		w.logger.Warn("policy rejected; the previous policy stays in force",
+			"dir", w.dir, "trigger", trigger, "sha256", hex.EncodeToString(sum[:]),
+			"serving_sha256", w.Status().SHA256, "error", err.Error())
+		w.mu.Lock()
+		w.status.CheckedAt = now
+		w.status.LastError = err.Error()
+		w.status.Rejected++
+		w.mu.Unlock()
+		return
+	}
+	w.acceptedSum, w.hasRejected = sum, false
+	hash := hex.EncodeToString(sum[:])
+	set := p.Set(w.rootNamespace, w.defaultMode)
+	w.logger.Info("policy reloaded", "dir", w.dir, "trigger", trigger, "sha256", hash, "files", len(p.Files),
+		"peer_authentications", len(p.Peer), "authorization_policies", len(p.Authorizations))
+	w.mu.Lock()
+	w.current = set
+	w.status.LoadedAt = now
+	w.status.CheckedAt = now
+	w.status.SHA256 = hash
+	w.status.LastError = ""
+	w.status.Accepted++
+	w.setCounts(p)
+	w.mu.Unlock()
+	w.publish(set)
+}
+
+// publish hands ps to the consumer without ever blocking: an older set still
+// waiting in the channel is replaced.
+func (w *Watcher) publish(ps *mesh.PolicySet) {
+	for {
+		select {
+		case w.updates <- ps:
+			return
+		default:
+		}
+		select {
+		case <-w.updates:
+		default:
+		}
+	}
+}
