@@ -28,7 +28,7 @@ kind: PeerAuthentication
 metadata: {name: legacy, namespace: default}
 spec:
   selector: {matchLabels: {app: legacy}}
-  mtls: {mode: DISABLE}
+  mtls: {mode: %s}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -106,10 +106,10 @@ func do(method, url string, header map[string]string) (int, error) {
 	return resp.StatusCode, nil
 }
 
-func writePolicies(t *testing.T, dir, mode string) {
+func writePolicies(t *testing.T, dir, mode, legacyMode string) {
 	t.Helper()
 	tmp := filepath.Join(dir, ".policies.tmp")
-	if err := os.WriteFile(tmp, []byte(fmt.Sprintf(apiPolicies, mode)), 0o644); err != nil {
+	if err := os.WriteFile(tmp, []byte(fmt.Sprintf(apiPolicies, mode, legacyMode)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, "policies.yaml")); err != nil {
@@ -123,7 +123,7 @@ func TestEnvoyPolicy(t *testing.T) {
 		webToAPI: envoytest.FreePort(t), webToDB: envoytest.FreePort(t), webToLegacy: envoytest.FreePort(t),
 		opsToAPI: envoytest.FreePort(t), opsToDB: envoytest.FreePort(t)}
 	policyDir := t.TempDir()
-	writePolicies(t, policyDir, "PERMISSIVE")
+	writePolicies(t, policyDir, "PERMISSIVE", "DISABLE")
 	m := startMeshd(t, p.catalog(), "--policy-dir", policyDir)
 	startHTTPApp(t, "api", p.api.app)
 	startHTTPApp(t, "legacy", p.legacy.app)
@@ -263,7 +263,7 @@ func TestEnvoyPolicy(t *testing.T) {
 			}
 		}()
 		time.Sleep(300 * time.Millisecond)
-		writePolicies(t, policyDir, "STRICT")
+		writePolicies(t, policyDir, "STRICT", "DISABLE")
 		eventually(t, 15*time.Second, func() error {
 			if _, err := do("GET", plain+"/public", nil); err == nil {
 				return fmt.Errorf("plaintext still accepted")
@@ -277,5 +277,64 @@ func TestEnvoyPolicy(t *testing.T) {
 			t.Fatalf("during the switch: %d ok, %d failed (last: %v)", ok.Load(), failed.Load(), lastErr.Load())
 		}
 		m.assertAllACKed("api.default", "web.default")
+	})
+
+	// DISABLE → STRICT → DISABLE on legacy while web calls it: the server
+	// and the caller change in acknowledged steps, so nothing fails.
+	t.Run("DISABLE to STRICT and back while requests flow", func(t *testing.T) {
+		var ok, failed atomic.Int64
+		var lastErr atomic.Value
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				code, err := do("GET", fmt.Sprintf("http://127.0.0.1:%d/flow", p.webToLegacy), nil)
+				if err != nil || code != 200 {
+					failed.Add(1)
+					lastErr.Store(fmt.Sprintf("%d %v", code, err))
+				} else {
+					ok.Add(1)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+		direct := fmt.Sprintf("http://127.0.0.1:%d/direct", p.legacy.public)
+		time.Sleep(200 * time.Millisecond)
+		writePolicies(t, policyDir, "STRICT", "STRICT")
+		eventually(t, 20*time.Second, func() error {
+			if _, err := do("GET", direct, nil); err == nil {
+				return fmt.Errorf("legacy still accepts plaintext")
+			}
+			return nil
+		})
+		if n, _ := legacy.Stat(t, "http.inbound_mtls.legacy.default.downstream_rq_completed"); n < 1 {
+			t.Errorf("web does not reach legacy over mTLS after the switch")
+		}
+		writePolicies(t, policyDir, "STRICT", "DISABLE")
+		eventually(t, 20*time.Second, func() error {
+			if code, err := do("GET", direct, nil); err != nil || code != 200 {
+				return fmt.Errorf("legacy does not accept plaintext yet: %d %v", code, err)
+			}
+			return nil
+		})
+		eventually(t, 20*time.Second, func() error {
+			if _, body := m.adminGET("/debug/status"); strings.Contains(body, `"migrations"`) {
+				return fmt.Errorf("migration still pending")
+			}
+			return nil
+		})
+		time.Sleep(200 * time.Millisecond)
+		close(stop)
+		wg.Wait()
+		if failed.Load() != 0 || ok.Load() < 20 {
+			t.Fatalf("during the switches: %d ok, %d failed (last: %v)", ok.Load(), failed.Load(), lastErr.Load())
+		}
 	})
 }
