@@ -8,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -239,29 +237,7 @@ func TestEnvoyPolicy(t *testing.T) {
 	})
 
 	t.Run("PERMISSIVE to STRICT while requests flow", func(t *testing.T) {
-		var ok, failed atomic.Int64
-		var lastErr atomic.Value
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				code, err := do("GET", web+"/api/flow", nil)
-				if err != nil || code != 200 {
-					failed.Add(1)
-					lastErr.Store(fmt.Sprintf("%d %v", code, err))
-				} else {
-					ok.Add(1)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
+		f := startFlow(10*time.Millisecond, httpOK(web+"/api/flow"))
 		time.Sleep(300 * time.Millisecond)
 		writePolicies(t, policyDir, "STRICT", "DISABLE")
 		eventually(t, 15*time.Second, func() error {
@@ -271,40 +247,14 @@ func TestEnvoyPolicy(t *testing.T) {
 			return nil
 		})
 		time.Sleep(300 * time.Millisecond)
-		close(stop)
-		wg.Wait()
-		if failed.Load() != 0 || ok.Load() < 20 {
-			t.Fatalf("during the switch: %d ok, %d failed (last: %v)", ok.Load(), failed.Load(), lastErr.Load())
-		}
+		f.stop(t, 20)
 		m.assertAllACKed("api.default", "web.default")
 	})
 
 	// DISABLE → STRICT → DISABLE on legacy while web calls it: the server
 	// and the caller change in acknowledged steps, so nothing fails.
 	t.Run("DISABLE to STRICT and back while requests flow", func(t *testing.T) {
-		var ok, failed atomic.Int64
-		var lastErr atomic.Value
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				code, err := do("GET", fmt.Sprintf("http://127.0.0.1:%d/flow", p.webToLegacy), nil)
-				if err != nil || code != 200 {
-					failed.Add(1)
-					lastErr.Store(fmt.Sprintf("%d %v", code, err))
-				} else {
-					ok.Add(1)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
+		f := startFlow(10*time.Millisecond, httpOK(fmt.Sprintf("http://127.0.0.1:%d/flow", p.webToLegacy)))
 		direct := fmt.Sprintf("http://127.0.0.1:%d/direct", p.legacy.public)
 		time.Sleep(200 * time.Millisecond)
 		writePolicies(t, policyDir, "STRICT", "STRICT")
@@ -336,10 +286,6 @@ func TestEnvoyPolicy(t *testing.T) {
 			return nil
 		})
 		time.Sleep(200 * time.Millisecond)
-		close(stop)
-		wg.Wait()
-		if failed.Load() != 0 || ok.Load() < 20 {
-			t.Fatalf("during the switches: %d ok, %d failed (last: %v)", ok.Load(), failed.Load(), lastErr.Load())
-		}
+		f.stop(t, 20)
 	})
 }

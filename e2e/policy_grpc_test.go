@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -234,37 +232,12 @@ func TestGRPCPolicyMatrix(t *testing.T) {
 	t.Logf("%d matrix cases over %d policy phases", cases, len(grpcPhases))
 
 	t.Run("policy changes do not fail allowed RPCs", func(t *testing.T) {
-		var ok, failed atomic.Int64
-		var lastErr atomic.Value
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if err := invoke(ctx, callers[0].client, "UnaryCall", nil); err != nil {
-					failed.Add(1)
-					lastErr.Store(err.Error())
-				} else {
-					ok.Add(1)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
+		f := startFlow(5*time.Millisecond, func() error { return invoke(ctx, callers[0].client, "UnaryCall", nil) })
 		for _, i := range []int{0, 1, 3, 1, 0} {
 			writeGRPCPolicies(t, policyDir, "STRICT", grpcPhases[i].docs)
 			time.Sleep(400 * time.Millisecond)
 		}
-		close(stop)
-		wg.Wait()
-		if failed.Load() != 0 || ok.Load() < 50 {
-			t.Fatalf("%d ok, %d failed (last: %v)", ok.Load(), failed.Load(), lastErr.Load())
-		}
+		f.stop(t, 50)
 	})
 
 	plaintext := func() error {
