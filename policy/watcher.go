@@ -15,6 +15,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/meshd/meshd/internal/watchloop"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -94,8 +95,6 @@ type Watcher struct {
 	rejectedSum [sha256.Size]byte
 	hasRejected bool
 	readErr     string // the read failure last logged, so it is logged once
-	watchErr    string // the watch failure last logged, likewise
-	fsw         *fsnotify.Watcher
 }
 
 // NewWatcher loads dir once and returns its error if it does not load:
@@ -199,99 +198,22 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return errors.New("policy: Watcher.Run is already running")
 	}
 	defer w.running.Store(false)
-
-	var (
-		events <-chan fsnotify.Event
-		errs   <-chan error
-	)
-	poll := w.pollInterval
-	if w.notify {
-		fsw, err := fsnotify.NewWatcher()
-		if err == nil {
-			w.fsw = fsw
-			defer func() {
-				fsw.Close()
-				w.fsw = nil
-			}()
-			events, errs = fsw.Events, fsw.Errors
-			w.ensureWatch()
-		} else {
-			// Typically the inotify instance limit. Polling still works.
-			if poll <= 0 {
-				poll = DefaultPollInterval
-			}
-			w.logger.Warn("cannot watch the policy directory for changes; polling instead",
-				"dir", w.dir, "interval", poll, "error", err)
-		}
-	} else if poll <= 0 {
-		poll = DefaultPollInterval
-	}
-	var tick <-chan time.Time
-	if poll > 0 {
-		t := time.NewTicker(poll)
-		defer t.Stop()
-		tick = t.C
-	}
-
-	settle := time.NewTimer(time.Hour)
-	settle.Stop()
-	defer settle.Stop()
-	pending := false
-
-	// The directory may have changed between NewWatcher and Run.
-	w.check("start")
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case _, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			settle.Reset(w.holdoff)
-			pending = true
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			w.logger.Warn("policy directory watch error; re-reading it", "dir", w.dir, "error", err)
-			settle.Reset(w.holdoff)
-			pending = true
-		case <-settle.C:
-			pending = false
-			w.check("change")
-		case <-tick:
-			// The directory may have been deleted and recreated, which
-			// ends its watch.
-			w.ensureWatch()
-			if !pending {
-				w.check("poll")
-			}
-		}
-	}
+	return watchloop.Run(ctx, (*source)(w), watchloop.Options{
+		Holdoff: w.holdoff, Poll: w.pollInterval, FallbackPoll: DefaultPollInterval,
+		Notify: w.notify, Logger: w.logger, What: "policy directory", Attrs: []any{"dir", w.dir},
+	})
 }
 
-// ensureWatch (re-)adds the watch on the directory if it is missing.
-func (w *Watcher) ensureWatch() {
-	if w.fsw == nil {
-		return
-	}
-	msg := ""
-	if !slices.Contains(w.fsw.WatchList(), w.abs) {
-		if err := w.fsw.Add(w.abs); err != nil {
-			msg = fmt.Sprintf("watching %s: %v", w.abs, err)
-		}
-	}
-	if msg != w.watchErr {
-		w.watchErr = msg
-		if msg != "" {
-			w.logger.Warn("cannot watch the policy directory; relying on polling until it can",
-				"dir", w.dir, "interval", w.pollInterval, "error", msg)
-		}
-	}
-}
+// source adapts the Watcher to watchloop without exporting the methods.
+type source Watcher
+
+func (s *source) Check(trigger string) { (*Watcher)(s).check(trigger) }
+
+// Relevant: any event in the directory may change the policy set; reading
+// it is cheap and identical content is not reloaded.
+func (s *source) Relevant(fsnotify.Event) bool { return true }
+
+func (s *source) Dirs() []string { return []string{s.abs} }
 
 // check reads the directory and, if it holds a new valid policy set, puts
 // it in force and publishes it.

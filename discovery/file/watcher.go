@@ -10,13 +10,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/meshd/meshd/internal/watchloop"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -87,9 +87,7 @@ type Watcher struct {
 	rejectedSum [sha256.Size]byte
 	hasRejected bool
 	readErr     string // the read failure last logged, so that it is logged once
-	watchErr    string // the watch failure last logged, likewise
 	target      string // where abs resolved through symlinks at the last look; "" if it did not
-	fsw         *fsnotify.Watcher
 }
 
 // NewWatcher loads the file once and returns its error if it is invalid:
@@ -165,88 +163,22 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return errors.New("file: Watcher.Run is already running")
 	}
 	defer w.running.Store(false)
-
-	var (
-		events <-chan fsnotify.Event
-		errs   <-chan error
-	)
-	poll := w.pollInterval
-	if w.notify {
-		fsw, err := fsnotify.NewWatcher()
-		if err == nil {
-			w.fsw = fsw
-			defer func() {
-				fsw.Close()
-				w.fsw = nil
-			}()
-			events, errs = fsw.Events, fsw.Errors
-			w.resolve()
-			w.ensureWatches()
-		} else {
-			// Typically the inotify instance limit. Polling still works.
-			if poll <= 0 {
-				poll = DefaultPollInterval
-			}
-			w.logger.Warn("cannot watch the catalog for changes; polling instead",
-				"path", w.path, "interval", poll, "error", err)
-		}
-	} else if poll <= 0 {
-		poll = DefaultPollInterval
-	}
-	var tick <-chan time.Time
-	if poll > 0 {
-		t := time.NewTicker(poll)
-		defer t.Stop()
-		tick = t.C
-	}
-
-	// settle fires once the file has been quiet for the holdoff.
-	settle := time.NewTimer(time.Hour)
-	settle.Stop()
-	defer settle.Stop()
-	pending := false
-
-	// The file may have changed between NewWatcher and Run.
-	w.check("start")
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			if w.relevant(ev) {
-				settle.Reset(w.holdoff)
-				pending = true
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			w.logger.Warn("catalog watch error; re-reading the file", "path", w.path, "error", err)
-			// Events may have been lost (fsnotify.ErrEventOverflow): look.
-			settle.Reset(w.holdoff)
-			pending = true
-		case <-settle.C:
-			pending = false
-			w.check("change")
-		case <-tick:
-			// The watched directory may have been deleted and recreated.
-			w.resolve()
-			w.ensureWatches()
-			if !pending {
-				w.check("poll")
-			}
-		}
-	}
+	w.resolve()
+	return watchloop.Run(ctx, (*source)(w), watchloop.Options{
+		Holdoff: w.holdoff, Poll: w.pollInterval, FallbackPoll: DefaultPollInterval,
+		Notify: w.notify, Logger: w.logger, What: "catalog", Attrs: []any{"path", w.path},
+	})
 }
 
-// relevant reports whether an event in a watched directory may have changed
+// source adapts the Watcher to watchloop without exporting the methods.
+type source Watcher
+
+func (s *source) Check(trigger string) { (*Watcher)(s).check(trigger) }
+
+// Relevant reports whether an event in a watched directory may have changed
 // what the catalog path reads as.
-func (w *Watcher) relevant(ev fsnotify.Event) bool {
+func (s *source) Relevant(ev fsnotify.Event) bool {
+	w := (*Watcher)(s)
 	previous := w.target
 	// Any entry may be a link on the way to the file: Kubernetes updates a
 	// ConfigMap volume by swapping a "..data" symlink, and the file's own
@@ -255,6 +187,24 @@ func (w *Watcher) relevant(ev fsnotify.Event) bool {
 	moved := w.resolve()
 	name := filepath.Clean(ev.Name)
 	return moved || name == w.abs || (previous != "" && name == previous)
+}
+
+// Dirs are the file's directory and, if the file is a symlink into another
+// directory, that directory too (edits to the target file happen there).
+func (s *source) Dirs() []string {
+	w := (*Watcher)(s)
+	w.resolve() // the watched directory may have been deleted and recreated
+	parent := filepath.Dir(w.abs)
+	dirs := []string{parent}
+	if w.target != "" {
+		dir := filepath.Dir(w.target)
+		// The same directory reached through a symlinked path is one inotify
+		// watch; adding it twice would only confuse event names.
+		if real, err := filepath.EvalSymlinks(parent); err != nil || real != dir {
+			dirs = append(dirs, dir)
+		}
+	}
+	return dirs
 }
 
 // resolve re-evaluates the symlinks on the way to the file and reports
@@ -268,52 +218,7 @@ func (w *Watcher) resolve() bool {
 		return false
 	}
 	w.target = target
-	w.ensureWatches()
 	return true
-}
-
-// ensureWatches watches the file's directory and, if the file is a symlink
-// into another directory, that directory too (edits to the target file
-// happen there), and stops watching a previous target's directory.
-func (w *Watcher) ensureWatches() {
-	if w.fsw == nil {
-		return
-	}
-	parent := filepath.Dir(w.abs)
-	want := []string{parent}
-	if w.target != "" {
-		dir := filepath.Dir(w.target)
-		// The same directory reached through a symlinked path is one inotify
-		// watch; adding it twice would only confuse event names.
-		if real, err := filepath.EvalSymlinks(parent); err != nil || real != dir {
-			want = append(want, dir)
-		}
-	}
-	have := w.fsw.WatchList()
-	for _, d := range have {
-		if !slices.Contains(want, d) {
-			_ = w.fsw.Remove(d) // already gone if the directory was deleted
-		}
-	}
-	var errs []error
-	for _, d := range want {
-		if !slices.Contains(have, d) {
-			if err := w.fsw.Add(d); err != nil {
-				errs = append(errs, fmt.Errorf("watching %s: %w", d, err))
-			}
-		}
-	}
-	msg := ""
-	if err := errors.Join(errs...); err != nil {
-		msg = err.Error()
-	}
-	if msg != w.watchErr {
-		w.watchErr = msg
-		if msg != "" {
-			w.logger.Warn("cannot watch the catalog's directory; relying on polling until it can",
-				"path", w.path, "interval", w.pollInterval, "error", msg)
-		}
-	}
 }
 
 // check reads the file and, if it holds a new valid catalog, serves and
