@@ -52,6 +52,16 @@ type EnvoyOptions struct {
 	// Delta makes Envoy use incremental (delta) xDS on its ADS stream
 	// instead of state-of-the-world; meshd serves both.
 	Delta bool
+	// Token is a bootstrap token (meshctl token create). Envoy sends it to
+	// meshd as "authorization: Bearer <token>" gRPC metadata on the xDS
+	// stream; meshd then serves only the token's service. The bootstrap
+	// then holds a credential: write it with mode 0600.
+	Token string
+	// AgentSocket is the Unix socket of a local mesh-agent serving SDS; the
+	// bootstrap then has a static cluster to it (xds.AgentSDSClusterName)
+	// and tells meshd so in the node metadata (xds.NodeMetaSDS), so secrets
+	// come from the agent and private keys never leave the machine.
+	AgentSocket string
 	// TrustDomain is the mesh's trust domain; Envoy accepts only meshd's
 	// own identity in it (mesh.ControlPlaneIdentity). Default
 	// mesh.DefaultTrustDomain.
@@ -96,6 +106,15 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, err
 	}
+	clusters := []*clusterv3.Cluster{xdsCluster}
+	if o.AgentSocket != "" {
+		agent, err := buildAgentSDSCluster(o.AgentSocket)
+		if err != nil {
+			return nil, err
+		}
+		clusters = append(clusters, agent)
+		node.Metadata.Fields[xds.NodeMetaSDS] = structpb.NewStringValue(xds.NodeMetaSDSAgent)
+	}
 	b := &bootstrapv3.Bootstrap{
 		Node: node,
 		Admin: &bootstrapv3.Admin{
@@ -113,13 +132,14 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: xds.XDSClusterName},
 					},
+					InitialMetadata: tokenMetadata(o.Token),
 				}},
 			},
 			LdsConfig: adsConfigSource(),
 			CdsConfig: adsConfigSource(),
 		},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
-			Clusters: []*clusterv3.Cluster{xdsCluster},
+			Clusters: clusters,
 		},
 	}
 	if err := b.ValidateAll(); err != nil {
@@ -294,4 +314,47 @@ func apiType(delta bool) corev3.ApiConfigSource_ApiType {
 		return corev3.ApiConfigSource_DELTA_GRPC
 	}
 	return corev3.ApiConfigSource_GRPC
+}
+
+// tokenMetadata is the xDS stream's initial metadata carrying a bootstrap
+// token (server.TokenMetadataKey; bootstrap cannot import server).
+func tokenMetadata(token string) []*corev3.HeaderValue {
+	if token == "" {
+		return nil
+	}
+	return []*corev3.HeaderValue{{Key: "authorization", Value: "Bearer " + token}}
+}
+
+// buildAgentSDSCluster is the static cluster to a local mesh-agent's SDS
+// socket: gRPC (HTTP/2) over a Unix pipe, plaintext because the socket's
+// file permissions are the access control.
+func buildAgentSDSCluster(path string) (*clusterv3.Cluster, error) {
+	h2, err := marshalAny(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				},
+			},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &clusterv3.Cluster{
+		Name:                          xds.AgentSDSClusterName,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{httpProtocolOptionsKey: h2},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: xds.AgentSDSClusterName,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}},
+					}},
+				}},
+			}},
+		},
+	}, nil
 }

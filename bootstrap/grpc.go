@@ -56,6 +56,12 @@ type grpcChannelCred struct {
 
 type grpcTLSCredCfg struct {
 	CACertificateFile string `json:"ca_certificate_file"`
+	// The app's own mesh certificate authenticates it to meshd (gRPC A65
+	// mTLS channel credentials): meshd serves a proxyless app only the
+	// configuration of the identity in this certificate.
+	CertificateFile string `json:"certificate_file,omitempty"`
+	PrivateKeyFile  string `json:"private_key_file,omitempty"`
+	RefreshInterval string `json:"refresh_interval,omitempty"`
 }
 
 type grpcNode struct {
@@ -102,8 +108,13 @@ func GRPC(o GRPCOptions) ([]byte, error) {
 	}
 	b := grpcBootstrap{
 		XDSServers: []grpcXDSServer{{
-			ServerURI:    srv.String(),
-			ChannelCreds: []grpcChannelCred{{Type: "tls", Config: grpcTLSCredCfg{CACertificateFile: o.CAFile}}},
+			ServerURI: srv.String(),
+			ChannelCreds: []grpcChannelCred{{Type: "tls", Config: grpcTLSCredCfg{
+				CACertificateFile: o.CAFile,
+				CertificateFile:   filepath.Join(o.CertDir, sds.CertFileName),
+				PrivateKeyFile:    filepath.Join(o.CertDir, sds.KeyFileName),
+				RefreshInterval:   refresh,
+			}}},
 			// xds_v3 is implied by current gRPC releases but harmless, and
 			// older ones need it to speak v3.
 			ServerFeatures: []string{"xds_v3"},

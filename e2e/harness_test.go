@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, c := range []string{"meshd", "meshctl"} {
+	for _, c := range []string{"meshd", "meshctl", "mesh-agent"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -172,6 +172,9 @@ func (m *meshd) rootCAFile() string { return filepath.Join(m.dataDir, "ca", "roo
 // meshctl runs the real CLI against this meshd's data dir and xDS address.
 func (m *meshd) meshctl(args ...string) string {
 	m.t.Helper()
+	// meshd authenticates proxies: Envoy bootstraps get a token for their
+	// service unless the test passes its own (identity_test.go).
+	args = m.withToken(args)
 	cmd := exec.Command(filepath.Join(binDir, "meshctl"), args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

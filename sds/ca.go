@@ -3,66 +3,81 @@ package sds
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"time"
 
 	"github.com/meshd/meshd/mesh"
 )
 
-// File names inside Options.DataDir/ca.
+// Layout of Options.DataDir/ca:
+//
+//	root-cert.pem        the trust bundle: every trusted root (what bootstraps
+//	                     and `meshctl bootstrap` point proxies at)
+//	state.json           which generation signs, which are trusted, rotation
+//	gen-<id>/            one root + intermediate (keys 0600; the root key is
+//	                     absent when the operator keeps it offline)
+//	retired/gen-<id>/    generations whose rotation has completed
 const (
 	caDirName    = "ca"
-	rootCertFile = "root-cert.pem"
-	rootKeyFile  = "root-key.pem"
+	rootCertFile = "root-cert.pem" // the bundle
+	stateFile    = "state.json"
+	retiredDir   = "retired"
+	// legacyRootKeyFile is where meshd before intermediates kept its root key
+	// (next to root-cert.pem); LoadOrCreate migrates it into a generation.
+	legacyRootKeyFile = "root-key.pem"
 )
 
 const (
-	defaultOrganization  = "meshd"
-	defaultLeafTTL       = 24 * time.Hour
-	defaultRenewFraction = 0.5
+	defaultOrganization    = "meshd"
+	defaultLeafTTL         = 24 * time.Hour
+	defaultRenewFraction   = 0.5
+	defaultIntermediateTTL = 365 * 24 * time.Hour
 
-	// rootValidityYears is long because rotating the root means re-trusting
-	// every workload; meshd has no root rotation yet.
+	// rootValidityYears is long because rotating the root means every proxy
+	// must learn a new bundle; rotation exists for compromise and policy.
 	rootValidityYears = 10
 
 	// clockSkew backdates NotBefore so that a peer whose clock is slightly
 	// behind ours does not reject a certificate we have just minted.
 	clockSkew = time.Minute
 
-	// rootExpiryWarning is how early LoadOrCreate starts warning that the
-	// root is about to expire and leaves are being shortened to fit it.
-	rootExpiryWarning = 30 * 24 * time.Hour
+	// caExpiryWarning is how early LoadOrCreate starts warning that the
+	// signing intermediate (or root) is about to expire and leaves are being
+	// shortened to fit it.
+	caExpiryWarning = 30 * 24 * time.Hour
 )
 
 // Options configures an Authority.
 type Options struct {
-	DataDir       string           // CA files live in DataDir/ca
-	TrustDomain   string           // e.g. "cluster.local"
-	Organization  string           // leaf Subject O; default "meshd"
-	LeafTTL       time.Duration    // default 24h
-	RenewFraction float64          // reissue when this fraction of life has passed; default 0.5
-	Clock         func() time.Time // default time.Now; tests inject
-	Logger        *slog.Logger     // default slog.Default()
-	// NoCreate makes a missing CA an error instead of creating one: tools
-	// other than meshd (meshctl) must never mint a second, unrelated root.
+	DataDir         string           // CA files live in DataDir/ca
+	TrustDomain     string           // e.g. "cluster.local"
+	Organization    string           // Subject O of every certificate; default "meshd"
+	LeafTTL         time.Duration    // default 24h
+	IntermediateTTL time.Duration    // lifetime of intermediates meshd mints; default 365 days
+	RenewFraction   float64          // reissue when this fraction of life has passed; default 0.5
+	Clock           func() time.Time // default time.Now; tests inject
+	Logger          *slog.Logger     // default slog.Default()
+	// NoCreate makes a missing CA an error instead of creating one, and
+	// writes nothing: tools other than meshd (meshctl) must never mint a
+	// second, unrelated root or race meshd's state file.
 	NoCreate bool
+
+	// RootCertFile, IntermediateCertFile and IntermediateKeyFile, all or
+	// none, supply the CA from the operator's PKI. The root key stays with
+	// the operator (offline); meshd signs with the intermediate only. They
+	// are imported into DataDir/ca; supplying a different set later starts
+	// a rotation to it.
+	RootCertFile, IntermediateCertFile, IntermediateKeyFile string
 }
 
 // withDefaults validates o and fills in defaults.
@@ -83,10 +98,25 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("CA options: LeafTTL %s is negative: use a positive duration such as 24h", o.LeafTTL)
 	}
 	switch {
+	case o.IntermediateTTL == 0:
+		o.IntermediateTTL = defaultIntermediateTTL
+	case o.IntermediateTTL < o.LeafTTL:
+		return o, fmt.Errorf("CA options: IntermediateTTL %s is shorter than LeafTTL %s: every leaf would be cut short; use at least the leaf lifetime", o.IntermediateTTL, o.LeafTTL)
+	}
+	switch {
 	case o.RenewFraction == 0:
 		o.RenewFraction = defaultRenewFraction
 	case !(o.RenewFraction > 0 && o.RenewFraction < 1):
 		return o, fmt.Errorf("CA options: RenewFraction %v is out of range: use a value between 0 and 1 (exclusive), e.g. 0.5", o.RenewFraction)
+	}
+	n := 0
+	for _, f := range []string{o.RootCertFile, o.IntermediateCertFile, o.IntermediateKeyFile} {
+		if f != "" {
+			n++
+		}
+	}
+	if n != 0 && n != 3 {
+		return o, errors.New("CA options: give the root certificate, the intermediate certificate and the intermediate key together (or none, to let meshd create its own CA)")
 	}
 	if o.Clock == nil {
 		o.Clock = time.Now
@@ -97,253 +127,294 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// Authority is meshd's certificate authority: a root loaded from (or created
-// in) DataDir/ca, and a cache of the leaves issued from it. It is safe for
-// concurrent use.
-//
-// The root's private key lives only in unexported pointer fields, which fmt
-// prints as addresses, and Authority's String/GoString/LogValue show just the
-// trust domain and fingerprint.
-type Authority struct {
-	opts        Options
-	log         *slog.Logger
-	root        *x509.Certificate
-	rootKey     crypto.Signer
-	rootPEM     []byte
-	pool        *x509.CertPool
-	fingerprint string
-
-	mu       sync.Mutex
-	leaves   map[string]*Leaf   // by SPIFFE ID
-	inflight map[string]*flight // issuances in progress, by SPIFFE ID
+// caState is DataDir/ca/state.json: the single source of truth about which
+// generation signs and which roots are trusted, written atomically so a crash
+// mid-rotation resumes where it stopped.
+type caState struct {
+	Version int `json:"version"`
+	// Signing is the generation that signs workload leaves.
+	Signing string `json:"signing"`
+	// Trusted are the generations whose roots form the bundle, oldest first.
+	// The oldest also signs meshd's own xDS server certificate, because
+	// proxies bootstrapped before a rotation trust only that root.
+	Trusted  []string  `json:"trusted"`
+	Rotation *rotation `json:"rotation,omitempty"`
 }
 
-// LoadOrCreate loads DataDir/ca/root-cert.pem and root-key.pem, or on first
-// start creates them. A loaded root is checked (key matches certificate, it is
-// a CA, it is currently valid, it belongs to the trust domain) so that a
-// broken or swapped root fails at startup rather than at the first handshake.
+// Authority is meshd's certificate authority: root → intermediate → leaf
+// generations loaded from (or created in) DataDir/ca, the trust bundle, the
+// rotation state machine, and a cache of the leaves issued. It is safe for
+// concurrent use.
+//
+// Private keys live only in unexported fields, and Authority's
+// String/GoString/LogValue show just the trust domain and fingerprint.
+type Authority struct {
+	opts Options
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	gens  map[string]*generation
+	state caState
+	// bundlePEM and bundlePool hold the roots of state.Trusted, deduplicated.
+	bundlePEM  []byte
+	bundlePool *x509.CertPool
+	// leafNotAfter is the latest NotAfter of any leaf issued under each
+	// generation, so rotation knows when no leaf chains to an old one.
+	leafNotAfter map[string]time.Time
+	leaves       map[string]*Leaf   // by SPIFFE ID
+	inflight     map[string]*flight // issuances in progress, by SPIFFE ID
+}
+
+// LoadOrCreate opens the CA in DataDir/ca, creating a root and intermediate
+// on first start unless the operator supplies them (Options.RootCertFile and
+// friends). Every loaded certificate is checked (key matches, CA bits,
+// validity now, trust domain, intermediate signed by root) so that a broken
+// or swapped CA fails at startup rather than at the first handshake.
 func LoadOrCreate(opts Options) (*Authority, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	a := &Authority{
-		opts:     opts,
-		log:      opts.Logger,
-		leaves:   make(map[string]*Leaf),
-		inflight: make(map[string]*flight),
+		opts:         opts,
+		log:          opts.Logger,
+		gens:         map[string]*generation{},
+		leafNotAfter: map[string]time.Time{},
+		leaves:       map[string]*Leaf{},
+		inflight:     map[string]*flight{},
 	}
-
 	dir := a.caDir()
-	certPath := filepath.Join(dir, rootCertFile)
-	keyPath := filepath.Join(dir, rootKeyFile)
-	certExists, err := exists(certPath)
+	statePath := filepath.Join(dir, stateFile)
+	haveState, err := exists(statePath)
 	if err != nil {
 		return nil, err
 	}
-	keyExists, err := exists(keyPath)
-	if err != nil {
-		return nil, err
-	}
-
 	created := false
 	switch {
-	case certExists && keyExists:
-		if err := a.loadRoot(certPath, keyPath); err != nil {
+	case haveState:
+		if err := a.loadState(statePath); err != nil {
 			return nil, err
 		}
-	case !certExists && !keyExists && opts.NoCreate:
+	case opts.NoCreate:
 		return nil, fmt.Errorf("no CA in %s: start meshd once with this data directory to create it, or point --data-dir at meshd's", dir)
-	case !certExists && !keyExists:
-		if err := a.createRoot(dir, certPath, keyPath); err != nil {
+	default:
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("CA: create directory %s: %w (check that the data directory is writable)", dir, err)
+		}
+		// MkdirAll is subject to the umask and leaves existing directories
+		// alone; the directory holds CA keys, so make it private.
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("CA: chmod 700 %s: %w", dir, err)
+		}
+		var g *generation
+		if opts.RootCertFile == "" {
+			if g, err = a.createFirstGeneration(); err != nil {
+				return nil, err
+			}
+			created = true
+		} else {
+			if g, err = a.importExternal(); err != nil {
+				return nil, err
+			}
+		}
+		a.gens[g.id] = g
+		a.state = caState{Version: 1, Signing: g.id, Trusted: []string{g.id}}
+		if err := a.saveStateLocked(); err != nil {
 			return nil, err
 		}
-		created = true
-	case certExists:
-		return nil, fmt.Errorf("root CA: %s exists but %s is missing: restore the key from backup, or move %s away to create a new root (every workload will then need new certificates)", certPath, keyPath, dir)
-	default:
-		// The key is written before the certificate, so this is most
-		// likely an interrupted first start.
-		return nil, fmt.Errorf("root CA: %s exists but %s is missing (an interrupted first start?): restore the certificate from backup, or move %s away to create a new root", keyPath, certPath, dir)
+	}
+	// An operator-supplied CA that differs from the signing one is a
+	// rotation the operator asked for by changing the flags.
+	if haveState && opts.RootCertFile != "" && !opts.NoCreate {
+		g, err := a.importExternal()
+		if err != nil {
+			return nil, err
+		}
+		if g.id != a.state.Signing && (a.state.Rotation == nil || a.state.Rotation.To != g.id) {
+			if a.state.Rotation != nil {
+				return nil, fmt.Errorf("CA: a rotation to %s is in progress; finish it (meshctl ca status) before supplying another CA", a.state.Rotation.To)
+			}
+			a.mu.Lock()
+			err = a.beginRotationLocked(g)
+			a.mu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	a.rebuildBundleLocked()
+	if !opts.NoCreate {
+		if err := a.writeBundleFile(); err != nil {
+			return nil, err
+		}
 	}
 
-	a.pool = x509.NewCertPool()
-	a.pool.AddCert(a.root)
-	sum := sha256.Sum256(a.root.Raw)
-	a.fingerprint = hex.EncodeToString(sum[:])
-
-	msg := "loaded root CA"
+	sg := a.gens[a.state.Signing]
+	msg := "loaded CA"
 	if created {
-		msg = "created root CA"
+		msg = "created CA"
 	}
 	a.log.Info(msg,
 		"dir", dir,
 		"trust_domain", opts.TrustDomain,
-		"sha256_fingerprint", a.fingerprint,
-		"not_after", a.root.NotAfter.UTC())
-	if left := a.root.NotAfter.Sub(opts.Clock()); left < rootExpiryWarning {
-		a.log.Warn("root CA expires soon; leaf certificates are shortened to end with it",
-			"not_after", a.root.NotAfter.UTC(), "remaining", left.Round(time.Minute))
+		"root_sha256", sg.rootFP,
+		"intermediate_sha256", sg.interFP,
+		"root_key_offline", sg.rootKey == nil,
+		"intermediate_not_after", sg.inter.NotAfter.UTC(),
+		"trusted_roots", len(a.trustedRootsLocked()),
+		"rotation", a.state.Rotation.phaseName())
+	if left := sg.inter.NotAfter.Sub(opts.Clock()); left < caExpiryWarning {
+		a.log.Warn("signing intermediate expires soon; leaf certificates are shortened to end with it: rotate it with `meshctl ca rotate-intermediate`",
+			"not_after", sg.inter.NotAfter.UTC(), "remaining", left.Round(time.Minute))
 	}
 	return a, nil
 }
 
-func exists(path string) (bool, error) {
-	_, err := os.Stat(path)
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
-	default:
-		return false, fmt.Errorf("root CA: check %s: %w", path, err)
+// createFirstGeneration creates the first root and intermediate, adopting a
+// root left by meshd before intermediates existed (ca/root-cert.pem with
+// ca/root-key.pem) so upgrading keeps every proxy's trust.
+func (a *Authority) createFirstGeneration() (*generation, error) {
+	dir := a.caDir()
+	legacyKey := filepath.Join(dir, legacyRootKeyFile)
+	ok, err := exists(legacyKey)
+	if err != nil {
+		return nil, err
 	}
+	if !ok {
+		return a.createGeneration(nil, nil)
+	}
+	root, err := readCertFile(filepath.Join(dir, rootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	key, err := readKeyFile(legacyKey)
+	if err != nil {
+		return nil, err
+	}
+	if !keyMatches(key, root) {
+		return nil, fmt.Errorf("CA: key in %s does not match the certificate in %s: restore the matching pair from backup", legacyKey, filepath.Join(dir, rootCertFile))
+	}
+	if err := checkCA(root, "root", a.opts.TrustDomain, a.opts.Clock()); err != nil {
+		return nil, fmt.Errorf("CA: %s: %w", filepath.Join(dir, rootCertFile), err)
+	}
+	g, err := a.createGeneration(root, key)
+	if err != nil {
+		return nil, err
+	}
+	// The key now lives in the generation directory.
+	if err := os.Remove(legacyKey); err != nil {
+		return nil, fmt.Errorf("CA: remove migrated %s: %w", legacyKey, err)
+	}
+	a.log.Info("adopted the existing root CA and created an intermediate under it", "root_sha256", g.rootFP)
+	return g, nil
 }
 
-// createRoot mints a new self-signed root and writes it to disk.
-func (a *Authority) createRoot(dir, certPath, keyPath string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("root CA: create directory %s: %w (check that DataDir is writable)", dir, err)
-	}
-	// MkdirAll is subject to the umask and leaves existing directories
-	// alone; the directory holds the root key, so make it private.
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("root CA: chmod 700 %s: %w", dir, err)
-	}
-
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// importExternal loads the operator's CA and stores a copy (without any root
+// key) in the data directory, so meshctl and restarts find it.
+func (a *Authority) importExternal() (*generation, error) {
+	g, err := a.loadExternal()
 	if err != nil {
-		return fmt.Errorf("root CA: generate key: %w", err)
+		return nil, err
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return err
+	if ok, err := exists(a.genDir(g.id)); err != nil {
+		return nil, err
+	} else if !ok {
+		if err := a.saveGeneration(g); err != nil {
+			return nil, err
+		}
 	}
-	td := a.opts.TrustDomain
-	now := a.opts.Clock()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject: pkix.Name{
-			Organization: []string{a.opts.Organization},
-			CommonName:   "meshd root CA " + td,
-		},
-		NotBefore:             now.Add(-clockSkew),
-		NotAfter:              now.AddDate(rootValidityYears, 0, 0),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: td}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return fmt.Errorf("root CA: sign root certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return fmt.Errorf("root CA: parse freshly signed root certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("root CA: encode key: %w", err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-
-	// Key first: if we die in between, the next start finds a key without
-	// a certificate and says so, rather than a certificate whose key is
-	// lost forever.
-	if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
-		return fmt.Errorf("root CA: %w", err)
-	}
-	if err := writeFileAtomic(certPath, certPEM, 0o644); err != nil {
-		return fmt.Errorf("root CA: %w", err)
-	}
-	a.root, a.rootKey, a.rootPEM = cert, key, certPEM
-	return nil
+	return g, nil
 }
 
-// loadRoot reads and checks an existing root.
-func (a *Authority) loadRoot(certPath, keyPath string) error {
-	// Refuse a world- or group-readable key before reading it: the key
-	// signs every identity in the mesh.
-	if runtime.GOOS != "windows" {
-		info, err := os.Stat(keyPath)
+func (a *Authority) loadState(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("CA: read %s: %w", path, err)
+	}
+	var st caState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("CA: %s is not valid JSON: %w: restore it from backup", path, err)
+	}
+	if st.Version != 1 || st.Signing == "" || len(st.Trusted) == 0 {
+		return fmt.Errorf("CA: %s: want version 1 with signing and trusted generations: restore it from backup", path)
+	}
+	ids := append([]string{st.Signing}, st.Trusted...)
+	if st.Rotation != nil {
+		ids = append(ids, st.Rotation.From, st.Rotation.To)
+	}
+	for _, id := range ids {
+		if _, ok := a.gens[id]; ok || id == "" {
+			continue
+		}
+		g, err := a.loadGeneration(id)
 		if err != nil {
-			return fmt.Errorf("root CA: stat %s: %w", keyPath, err)
+			return err
 		}
-		if perm := info.Mode().Perm(); perm&0o077 != 0 {
-			return fmt.Errorf("root CA: key file %s has mode %04o and is readable by group or others: run `chmod 600 %s` and restart (consider the key compromised if others had access)", keyPath, perm, keyPath)
-		}
+		a.gens[id] = g
 	}
-
-	certPEM, err := os.ReadFile(certPath)
-	if err != nil {
-		return fmt.Errorf("root CA: read %s: %w", certPath, err)
-	}
-	cert, err := parseCertPEM(certPEM)
-	if err != nil {
-		return fmt.Errorf("root CA: certificate file %s: %w: restore it from backup, or move %s away to create a new root", certPath, err, filepath.Dir(certPath))
-	}
-	keyPEM, err := os.ReadFile(keyPath)
-	if err != nil {
-		return fmt.Errorf("root CA: read %s: %w", keyPath, err)
-	}
-	key, err := parseKeyPEM(keyPEM)
-	if err != nil {
-		return fmt.Errorf("root CA: key file %s: %w: restore it from backup", keyPath, err)
-	}
-
-	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
-	if !ok || !pub.Equal(cert.PublicKey) {
-		return fmt.Errorf("root CA: key in %s does not match the certificate in %s: restore the matching pair from backup", keyPath, certPath)
-	}
-	if !cert.IsCA || !cert.BasicConstraintsValid || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return fmt.Errorf("root CA: certificate in %s is not a CA certificate (needs basicConstraints CA:TRUE and keyUsage keyCertSign): point DataDir at a CA, or move %s away to create a new root", certPath, filepath.Dir(certPath))
-	}
-	now := a.opts.Clock()
-	if now.After(cert.NotAfter) {
-		return fmt.Errorf("root CA: certificate in %s expired at %s: move %s away to create a new root (every workload will then need new certificates)", certPath, cert.NotAfter.UTC().Format(time.RFC3339), filepath.Dir(certPath))
-	}
-	if now.Before(cert.NotBefore) {
-		return fmt.Errorf("root CA: certificate in %s is not valid until %s: check this machine's clock", certPath, cert.NotBefore.UTC().Format(time.RFC3339))
-	}
-	// A root minted for another trust domain would sign leaves that peers
-	// configured for that domain accept, silently merging two meshes.
-	for _, u := range cert.URIs {
-		if u.Scheme == "spiffe" && u.Host != a.opts.TrustDomain {
-			return fmt.Errorf("root CA: certificate in %s belongs to trust domain %q, not %q: set the trust domain back to %q, or move %s away to create a new root", certPath, u.Host, a.opts.TrustDomain, u.Host, filepath.Dir(certPath))
-		}
-	}
-
-	// Keep a canonical single-certificate PEM rather than the file's bytes,
-	// which may carry comments or extra blocks.
-	a.root, a.rootKey = cert, key
-	a.rootPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+	a.state = st
 	return nil
 }
 
-func parseCertPEM(data []byte) (*x509.Certificate, error) {
-	block, rest := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM data found")
+// saveStateLocked writes state.json atomically; callers hold a.mu (or own a
+// not yet shared Authority).
+func (a *Authority) saveStateLocked() error {
+	if a.opts.NoCreate {
+		return errors.New("CA opened read-only (NoCreate): only meshd changes the CA; use the admin API (meshctl ca ...)")
 	}
-	if block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("PEM block is %q, want CERTIFICATE", block.Type)
-	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		// Only a single root is supported; silently ignoring the rest
-		// would hide a misplaced bundle or chain.
-		return nil, errors.New("more than one PEM block: the file must hold exactly the root certificate")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	b, err := json.MarshalIndent(a.state, "", "  ")
 	if err != nil {
-		return nil, fmt.Errorf("parse certificate: %w", err)
+		return fmt.Errorf("CA: encode state: %w", err)
 	}
-	return cert, nil
+	if err := writeFileAtomic(filepath.Join(a.caDir(), stateFile), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("CA: %w", err)
+	}
+	return nil
+}
+
+// trustedRootsLocked lists the distinct roots of the trusted generations.
+func (a *Authority) trustedRootsLocked() []*generation {
+	var out []*generation
+	seen := map[string]bool{}
+	for _, id := range a.state.Trusted {
+		g := a.gens[id]
+		if g == nil || seen[g.rootFP] {
+			continue
+		}
+		seen[g.rootFP] = true
+		out = append(out, g)
+	}
+	return out
+}
+
+func (a *Authority) rebuildBundleLocked() {
+	var buf bytes.Buffer
+	pool := x509.NewCertPool()
+	for _, g := range a.trustedRootsLocked() {
+		buf.Write(g.rootPEM)
+		pool.AddCert(g.root)
+	}
+	a.bundlePEM, a.bundlePool = buf.Bytes(), pool
+}
+
+// writeBundleFile keeps DataDir/ca/root-cert.pem equal to the bundle, so
+// bootstraps generated now trust every root in use.
+func (a *Authority) writeBundleFile() error {
+	a.mu.Lock()
+	b := bytes.Clone(a.bundlePEM)
+	a.mu.Unlock()
+	path := filepath.Join(a.caDir(), rootCertFile)
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
+		return nil
+	}
+	if err := writeFileAtomic(path, b, 0o644); err != nil {
+		return fmt.Errorf("CA: trust bundle: %w", err)
+	}
+	return nil
 }
 
 // parseKeyPEM accepts PKCS#8 (what meshd writes) and SEC 1 EC keys (what
-// `openssl ecparam -genkey` writes), so an operator can bring a root. Errors
+// `openssl ecparam -genkey` writes), so an operator can bring a CA. Errors
 // never include the key bytes.
 func parseKeyPEM(data []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(data)
@@ -388,27 +459,57 @@ func randomSerial() (*big.Int, error) {
 	}
 }
 
-// RootCertPEM returns the root certificate as PEM: the trust bundle proxies
-// need. The caller gets its own copy.
-func (a *Authority) RootCertPEM() []byte { return bytes.Clone(a.rootPEM) }
+// signing returns the generation that signs workload leaves.
+func (a *Authority) signing() *generation {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gens[a.state.Signing]
+}
 
-// RootPool returns a pool holding the root. It is a fresh clone so that a
-// caller adding certificates cannot widen what the CA itself trusts.
-func (a *Authority) RootPool() *x509.CertPool { return a.pool.Clone() }
+// serverGen returns the generation that signs meshd's own xDS certificate:
+// the oldest trusted one, since proxies bootstrapped before a root rotation
+// verify meshd against the root they were started with.
+func (a *Authority) serverGen() *generation {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gens[a.state.Trusted[0]]
+}
 
-// RootCert returns the parsed root certificate. Callers must not modify it.
-func (a *Authority) RootCert() *x509.Certificate { return a.root }
+// RootCertPEM returns the trust bundle: every trusted root as concatenated
+// PEM (one root except during a root rotation). The caller gets its own copy.
+func (a *Authority) RootCertPEM() []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return bytes.Clone(a.bundlePEM)
+}
 
-// Fingerprint is the hex SHA-256 of the root certificate's DER, as logged at
+// Bundle is RootCertPEM under the name the publisher uses.
+func (a *Authority) Bundle() []byte { return a.RootCertPEM() }
+
+// RootPool returns a pool of every trusted root. It is a fresh clone so that
+// a caller adding certificates cannot widen what the CA itself trusts.
+func (a *Authority) RootPool() *x509.CertPool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.bundlePool.Clone()
+}
+
+// RootCert returns the signing generation's root. Callers must not modify it.
+func (a *Authority) RootCert() *x509.Certificate { return a.signing().root }
+
+// IntermediateCert returns the signing intermediate. Callers must not modify it.
+func (a *Authority) IntermediateCert() *x509.Certificate { return a.signing().inter }
+
+// Fingerprint is the hex SHA-256 of the signing root's DER, as logged at
 // startup, so operators can compare roots across machines.
-func (a *Authority) Fingerprint() string { return a.fingerprint }
+func (a *Authority) Fingerprint() string { return a.signing().rootFP }
 
 // TrustDomain is the trust domain this CA issues for.
 func (a *Authority) TrustDomain() string { return a.opts.TrustDomain }
 
 // String identifies the CA without any key material.
 func (a *Authority) String() string {
-	return "sds.Authority{trust_domain=" + a.opts.TrustDomain + " root_sha256=" + a.fingerprint + "}"
+	return "sds.Authority{trust_domain=" + a.opts.TrustDomain + " root_sha256=" + a.Fingerprint() + "}"
 }
 
 // GoString keeps %#v from dumping the struct.
@@ -418,7 +519,7 @@ func (a *Authority) GoString() string { return a.String() }
 func (a *Authority) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("trust_domain", a.opts.TrustDomain),
-		slog.String("root_sha256", a.fingerprint),
+		slog.String("root_sha256", a.Fingerprint()),
 	)
 }
 

@@ -93,18 +93,52 @@ func newTestCA(t testing.TB, mod ...func(*Options)) *testCA {
 
 var testID = mesh.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "cart"}
 
+// parseCert parses a leaf's PEM: the leaf, optionally followed by exactly
+// one intermediate (a CA), which is what Leaf.CertPEM carries.
 func parseCert(t testing.TB, certPEM []byte) *x509.Certificate {
+	t.Helper()
+	c, _ := parseChain(t, certPEM)
+	return c
+}
+
+// parseChain returns the leaf and a pool holding the intermediate after it
+// (empty if there is none).
+func parseChain(t testing.TB, certPEM []byte) (*x509.Certificate, *x509.CertPool) {
 	t.Helper()
 	block, rest := pem.Decode(certPEM)
 	if block == nil || block.Type != "CERTIFICATE" {
 		t.Fatalf("not a CERTIFICATE PEM: %q", certPEM)
 	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		t.Fatalf("trailing data after certificate PEM: %q", rest)
-	}
 	c, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		t.Fatalf("parse certificate: %v", err)
 	}
-	return c
+	pool := x509.NewCertPool()
+	if len(bytes.TrimSpace(rest)) != 0 {
+		ib, rest2 := pem.Decode(rest)
+		if ib == nil || ib.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest2)) != 0 {
+			t.Fatalf("after the leaf: want exactly one intermediate CERTIFICATE, got %q", rest)
+		}
+		ic, err := x509.ParseCertificate(ib.Bytes)
+		if err != nil {
+			t.Fatalf("parse intermediate: %v", err)
+		}
+		if !ic.IsCA {
+			t.Fatalf("second certificate of the chain is not a CA")
+		}
+		pool.AddCert(ic)
+	}
+	return c, pool
 }
+
+// verifyLeaf verifies a leaf PEM chain against roots at now for one usage.
+func verifyLeaf(t testing.TB, certPEM []byte, roots *x509.CertPool, now time.Time, eku x509.ExtKeyUsage) error {
+	t.Helper()
+	c, inters := parseChain(t, certPEM)
+	_, err := c.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{eku}})
+	return err
+}
+
+type pemBlock = pem.Block
+
+func decodePEM(b []byte) (*pem.Block, []byte) { return pem.Decode(b) }

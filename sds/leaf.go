@@ -24,16 +24,25 @@ import (
 // Authority.Leaf are shared by every caller and must be treated as read-only.
 type Leaf struct {
 	Identity mesh.Identity
-	DNSNames []string      // DNS SANs, as requested (after de-duplication)
-	CertPEM  []byte        // leaf only (no intermediates yet; root is the issuer)
-	KeyPEM   PrivateKeyPEM // PKCS#8 PEM "PRIVATE KEY"
-	Serial   *big.Int
+	DNSNames []string // DNS SANs, as requested (after de-duplication)
+	// CertPEM is the chain a peer needs: the leaf, then the intermediate
+	// that signed it (never the root, which peers take from the bundle).
+	CertPEM []byte
+	KeyPEM  PrivateKeyPEM // PKCS#8 PEM "PRIVATE KEY"
+	Serial  *big.Int
 
 	NotBefore, NotAfter time.Time
 	// RenewAt = NotBefore + RenewFraction*(NotAfter-NotBefore): the moment
 	// Authority.Leaf stops handing this leaf out.
 	RenewAt time.Time
+
+	// gen is the CA generation that signed the leaf; a leaf from another
+	// generation than the signing one is reissued at once (rotation).
+	gen string
 }
+
+// Generation names the CA generation (root + intermediate) that signed l.
+func (l *Leaf) Generation() string { return l.gen }
 
 // LogValue renders a leaf in logs as what operators need to trace it (whose
 // it is, which serial, when it expires), never the key.
@@ -58,20 +67,24 @@ type issueRequest struct {
 	dns  []string
 	ips  []net.IP
 	ekus []x509.ExtKeyUsage
+	// pub, when set, is the subject's own public key (a CSR from the node
+	// agent): no key is generated and the Leaf has no KeyPEM.
+	pub *ecdsa.PublicKey
 }
 
 // issued is what issue returns: the Leaf plus the parsed forms the TLS server
 // needs, so it does not have to re-parse PEM.
 type issued struct {
-	leaf *Leaf
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	leaf  *Leaf
+	cert  *x509.Certificate
+	chain [][]byte // DER: leaf, intermediate
+	key   *ecdsa.PrivateKey
 }
 
 // IssueLeaf always mints a fresh key and certificate for id, with dnsNames as
 // DNS SANs (the first one, typically the service name, also becomes the CN).
-// The certificate is verified against the root for both server and client
-// authentication before it is returned, so a bad template fails here rather
+// It is signed by the signing generation's intermediate, and verified against
+// that chain for both server and client authentication before it is returned, so a bad template fails here rather
 // than in a proxy's handshake.
 func (a *Authority) IssueLeaf(id mesh.Identity, dnsNames []string) (*Leaf, error) {
 	if err := a.checkTrustDomain(id); err != nil {
@@ -85,7 +98,7 @@ func (a *Authority) IssueLeaf(id mesh.Identity, dnsNames []string) (*Leaf, error
 	if len(dns) > 0 {
 		cn = dns[0]
 	}
-	iss, err := a.issue(issueRequest{
+	iss, err := a.issue(a.signing(), issueRequest{
 		uri:  id.SPIFFEID(),
 		cn:   cn,
 		dns:  dns,
@@ -98,27 +111,36 @@ func (a *Authority) IssueLeaf(id mesh.Identity, dnsNames []string) (*Leaf, error
 	return iss.leaf, nil
 }
 
-// issue mints, signs and verifies one leaf certificate.
-func (a *Authority) issue(req issueRequest) (*issued, error) {
+// issue mints, signs with g's intermediate and verifies one leaf certificate.
+func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 	uri, err := url.Parse(req.uri)
 	if err != nil {
 		return nil, fmt.Errorf("parse URI SAN %q: %w", req.uri, err)
 	}
 	now := a.opts.Clock()
-	notBefore := now.Add(-clockSkew)
+	// Backdate by clockSkew, but never by more than a tenth of the life, so
+	// the very short lifetimes of tests and rotation drills still renew
+	// after issuance rather than before it.
+	notBefore := now.Add(-min(clockSkew, a.opts.LeafTTL/10))
 	notAfter := now.Add(a.opts.LeafTTL)
 	// A leaf cannot outlive its issuer: peers would reject the chain once
-	// the root expires, so say so honestly in NotAfter (and renew sooner).
-	if notAfter.After(a.root.NotAfter) {
-		notAfter = a.root.NotAfter
+	// the intermediate (which never outlives the root) expires, so say so
+	// honestly in NotAfter (and renew sooner).
+	capped := false
+	if notAfter.After(g.inter.NotAfter) {
+		notAfter, capped = g.inter.NotAfter, true
 	}
 	if !notAfter.After(now) {
-		return nil, fmt.Errorf("root CA expired at %s: move %s away and restart meshd to create a new root", a.root.NotAfter.UTC().Format(time.RFC3339), a.caDir())
+		return nil, fmt.Errorf("signing intermediate CA expired at %s: rotate it (meshctl ca rotate-intermediate) or supply a new one", g.inter.NotAfter.UTC().Format(time.RFC3339))
 	}
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate key: %w", err)
+	var key *ecdsa.PrivateKey
+	pub := req.pub
+	if pub == nil {
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			return nil, fmt.Errorf("generate key: %w", err)
+		}
+		pub = &key.PublicKey
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -141,7 +163,7 @@ func (a *Authority) issue(req issueRequest) (*issued, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.root, key.Public(), a.rootKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, g.inter, pub, g.interKey)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate: %w", err)
 	}
@@ -153,34 +175,48 @@ func (a *Authority) issue(req issueRequest) (*issued, error) {
 	// each usage is checked on its own to prove the leaf serves all of them.
 	for _, eku := range req.ekus {
 		if _, err := cert.Verify(x509.VerifyOptions{
-			Roots:       a.pool,
-			CurrentTime: now,
-			KeyUsages:   []x509.ExtKeyUsage{eku},
+			Roots:         g.roots,
+			Intermediates: g.inters,
+			CurrentTime:   now,
+			KeyUsages:     []x509.ExtKeyUsage{eku},
 		}); err != nil {
-			return nil, fmt.Errorf("verify freshly signed certificate against the root (usage %v): %w", eku, err)
+			return nil, fmt.Errorf("verify freshly signed certificate against its chain (usage %v): %w", eku, err)
 		}
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("encode key: %w", err)
+	var keyPEM PrivateKeyPEM
+	if key != nil {
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return nil, fmt.Errorf("encode key: %w", err)
+		}
+		keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	}
 
 	life := notAfter.Sub(notBefore)
+	chainPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	chainPEM = append(chainPEM, g.interPEM...)
 	leaf := &Leaf{
 		DNSNames:  req.dns,
-		CertPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		CertPEM:   chainPEM,
+		KeyPEM:    keyPEM,
 		Serial:    serial,
 		NotBefore: notBefore,
 		NotAfter:  notAfter,
 		RenewAt:   notBefore.Add(time.Duration(float64(life) * a.opts.RenewFraction)),
+		gen:       g.id,
 	}
+	a.mu.Lock()
+	if notAfter.After(a.leafNotAfter[g.id]) {
+		a.leafNotAfter[g.id] = notAfter
+	}
+	a.mu.Unlock()
 	a.log.Debug("issued certificate",
 		"uri", req.uri,
 		"serial", serial.Text(16),
+		"generation", g.id,
 		"not_after", notAfter.UTC(),
-		"capped_by_root", notAfter.Equal(a.root.NotAfter))
-	return &issued{leaf: leaf, cert: cert, key: key}, nil
+		"capped_by_issuer", capped)
+	return &issued{leaf: leaf, cert: cert, chain: [][]byte{der, g.inter.Raw}, key: key}, nil
 }
 
 func (a *Authority) caDir() string { return filepath.Join(a.opts.DataDir, caDirName) }
@@ -237,7 +273,7 @@ func (a *Authority) Leaf(id mesh.Identity, dnsNames []string) (*Leaf, error) {
 	key := id.SPIFFEID()
 
 	a.mu.Lock()
-	if l := a.leaves[key]; l != nil && a.opts.Clock().Before(l.RenewAt) && slices.Equal(l.DNSNames, dns) {
+	if l := a.leaves[key]; l != nil && a.opts.Clock().Before(l.RenewAt) && slices.Equal(l.DNSNames, dns) && l.gen == a.state.Signing {
 		a.mu.Unlock()
 		return l, nil
 	}
@@ -270,15 +306,20 @@ func (a *Authority) Leaf(id mesh.Identity, dnsNames []string) (*Leaf, error) {
 }
 
 // NextRenewal returns the earliest RenewAt among cached leaves, or the zero
-// time if none is cached. The control plane arms one timer on it and then
-// refreshes whatever Leaf reissues, rather than a timer per proxy.
+// time if none is cached; a leaf signed by a generation that no longer signs
+// (a rotation switched) is due now. The control plane arms one timer on it
+// and then refreshes whatever Leaf reissues, rather than a timer per proxy.
 func (a *Authority) NextRenewal() time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var next time.Time
 	for _, l := range a.leaves {
-		if next.IsZero() || l.RenewAt.Before(next) {
-			next = l.RenewAt
+		at := l.RenewAt
+		if l.gen != a.state.Signing {
+			at = a.opts.Clock()
+		}
+		if next.IsZero() || at.Before(next) {
+			next = at
 		}
 	}
 	return next

@@ -72,16 +72,36 @@ func TestIssueLeafFields(t *testing.T) {
 	if leaf.Identity != testID || !slices.Equal(leaf.DNSNames, dns) {
 		t.Errorf("Leaf.Identity/DNSNames = %v/%v", leaf.Identity, leaf.DNSNames)
 	}
-	if !bytes.Equal(c.AuthorityKeyId, ca.RootCert().SubjectKeyId) {
-		t.Error("AuthorityKeyId does not point at the root")
+	if !bytes.Equal(c.AuthorityKeyId, ca.IntermediateCert().SubjectKeyId) {
+		t.Error("AuthorityKeyId does not point at the intermediate")
+	}
+	if err := c.CheckSignatureFrom(ca.IntermediateCert()); err != nil {
+		t.Errorf("leaf not signed by the intermediate: %v", err)
+	}
+	// The chain is leaf + intermediate, never the root.
+	if n := bytes.Count(leaf.CertPEM, []byte("BEGIN CERTIFICATE")); n != 2 {
+		t.Errorf("CertPEM holds %d certificates, want leaf + intermediate", n)
+	}
+	if !bytes.HasSuffix(leaf.CertPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.IntermediateCert().Raw})) {
+		t.Error("CertPEM does not end with the signing intermediate")
+	}
+	if bytes.Contains(leaf.CertPEM, ca.RootCertPEM()) {
+		t.Error("CertPEM carries the root; peers must take it from the bundle")
+	}
+	if leaf.Generation() == "" {
+		t.Error("leaf does not record its generation")
 	}
 	for _, eku := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-		if _, err := c.Verify(x509.VerifyOptions{Roots: ca.RootPool(), CurrentTime: t0, KeyUsages: []x509.ExtKeyUsage{eku}}); err != nil {
+		if err := verifyLeaf(t, leaf.CertPEM, ca.RootPool(), t0, eku); err != nil {
 			t.Errorf("chain does not verify for %v: %v", eku, err)
 		}
 	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: ca.RootPool(), CurrentTime: t0, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}}); err == nil {
+	if err := verifyLeaf(t, leaf.CertPEM, ca.RootPool(), t0, x509.ExtKeyUsageCodeSigning); err == nil {
 		t.Error("leaf verifies for code signing; EKUs are too broad")
+	}
+	// Without the intermediate the leaf does not chain to the root.
+	if _, err := c.Verify(x509.VerifyOptions{Roots: ca.RootPool(), CurrentTime: t0}); err == nil {
+		t.Error("leaf verifies without its intermediate: it is signed by the root directly")
 	}
 
 	block, _ := pem.Decode(leaf.KeyPEM)
@@ -140,9 +160,12 @@ func TestIssueLeafIsFreshEveryTime(t *testing.T) {
 	}
 }
 
-func TestIssueLeafCappedAtRootExpiry(t *testing.T) {
+func TestIssueLeafCappedAtIssuerExpiry(t *testing.T) {
 	ca := newTestCA(t)
-	rootEnd := ca.RootCert().NotAfter
+	rootEnd := ca.IntermediateCert().NotAfter
+	if want := t0.Add(365 * 24 * time.Hour); !rootEnd.Equal(want) {
+		t.Fatalf("intermediate NotAfter = %s, want %s", rootEnd, want)
+	}
 	now := rootEnd.Add(-time.Hour)
 	ca.clock.Set(now)
 	leaf, err := ca.IssueLeaf(testID, nil)
@@ -151,12 +174,12 @@ func TestIssueLeafCappedAtRootExpiry(t *testing.T) {
 	}
 	c := parseCert(t, leaf.CertPEM)
 	if !c.NotAfter.Equal(rootEnd) || !leaf.NotAfter.Equal(rootEnd) {
-		t.Errorf("NotAfter = %s, want capped at root expiry %s", c.NotAfter, rootEnd)
+		t.Errorf("NotAfter = %s, want capped at the intermediate's expiry %s", c.NotAfter, rootEnd)
 	}
 	if want := now.Add(-time.Minute).Add(61 * time.Minute / 2); !leaf.RenewAt.Equal(want) {
 		t.Errorf("RenewAt = %s, want half of the capped life %s", leaf.RenewAt, want)
 	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: ca.RootPool(), CurrentTime: now}); err != nil {
+	if err := verifyLeaf(t, leaf.CertPEM, ca.RootPool(), now, x509.ExtKeyUsageServerAuth); err != nil {
 		t.Errorf("capped leaf does not verify: %v", err)
 	}
 

@@ -172,8 +172,11 @@ func TestAuthorityFormattingHidesRootKey(t *testing.T) {
 	if _, err := ca.Leaf(testID, nil); err != nil {
 		t.Fatal(err)
 	}
-	d := ca.rootKey.(*ecdsa.PrivateKey).D
-	secrets := []string{d.String(), d.Text(16), fmt.Sprintf("%X", d.Bytes())}
+	var secrets []string
+	for _, k := range []any{ca.signing().rootKey, ca.signing().interKey} {
+		d := k.(*ecdsa.PrivateKey).D
+		secrets = append(secrets, d.String(), d.Text(16), fmt.Sprintf("%X", d.Bytes()))
+	}
 
 	var buf bytes.Buffer
 	slog.New(slog.NewJSONHandler(&buf, nil)).Info("ca", "ca", ca)

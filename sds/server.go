@@ -25,10 +25,16 @@ func (a *Authority) ServerIdentity() mesh.Identity {
 // spiffe://<td>/ns/meshd-system/sa/meshd and EKU ServerAuth only.
 //
 // The certificate is served through GetCertificate and reissued on the first
-// handshake after RenewFraction of its life, so a long-running server never
-// needs a restart or a timer to rotate it. The first certificate is issued
-// here so that configuration errors surface at startup. No client
-// authentication yet.
+// handshake after RenewFraction of its life, or once the generation that
+// signs it changes (root rotation), so a long-running server never needs a
+// restart or a timer to rotate it. It is signed by the oldest trusted
+// generation: proxies bootstrapped before a root rotation verify meshd with
+// the root file they started with. The first certificate is issued here so
+// that configuration errors surface at startup.
+//
+// Client certificates are requested but optional (VerifyClientCertIfGiven,
+// against the current bundle): the xDS server authenticates a proxy by its
+// mesh certificate or by a bootstrap token (server/auth.go).
 func (a *Authority) ServerTLSConfig(hosts []string) (*tls.Config, error) {
 	dns, ips, err := splitHosts(hosts)
 	if err != nil {
@@ -50,14 +56,24 @@ func (a *Authority) ServerTLSConfig(hosts []string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xDS server TLS: %w", err)
 	}
-	return &tls.Config{
+	base := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{"h2"},
 		GetCertificate: s.get,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
 		// The CA's clock, so tests that fake time see consistent ticket
-		// and (later) client-certificate validity checks.
+		// and client-certificate validity checks.
 		Time: a.opts.Clock,
-	}, nil
+	}
+	// GetConfigForClient hands every handshake the current bundle, so client
+	// certificates from a new root verify as soon as the root is trusted.
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := base.Clone()
+		c.GetConfigForClient = nil
+		c.ClientCAs = a.RootPool()
+		return c, nil
+	}
+	return base, nil
 }
 
 // splitHosts sorts host strings into DNS and IP SANs, adding the loopback
@@ -109,6 +125,7 @@ type serverCert struct {
 	req issueRequest
 
 	mu       sync.Mutex
+	gen      string // generation that signed cert
 	cert     *tls.Certificate
 	renewAt  time.Time
 	notAfter time.Time
@@ -119,7 +136,7 @@ func (s *serverCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.a.opts.Clock()
-	if now.Before(s.renewAt) {
+	if now.Before(s.renewAt) && s.gen == s.a.serverGen().id {
 		return s.cert, nil
 	}
 	if err := s.renewLocked(); err != nil {
@@ -136,12 +153,14 @@ func (s *serverCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 }
 
 func (s *serverCert) renewLocked() error {
-	iss, err := s.a.issue(s.req)
+	g := s.a.serverGen()
+	iss, err := s.a.issue(g, s.req)
 	if err != nil {
 		return fmt.Errorf("issue server certificate: %w", err)
 	}
+	s.gen = g.id
 	s.cert = &tls.Certificate{
-		Certificate: [][]byte{iss.cert.Raw},
+		Certificate: iss.chain,
 		PrivateKey:  iss.key,
 		Leaf:        iss.cert,
 	}

@@ -60,7 +60,7 @@ func TestServerTLSConfigHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MinVersion != tls.VersionTLS12 || !slices.Equal(cfg.NextProtos, []string{"h2"}) || cfg.ClientAuth != tls.NoClientCert {
+	if cfg.MinVersion != tls.VersionTLS12 || !slices.Equal(cfg.NextProtos, []string{"h2"}) || cfg.ClientAuth != tls.VerifyClientCertIfGiven {
 		t.Errorf("config: MinVersion %x, NextProtos %v, ClientAuth %v", cfg.MinVersion, cfg.NextProtos, cfg.ClientAuth)
 	}
 
@@ -72,8 +72,8 @@ func TestServerTLSConfigHandshake(t *testing.T) {
 		t.Errorf("ALPN = %q, want h2", state.NegotiatedProtocol)
 	}
 	cert := state.PeerCertificates[0]
-	if len(state.PeerCertificates) != 1 {
-		t.Errorf("server sent %d certificates, want just the leaf", len(state.PeerCertificates))
+	if len(state.PeerCertificates) != 2 || !state.PeerCertificates[1].Equal(ca.IntermediateCert()) {
+		t.Errorf("server sent %d certificates, want the leaf and the intermediate", len(state.PeerCertificates))
 	}
 	var ips []string
 	for _, ip := range cert.IPAddresses {

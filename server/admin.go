@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
@@ -30,6 +31,11 @@ type Admin struct {
 	CatalogStatus func() any
 	// PolicyStatus, when set, reports the policy sources' state.
 	PolicyStatus func() any
+	// CA, when set, serves /ca/status and the rotation endpoints
+	// (auth_admin.go); OnCAChange is called after a rotation starts so the
+	// new bundle is pushed at once.
+	CA         CAAdmin
+	OnCAChange func()
 }
 
 // Handler returns the admin HTTP mux.
@@ -48,6 +54,14 @@ func (a *Admin) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /debug/config_dump", a.configDump)
 	mux.HandleFunc("GET /debug/status", a.status)
+	a.registerCA(mux)
+	// Go's profiler, for profile-driven performance work (docs/performance.md);
+	// the admin server is meant for loopback or a private network only.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

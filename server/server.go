@@ -22,13 +22,14 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
 
 // Options configure the xDS server.
 type Options struct {
-	// TLS is required: meshd serves xDS over TLS only (server certificate
-	// from the mesh CA).
+	// TLS is required (server certificate from the mesh CA) unless
+	// Auth.Insecure (--insecure-xds, development only) asks for plaintext.
 	TLS     *tls.Config
 	Logger  *slog.Logger
 	Tracker *Tracker
@@ -36,6 +37,11 @@ type Options struct {
 	// the answer. Dead peers (a VM that vanished) are detected in
 	// KeepaliveTime+KeepaliveTimeout rather than at TCP timeout.
 	KeepaliveTime, KeepaliveTimeout time.Duration
+	// Auth, when set, authenticates every xDS stream (auth.go). With
+	// Auth.Insecure the server speaks plaintext and TLS may be nil.
+	Auth *Authenticator
+	// Register adds further services (the CA service) to the gRPC server.
+	Register []func(*grpc.Server)
 }
 
 // XDS is the running xDS gRPC server.
@@ -49,8 +55,16 @@ type XDS struct {
 // NewXDS builds the gRPC server serving ADS (state-of-the-world and delta)
 // and the per-type discovery services from cache.
 func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
-	if o.TLS == nil {
-		return nil, errors.New("xDS server needs a TLS configuration")
+	creds := insecure.NewCredentials()
+	switch {
+	case o.TLS != nil:
+		creds = credentials.NewTLS(o.TLS)
+	case o.Auth == nil || !o.Auth.Insecure:
+		return nil, errors.New("xDS server needs a TLS configuration (plaintext only with --insecure-xds)")
+	}
+	var auth []grpc.ServerOption
+	if o.Auth != nil {
+		auth = append(auth, grpc.ChainStreamInterceptor(o.Auth.StreamInterceptor()), grpc.ChainUnaryInterceptor(o.Auth.UnaryInterceptor()))
 	}
 	if o.KeepaliveTime == 0 {
 		o.KeepaliveTime = 30 * time.Second
@@ -58,8 +72,8 @@ func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
 	if o.KeepaliveTimeout == 0 {
 		o.KeepaliveTimeout = 10 * time.Second
 	}
-	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(o.TLS)),
+	gs := grpc.NewServer(append(auth,
+		grpc.Creds(creds),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.KeepaliveTime, Timeout: o.KeepaliveTimeout}),
 		// Proxies ping us too (Envoy's and gRPC's keepalives); allow it
 		// rather than closing their connections with ENHANCE_YOUR_CALM.
@@ -67,7 +81,7 @@ func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
 		// Each proxy holds one long-lived stream; there is no reason to
 		// allow a client thousands of concurrent streams.
 		grpc.MaxConcurrentStreams(64),
-	)
+	)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	// Only listeners and clusters have wildcard subscriptions in xDS; for
 	// other types an empty resource list means "subscribed to nothing",
@@ -80,6 +94,9 @@ func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
 	routeservice.RegisterRouteDiscoveryServiceServer(gs, xs)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(gs, xs)
 	secretservice.RegisterSecretDiscoveryServiceServer(gs, xs)
+	for _, r := range o.Register {
+		r(gs)
+	}
 	return &XDS{grpc: gs, log: o.Logger, cancel: cancel}, nil
 }
 

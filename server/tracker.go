@@ -38,6 +38,9 @@ type Tracker struct {
 	versions VersionSource
 	// ackHook is called after every ACK (acks.go).
 	ackHook func()
+
+	// bundles records the trust bundles proxies ACKed (auth_bundle.go).
+	bundles bundleAcks
 }
 
 // streamKey identifies a stream. go-control-plane numbers SotW and delta
@@ -99,6 +102,7 @@ func (t *Tracker) open(id streamKey) {
 }
 
 func (t *Tracker) closed(id streamKey) {
+	t.bundles.closed(id)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.streams[id]
@@ -225,6 +229,7 @@ func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 	}
 	t.holdEmptySubscription(streamKey{id: id}, req)
 	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
+	t.bundleReply(streamKey{id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail() != nil)
 	return nil
 }
 
@@ -235,6 +240,7 @@ func (t *Tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.D
 		n += len(r.GetValue())
 	}
 	t.response(streamKey{id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo(), len(resp.GetResources()), n)
+	t.bundles.sentSotW(streamKey{id: id}, resp)
 }
 
 // OnDeltaStreamOpen implements delta.Callbacks.
@@ -254,6 +260,7 @@ func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 func (t *Tracker) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	t.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
 	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
+	t.bundleReply(streamKey{delta: true, id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail() != nil)
 	return nil
 }
 
@@ -264,6 +271,7 @@ func (t *Tracker) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryR
 		n += len(r.GetResource().GetValue())
 	}
 	t.response(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo(), len(resp.GetResources()), n)
+	t.bundles.sentDelta(streamKey{delta: true, id: id}, resp)
 }
 
 // OnFetchRequest implements rest.Callbacks (REST xDS is not served).

@@ -56,6 +56,14 @@ const (
 	NodeMetaNamespace = "MESHD_NAMESPACE"
 	NodeMetaService   = "MESHD_SERVICE"
 	NodeMetaFlavor    = "MESHD_FLAVOR"
+
+	// NodeMetaSDS = NodeMetaSDSAgent in a bootstrap means the proxy takes
+	// its secrets from a local mesh-agent over a Unix socket, through the
+	// static cluster AgentSDSClusterName, instead of from meshd.
+	NodeMetaSDS      = "MESHD_SDS"
+	NodeMetaSDSAgent = "agent"
+	// AgentSDSClusterName is the bootstrap's static cluster to mesh-agent.
+	AgentSDSClusterName = "meshd_agent_sds"
 )
 
 // IdentitySecretName names the SDS secret carrying an identity's certificate

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/mesh"
@@ -46,7 +47,7 @@ const bootstrapExamples = `
 // Flags that only one flavor uses; giving them to the other is a mistake
 // worth reporting rather than ignoring.
 var (
-	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta"}
+	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta", "token-file", "agent-socket"}
 	grpcOnlyFlags  = []string{"cert-dir", "refresh-interval"}
 )
 
@@ -66,6 +67,8 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	out := flags.String("o", "", "write to `FILE` instead of standard output")
 	delta := flags.Bool("delta", false, "envoy only: use incremental (delta) xDS instead of state-of-the-world")
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "envoy only: meshd's SPIFFE trust `domain`; Envoy accepts only meshd's own identity in it")
+	tokenFile := flags.String("token-file", "", "envoy only: `FILE` with a bootstrap token (meshctl token create); Envoy sends it to meshd, which serves only that token's service. The output then holds a credential and is written with mode 0600")
+	agentSocket := flags.String("agent-socket", "", "envoy only: `PATH` of a local mesh-agent's SDS Unix socket; Envoy then takes its certificate and key from the agent (keys never leave the machine)")
 	if code, ok := parseFlags(flags, args, stdout); !ok {
 		return code
 	}
@@ -114,6 +117,15 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		o := bootstrap.EnvoyOptions{
 			NodeID: *nodeID, Service: *service, Namespace: *namespace, XDSAddress: *xdsAddr,
 			AdminPort: uint32(*adminPort), TrustDomain: *trustDomain, Delta: *delta,
+			AgentSocket: *agentSocket,
+		}
+		if *tokenFile != "" {
+			tok, err := os.ReadFile(*tokenFile)
+			if err != nil {
+				fmt.Fprintf(stderr, "meshctl bootstrap: reading the token: %v (create one with meshctl token create --service %s -o FILE)\n", err, *service)
+				return exitError
+			}
+			o.Token = strings.TrimSpace(string(tok))
 		}
 		if *inlineCA {
 			o.CAPEM, err = readRootPEM(*caFile)
@@ -131,7 +143,11 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
 		return exitError
 	}
-	if err := writeOutput(*out, data, stdout); err != nil {
+	perm := os.FileMode(0o644)
+	if *tokenFile != "" {
+		perm = 0o600 // the bootstrap carries the token
+	}
+	if err := writeOutput(*out, data, stdout, perm); err != nil {
 		fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
 		return exitError
 	}
@@ -170,13 +186,18 @@ func warnIfMissing(stderr io.Writer, path string) {
 	}
 }
 
-func writeOutput(path string, data []byte, stdout io.Writer) error {
+func writeOutput(path string, data []byte, stdout io.Writer, perm os.FileMode) error {
 	if path == "" || path == "-" {
 		_, err := stdout.Write(data)
 		return err
 	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
+	if err := os.WriteFile(path, data, perm); err != nil {
 		return fmt.Errorf("writing %s: %w (check the directory exists and is writable)", path, err)
+	}
+	// WriteFile keeps an existing file's mode; a bootstrap carrying a token
+	// must not stay world-readable because an older one was.
+	if err := os.Chmod(path, perm); err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
 	}
 	return nil
 }

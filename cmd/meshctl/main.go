@@ -49,6 +49,8 @@ func commands() []command {
 		{"bootstrap", "print the bootstrap an Envoy sidecar or a proxyless gRPC app needs to reach meshd", runBootstrap},
 		{"certs", "certificate helpers for development (certs issue)", runCerts},
 		{"analyze", "check a catalog and mesh policy offline: errors and likely mistakes", runAnalyze},
+		{"token", "bootstrap tokens that authenticate proxies to meshd (token create, token revoke)", runToken},
+		{"ca", "mesh CA status and rotation (ca status, ca rotate-root, ca rotate-intermediate)", runCA},
 		{"version", "print meshctl's version", runVersion},
 		{"help", "explain a command: meshctl help <command>", runHelp},
 	}
@@ -103,6 +105,12 @@ func runHelp(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 1 && args[0] == "certs" {
 		return runCerts(append(args[1:], "-h"), stdout, stderr)
+	}
+	if len(args) > 1 && args[0] == "token" {
+		return runToken(append(args[1:], "-h"), stdout, stderr)
+	}
+	if len(args) > 1 && args[0] == "ca" {
+		return runCA(append(args[1:], "-h"), stdout, stderr)
 	}
 	for _, c := range commands() {
 		if c.name == args[0] && c.name != "help" {

@@ -242,13 +242,18 @@ func TestCertsIssueThenGRPCBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	block, _ := pem.Decode(certPEM)
+	block, rest := pem.Decode(certPEM)
 	if block == nil {
 		t.Fatalf("%s is not PEM", sds.CertFileName)
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// cert.pem is the chain gRPC presents: leaf, then the intermediate.
+	inters := x509.NewCertPool()
+	if !inters.AppendCertsFromPEM(rest) {
+		t.Fatalf("%s carries no intermediate after the leaf", sds.CertFileName)
 	}
 	if len(cert.URIs) != 1 || cert.URIs[0].String() != "spiffe://example.org/ns/shop/sa/hello-sa" {
 		t.Errorf("URI SANs %v, want the SPIFFE ID", cert.URIs)
@@ -272,7 +277,7 @@ func TestCertsIssueThenGRPCBootstrap(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(bundle)
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: time.Now()}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: time.Now()}); err != nil {
 		t.Errorf("the issued certificate does not chain to ca.pem: %v", err)
 	}
 	fi, err := os.Stat(filepath.Join(out, sds.KeyFileName))

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/grpc"
 
 	"github.com/meshd/meshd/discovery/file"
 	"github.com/meshd/meshd/internal/metrics"
@@ -46,6 +48,9 @@ type config struct {
 	mtlsMode     string
 	rootNS       string
 	policyDir    string
+	// Identity: operator-supplied CA files, and plaintext xDS for development.
+	caRootCert, caInterCert, caInterKey string
+	insecureXDS                         bool
 }
 
 const usage = `meshd — an Envoy xDS control plane with a built-in mesh CA.
@@ -85,6 +90,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
 	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
 	fs.StringVar(&c.policyDir, "policy-dir", "", "`directory` of Istio-compatible PeerAuthentication and AuthorizationPolicy YAML files to watch (see docs/policy.md); empty: no policies, only --mtls-mode")
+	fs.StringVar(&c.caRootCert, "ca-root-cert", "", "`file` with the root certificate of an operator-supplied CA (with --ca-intermediate-cert and --ca-intermediate-key; the root key stays offline). Default: meshd creates its own root and intermediate in --data-dir")
+	fs.StringVar(&c.caInterCert, "ca-intermediate-cert", "", "`file` with the intermediate certificate meshd signs workload certificates with (operator-supplied CA)")
+	fs.StringVar(&c.caInterKey, "ca-intermediate-key", "", "`file` with the intermediate's private key (mode 0600; operator-supplied CA)")
+	fs.BoolVar(&c.insecureXDS, "insecure-xds", false, "DEVELOPMENT ONLY: serve xDS in plaintext without authenticating proxies; any client can fetch any proxy's configuration and certificates")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -105,8 +114,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := mesh.ValidName(c.rootNS); err != nil {
 		return nil, fmt.Errorf("--root-namespace: %w", err)
 	}
-	if c.leafTTL < 2*time.Minute {
-		return nil, fmt.Errorf("--leaf-ttl %s is too short: certificates are backdated 1 minute and reissued at half their life; use at least 2m", c.leafTTL)
+	if c.leafTTL < 10*time.Second {
+		return nil, fmt.Errorf("--leaf-ttl %s is too short: certificates are reissued at half their life and proxies need time to receive them; use at least 10s (hours in production)", c.leafTTL)
+	}
+	if n := btoi(c.caRootCert != "") + btoi(c.caInterCert != "") + btoi(c.caInterKey != ""); n != 0 && n != 3 {
+		return nil, errors.New("--ca-root-cert, --ca-intermediate-cert and --ca-intermediate-key go together: give all three to use your own CA, or none to let meshd create one")
 	}
 	if c.holdoff <= 0 || c.maxDelay < c.holdoff {
 		return nil, fmt.Errorf("--debounce-holdoff (%s) must be positive and no larger than --debounce-max (%s)", c.holdoff, c.maxDelay)
@@ -151,6 +163,13 @@ func main() {
 	}
 }
 
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // caSecrets adapts the CA to what the publisher needs.
 type caSecrets struct{ ca *sds.Authority }
 
@@ -170,9 +189,14 @@ func (s caSecrets) Forget(keep map[string]bool) { s.ca.Forget(keep) }
 // run starts everything and blocks until ctx ends. ready, if not nil,
 // receives the bound xDS and admin addresses once both listen (for tests).
 func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, adminAddr string)) error {
-	ca, err := sds.LoadOrCreate(sds.Options{DataDir: c.dataDir, TrustDomain: c.trustDomain, LeafTTL: c.leafTTL, Logger: log})
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: c.dataDir, TrustDomain: c.trustDomain, LeafTTL: c.leafTTL, Logger: log,
+		RootCertFile: c.caRootCert, IntermediateCertFile: c.caInterCert, IntermediateKeyFile: c.caInterKey})
 	if err != nil {
 		return fmt.Errorf("mesh CA: %w", err)
+	}
+	tokens, err := sds.LoadOrCreateTokens(c.dataDir, c.trustDomain, false, nil)
+	if err != nil {
+		return fmt.Errorf("bootstrap tokens: %w", err)
 	}
 	watcher, err := file.NewWatcher(c.catalog, log, file.WithPollInterval(c.pollInterval))
 	if err != nil {
@@ -221,11 +245,30 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 			hosts = append(hosts, h)
 		}
 	}
-	tlsConf, err := ca.ServerTLSConfig(hosts)
-	if err != nil {
-		return fmt.Errorf("xDS server certificate: %w", err)
+	auth := &server.Authenticator{Tokens: tokens, TrustDomain: c.trustDomain, Logger: log, Insecure: c.insecureXDS,
+		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
+			cat := pub.Catalog()
+			if cat == nil || cat.Proxy(node) == nil || cat.Service(cat.Proxy(node).ServiceKey()) == nil {
+				return mesh.ServiceKey{}, mesh.Identity{}, false
+			}
+			k := cat.Proxy(node).ServiceKey()
+			return k, mesh.IdentityOf(c.trustDomain, cat.Service(k)), true
+		}}
+	auth.RegisterMetrics(m.Registry)
+	m.Registry.MustRegister(server.NewCACollector(ca))
+	var tlsConf *tls.Config
+	if !c.insecureXDS {
+		if tlsConf, err = ca.ServerTLSConfig(hosts); err != nil {
+			return fmt.Errorf("xDS server certificate: %w", err)
+		}
 	}
-	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tracker})
+	// The node agent's CSRs are signed on the xDS port, behind the same
+	// credentials as xDS itself.
+	caService := func(gs *grpc.Server) {
+		server.RegisterCAService(gs, auth, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, c.trustDomain) }, tracker)
+	}
+	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tracker, Auth: auth,
+		Register: []func(*grpc.Server){caService}})
 	if err != nil {
 		return err
 	}
@@ -238,8 +281,12 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 		xlis.Close()
 		return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
 	}
+	// After a CA rotation step, re-render so the new bundle or the reissued
+	// leaves reach proxies now rather than at the next catalog change.
+	republish := func() { pub.Update(watcher.Current()) }
 	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
-		CatalogStatus: func() any { return watcher.Status() }}
+		CatalogStatus: func() any { return watcher.Status() },
+		CA:            ca, OnCAChange: republish}
 	if policies != nil {
 		admin.PolicyStatus = func() any { return policies.Status() }
 	}
@@ -273,6 +320,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 		}
 	}()
 	go pub.Run(ctx)
+	go ca.RunRotation(ctx, tracker, time.Second, republish)
 	go func() { errc <- xs.Serve(xlis) }()
 	go func() {
 		if err := hs.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -282,10 +330,12 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	log.Info("meshd started", "xds", xlis.Addr().String(), "admin", alis.Addr().String(),
 		"catalog", c.catalog, "trust_domain", c.trustDomain, "ca_root", ca.Fingerprint(),
 		"services", len(watcher.Current().Services()), "proxies", len(watcher.Current().Proxies()))
-	// Proxy authentication on the xDS channel is not built yet (open identity
-	// issue): say so loudly rather than let operators assume it.
-	log.Warn("xDS clients are not authenticated yet: any client that reaches --xds-listen and trusts the mesh root can ask for any proxy's configuration and certificate; keep --xds-listen on loopback or a trusted network",
-		"xds", xlis.Addr().String())
+	if c.insecureXDS {
+		log.Warn("INSECURE: --insecure-xds serves xDS in PLAINTEXT WITHOUT AUTHENTICATION: any client that reaches --xds-listen gets any proxy's configuration and certificates; development only",
+			"xds", xlis.Addr().String())
+	} else {
+		log.Info("xDS proxies authenticate with a bootstrap token (meshctl token create) or a mesh client certificate", "xds", xlis.Addr().String())
+	}
 	if ready != nil {
 		ready(xlis.Addr().String(), alis.Addr().String())
 	}

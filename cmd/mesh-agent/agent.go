@@ -1,0 +1,299 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/xds"
+)
+
+// agent keeps one workload identity: it generates the key locally, has meshd
+// sign a CSR for it, and hands certificate, key and bundle to the local
+// Envoy (SDS over a Unix socket) and to proxyless gRPC apps (files).
+type agent struct {
+	cfg   config
+	log   *slog.Logger
+	id    mesh.Identity
+	token string
+	roots *x509.CertPool // verify meshd with these
+
+	cache cachev3.SnapshotCache
+
+	mu     sync.Mutex
+	cert   *tls.Certificate // current identity, for renewal over mTLS
+	chain  []byte
+	key    sds.PrivateKeyPEM
+	bundle []byte
+	renew  time.Time
+	serial string
+}
+
+// oneNode maps every Envoy on the socket to one cache entry: the socket is
+// local and serves exactly one workload's identity.
+type oneNode struct{}
+
+func (oneNode) ID(*corev3.Node) string { return "agent" }
+
+func newAgent(cfg config, log *slog.Logger) (*agent, error) {
+	id := mesh.Identity{TrustDomain: cfg.trustDomain, Namespace: cfg.namespace, ServiceAccount: cfg.serviceAccount}
+	if _, err := mesh.ParseSPIFFEID(id.SPIFFEID()); err != nil {
+		return nil, err
+	}
+	a := &agent{cfg: cfg, log: log, id: id, cache: cachev3.NewSnapshotCache(false, oneNode{}, nil)}
+	if cfg.tokenFile != "" {
+		b, err := os.ReadFile(cfg.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		a.token = string(trimSpace(b))
+	}
+	ca, err := os.ReadFile(cfg.caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-file: %w (point it at meshd's trust bundle, <data-dir>/ca/root-cert.pem)", err)
+	}
+	a.roots = x509.NewCertPool()
+	if !a.roots.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", cfg.caFile)
+	}
+	return a, nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// dial connects to meshd over TLS, pinning meshd's SPIFFE ID (any workload
+// certificate chains to the same roots) and presenting the current identity
+// when there is one, so renewal needs no token.
+func (a *agent) dial() (*grpc.ClientConn, error) {
+	a.mu.Lock()
+	roots, cur := a.roots, a.cert
+	a.mu.Unlock()
+	want := mesh.ControlPlaneIdentity(a.cfg.trustDomain).SPIFFEID()
+	host, _, err := net.SplitHostPort(a.cfg.xdsAddress)
+	if err != nil {
+		return nil, fmt.Errorf("--xds-address %q: %w", a.cfg.xdsAddress, err)
+	}
+	tc := &tls.Config{
+		RootCAs:    roots,
+		ServerName: host,
+		MinVersion: tls.VersionTLS12,
+		VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
+			for _, ch := range chains {
+				for _, u := range ch[0].URIs {
+					if u.String() == want {
+						return nil
+					}
+				}
+			}
+			return fmt.Errorf("server is not meshd (%s)", want)
+		},
+	}
+	if cur != nil {
+		tc.Certificates = []tls.Certificate{*cur}
+	}
+	return grpc.NewClient(a.cfg.xdsAddress, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+}
+
+// refresh generates a new key, gets it signed and publishes the result.
+func (a *agent) refresh(ctx context.Context) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate key: %w", err)
+	}
+	u, _ := url.Parse(a.id.SPIFFEID())
+	dns := xds.DNSNames(mesh.ServiceKey{Namespace: a.cfg.namespace, Name: a.cfg.service}, a.cfg.trustDomain)
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: dns}, key)
+	if err != nil {
+		return fmt.Errorf("create CSR: %w", err)
+	}
+	req := &server.SignRequest{NodeID: a.cfg.nodeID, CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
+	cc, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	a.mu.Lock()
+	haveCert := a.cert != nil
+	a.mu.Unlock()
+	// Renew with the current certificate; the token is the fallback (and
+	// the only way in the first time).
+	token := a.token
+	if haveCert {
+		token = ""
+	}
+	resp, err := server.Sign(ctx, cc, token, req)
+	if err != nil && haveCert && a.token != "" {
+		a.log.Warn("renewal with the current certificate failed; retrying with the bootstrap token", "err", err)
+		resp, err = server.Sign(ctx, cc, a.token, req)
+	}
+	if err != nil {
+		return fmt.Errorf("meshd refused the CSR: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	keyPEM := sds.PrivateKeyPEM(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	tc, err := tls.X509KeyPair([]byte(resp.CertChain), keyPEM)
+	if err != nil {
+		return fmt.Errorf("meshd's certificate does not match our key: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(tc.Certificate[0])
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.cert, a.chain, a.key, a.renew, a.serial = &tc, []byte(resp.CertChain), keyPEM, resp.RenewAt, leaf.SerialNumber.Text(16)
+	a.mu.Unlock()
+	a.log.Info("identity certificate issued", "spiffe_id", resp.SPIFFEID, "serial", leaf.SerialNumber.Text(16),
+		"not_after", resp.NotAfter.UTC(), "renew_at", resp.RenewAt.UTC())
+	return a.publish([]byte(resp.Bundle))
+}
+
+// refreshBundle picks up a new trust bundle between renewals (root rotation).
+func (a *agent) refreshBundle(ctx context.Context) error {
+	cc, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	b, err := server.Bundle(ctx, cc, "", a.cfg.nodeID)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	same := string(a.bundle) == b
+	a.mu.Unlock()
+	if same {
+		return nil
+	}
+	a.log.Info("trust bundle changed")
+	return a.publish([]byte(b))
+}
+
+// publish hands the current identity and bundle to Envoy and the files. The
+// bundle also becomes what the agent verifies meshd with.
+func (a *agent) publish(bundle []byte) error {
+	a.mu.Lock()
+	chain, key := a.chain, a.key
+	a.bundle = bundle
+	pool := x509.NewCertPool()
+	if pool.AppendCertsFromPEM(bundle) {
+		a.roots = pool
+	}
+	a.mu.Unlock()
+	if a.cfg.certDir != "" {
+		if err := sds.WriteFiles(a.cfg.certDir, &sds.Leaf{Identity: a.id, CertPEM: chain, KeyPEM: key}, bundle); err != nil {
+			return err
+		}
+	}
+	idSecret, err := xds.BuildIdentitySecret(xds.IdentitySecretName(a.id), chain, key)
+	if err != nil {
+		return err
+	}
+	bundleSecret, err := xds.BuildTrustBundleSecret(bundle)
+	if err != nil {
+		return err
+	}
+	version := idSecret.Hash + "." + bundleSecret.Hash
+	snap, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
+		resourcev3.SecretType: {idSecret.Message, bundleSecret.Message},
+	})
+	if err != nil {
+		return err
+	}
+	return a.cache.SetSnapshot(context.Background(), "agent", snap)
+}
+
+// serveSDS serves the secrets to the local Envoy on a Unix socket.
+func (a *agent) serveSDS(ctx context.Context, path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("--sds-socket %s: remove stale socket: %w", path, err)
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("--sds-socket %s: %w", path, err)
+	}
+	// Only this user (Envoy runs as the workload's user) may connect: the
+	// socket hands out the private key.
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return fmt.Errorf("--sds-socket %s: chmod: %w", path, err)
+	}
+	gs := grpc.NewServer()
+	secretservice.RegisterSecretDiscoveryServiceServer(gs, serverv3.NewServer(ctx, a.cache, nil))
+	go func() {
+		<-ctx.Done()
+		gs.Stop()
+	}()
+	a.log.Info("serving SDS to the local Envoy", "socket", path)
+	return gs.Serve(lis)
+}
+
+// run keeps the identity fresh until ctx ends.
+func (a *agent) run(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		a.mu.Lock()
+		due := a.renew
+		a.mu.Unlock()
+		wait := time.Until(due)
+		bundleTick := time.NewTimer(min(max(wait, 0), a.cfg.bundleRefresh))
+		select {
+		case <-ctx.Done():
+			bundleTick.Stop()
+			return nil
+		case <-bundleTick.C:
+		}
+		if time.Now().Before(due) {
+			if err := a.refreshBundle(ctx); err != nil {
+				a.log.Warn("trust bundle refresh failed; keeping the current one", "err", err)
+			}
+			continue
+		}
+		if err := a.refresh(ctx); err != nil {
+			a.log.Error("certificate renewal failed; retrying", "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+	}
+}

@@ -1,0 +1,149 @@
+// Command mesh-agent runs next to a workload: it generates the workload's
+// private key locally (it never leaves the machine), gets a certificate for
+// it from meshd's CA with a CSR (authenticated by a bootstrap token the
+// first time, by the current certificate afterwards), renews it at half its
+// life, serves it to the local Envoy over SDS on a Unix socket and writes
+// cert.pem, key.pem and ca.pem for proxyless gRPC apps.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/xds"
+)
+
+type config struct {
+	xdsAddress     string
+	caFile         string
+	tokenFile      string
+	service        string
+	namespace      string
+	serviceAccount string
+	nodeID         string
+	trustDomain    string
+	sdsSocket      string
+	certDir        string
+	bundleRefresh  time.Duration
+	logLevel       string
+}
+
+const usage = `mesh-agent — keeps one workload's mesh identity, with its key generated locally.
+
+Usage:
+  mesh-agent --service S --token-file F [--sds-socket PATH] [--cert-dir DIR] [flags]
+
+Example (quickstart web sidecar, Envoy bootstrapped with
+meshctl bootstrap --service web --agent-socket /run/meshd/web.sock):
+  meshctl token create --service web -o web.token
+  mesh-agent --service web --token-file web.token --sds-socket /run/meshd/web.sock
+
+Flags:
+`
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("mesh-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.StringVar(&c.xdsAddress, "xds-address", "127.0.0.1:15012", "`HOST:PORT` of meshd's xDS server, where its CA service listens (TLS)")
+	fs.StringVar(&c.caFile, "ca-file", ".meshd/ca/root-cert.pem", "`PATH` of the mesh trust bundle to verify meshd with")
+	fs.StringVar(&c.tokenFile, "token-file", "", "`FILE` with a bootstrap token for this service (meshctl token create); needed for the first certificate")
+	fs.StringVar(&c.service, "service", "", "catalog name of the workload's service (required)")
+	fs.StringVar(&c.namespace, "namespace", mesh.DefaultNamespace, "namespace of the service")
+	fs.StringVar(&c.serviceAccount, "service-account", "", "service account of the SPIFFE ID (default: the service name, as in the catalog)")
+	fs.StringVar(&c.nodeID, "node-id", "", "xDS node id of the workload's proxy in the catalog (default SERVICE.NAMESPACE)")
+	fs.StringVar(&c.trustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh")
+	fs.StringVar(&c.sdsSocket, "sds-socket", "", "`PATH` of the Unix socket to serve SDS on for the local Envoy")
+	fs.StringVar(&c.certDir, "cert-dir", "", "`DIR` to write cert.pem, key.pem (0600) and ca.pem into for proxyless gRPC apps")
+	fs.DurationVar(&c.bundleRefresh, "bundle-refresh", 30*time.Second, "how often to fetch the trust bundle between renewals (root rotations)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q: mesh-agent takes only flags", fs.Arg(0))
+	}
+	if c.service == "" {
+		return c, errors.New("--service is required, e.g. --service web")
+	}
+	if c.sdsSocket == "" && c.certDir == "" {
+		return c, errors.New("give --sds-socket (for Envoy), --cert-dir (for proxyless gRPC), or both: otherwise the identity goes nowhere")
+	}
+	if c.tokenFile == "" {
+		return c, errors.New("--token-file is required for the first certificate: create one with meshctl token create --service " + c.service)
+	}
+	if c.serviceAccount == "" {
+		c.serviceAccount = c.service
+	}
+	if c.nodeID == "" {
+		c.nodeID = xds.DefaultNodeID(mesh.ServiceKey{Namespace: c.namespace, Name: c.service})
+	}
+	if c.bundleRefresh <= 0 {
+		return c, errors.New("--bundle-refresh must be positive")
+	}
+	return c, nil
+}
+
+func main() {
+	c, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mesh-agent:", err)
+		os.Exit(2)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "mesh-agent: --log-level: use debug, info, warn or error")
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log); err != nil {
+		log.Error("mesh-agent stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, c config, log *slog.Logger) error {
+	a, err := newAgent(c, log)
+	if err != nil {
+		return err
+	}
+	// The first certificate before serving anything: Envoy waits for SDS
+	// rather than getting an empty answer.
+	for attempt := 1; ; attempt++ {
+		err := a.refresh(ctx)
+		if err == nil {
+			break
+		}
+		if attempt == 5 || ctx.Err() != nil {
+			return err
+		}
+		log.Warn("first certificate failed; retrying", "err", err, "attempt", attempt)
+		time.Sleep(time.Duration(attempt) * time.Second)
+	}
+	errc := make(chan error, 2)
+	if c.sdsSocket != "" {
+		go func() { errc <- a.serveSDS(ctx, c.sdsSocket) }()
+	}
+	go func() { errc <- a.run(ctx) }()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}

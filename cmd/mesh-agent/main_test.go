@@ -1,0 +1,31 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestParseFlags(t *testing.T) {
+	c, err := parseFlags([]string{"--service", "api", "--token-file", "t", "--sds-socket", "/run/s.sock"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.nodeID != "api.default" || c.serviceAccount != "api" || c.namespace != "default" {
+		t.Errorf("defaults: %+v", c)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token-file", "t", "--sds-socket", "s"}, "--service is required"},
+		{[]string{"--service", "api", "--token-file", "t"}, "--sds-socket"},
+		{[]string{"--service", "api", "--cert-dir", "d"}, "--token-file is required"},
+		{[]string{"--service", "api", "--token-file", "t", "--cert-dir", "d", "extra"}, "unexpected argument"},
+		{[]string{"--service", "api", "--token-file", "t", "--cert-dir", "d", "--bundle-refresh", "0s"}, "--bundle-refresh"},
+	} {
+		if _, err := parseFlags(tc.args, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server"
+)
+
+func TestTokenCreateBootstrapRevoke(t *testing.T) {
+	dataDir := t.TempDir()
+	tokFile := filepath.Join(t.TempDir(), "web.token")
+	// Without meshd's token key, meshctl refuses rather than minting one.
+	r := runArgs("token", "create", "--service", "web", "--data-dir", dataDir, "-o", tokFile)
+	if r.code != exitError || !strings.Contains(r.stderr, "start meshd once") {
+		t.Fatalf("token create without a key: %d %s", r.code, r.stderr)
+	}
+	ta, err := sds.LoadOrCreateTokens(dataDir, defaultTrustDomain, false, nil) // what meshd does at start
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = runArgs("token", "create", "--service", "web", "--ttl", "1h", "--data-dir", dataDir, "-o", tokFile)
+	if r.code != exitOK {
+		t.Fatalf("token create: %d %s", r.code, r.stderr)
+	}
+	if m := fileMode(t, tokFile); m != 0o600 {
+		t.Errorf("token file mode %04o, want 0600", m)
+	}
+	tok, _ := os.ReadFile(tokFile)
+	claims, err := ta.Verify(strings.TrimSpace(string(tok)))
+	if err != nil || claims.Service != "web" || claims.Namespace != "default" {
+		t.Fatalf("meshd does not accept the token: %v %+v", err, claims)
+	}
+	if strings.Contains(r.stderr, strings.TrimSpace(string(tok))) || !strings.Contains(r.stderr, claims.ID) {
+		t.Errorf("stderr should name the token id, never the token: %s", r.stderr)
+	}
+
+	out := filepath.Join(t.TempDir(), "web.yaml")
+	if err := os.WriteFile(out, nil, 0o644); err != nil { // an older, readable bootstrap
+		t.Fatal(err)
+	}
+	r = runArgs("bootstrap", "--service", "web", "--ca-file", "x.pem", "--token-file", tokFile, "-o", out)
+	if r.code != exitOK {
+		t.Fatalf("bootstrap --token-file: %d %s", r.code, r.stderr)
+	}
+	y, _ := os.ReadFile(out)
+	if !strings.Contains(string(y), "Bearer "+strings.TrimSpace(string(tok))) {
+		t.Error("bootstrap lacks the token metadata")
+	}
+	if m := fileMode(t, out); m != 0o600 {
+		t.Errorf("bootstrap with a token has mode %04o, want 0600", m)
+	}
+	if r := runArgs("bootstrap", "--flavor", "grpc", "--service", "web", "--cert-dir", "d", "--token-file", tokFile); r.code != exitUsage {
+		t.Errorf("--token-file with --flavor grpc: code %d", r.code)
+	}
+
+	r = runArgs("token", "revoke", "--token-file", tokFile, "--data-dir", dataDir)
+	if r.code != exitOK {
+		t.Fatalf("token revoke: %d %s", r.code, r.stderr)
+	}
+	if _, err := ta.Verify(strings.TrimSpace(string(tok))); err == nil {
+		t.Error("revoked token still verifies")
+	}
+	if r := runArgs("token", "revoke", "--data-dir", dataDir); r.code != exitUsage {
+		t.Errorf("revoke without a token: code %d", r.code)
+	}
+}
+
+func fileMode(t *testing.T, p string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Mode().Perm()
+}
+
+func TestCAStatusAndRotate(t *testing.T) {
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: t.TempDir(), TrustDomain: defaultTrustDomain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Leaf(sdsTestID, nil); err != nil {
+		t.Fatal(err)
+	}
+	admin := &server.Admin{CA: ca, Metrics: metrics.New(), Logger: slog.New(slog.DiscardHandler)}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: time.Second}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	addr := lis.Addr().String()
+
+	r := runArgs("ca", "status", "--admin-address", addr)
+	if r.code != exitOK || !strings.Contains(r.stdout, "rotation:      none") || !strings.Contains(r.stdout, sdsTestID.SPIFFEID()) {
+		t.Fatalf("ca status: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = runArgs("ca", "rotate-root", "--admin-address", addr)
+	if r.code != exitOK || !strings.Contains(r.stdout, "phase propagating") || !strings.Contains(r.stdout, "trust bundle:  2 root(s)") {
+		t.Fatalf("ca rotate-root: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = runArgs("ca", "rotate-root", "--admin-address", addr)
+	if r.code != exitError || !strings.Contains(r.stderr, "409") {
+		t.Errorf("second rotate-root: %d %s", r.code, r.stderr)
+	}
+	r = runArgs("ca", "status", "--admin-address", "127.0.0.1:1")
+	if r.code != exitError || !strings.Contains(r.stderr, "is meshd running") {
+		t.Errorf("no meshd: %d %s", r.code, r.stderr)
+	}
+}
+
+var sdsTestID = mustID("spiffe://cluster.local/ns/default/sa/web")
+
+func mustID(s string) mesh.Identity {
+	id, err := mesh.ParseSPIFFEID(s)
+	if err != nil {
+		panic(err)
+	}
+	return id
+}

@@ -1,0 +1,159 @@
+package sds
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newTokens(t *testing.T, dir string, clock *fakeClock) *TokenAuthority {
+	t.Helper()
+	ta, err := LoadOrCreateTokens(dir, "cluster.local", false, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ta
+}
+
+func TestTokenRoundTripAndRefusals(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFakeClock(t0)
+	ta := newTokens(t, dir, clock)
+	if m := fileMode(t, filepath.Join(dir, tokensDirName, tokenKeyFile)); m != 0o600 {
+		t.Errorf("token key mode %04o, want 0600", m)
+	}
+	tok, claims, err := ta.Create("shop", "cart", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ta.Verify(string(tok))
+	if err != nil {
+		t.Fatalf("fresh token refused: %v", err)
+	}
+	if got != claims || got.Namespace != "shop" || got.Service != "cart" || !got.Expires.Equal(t0.Add(time.Hour)) || len(got.ID) != 24 {
+		t.Errorf("claims %+v, want shop/cart expiring t0+1h", got)
+	}
+
+	// Another process opening the same data dir verifies it (meshd after
+	// meshctl created the token).
+	ro, err := LoadOrCreateTokens(dir, "cluster.local", true, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.Verify(string(tok)); err != nil {
+		t.Errorf("same key, other instance: %v", err)
+	}
+
+	s := string(tok)
+	parts := strings.Split(s, ".")
+	// Tamper with the claims: claim another service with the old signature.
+	forged, _ := json.Marshal(TokenClaims{TrustDomain: "cluster.local", Namespace: "shop", Service: "payments", IssuedAt: t0, Expires: t0.Add(time.Hour), ID: claims.ID})
+	tampered := parts[0] + "." + base64.RawURLEncoding.EncodeToString(forged) + "." + parts[2]
+	repl := byte('A')
+	if s[len(s)-2] == 'A' {
+		repl = 'B'
+	}
+	flipped := s[:len(s)-2] + string(repl) + s[len(s)-1:]
+	other := newTokens(t, t.TempDir(), clock)
+	otherTok, _, _ := other.Create("shop", "cart", time.Hour)
+	for name, bad := range map[string]string{
+		"tampered claims":  tampered,
+		"flipped sig":      flipped,
+		"other meshd":      string(otherTok),
+		"garbage":          "hello",
+		"no signature":     parts[0] + "." + parts[1],
+		"empty":            "",
+		"huge":             tokenPrefix + strings.Repeat("A", 5000) + ".AA",
+		"unknown field":    parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"admin":true}`)) + "." + parts[2],
+		"base64 garbage":   parts[0] + ".!!!." + parts[2],
+		"sig not base64":   parts[0] + "." + parts[1] + ".!!!",
+		"wrong version":    "meshd2." + parts[1] + "." + parts[2],
+		"claims truncated": parts[0] + "." + parts[1][:10] + "." + parts[2],
+	} {
+		if _, err := ta.Verify(bad); err == nil {
+			t.Errorf("%s: token accepted", name)
+		} else if name == "tampered claims" && !errors.Is(err, ErrTokenSignature) {
+			t.Errorf("%s: %v, want a signature error", name, err)
+		}
+	}
+
+	// Expiry.
+	clock.Set(t0.Add(time.Hour))
+	if _, err := ta.Verify(s); !errors.Is(err, ErrTokenExpired) {
+		t.Errorf("expired token: %v", err)
+	}
+	clock.Set(t0)
+
+	// Revocation, seen by the other instance without a restart.
+	if _, err := ro.Verify(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := ta.Revoke(claims); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.Verify(s); !errors.Is(err, ErrTokenRevoked) {
+		t.Errorf("revoked token: %v", err)
+	}
+	tok2, _, _ := ta.Create("shop", "cart", time.Hour)
+	if _, err := ro.Verify(string(tok2)); err != nil {
+		t.Errorf("revoking one token refused another: %v", err)
+	}
+	// A corrupt revocation list fails closed.
+	if err := os.WriteFile(filepath.Join(dir, tokensDirName, revokedFileName), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ro.Verify(string(tok2)); err == nil {
+		t.Error("token accepted with an unreadable revocation list")
+	}
+}
+
+func TestTokenOtherTrustDomainAndInput(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFakeClock(t0)
+	a := newTokens(t, dir, clock)
+	tok, _, _ := a.Create("shop", "cart", time.Hour)
+	b, err := LoadOrCreateTokens(dir, "other.local", true, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Verify(string(tok)); err == nil || !strings.Contains(err.Error(), "trust domain") {
+		t.Errorf("token for another trust domain: %v", err)
+	}
+	for _, c := range [][2]string{{"", "cart"}, {"shop", "a/b"}} {
+		if _, _, err := a.Create(c[0], c[1], time.Hour); err == nil {
+			t.Errorf("Create(%q, %q) accepted", c[0], c[1])
+		}
+	}
+	if _, _, err := a.Create("shop", "cart", 0); err == nil {
+		t.Error("zero ttl accepted")
+	}
+	if _, err := LoadOrCreateTokens(t.TempDir(), "cluster.local", true, nil); err == nil || !strings.Contains(err.Error(), "start meshd once") {
+		t.Errorf("NoCreate without a key: %v", err)
+	}
+}
+
+func TestTokenRedacted(t *testing.T) {
+	ta := newTokens(t, t.TempDir(), newFakeClock(t0))
+	tok, _, _ := ta.Create("shop", "cart", time.Hour)
+	sig := strings.Split(string(tok), ".")[2]
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "token", tok)
+	js, _ := json.Marshal(struct{ T Token }{tok})
+	outs := []string{buf.String(), string(js)}
+	for _, v := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x"} {
+		outs = append(outs, fmt.Sprintf(v, tok), fmt.Sprintf(v, struct{ T Token }{tok}))
+	}
+	for _, o := range outs {
+		if strings.Contains(o, sig) || !strings.Contains(o, redacted) {
+			t.Errorf("token not redacted: %s", o)
+		}
+	}
+}

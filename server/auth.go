@@ -1,0 +1,422 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/xds"
+)
+
+// TokenMetadataKey is the gRPC metadata key carrying a bootstrap token as
+// "Bearer <token>" (Envoy sends it through the xDS cluster's
+// initial_metadata; see bootstrap.EnvoyOptions.Token).
+const TokenMetadataKey = "authorization"
+
+// deniedSecretName replaces a secret subscription that named only other
+// identities' secrets: an empty name list would turn the request into a
+// wildcard subscription.
+const deniedSecretName = "meshd.denied"
+
+// TokenVerifier checks a bootstrap token (sds.TokenAuthority implements it).
+type TokenVerifier interface {
+	Verify(token string) (sds.TokenClaims, error)
+}
+
+// ProxyLookup resolves a node id to the catalog's service for it and the
+// identity that service runs as; ok is false for a node not in the catalog.
+type ProxyLookup func(nodeID string) (svc mesh.ServiceKey, id mesh.Identity, ok bool)
+
+// Authenticator enforces that an xDS stream only gets the configuration and
+// secrets of the identity its credential grants: a bootstrap token (bound to
+// a service) or a client certificate from the mesh CA (bound to a SPIFFE ID).
+type Authenticator struct {
+	Tokens      TokenVerifier
+	Lookup      ProxyLookup
+	TrustDomain string
+	Logger      *slog.Logger
+	// Insecure disables authentication (--insecure-xds): every stream is
+	// served and logged with a warning. Development only.
+	Insecure bool
+
+	once          sync.Once
+	refused       *prometheus.CounterVec
+	secretsDenied *prometheus.CounterVec
+}
+
+// RegisterMetrics adds the authenticator's counters to reg.
+func (a *Authenticator) RegisterMetrics(reg prometheus.Registerer) {
+	a.init()
+	reg.MustRegister(a.refused, a.secretsDenied)
+}
+
+func (a *Authenticator) init() {
+	a.once.Do(func() {
+		if a.Logger == nil {
+			a.Logger = slog.Default()
+		}
+		a.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_xds_auth_refused_total",
+			Help: "xDS streams and requests refused by authentication, by reason (no_credential, bad_token, expired_token, revoked_token, unknown_node, identity_mismatch, node_changed).",
+		}, []string{"reason"})
+		a.secretsDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_sds_secret_requests_denied_total",
+			Help: "SDS secret names a proxy asked for that its credential does not grant (another identity's secret); nothing is returned for them.",
+		}, []string{"node"})
+	})
+}
+
+// credential is what a stream proved about itself.
+type credential struct {
+	kind    string            // "token" or "certificate"
+	service mesh.ServiceKey   // token: the service it names
+	id      mesh.Identity     // certificate: the SPIFFE ID it carries
+	claims  sds.TokenClaims   // token only
+	token   sds.Token         // token only, for re-checks (redacts itself)
+	leaf    *x509.Certificate // certificate only
+	peer    string            // remote address, for logs
+}
+
+func (c *credential) String() string {
+	if c.kind == "token" {
+		return "token " + c.claims.String()
+	}
+	return "certificate " + c.id.SPIFFEID()
+}
+
+// refuse counts a refusal under reason and returns its gRPC status.
+func (a *Authenticator) refuse(reason string, code codes.Code, format string, args ...any) error {
+	a.refused.WithLabelValues(reason).Inc()
+	return status.Errorf(code, format, args...)
+}
+
+// authenticate finds and checks the stream's credential.
+func (a *Authenticator) authenticate(ctx context.Context) (*credential, error) {
+	c := &credential{}
+	p, _ := peer.FromContext(ctx)
+	if p != nil && p.Addr != nil {
+		c.peer = p.Addr.String()
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if vals := md.Get(TokenMetadataKey); len(vals) > 0 {
+		tok, ok := strings.CutPrefix(vals[0], "Bearer ")
+		if !ok {
+			return nil, a.refuse("bad_token", codes.Unauthenticated, "xDS: the %q metadata must be \"Bearer <token>\"", TokenMetadataKey)
+		}
+		claims, err := a.Tokens.Verify(strings.TrimSpace(tok))
+		if err != nil {
+			reason := "bad_token"
+			switch {
+			case errors.Is(err, sds.ErrTokenExpired):
+				reason = "expired_token"
+			case errors.Is(err, sds.ErrTokenRevoked):
+				reason = "revoked_token"
+			}
+			a.Logger.Warn("xDS stream refused: bad bootstrap token", "peer", c.peer, "reason", reason, "err", err)
+			return nil, a.refuse(reason, codes.Unauthenticated, "xDS: bootstrap token refused: %v", err)
+		}
+		c.kind, c.service, c.claims, c.token = "token", claims.ServiceKey(), claims, sds.Token(strings.TrimSpace(tok))
+		return c, nil
+	}
+	if p != nil {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
+			leaf := ti.State.VerifiedChains[0][0]
+			if len(leaf.URIs) != 1 {
+				return nil, a.refuse("bad_certificate", codes.Unauthenticated, "xDS: client certificate must carry exactly one SPIFFE URI SAN")
+			}
+			id, err := mesh.ParseSPIFFEID(leaf.URIs[0].String())
+			if err != nil || id.TrustDomain != a.TrustDomain {
+				return nil, a.refuse("bad_certificate", codes.Unauthenticated, "xDS: client certificate %s is not a workload identity of trust domain %q", leaf.URIs[0], a.TrustDomain)
+			}
+			c.kind, c.id, c.leaf = "certificate", id, leaf
+			return c, nil
+		}
+	}
+	a.Logger.Warn("xDS stream refused: no credential", "peer", c.peer)
+	return nil, a.refuse("no_credential", codes.Unauthenticated,
+		"xDS: no credential: send a bootstrap token (meshctl token create, then meshctl bootstrap --token-file) or a client certificate from the mesh CA")
+}
+
+// authorize checks that the credential grants the node's catalog identity.
+func (a *Authenticator) authorize(c *credential, nodeID string) (mesh.Identity, error) {
+	svc, id, ok := a.Lookup(nodeID)
+	if !ok {
+		a.Logger.Warn("xDS stream refused: node not in the catalog", "node", nodeID, "credential", c.String(), "peer", c.peer)
+		return id, a.refuse("unknown_node", codes.PermissionDenied,
+			"xDS: node %q is not in the catalog, so its identity cannot be checked: add the proxy to the catalog first", nodeID)
+	}
+	granted := false
+	switch c.kind {
+	case "token":
+		granted = c.service == svc
+	case "certificate":
+		granted = c.id == id
+	}
+	if !granted {
+		a.Logger.Warn("xDS stream refused: credential is for another identity",
+			"node", nodeID, "node_service", svc.String(), "node_identity", id.SPIFFEID(), "credential", c.String(), "peer", c.peer)
+		return id, a.refuse("identity_mismatch", codes.PermissionDenied,
+			"xDS: %s does not grant node %q (service %s, identity %s): use a credential issued for that service",
+			c, nodeID, svc, id.SPIFFEID())
+	}
+	return id, nil
+}
+
+// StreamInterceptor authenticates every xDS stream before go-control-plane
+// sees it: the first request must name a node the credential grants.
+func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
+	a.init()
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !strings.HasPrefix(info.FullMethod, "/envoy.service.") {
+			return handler(srv, ss) // not xDS (e.g. the CA service checks its own)
+		}
+		if a.Insecure {
+			a.Logger.Warn("INSECURE: serving an xDS stream without authentication (--insecure-xds); never use this outside development",
+				"method", info.FullMethod, "peer", peerAddr(ss.Context()))
+			return handler(srv, ss)
+		}
+		cred, err := a.authenticate(ss.Context())
+		if err != nil {
+			return err
+		}
+		// Read the first request here, so a refusal is the stream's status
+		// rather than a silently closed stream: go-control-plane ends a
+		// stream whose Recv fails without reporting why.
+		delta := strings.Contains(info.FullMethod, "Delta")
+		var first any = &discoveryv3.DiscoveryRequest{}
+		if delta {
+			first = &discoveryv3.DeltaDiscoveryRequest{}
+		}
+		if err := ss.RecvMsg(first); err != nil {
+			return err
+		}
+		node := nodeIDOf(first)
+		if node == "" {
+			return a.refuse("no_node", codes.InvalidArgument, "xDS: the first request must carry the node (id and metadata)")
+		}
+		id, err := a.authorize(cred, node)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		as := &authStream{ServerStream: ss, ctx: ctx, cancel: cancel, a: a, cred: cred, node: node, checked: time.Now(),
+			allowed: map[string]bool{xds.TrustBundleSecretName: true, xds.IdentitySecretName(id): true}}
+		as.filter(first)
+		as.pending = first
+		err = handler(srv, as)
+		if v := as.violation(); v != nil {
+			return v
+		}
+		return err
+	}
+}
+
+// UnaryInterceptor guards the unary Fetch* xDS methods the same way.
+func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	a.init()
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if !strings.HasPrefix(info.FullMethod, "/envoy.service.") {
+			return handler(ctx, req)
+		}
+		if a.Insecure {
+			a.Logger.Warn("INSECURE: serving an xDS fetch without authentication (--insecure-xds)", "method", info.FullMethod, "peer", peerAddr(ctx))
+			return handler(ctx, req)
+		}
+		cred, err := a.authenticate(ctx)
+		if err != nil {
+			return nil, err
+		}
+		node := nodeIDOf(req)
+		if node == "" {
+			return nil, a.refuse("no_node", codes.InvalidArgument, "xDS: the request must carry the node")
+		}
+		id, err := a.authorize(cred, node)
+		if err != nil {
+			return nil, err
+		}
+		as := &authStream{a: a, cred: cred, node: node,
+			allowed: map[string]bool{xds.TrustBundleSecretName: true, xds.IdentitySecretName(id): true}}
+		as.filter(req)
+		return handler(ctx, req)
+	}
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+func nodeIDOf(m any) string {
+	switch r := m.(type) {
+	case *discoveryv3.DiscoveryRequest:
+		return r.GetNode().GetId()
+	case *discoveryv3.DeltaDiscoveryRequest:
+		return r.GetNode().GetId()
+	}
+	return ""
+}
+
+// authStream replays the request the interceptor read, then checks every
+// later request: the node may not change and secret subscriptions are cut
+// down to what the credential grants.
+type authStream struct {
+	grpc.ServerStream
+	ctx     context.Context
+	cancel  context.CancelFunc
+	a       *Authenticator
+	cred    *credential
+	node    string
+	allowed map[string]bool
+	pending any
+	checked time.Time // last token re-check
+
+	mu  sync.Mutex
+	bad error
+}
+
+func (s *authStream) Context() context.Context { return s.ctx }
+
+func (s *authStream) violation() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bad
+}
+
+func (s *authStream) RecvMsg(m any) error {
+	if p := s.pending; p != nil {
+		s.pending = nil
+		switch dst := m.(type) {
+		case *discoveryv3.DiscoveryRequest:
+			src, ok := p.(*discoveryv3.DiscoveryRequest)
+			if !ok {
+				return status.Error(codes.Internal, "xDS: request type mismatch")
+			}
+			dst.Reset()
+			proto.Merge(dst, src)
+		case *discoveryv3.DeltaDiscoveryRequest:
+			src, ok := p.(*discoveryv3.DeltaDiscoveryRequest)
+			if !ok {
+				return status.Error(codes.Internal, "xDS: request type mismatch")
+			}
+			dst.Reset()
+			proto.Merge(dst, src)
+		default:
+			return status.Errorf(codes.Internal, "xDS: unexpected message type %T", m)
+		}
+		return nil
+	}
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if id := nodeIDOf(m); id != "" && id != s.node {
+		err := s.a.refuse("node_changed", codes.PermissionDenied, "xDS: stream authenticated as node %q cannot switch to node %q", s.node, id)
+		s.a.Logger.Warn("xDS stream ended: node changed mid-stream", "node", s.node, "new_node", id, "credential", s.cred.String())
+		s.mu.Lock()
+		s.bad = err
+		s.mu.Unlock()
+		s.cancel()
+		return err
+	}
+	if err := s.recheck(); err != nil {
+		return err
+	}
+	s.filter(m)
+	return nil
+}
+
+// tokenRecheck is how often a long-lived stream's token is verified again,
+// so expiry and revocation also end streams opened before them (each ACK
+// is a request, so a busy stream is checked about this often).
+var tokenRecheck = 30 * time.Second
+
+func (s *authStream) recheck() error {
+	if s.cred.kind != "token" || time.Since(s.checked) < tokenRecheck {
+		return nil
+	}
+	s.checked = time.Now()
+	if _, err := s.a.Tokens.Verify(string(s.cred.token)); err != nil {
+		reason := "bad_token"
+		switch {
+		case errors.Is(err, sds.ErrTokenExpired):
+			reason = "expired_token"
+		case errors.Is(err, sds.ErrTokenRevoked):
+			reason = "revoked_token"
+		}
+		e := s.a.refuse(reason, codes.Unauthenticated, "xDS: bootstrap token no longer valid: %v", err)
+		s.a.Logger.Warn("xDS stream ended: its token is no longer valid", "node", s.node, "credential", s.cred.String(), "err", err)
+		s.mu.Lock()
+		s.bad = e
+		s.mu.Unlock()
+		s.cancel()
+		return e
+	}
+	return nil
+}
+
+// filter removes secret names the credential does not grant from a request,
+// logging and counting each attempt. The snapshot holds only the node's own
+// secrets anyway; this makes an attempt visible and keeps it from ever
+// reaching the cache.
+func (s *authStream) filter(m any) {
+	var names *[]string
+	switch r := m.(type) {
+	case *discoveryv3.DiscoveryRequest:
+		if r.GetTypeUrl() != resourcev3.SecretType {
+			return
+		}
+		names = &r.ResourceNames
+	case *discoveryv3.DeltaDiscoveryRequest:
+		if r.GetTypeUrl() != resourcev3.SecretType {
+			return
+		}
+		names = &r.ResourceNamesSubscribe
+	default:
+		return
+	}
+	if len(*names) == 0 {
+		return
+	}
+	kept := (*names)[:0:0]
+	var denied []string
+	for _, n := range *names {
+		if s.allowed[n] || n == deniedSecretName {
+			kept = append(kept, n)
+		} else {
+			denied = append(denied, n)
+		}
+	}
+	if len(denied) == 0 {
+		return
+	}
+	s.a.secretsDenied.WithLabelValues(s.node).Add(float64(len(denied)))
+	s.a.Logger.Warn("SDS request for secrets the proxy's credential does not grant; nothing is returned for them",
+		"node", s.node, "credential", s.cred.String(), "denied", denied)
+	if len(kept) == 0 {
+		kept = []string{deniedSecretName}
+	}
+	*names = kept
+}
+
+// String for logs.
+func (s *authStream) String() string { return fmt.Sprintf("authStream{node=%s}", s.node) }

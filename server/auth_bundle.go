@@ -1,0 +1,200 @@
+package server
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshd/meshd/xds"
+)
+
+// bundleAcks knows which trust-bundle roots each proxy has acknowledged, for
+// the CA's root rotation (sds.BundleGate). It reads the ROOTCA secret out of
+// the SDS responses the server actually sent and records its roots when the
+// proxy ACKs that response, so it needs nothing from the snapshot layer.
+type bundleAcks struct {
+	mu sync.Mutex
+	// inflight: stream → nonce → root fingerprints of the ROOTCA sent.
+	inflight map[streamKey]map[string][]string
+	// acked: node → root fingerprints of the last bundle it ACKed.
+	acked map[string][]string
+	// agents: node → the bundle its mesh-agent last fetched from the CA
+	// service. An agent serves its Envoy's SDS, so meshd never sees that
+	// Envoy's secret ACKs; the agent's fetch stands in for them.
+	agents map[string]agentBundle
+}
+
+type agentBundle struct {
+	roots []string
+	seen  time.Time
+}
+
+// agentWindow is how long an agent counts as present after its last fetch
+// (agents poll every 30 s by default).
+const agentWindow = 2 * time.Minute
+
+// AgentFetchedBundle records that node's mesh-agent fetched bundlePEM.
+func (t *Tracker) AgentFetchedBundle(node string, bundlePEM []byte) {
+	fps := pemFingerprints(bundlePEM)
+	t.bundles.mu.Lock()
+	defer t.bundles.mu.Unlock()
+	if t.bundles.agents == nil {
+		t.bundles.agents = map[string]agentBundle{}
+	}
+	t.bundles.agents[node] = agentBundle{roots: fps, seen: time.Now()}
+}
+
+// rootsOf returns the fingerprints of the roots in a ROOTCA secret, or nil
+// if the resource is not the trust bundle.
+func rootsOf(a *anypb.Any) ([]string, bool) {
+	var s tlsv3.Secret
+	if a == nil || a.UnmarshalTo(&s) != nil || s.GetName() != xds.TrustBundleSecretName {
+		return nil, false
+	}
+	return pemFingerprints(s.GetValidationContext().GetTrustedCa().GetInlineBytes()), true
+}
+
+// pemFingerprints returns the sorted SHA-256 fingerprints of the
+// certificates in a PEM bundle.
+func pemFingerprints(rest []byte) []string {
+	var fps []string
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+			sum := sha256.Sum256(c.Raw)
+			fps = append(fps, hex.EncodeToString(sum[:]))
+		}
+	}
+	sort.Strings(fps)
+	return fps
+}
+
+func (b *bundleAcks) sent(stream streamKey, nonce string, roots []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inflight == nil {
+		b.inflight = map[streamKey]map[string][]string{}
+	}
+	m := b.inflight[stream]
+	if m == nil {
+		m = map[string][]string{}
+		b.inflight[stream] = m
+	}
+	m[nonce] = roots
+}
+
+func (b *bundleAcks) sentSotW(stream streamKey, resp *discoveryv3.DiscoveryResponse) {
+	if resp.GetTypeUrl() != resourcev3.SecretType {
+		return
+	}
+	for _, r := range resp.GetResources() {
+		if roots, ok := rootsOf(r); ok {
+			b.sent(stream, resp.GetNonce(), roots)
+			return
+		}
+	}
+}
+
+func (b *bundleAcks) sentDelta(stream streamKey, resp *discoveryv3.DeltaDiscoveryResponse) {
+	if resp.GetTypeUrl() != resourcev3.SecretType {
+		return
+	}
+	for _, r := range resp.GetResources() {
+		if roots, ok := rootsOf(r.GetResource()); ok {
+			b.sent(stream, resp.GetNonce(), roots)
+			return
+		}
+	}
+}
+
+// replied handles a request answering nonce: an ACK makes the roots sent
+// with that nonce the node's; a NACK leaves the node's bundle as it was.
+func (b *bundleAcks) replied(stream streamKey, node, typeURL, nonce string, nack bool) {
+	if typeURL != resourcev3.SecretType || nonce == "" || node == "" {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	roots, ok := b.inflight[stream][nonce]
+	if !ok {
+		return
+	}
+	delete(b.inflight[stream], nonce)
+	if nack {
+		return
+	}
+	if b.acked == nil {
+		b.acked = map[string][]string{}
+	}
+	b.acked[node] = roots
+}
+
+func (b *bundleAcks) closed(stream streamKey) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.inflight, stream)
+}
+
+func (b *bundleAcks) has(node, fp string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Contains(b.acked[node], fp)
+}
+
+// BundleAcked implements sds.BundleGate: every connected proxy that takes
+// secrets over SDS must have ACKed a trust bundle containing the root with
+// this fingerprint. Proxyless gRPC apps (no SDS) are not waited for: they
+// read the bundle from files.
+func (t *Tracker) BundleAcked(rootFingerprint string) (bool, []string) {
+	t.mu.Lock()
+	var nodes []string
+	for id, n := range t.nodes {
+		if n.streams == 0 {
+			continue
+		}
+		if _, sds := n.types[resourcev3.SecretType]; sds {
+			nodes = append(nodes, id)
+		}
+	}
+	t.mu.Unlock()
+	var pending []string
+	for _, id := range nodes {
+		if !t.bundles.has(id, rootFingerprint) {
+			pending = append(pending, id)
+		}
+	}
+	t.bundles.mu.Lock()
+	for id, a := range t.bundles.agents {
+		if time.Since(a.seen) < agentWindow && !slices.Contains(a.roots, rootFingerprint) && !slices.Contains(pending, id) {
+			pending = append(pending, id+" (mesh-agent)")
+		}
+	}
+	t.bundles.mu.Unlock()
+	sort.Strings(pending)
+	return len(pending) == 0, pending
+}
+
+// bundleReply forwards a request's reply to bundleAcks with the stream's node.
+func (t *Tracker) bundleReply(stream streamKey, typeURL, nonce string, nack bool) {
+	t.mu.Lock()
+	node := ""
+	if s := t.streams[stream]; s != nil {
+		node = s.node
+	}
+	t.mu.Unlock()
+	t.bundles.replied(stream, node, typeURL, nonce, nack)
+}

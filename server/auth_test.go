@@ -1,0 +1,444 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
+
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/snapshot"
+	"github.com/meshd/meshd/xds"
+)
+
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+type authFixture struct {
+	addr    string
+	dataDir string
+	ca      *sds.Authority
+	tokens  *sds.TokenAuthority
+	tracker *Tracker
+	auth    *Authenticator
+	logs    *lockedBuf
+}
+
+var webID = mesh.Identity{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "web"}
+var apiID = mesh.Identity{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "api"}
+
+// startAuthServer runs the real xDS server with authentication on the
+// quickstart catalog; insecure runs it as --insecure-xds does.
+func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
+	t.Helper()
+	logs := &lockedBuf{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	dir := t.TempDir()
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: dir, TrustDomain: "cluster.local", Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := sds.LoadOrCreateTokens(dir, "cluster.local", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in struct {
+		Services []mesh.Service `yaml:"services"`
+		Proxies  []mesh.Proxy   `yaml:"proxies"`
+	}
+	if err := yaml.Unmarshal(data, &in); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := mesh.NewCatalog(in.Services, in.Proxies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
+	pub.Update(cat)
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	tr := NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
+	auth := &Authenticator{
+		Tokens: tokens, TrustDomain: "cluster.local", Logger: log, Insecure: insecureXDS,
+		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
+			px := cat.Proxy(node)
+			if px == nil {
+				return mesh.ServiceKey{}, mesh.Identity{}, false
+			}
+			return px.ServiceKey(), mesh.IdentityOf("cluster.local", cat.Service(px.ServiceKey())), true
+		},
+	}
+	auth.RegisterMetrics(m.Registry)
+	o := Options{Logger: log, Tracker: tr, Auth: auth, Register: []func(*grpc.Server){func(gs *grpc.Server) {
+		RegisterCAService(gs, auth, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, "cluster.local") }, tr)
+	}}}
+	if !insecureXDS {
+		if o.TLS, err = ca.ServerTLSConfig(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	xs, err := NewXDS(cache, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go xs.Serve(lis)
+	t.Cleanup(func() { xs.Stop(2 * time.Second) })
+	return &authFixture{addr: lis.Addr().String(), dataDir: dir, ca: ca, tokens: tokens, tracker: tr, auth: auth, logs: logs}
+}
+
+// dial connects over TLS, presenting clientCert when given.
+func (f *authFixture) dial(t *testing.T, clientCert *sds.Leaf) *grpc.ClientConn {
+	t.Helper()
+	cfg := &tls.Config{RootCAs: f.ca.RootPool(), ServerName: "localhost"}
+	if clientCert != nil {
+		c, err := tls.X509KeyPair(clientCert.CertPEM, clientCert.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func (f *authFixture) token(t *testing.T, svc string, ttl time.Duration) string {
+	t.Helper()
+	tok, _, err := f.tokens.Create("default", svc, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(tok)
+}
+
+func withToken(tok string) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_ = cancel // the stream ends with the test; the timeout bounds it
+	if tok == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, TokenMetadataKey, "Bearer "+tok)
+}
+
+// firstResponse opens an ADS stream as node, asks for typ (names) and
+// returns the first response or the stream's error.
+func firstResponse(cc *grpc.ClientConn, ctx context.Context, node, typ string, names ...string) (*discoveryv3.DiscoveryResponse, error) {
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: typ, ResourceNames: names}); err != nil {
+		return nil, err
+	}
+	return stream.Recv()
+}
+
+func wantCode(t *testing.T, what string, err error, code codes.Code, msg string) {
+	t.Helper()
+	if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), msg) {
+		t.Errorf("%s: got %v, want %s containing %q", what, err, code, msg)
+	}
+}
+
+func TestAuthTokenGrantsOnlyItsOwnService(t *testing.T) {
+	f := startAuthServer(t, false)
+	cc := f.dial(t, nil)
+	webTok := f.token(t, "web", time.Hour)
+
+	resp, err := firstResponse(cc, withToken(webTok), "web.default", resourcev3.ClusterType)
+	if err != nil || len(resp.GetResources()) == 0 {
+		t.Fatalf("web's token for web's node: %v %v", resp, err)
+	}
+
+	// Claiming api's node with web's token: refused, nothing returned.
+	_, err = firstResponse(cc, withToken(webTok), "api.default", resourcev3.ClusterType)
+	wantCode(t, "web token as api", err, codes.PermissionDenied, `does not grant node "api.default"`)
+	_, err = firstResponse(cc, withToken(webTok), "nobody", resourcev3.ClusterType)
+	wantCode(t, "unknown node", err, codes.PermissionDenied, "not in the catalog")
+	if n := testutil.ToFloat64(f.auth.refused.WithLabelValues("identity_mismatch")); n != 1 {
+		t.Errorf("identity_mismatch refusals = %v, want 1", n)
+	}
+	if !strings.Contains(f.logs.String(), "credential is for another identity") {
+		t.Errorf("refusal not logged:\n%s", f.logs)
+	}
+
+	// web asks for api's secret alongside its own: it gets only its own.
+	resp, err = firstResponse(cc, withToken(webTok), "web.default", resourcev3.SecretType,
+		xds.IdentitySecretName(apiID), xds.IdentitySecretName(webID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resp.GetResources() {
+		var s tlsv3.Secret
+		if err := r.UnmarshalTo(&s); err != nil {
+			t.Fatal(err)
+		}
+		if s.GetName() != xds.IdentitySecretName(webID) {
+			t.Errorf("web received secret %q", s.GetName())
+		}
+	}
+	if len(resp.GetResources()) != 1 {
+		t.Errorf("web received %d secrets, want only its own", len(resp.GetResources()))
+	}
+	if n := testutil.ToFloat64(f.auth.secretsDenied.WithLabelValues("web.default")); n != 1 {
+		t.Errorf("denied secret requests = %v, want 1", n)
+	}
+	if !strings.Contains(f.logs.String(), xds.IdentitySecretName(apiID)) {
+		t.Errorf("denied secret name not logged:\n%s", f.logs)
+	}
+
+	// Only someone else's secret: nothing at all (not a wildcard).
+	ctx, cancel := context.WithTimeout(withToken(webTok), time.Second)
+	defer cancel()
+	resp, err = firstResponse(cc, ctx, "web.default", resourcev3.SecretType, xds.IdentitySecretName(apiID))
+	if err == nil && len(resp.GetResources()) > 0 {
+		t.Errorf("request for api's secret alone returned %d resources", len(resp.GetResources()))
+	}
+
+	// The unary fetch is guarded too.
+	_, err = secretservice.NewSecretDiscoveryServiceClient(cc).FetchSecrets(withToken(webTok),
+		&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "api.default"}, TypeUrl: resourcev3.SecretType, ResourceNames: []string{xds.IdentitySecretName(apiID)}})
+	wantCode(t, "unary fetch as api", err, codes.PermissionDenied, "does not grant")
+}
+
+func TestAuthRefusesBadTokens(t *testing.T) {
+	f := startAuthServer(t, false)
+	cc := f.dial(t, nil)
+	_, err := firstResponse(cc, withToken(""), "web.default", resourcev3.ClusterType)
+	wantCode(t, "no credential", err, codes.Unauthenticated, "meshctl token create")
+
+	good := f.token(t, "web", time.Hour)
+	parts := strings.Split(good, ".")
+	tampered := parts[0] + "." + parts[1][:len(parts[1])-2] + "x" + parts[1][len(parts[1])-1:] + "." + parts[2]
+	_, err = firstResponse(cc, withToken(tampered), "web.default", resourcev3.ClusterType)
+	wantCode(t, "tampered", err, codes.Unauthenticated, "token refused")
+
+	short := f.token(t, "web", time.Second)
+	time.Sleep(1100 * time.Millisecond)
+	_, err = firstResponse(cc, withToken(short), "web.default", resourcev3.ClusterType)
+	wantCode(t, "expired", err, codes.Unauthenticated, "expired")
+
+	claims, err := f.tokens.Parse(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.tokens.Revoke(claims); err != nil {
+		t.Fatal(err)
+	}
+	_, err = firstResponse(cc, withToken(good), "web.default", resourcev3.ClusterType)
+	wantCode(t, "revoked", err, codes.Unauthenticated, "revoked")
+	for reason, want := range map[string]float64{"no_credential": 1, "bad_token": 1, "expired_token": 1, "revoked_token": 1} {
+		if n := testutil.ToFloat64(f.auth.refused.WithLabelValues(reason)); n != want {
+			t.Errorf("refusals[%s] = %v, want %v", reason, n, want)
+		}
+	}
+	if strings.Contains(f.logs.String(), parts[2]) {
+		t.Error("a token signature reached the logs")
+	}
+}
+
+func TestAuthClientCertificate(t *testing.T) {
+	f := startAuthServer(t, false)
+	leaf, err := f.ca.IssueLeaf(webID, []string{"web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := f.dial(t, leaf)
+	if resp, err := firstResponse(cc, withToken(""), "web.default", resourcev3.ClusterType); err != nil || len(resp.GetResources()) == 0 {
+		t.Fatalf("web's certificate for web's node: %v", err)
+	}
+	_, err = firstResponse(cc, withToken(""), "api.default", resourcev3.ClusterType)
+	wantCode(t, "web cert as api", err, codes.PermissionDenied, "does not grant")
+
+	// A certificate from another CA is refused at the handshake.
+	other, err := sds.LoadOrCreate(sds.Options{DataDir: t.TempDir(), TrustDomain: "cluster.local", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := other.IssueLeaf(webID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = firstResponse(f.dial(t, foreign), withToken(""), "web.default", resourcev3.ClusterType)
+	if err == nil {
+		t.Error("a certificate from another CA was accepted")
+	}
+}
+
+func TestAuthNodeCannotChangeMidStream(t *testing.T) {
+	f := startAuthServer(t, false)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t, nil)).StreamAggregatedResources(withToken(f.token(t, "web", time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "web.default"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "api.default"}, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err = stream.Recv()
+		if err != nil {
+			break
+		}
+	}
+	wantCode(t, "node switch", err, codes.PermissionDenied, "cannot switch")
+}
+
+func TestPlaintextRefusedUnlessInsecure(t *testing.T) {
+	f := startAuthServer(t, false)
+	cc, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(withToken(f.token(t, "web", time.Hour)), 3*time.Second)
+	defer cancel()
+	if _, err := firstResponse(cc, ctx, "web.default", resourcev3.ClusterType); err == nil {
+		t.Fatal("plaintext xDS served by a TLS server")
+	}
+
+	in := startAuthServer(t, true)
+	cc2, err := grpc.NewClient(in.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc2.Close()
+	if resp, err := firstResponse(cc2, withToken(""), "web.default", resourcev3.ClusterType); err != nil || len(resp.GetResources()) == 0 {
+		t.Fatalf("--insecure-xds refused plaintext: %v", err)
+	}
+	if !strings.Contains(in.logs.String(), "INSECURE") {
+		t.Error("an unauthenticated stream was not warned about")
+	}
+}
+
+func TestBundleAckedFollowsSDSACKs(t *testing.T) {
+	f := startAuthServer(t, false)
+	ctx := withToken(f.token(t, "web", time.Hour))
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t, nil)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "web.default"}
+	names := []string{xds.TrustBundleSecretName, xds.IdentitySecretName(webID)}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.SecretType, ResourceNames: names}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := f.ca.Fingerprint()
+	if ok, pending := f.tracker.BundleAcked(fp); ok || len(pending) != 1 || pending[0] != "web.default" {
+		t.Fatalf("before the ACK: %v %v, want web.default pending", ok, pending)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.SecretType, ResourceNames: names,
+		VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { ok, _ := f.tracker.BundleAcked(fp); return ok })
+	if ok, _ := f.tracker.BundleAcked(strings.Repeat("0", 64)); ok {
+		t.Error("a root the proxy never received counts as ACKed")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRevokedTokenEndsOpenStream(t *testing.T) {
+	old := tokenRecheck
+	tokenRecheck = 0
+	t.Cleanup(func() { tokenRecheck = old })
+	f := startAuthServer(t, false)
+	tok := f.token(t, "web", time.Hour)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t, nil)).StreamAggregatedResources(withToken(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "web.default"}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := f.tokens.Parse(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.tokens.Revoke(claims); err != nil {
+		t.Fatal(err)
+	}
+	// The ACK is the next request: the re-check ends the stream.
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	for err == nil {
+		_, err = stream.Recv()
+	}
+	wantCode(t, "open stream after revocation", err, codes.Unauthenticated, "revoked")
+}
