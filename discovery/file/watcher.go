@@ -173,7 +173,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 // source adapts the Watcher to watchloop without exporting the methods.
 type source Watcher
 
-func (s *source) Check(trigger string) { (*Watcher)(s).check(trigger) }
+// Check re-reads the file. It re-resolves symlinks first so that a poll
+// also picks up a link that moved while an event was lost.
+func (s *source) Check(trigger string) {
+	w := (*Watcher)(s)
+	w.resolve()
+	w.check(trigger)
+}
 
 // Relevant reports whether an event in a watched directory may have changed
 // what the catalog path reads as.
@@ -193,7 +199,6 @@ func (s *source) Relevant(ev fsnotify.Event) bool {
 // directory, that directory too (edits to the target file happen there).
 func (s *source) Dirs() []string {
 	w := (*Watcher)(s)
-	w.resolve() // the watched directory may have been deleted and recreated
 	parent := filepath.Dir(w.abs)
 	dirs := []string{parent}
 	if w.target != "" {

@@ -20,8 +20,9 @@ import (
 // Source is what a loop watches.
 type Source interface {
 	// Dirs returns the directories to watch now. It is asked again after
-	// every relevant event and every poll, so a source can follow symlinks
-	// and recreated directories.
+	// every event and every poll, so a source can follow symlinks and
+	// recreated directories. It must not change the source's state: a
+	// change noticed here would be lost to Relevant.
 	Dirs() []string
 	// Relevant reports whether an event may have changed the source.
 	Relevant(ev fsnotify.Event) bool
@@ -113,12 +114,12 @@ func Run(ctx context.Context, src Source, o Options) error {
 			pending = false
 			src.Check("change")
 		case <-tick:
-			// A watched directory may have been deleted and recreated,
-			// which ends its watch.
-			l.sync()
 			if !pending {
 				src.Check("poll")
 			}
+			// A watched directory may have been deleted and recreated,
+			// which ends its watch; re-add what the source wants now.
+			l.sync()
 		}
 	}
 }
