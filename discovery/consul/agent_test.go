@@ -1,0 +1,248 @@
+package consul
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// testAgent is a real `consul agent -dev` on loopback, with every port moved
+// off Consul's defaults (so that it never collides with a Consul already on
+// the machine, or with another test's agent), started and stopped by the test.
+type testAgent struct {
+	t      testing.TB
+	bin    string
+	dir    string
+	ports  agentPorts
+	node   string
+	extra  string // extra HCL
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+	log    *lockedBuffer
+	Addr   string // HTTP API, host:port
+	Client *api.Client
+}
+
+type agentPorts struct{ http, dns, serfLAN, serfWAN, server int }
+
+// consulBinary finds the consul binary: $CONSUL_BIN, then PATH, then the
+// repository's .tools/bin/consul (where scripts/install-consul.sh puts it).
+// Without one the test fails with the install hint, unless
+// MESHD_ALLOW_NO_CONSUL=1 says skipping is fine.
+func consulBinary(t testing.TB) string {
+	t.Helper()
+	if b := os.Getenv("CONSUL_BIN"); b != "" {
+		return b
+	}
+	if b, err := exec.LookPath("consul"); err == nil {
+		return b
+	}
+	_, file, _, _ := runtime.Caller(0)
+	b := filepath.Join(filepath.Dir(file), "..", "..", ".tools", "bin", "consul")
+	if _, err := os.Stat(b); err == nil {
+		return b
+	}
+	const hint = "no consul binary: run scripts/install-consul.sh (builds Consul v1.16.3 into .tools/bin), or put consul on PATH, or set CONSUL_BIN"
+	if os.Getenv("MESHD_ALLOW_NO_CONSUL") == "1" {
+		t.Skip(hint + " (skipping: MESHD_ALLOW_NO_CONSUL=1)")
+	}
+	t.Fatal(hint + "; set MESHD_ALLOW_NO_CONSUL=1 to skip these tests instead")
+	return ""
+}
+
+// freePort returns a loopback port that is free for both TCP and UDP (serf
+// uses both) at the time of the call.
+func freePort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("finding a free port: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return port
+	}
+	t.Fatal("no free loopback port for both TCP and UDP")
+	return 0
+}
+
+// startAgent starts a dev agent and waits until it has a leader and its
+// node is in the catalog. extraHCL is appended to the agent's configuration.
+func startAgent(t testing.TB, extraHCL string) *testAgent {
+	t.Helper()
+	a := &testAgent{
+		t:     t,
+		bin:   consulBinary(t),
+		dir:   t.TempDir(),
+		node:  "meshd-test",
+		extra: extraHCL,
+		ports: agentPorts{http: freePort(t), dns: freePort(t), serfLAN: freePort(t), serfWAN: freePort(t), server: freePort(t)},
+	}
+	a.Addr = fmt.Sprintf("127.0.0.1:%d", a.ports.http)
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = a.Addr
+	cfg.Token = ""
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatalf("consul client: %v", err)
+	}
+	a.Client = c
+	a.Start()
+	t.Cleanup(a.Stop)
+	return a
+}
+
+// Start (re)starts the agent on the same ports. A dev agent keeps its state in
+// memory, so a restarted agent starts empty with low Raft indexes: from a
+// watcher's point of view that is an index reset.
+func (a *testAgent) Start() {
+	t := a.t
+	t.Helper()
+	hcl := fmt.Sprintf(`ports {
+  http = %d
+  dns = %d
+  serf_lan = %d
+  serf_wan = %d
+  server = %d
+  grpc = -1
+  grpc_tls = -1
+  https = -1
+}
+limits {
+  http_max_conns_per_client = 8192
+}
+%s`, a.ports.http, a.ports.dns, a.ports.serfLAN, a.ports.serfWAN, a.ports.server, a.extra)
+	cfgFile := filepath.Join(a.dir, "ports.hcl")
+	if err := os.WriteFile(cfgFile, []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.log = &lockedBuffer{}
+	a.cmd = exec.Command(a.bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-node", a.node, "-log-level", "warn", "-config-file", cfgFile)
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", a.bin, err)
+	}
+	exited := make(chan struct{})
+	a.exited = exited
+	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(exited) }(a.cmd)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		leader, err := a.Client.Status().Leader()
+		if err == nil && leader != "" {
+			if _, _, err := a.Client.Catalog().Node(a.node, nil); err == nil {
+				// The agent's own node (and "consul" service) is registered.
+				svcs, _, err := a.Client.Catalog().Services(nil)
+				if err == nil && len(svcs) > 0 {
+					return
+				}
+			}
+		}
+		select {
+		case <-exited:
+			a.cmd = nil
+			t.Fatalf("consul agent exited at start-up; its output:\n%s", a.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			a.Stop()
+			t.Fatalf("consul agent on %s did not get ready in 30s; its output:\n%s", a.Addr, a.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop kills the agent (by its own PID) and waits for it to exit.
+func (a *testAgent) Stop() {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+	}
+	a.cmd = nil
+	// The HTTP port must be free again before a restart reuses it.
+	for range 100 {
+		c, err := net.DialTimeout("tcp", a.Addr, 100*time.Millisecond)
+		if err != nil {
+			return
+		}
+		c.Close()
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// register registers an application instance with a TTL check (initially
+// passing) and a Connect sidecar whose only check is an alias of the
+// application, the way a VM deployment does it (see examples/consul-vm).
+func (a *testAgent) register(id, name string, appPort, sidecarPort int, meta map[string]string, upstreams ...api.Upstream) {
+	a.t.Helper()
+	reg := &api.AgentServiceRegistration{
+		ID: id, Name: name, Port: appPort, Address: "127.0.0.1", Meta: meta,
+		Check: &api.AgentServiceCheck{CheckID: "ttl:" + id, Name: "app alive", TTL: "10m", Status: api.HealthPassing},
+		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{
+			Port: sidecarPort,
+			// Without checks Consul adds a TCP check of the sidecar port,
+			// which fails here because no Envoy runs.
+			Checks: api.AgentServiceChecks{{Name: "app", AliasService: id}},
+			Proxy:  &api.AgentServiceConnectProxyConfig{Upstreams: upstreams},
+		}},
+	}
+	if err := a.Client.Agent().ServiceRegister(reg); err != nil {
+		a.t.Fatalf("registering %s: %v", id, err)
+	}
+}
+
+func (a *testAgent) deregister(id string) {
+	a.t.Helper()
+	// Deregistering the application removes its sidecar_service too.
+	if err := a.Client.Agent().ServiceDeregister(id); err != nil {
+		a.t.Fatalf("deregistering %s: %v", id, err)
+	}
+}
+
+func (a *testAgent) setTTL(id, status string) {
+	a.t.Helper()
+	if err := a.Client.Agent().UpdateTTL("ttl:"+id, "set by test", status); err != nil {
+		a.t.Fatalf("setting check of %s to %s: %v", id, status, err)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.TrimSpace(l.b.String())
+}
