@@ -68,7 +68,13 @@ func startMeshd(t *testing.T, catalog string, extraArgs ...string) *meshd {
 		logPath:     filepath.Join(dir, "meshd.log"),
 		done:        make(chan struct{}),
 	}
-	m.writeCatalog(catalog)
+	// An empty catalog means no catalog file: the test passes another
+	// source (--consul-address).
+	if catalog != "" {
+		m.writeCatalog(catalog)
+	} else {
+		m.catalogPath = ""
+	}
 	m.start(extraArgs...)
 	return m
 }

@@ -22,7 +22,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/grpc"
 
-	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/discovery/consul"
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
@@ -48,6 +48,10 @@ type config struct {
 	mtlsMode     string
 	rootNS       string
 	policyDir    string
+	// Consul discovery (discovery/consul; docs/consul.md).
+	consulAddr, consulDC, consulTokenFile string
+	consulStale, consulWarning            bool
+	consulWait, consulSyncTimeout         time.Duration
 	// Identity: operator-supplied CA files, and plaintext xDS for development.
 	caRootCert, caInterCert, caInterKey string
 	insecureXDS                         bool
@@ -77,7 +81,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, "\nEndpoints on --admin-listen: /healthz /readyz /metrics /debug/status /debug/config_dump?proxy=<node-id>\n")
 	}
-	fs.StringVar(&c.catalog, "catalog", "", "catalog `file` to watch (YAML; see docs/catalog.md). Required.")
+	fs.StringVar(&c.catalog, "catalog", "", "catalog `file` to watch (YAML; see docs/catalog.md). At least one of --catalog and --consul-address is required; with both, the catalogs merge and a service defined twice is refused")
+	fs.StringVar(&c.consulAddr, "consul-address", "", "Consul HTTP API `address` (host:port or https://host:port): discover services from Consul's catalog (docs/consul.md)")
+	fs.StringVar(&c.consulDC, "consul-datacenter", "", "Consul `datacenter` to read (default: the agent's)")
+	fs.StringVar(&c.consulTokenFile, "consul-token-file", "", "`file` holding the Consul ACL token (default: CONSUL_HTTP_TOKEN_FILE or CONSUL_HTTP_TOKEN)")
+	fs.BoolVar(&c.consulStale, "consul-stale", false, "let any Consul server answer (less load on the leader; data may be slightly behind)")
+	fs.BoolVar(&c.consulWarning, "consul-include-warning", false, "also route to instances whose Consul checks are warning (default: passing only)")
+	fs.DurationVar(&c.consulWait, "consul-wait", consul.DefaultWaitTime, "how long one Consul blocking query may wait for a change (at most 10m)")
+	fs.DurationVar(&c.consulSyncTimeout, "consul-sync-timeout", 30*time.Second, "at start, give up if Consul provides no catalog within this time")
 	fs.StringVar(&c.dataDir, "data-dir", ".meshd", "`directory` for meshd's state: the CA's root certificate and key (ca/, mode 0700)")
 	fs.StringVar(&c.trustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh: identities are spiffe://<domain>/ns/<ns>/sa/<sa>")
 	fs.StringVar(&c.xdsListen, "xds-listen", "127.0.0.1:15012", "`address` of the xDS gRPC server (TLS). Use 0.0.0.0:15012 to serve other hosts")
@@ -102,8 +113,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: meshd takes only flags (see meshd -h)", fs.Arg(0))
 	}
-	if c.catalog == "" {
-		return nil, errors.New("--catalog is required: point it at a catalog file, e.g. --catalog examples/quickstart/catalog.yaml")
+	if c.catalog == "" && c.consulAddr == "" {
+		return nil, errors.New("--catalog is required (or --consul-address): point it at a catalog file, e.g. --catalog examples/quickstart/catalog.yaml")
 	}
 	if err := mesh.ValidTrustDomain(c.trustDomain); err != nil {
 		return nil, fmt.Errorf("--trust-domain: %w", err)
@@ -198,19 +209,20 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	if err != nil {
 		return fmt.Errorf("bootstrap tokens: %w", err)
 	}
-	watcher, err := file.NewWatcher(c.catalog, log, file.WithPollInterval(c.pollInterval))
-	if err != nil {
-		return fmt.Errorf("catalog: %w", err)
-	}
 	m := metrics.New()
-	m.RegisterCatalogSource("file", func() float64 { return float64(watcher.Status().Accepted) },
-		func() float64 { return float64(watcher.Status().Rejected) })
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 8)
 	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
 		Translate: xds.Options{TrustDomain: c.trustDomain},
 		Holdoff:   c.holdoff, MaxDelay: c.maxDelay,
 		Logger: log, Metrics: m,
 	})
+	srcs, catalogStatus, err := startSources(ctx, c, log, m, errc, pub.Update)
+	if err != nil {
+		return err
+	}
 	tracker := server.NewTracker(log, m, func(id string) bool {
 		cat := pub.Catalog()
 		return cat != nil && cat.Proxy(id) != nil
@@ -234,7 +246,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	} else {
 		pub.UpdatePolicy(&mesh.PolicySet{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode)})
 	}
-	pub.Update(watcher.Current())
+	pub.Update(srcs.current())
 	if _, err := pub.Publish(); err != nil {
 		log.Error("some proxies could not be rendered; see /debug/status", "err", err)
 	}
@@ -283,19 +295,15 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	}
 	// After a CA rotation step, re-render so the new bundle or the reissued
 	// leaves reach proxies now rather than at the next catalog change.
-	republish := func() { pub.Update(watcher.Current()) }
+	republish := func() { pub.Update(srcs.current()) }
 	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
-		CatalogStatus: func() any { return watcher.Status() },
+		CatalogStatus: catalogStatus,
 		CA:            ca, OnCAChange: republish}
 	if policies != nil {
 		admin.PolicyStatus = func() any { return policies.Status() }
 	}
 	hs := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 4)
-	go func() { errc <- watcher.Run(ctx) }()
 	if policies != nil {
 		go func() { errc <- policies.Run(ctx) }()
 		go func() {
@@ -309,16 +317,6 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 			}
 		}()
 	}
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case cat := <-watcher.Updates():
-				pub.Update(cat)
-			}
-		}
-	}()
 	go pub.Run(ctx)
 	go ca.RunRotation(ctx, tracker, time.Second, republish)
 	go func() { errc <- xs.Serve(xlis) }()
@@ -329,7 +327,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	}()
 	log.Info("meshd started", "xds", xlis.Addr().String(), "admin", alis.Addr().String(),
 		"catalog", c.catalog, "trust_domain", c.trustDomain, "ca_root", ca.Fingerprint(),
-		"services", len(watcher.Current().Services()), "proxies", len(watcher.Current().Proxies()))
+		"consul", c.consulAddr, "services", len(srcs.current().Services()), "proxies", len(srcs.current().Proxies()))
 	if c.insecureXDS {
 		log.Warn("INSECURE: --insecure-xds serves xDS in PLAINTEXT WITHOUT AUTHENTICATION: any client that reaches --xds-listen gets any proxy's configuration and certificates; development only",
 			"xds", xlis.Addr().String())

@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"fmt"
+	"github.com/meshd/meshd/internal/consultest"
 	"os"
 	"slices"
 	"strconv"
@@ -45,7 +46,7 @@ func TestScaleHealthFlip(t *testing.T) {
 		}
 		idle = d
 	}
-	a := startAgent(b, "")
+	a := consultest.Start(b, "")
 	start := time.Now()
 	registerScale(b, a, services, instances)
 	b.Logf("registered %d services × %d instances (+ sidecars) in %s", services, instances, time.Since(start).Round(time.Millisecond))
@@ -135,7 +136,7 @@ func envInt(b testing.TB, name string, def int) int {
 // registerScale registers the catalog directly (the catalog API, as for
 // external services): instance i of every service lives on node bench-i, so
 // that ports repeat per node as on real VMs.
-func registerScale(b testing.TB, a *testAgent, services, instances int) {
+func registerScale(b testing.TB, a *consultest.Agent, services, instances int) {
 	type job struct{ svc, inst int }
 	jobs := make(chan job)
 	errs := make(chan error, 1)
@@ -172,7 +173,7 @@ func benchNode(inst int) (string, string) {
 	return fmt.Sprintf("bench-%d", inst), fmt.Sprintf("10.1.%d.%d", inst/250, inst%250+1)
 }
 
-func registerInstance(a *testAgent, svc, inst, services int) error {
+func registerInstance(a *consultest.Agent, svc, inst, services int) error {
 	n, addr := benchNode(inst)
 	name := fmt.Sprintf("svc-%d", svc)
 	appReg := &api.CatalogRegistration{
@@ -200,7 +201,7 @@ func registerInstance(a *testAgent, svc, inst, services int) error {
 	return nil
 }
 
-func setCheck(b testing.TB, a *testAgent, inst int, name, status string) {
+func setCheck(b testing.TB, a *consultest.Agent, inst int, name, status string) {
 	n, addr := benchNode(inst)
 	_, err := a.Client.Catalog().Register(&api.CatalogRegistration{Node: n, Address: addr, SkipNodeUpdate: true,
 		Service: &api.AgentService{ID: name, Service: name, Port: 30000 + mustSvc(name), Meta: map[string]string{MetaProtocol: "http"}},
@@ -225,8 +226,8 @@ func processCPU(b testing.TB) time.Duration {
 
 // agentCPU reads the agent's user+system time from /proc (clock ticks are
 // 100 Hz on Linux).
-func agentCPU(b testing.TB, a *testAgent) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.cmd.Process.Pid))
+func agentCPU(b testing.TB, a *consultest.Agent) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.PID()))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"github.com/meshd/meshd/internal/consultest"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -25,7 +26,7 @@ func TestExampleRegistrations(t *testing.T) {
 		return string(b)
 	}
 	t.Run("web", func(t *testing.T) {
-		a := startAgent(t, read("web.hcl"))
+		a := consultest.Start(t, read("web.hcl"))
 		w := runWatcher(t, a, Options{})
 		// The agent registers services from its configuration shortly after
 		// it starts, possibly after the watcher's first catalog.
@@ -56,7 +57,7 @@ func TestExampleRegistrations(t *testing.T) {
 		}
 	})
 	t.Run("api", func(t *testing.T) {
-		a := startAgent(t, read("api.hcl"))
+		a := consultest.Start(t, read("api.hcl"))
 		w := runWatcher(t, a, Options{})
 		c := waitCatalog(t, w, "api and its sidecar", func(c *mesh.Catalog) bool {
 			s := c.Service(mesh.ServiceKey{Namespace: "default", Name: "api"})

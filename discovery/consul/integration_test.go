@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/meshd/meshd/internal/consultest"
 	"io"
 	"log/slog"
 	"slices"
@@ -31,7 +32,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // runWatcher starts a watcher against a and waits for its first catalog.
-func runWatcher(t *testing.T, a *testAgent, o Options) *Watcher {
+func runWatcher(t *testing.T, a *consultest.Agent, o Options) *Watcher {
 	t.Helper()
 	o.Address = a.Addr
 	if o.WaitTime == 0 {
@@ -111,9 +112,9 @@ func equal(want ...string) func([]string) bool {
 }
 
 func TestWatcherFollowsRegistrationsAndHealth(t *testing.T) {
-	a := startAgent(t, "")
-	a.register("web-1", "web", 18080, 21000, map[string]string{MetaProtocol: "http", "version": "v1"})
-	a.register("api-1", "api", 18081, 21001, nil, api.Upstream{DestinationName: "web", LocalBindPort: 9191})
+	a := consultest.Start(t, "")
+	a.Register("web-1", "web", 18080, 21000, map[string]string{MetaProtocol: "http", "version": "v1"})
+	a.Register("api-1", "api", 18081, 21001, nil, api.Upstream{DestinationName: "web", LocalBindPort: 9191})
 	w := runWatcher(t, a, Options{})
 	// Registrations reach the catalog in steps (application, sidecar, the
 	// alias check's first run): wait for the settled state.
@@ -137,12 +138,12 @@ func TestWatcherFollowsRegistrationsAndHealth(t *testing.T) {
 		t.Errorf("api proxy = %+v, want public 21001, app 18081, upstream web on 9191", apiProxy)
 	}
 
-	a.register("web-2", "web", 18082, 21002, map[string]string{MetaProtocol: "http", "version": "v1"})
+	a.Register("web-2", "web", 18082, 21002, map[string]string{MetaProtocol: "http", "version": "v1"})
 	waitCatalog(t, w, "web-2 registered", func(c *mesh.Catalog) bool {
 		return equal("127.0.0.1:21000", "127.0.0.1:21002")(endpoints(c, "web"))
 	})
 
-	a.setTTL("web-2", api.HealthCritical)
+	a.SetTTL("web-2", api.HealthCritical)
 	c = waitCatalog(t, w, "web-2 critical", func(c *mesh.Catalog) bool {
 		return equal("127.0.0.1:21000")(endpoints(c, "web"))
 	})
@@ -150,18 +151,18 @@ func TestWatcherFollowsRegistrationsAndHealth(t *testing.T) {
 		t.Errorf("the unhealthy instance's sidecar lost its configuration: proxies %v", proxyIDs(c))
 	}
 
-	a.setTTL("web-2", api.HealthPassing)
+	a.SetTTL("web-2", api.HealthPassing)
 	waitCatalog(t, w, "web-2 passing again", func(c *mesh.Catalog) bool {
 		return equal("127.0.0.1:21000", "127.0.0.1:21002")(endpoints(c, "web"))
 	})
 
 	// Warning is excluded by default.
-	a.setTTL("web-1", api.HealthWarning)
+	a.SetTTL("web-1", api.HealthWarning)
 	waitCatalog(t, w, "web-1 warning excluded", func(c *mesh.Catalog) bool {
 		return equal("127.0.0.1:21002")(endpoints(c, "web"))
 	})
 
-	a.deregister("web-2")
+	a.Deregister("web-2")
 	c = waitCatalog(t, w, "web-2 deregistered", func(c *mesh.Catalog) bool {
 		return len(endpoints(c, "web")) == 0 && c.Proxy("meshd-test/web-2-sidecar-proxy") == nil
 	})
@@ -170,7 +171,7 @@ func TestWatcherFollowsRegistrationsAndHealth(t *testing.T) {
 	}
 
 	// Every web instance gone: api's upstream still resolves to an empty web.
-	a.deregister("web-1")
+	a.Deregister("web-1")
 	c = waitCatalog(t, w, "web gone", func(c *mesh.Catalog) bool {
 		return c.Proxy("meshd-test/web-1-sidecar-proxy") == nil
 	})
@@ -183,23 +184,23 @@ func TestWatcherFollowsRegistrationsAndHealth(t *testing.T) {
 }
 
 func TestWatcherIncludeWarning(t *testing.T) {
-	a := startAgent(t, "")
-	a.register("web-1", "web", 18080, 21000, nil)
+	a := consultest.Start(t, "")
+	a.Register("web-1", "web", 18080, 21000, nil)
 	w := runWatcher(t, a, Options{IncludeWarning: true})
-	a.setTTL("web-1", api.HealthWarning)
+	a.SetTTL("web-1", api.HealthWarning)
 	// Give the change time to arrive, then check it did not remove web-1.
-	a.register("marker-1", "marker", 18090, 21090, nil)
+	a.Register("marker-1", "marker", 18090, 21090, nil)
 	c := waitCatalog(t, w, "marker", func(c *mesh.Catalog) bool { return len(endpoints(c, "marker")) == 1 })
 	if got := endpoints(c, "web"); !slices.Equal(got, []string{"127.0.0.1:21000"}) {
 		t.Errorf("with IncludeWarning, web endpoints = %v, want the warning instance kept", got)
 	}
-	a.setTTL("web-1", api.HealthCritical)
+	a.SetTTL("web-1", api.HealthCritical)
 	waitCatalog(t, w, "web-1 critical", func(c *mesh.Catalog) bool { return len(endpoints(c, "web")) == 0 })
 }
 
 func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
-	a := startAgent(t, "")
-	a.register("web-1", "web", 18080, 21000, map[string]string{MetaProtocol: "http"})
+	a := consultest.Start(t, "")
+	a.Register("web-1", "web", 18080, 21000, map[string]string{MetaProtocol: "http"})
 	w := runWatcher(t, a, Options{})
 	// Registrations reach the catalog in steps (application, sidecar, the
 	// alias check's first run): wait for the settled state.
@@ -216,7 +217,7 @@ func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
 	if err := a.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "db-1", Name: "db", Port: 18085, Address: "127.0.0.1", Meta: bad}); err != nil {
 		t.Fatal(err)
 	}
-	a.register("db-1", "db", 18085, 21005, bad)
+	a.Register("db-1", "db", 18085, 21005, bad)
 	deadline := time.Now().Add(15 * time.Second)
 	for w.Status().CatalogError == "" {
 		if time.Now().After(deadline) {
@@ -233,12 +234,12 @@ func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
 	if w.Current() != before || st.Rejected == 0 || w.Current().Service(mesh.ServiceKey{Namespace: "default", Name: "db"}) != nil {
 		t.Errorf("a bad registration replaced the catalog or was not counted: rejected=%d", st.Rejected)
 	}
-	a.register("db-1", "db", 18085, 21005, map[string]string{MetaProtocol: "tcp"})
+	a.Register("db-1", "db", 18085, 21005, map[string]string{MetaProtocol: "tcp"})
 	waitCatalog(t, w, "fixed registration", func(c *mesh.Catalog) bool {
 		return equal("127.0.0.1:21005")(endpoints(c, "db"))
 	})
 	// Instances that disagree are an error too, naming both.
-	a.register("db-2", "db", 18086, 21006, map[string]string{MetaProtocol: "http"})
+	a.Register("db-2", "db", 18086, 21006, map[string]string{MetaProtocol: "http"})
 	deadline = time.Now().Add(15 * time.Second)
 	for !strings.Contains(w.Status().CatalogError, "instances disagree") {
 		if time.Now().After(deadline) {
@@ -246,7 +247,7 @@ func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	a.deregister("db-2")
+	a.Deregister("db-2")
 	deadline = time.Now().Add(15 * time.Second)
 	for w.Status().CatalogError != "" {
 		if time.Now().After(deadline) {
@@ -257,9 +258,9 @@ func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
 }
 
 func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
-	a := startAgent(t, "")
-	a.register("web-1", "web", 18080, 21000, nil)
-	a.register("api-1", "api", 18081, 21001, nil, api.Upstream{DestinationName: "web", LocalBindPort: 9191})
+	a := consultest.Start(t, "")
+	a.Register("web-1", "web", 18080, 21000, nil)
+	a.Register("api-1", "api", 18081, 21001, nil, api.Upstream{DestinationName: "web", LocalBindPort: 9191})
 	// Push the services index well above what a fresh agent reaches after a
 	// few registrations, so that the restart below is an index reset.
 	for i := range 40 {
@@ -267,7 +268,7 @@ func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
 		if err := a.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: "filler", Port: 30000 + i}); err != nil {
 			t.Fatal(err)
 		}
-		a.deregister(id)
+		a.Deregister(id)
 	}
 	w := runWatcher(t, a, Options{})
 	c := waitCatalog(t, w, "initial", func(c *mesh.Catalog) bool {
@@ -309,9 +310,9 @@ func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
 	// A fresh (empty, low-index) agent on the same address, with a different
 	// set of instances: the watcher must reconnect and converge on it.
 	a.Start()
-	a.register("web-1", "web", 18080, 21000, nil)
-	a.register("web-3", "web", 18083, 21003, nil)
-	a.register("api-1", "api", 18081, 21001, nil, api.Upstream{DestinationName: "web", LocalBindPort: 9191})
+	a.Register("web-1", "web", 18080, 21000, nil)
+	a.Register("web-3", "web", 18083, 21003, nil)
+	a.Register("api-1", "api", 18081, 21001, nil, api.Upstream{DestinationName: "web", LocalBindPort: 9191})
 	waitCatalog(t, w, "resync after restart", func(c *mesh.Catalog) bool {
 		return equal("127.0.0.1:21000", "127.0.0.1:21003")(endpoints(c, "web")) && len(endpoints(c, "api")) == 1
 	})
@@ -329,8 +330,8 @@ func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
 }
 
 func TestWatcherStaleReadsAndDatacenter(t *testing.T) {
-	a := startAgent(t, "")
-	a.register("web-1", "web", 18080, 21000, nil)
+	a := consultest.Start(t, "")
+	a.Register("web-1", "web", 18080, 21000, nil)
 	// Stale reads and an explicit datacenter reach the same catalog.
 	w := runWatcher(t, a, Options{Stale: true, Datacenter: "dc1"})
 	waitCatalog(t, w, "web with stale reads", func(c *mesh.Catalog) bool { return len(endpoints(c, "web")) == 1 })

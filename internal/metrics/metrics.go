@@ -99,3 +99,18 @@ func (m *Metrics) RegisterPolicySource(source string, accepted, rejected func() 
 		}, rejected),
 	)
 }
+
+// RegisterConsul exports the Consul source's health, read from its status.
+func (m *Metrics) RegisterConsul(syncAge, errors, indexResets func() float64) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_consul_sync_age_seconds", Help: "Seconds since the Consul source last had a fresh answer from Consul (0 while in sync); the last good catalog keeps serving meanwhile.",
+		}, syncAge),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_consul_errors_total", Help: "Failed requests to Consul (the watch retries with backoff).",
+		}, errors),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_consul_index_resets_total", Help: "Consul indexes seen going backwards; each forces a full resync.",
+		}, indexResets),
+	)
+}

@@ -1,4 +1,6 @@
-package consul
+// Package consultest runs a real `consul agent -dev` for tests: every port
+// moved off Consul's defaults, loopback only, started and stopped by the test.
+package consultest
 
 import (
 	"bytes"
@@ -17,10 +19,10 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// testAgent is a real `consul agent -dev` on loopback, with every port moved
+// Agent is a real `consul agent -dev` on loopback, with every port moved
 // off Consul's defaults (so that it never collides with a Consul already on
 // the machine, or with another test's agent), started and stopped by the test.
-type testAgent struct {
+type Agent struct {
 	t      testing.TB
 	bin    string
 	dir    string
@@ -36,11 +38,11 @@ type testAgent struct {
 
 type agentPorts struct{ http, dns, serfLAN, serfWAN, server int }
 
-// consulBinary finds the consul binary: $CONSUL_BIN, then PATH, then the
+// Binary finds the consul binary: $CONSUL_BIN, then PATH, then the
 // repository's .tools/bin/consul (where scripts/install-consul.sh puts it).
 // Without one the test fails with the install hint, unless
 // MESHD_ALLOW_NO_CONSUL=1 says skipping is fine.
-func consulBinary(t testing.TB) string {
+func Binary(t testing.TB) string {
 	t.Helper()
 	if b := os.Getenv("CONSUL_BIN"); b != "" {
 		return b
@@ -83,13 +85,13 @@ func freePort(t testing.TB) int {
 	return 0
 }
 
-// startAgent starts a dev agent and waits until it has a leader and its
+// Start starts a dev agent and waits until it has a leader and its
 // node is in the catalog. extraHCL is appended to the agent's configuration.
-func startAgent(t testing.TB, extraHCL string) *testAgent {
+func Start(t testing.TB, extraHCL string) *Agent {
 	t.Helper()
-	a := &testAgent{
+	a := &Agent{
 		t:     t,
-		bin:   consulBinary(t),
+		bin:   Binary(t),
 		dir:   t.TempDir(),
 		node:  "meshd-test",
 		extra: extraHCL,
@@ -112,7 +114,7 @@ func startAgent(t testing.TB, extraHCL string) *testAgent {
 // Start (re)starts the agent on the same ports. A dev agent keeps its state in
 // memory, so a restarted agent starts empty with low Raft indexes: from a
 // watcher's point of view that is an index reset.
-func (a *testAgent) Start() {
+func (a *Agent) Start() {
 	t := a.t
 	t.Helper()
 	hcl := fmt.Sprintf(`ports {
@@ -171,7 +173,7 @@ limits {
 }
 
 // Stop kills the agent (by its own PID) and waits for it to exit.
-func (a *testAgent) Stop() {
+func (a *Agent) Stop() {
 	if a.cmd == nil || a.cmd.Process == nil {
 		return
 	}
@@ -194,10 +196,10 @@ func (a *testAgent) Stop() {
 	}
 }
 
-// register registers an application instance with a TTL check (initially
+// Register registers an application instance with a TTL check (initially
 // passing) and a Connect sidecar whose only check is an alias of the
 // application, the way a VM deployment does it (see examples/consul-vm).
-func (a *testAgent) register(id, name string, appPort, sidecarPort int, meta map[string]string, upstreams ...api.Upstream) {
+func (a *Agent) Register(id, name string, appPort, sidecarPort int, meta map[string]string, upstreams ...api.Upstream) {
 	a.t.Helper()
 	reg := &api.AgentServiceRegistration{
 		ID: id, Name: name, Port: appPort, Address: "127.0.0.1", Meta: meta,
@@ -215,7 +217,8 @@ func (a *testAgent) register(id, name string, appPort, sidecarPort int, meta map
 	}
 }
 
-func (a *testAgent) deregister(id string) {
+// Deregister removes an application instance and its sidecar.
+func (a *Agent) Deregister(id string) {
 	a.t.Helper()
 	// Deregistering the application removes its sidecar_service too.
 	if err := a.Client.Agent().ServiceDeregister(id); err != nil {
@@ -223,7 +226,9 @@ func (a *testAgent) deregister(id string) {
 	}
 }
 
-func (a *testAgent) setTTL(id, status string) {
+// SetTTL sets the application's TTL check to status (api.HealthPassing,
+// api.HealthWarning, api.HealthCritical).
+func (a *Agent) SetTTL(id, status string) {
 	a.t.Helper()
 	if err := a.Client.Agent().UpdateTTL("ttl:"+id, "set by test", status); err != nil {
 		a.t.Fatalf("setting check of %s to %s: %v", id, status, err)
@@ -245,4 +250,12 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.TrimSpace(l.b.String())
+}
+
+// PID is the running agent's process id (0 when stopped).
+func (a *Agent) PID() int {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
 }
