@@ -1,0 +1,147 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Meshd is a meshd process the tool started, on free loopback ports with a
+// temporary data directory.
+type Meshd struct {
+	Binary    string
+	Dir       string // holds the catalog, data dir and log
+	Catalog   string
+	DataDir   string
+	XDSAddr   string
+	AdminAddr string
+	LogPath   string
+	Args      []string // extra flags
+
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// NewMeshd lays out a meshd under dir (created if needed).
+func NewMeshd(binary, dir string, args []string) (*Meshd, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("meshd work dir: %w", err)
+	}
+	xp, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	ap, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	return &Meshd{
+		Binary: binary, Dir: dir, Args: args,
+		Catalog:   filepath.Join(dir, "catalog.yaml"),
+		DataDir:   filepath.Join(dir, "data"),
+		XDSAddr:   fmt.Sprintf("127.0.0.1:%d", xp),
+		AdminAddr: fmt.Sprintf("127.0.0.1:%d", ap),
+		LogPath:   filepath.Join(dir, "meshd.log"),
+	}, nil
+}
+
+// CAFile is the root certificate meshd's xDS server chains to.
+func (m *Meshd) CAFile() string { return filepath.Join(m.DataDir, "ca", "root-cert.pem") }
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Start runs meshd (log appended to LogPath) and waits until it is ready.
+func (m *Meshd) Start(ctx context.Context) error {
+	logf, err := os.OpenFile(m.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("meshd log: %w", err)
+	}
+	args := append([]string{
+		"--catalog", m.Catalog, "--data-dir", m.DataDir,
+		"--xds-listen", m.XDSAddr, "--admin-listen", m.AdminAddr,
+	}, m.Args...)
+	// Not CommandContext: a cancelled run must still stop meshd with
+	// SIGTERM and collect it, which Stop does.
+	m.cmd = exec.Command(m.Binary, args...)
+	m.cmd.Stdout, m.cmd.Stderr = logf, logf
+	if err := m.cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("starting meshd %s: %w", m.Binary, err)
+	}
+	done := make(chan struct{})
+	m.done = done
+	cmd := m.cmd
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	admin := NewAdmin(m.AdminAddr)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return fmt.Errorf("meshd exited during start-up; see %s", m.LogPath)
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		if err := admin.WaitReady(ctx, 100*time.Millisecond); err == nil {
+			return nil
+		}
+	}
+	return errors.New("meshd not ready within 60s; see " + m.LogPath)
+}
+
+// PID is the running meshd's process id (0 if not running).
+func (m *Meshd) PID() int {
+	if m.cmd == nil || m.cmd.Process == nil || m.Exited() {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}
+
+// Exited reports whether the process has ended.
+func (m *Meshd) Exited() bool {
+	if m.done == nil {
+		return true
+	}
+	select {
+	case <-m.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stop ends meshd gracefully (SIGTERM), killing it after 10 s.
+func (m *Meshd) Stop() {
+	if m.Exited() {
+		return
+	}
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		_ = m.cmd.Process.Kill()
+		<-m.done
+	}
+}
+
+// Kill ends meshd at once (SIGKILL), as a crash would.
+func (m *Meshd) Kill() {
+	if m.Exited() {
+		return
+	}
+	_ = m.cmd.Process.Kill()
+	<-m.done
+}
