@@ -127,7 +127,24 @@ type Proxy struct {
 	// AppPort is where an Envoy sidecar finds the application on 127.0.0.1.
 	AppPort   uint32     `yaml:"appPort,omitempty" json:"appPort,omitempty"`
 	Upstreams []Upstream `yaml:"upstreams,omitempty" json:"upstreams,omitempty"`
+	// SDS says where an Envoy sidecar gets its certificate and trust
+	// bundle: from meshd over its ADS stream (the default), or from a
+	// mesh-agent on its host over a Unix socket (meshctl bootstrap
+	// --agent-socket), which keeps the private key on the workload.
+	SDS SDSSource `yaml:"sds,omitempty" json:"sds,omitempty"`
 }
+
+// SDSSource is where an Envoy sidecar's secrets come from.
+type SDSSource string
+
+const (
+	SDSMeshd SDSSource = "meshd"
+	SDSAgent SDSSource = "agent"
+)
+
+// SecretsFromMeshd reports whether meshd serves this proxy its secrets over
+// SDS: Envoy sidecars not fed by a mesh-agent. (Proxyless gRPC reads files.)
+func (p *Proxy) SecretsFromMeshd() bool { return p.Flavor == FlavorEnvoy && p.SDS != SDSAgent }
 
 // ServiceKey returns the key of the service the proxy fronts.
 func (p *Proxy) ServiceKey() ServiceKey { return ServiceKey{Namespace: p.Namespace, Name: p.Service} }

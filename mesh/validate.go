@@ -140,6 +140,12 @@ func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 		if p.PublicPort > 65535 {
 			v.add(obj, "publicPort", "%d is not a port: use 1-65535", p.PublicPort)
 		}
+		if p.SDS != "" && p.SDS != SDSMeshd && p.SDS != SDSAgent {
+			v.add(obj, "sds", "unknown SDS source %q: use meshd or agent", p.SDS)
+		}
+		if p.Flavor == FlavorGRPC && p.SDS != "" {
+			v.add(obj, "sds", "a proxyless gRPC application reads its certificates from files (mesh-agent --cert-dir); remove sds")
+		}
 		switch p.Flavor {
 		case FlavorEnvoy:
 			if p.Inbound() {

@@ -134,6 +134,10 @@ func TestValidationErrors(t *testing.T) {
 		{"one proxy's upstream localPorts clash", func(s *S, p *P) {
 			(*p)[0].Upstreams = append((*p)[0].Upstreams, mesh.Upstream{Service: "greeter", LocalPort: 9001})
 		}, []wantErr{{webPx, "upstreams[1].localPort", `port 9001 on loopback of 10.0.0.1 is already used by proxies[0] "web.default" upstreams[0].localPort`}}},
+		{"unknown sds source", func(s *S, p *P) { (*p)[0].SDS = "vault" },
+			[]wantErr{{webPx, "sds", `unknown SDS source "vault": use meshd or agent`}}},
+		{"sds on a proxyless gRPC app", func(s *S, p *P) { (*p)[1].SDS = mesh.SDSAgent },
+			[]wantErr{{grpcPx, "sds", "reads its certificates from files"}}},
 		{"upstream localPort equals publicPort bound on every address", func(s *S, p *P) {
 			(*p)[0].Address = ""
 			(*p)[0].Upstreams[0].LocalPort = 15001

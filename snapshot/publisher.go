@@ -284,7 +284,7 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 
 	var secrets []*xds.Resource
 	inputKey := gen.Fingerprint(px)
-	if px.Flavor == mesh.FlavorEnvoy {
+	if px.SecretsFromMeshd() {
 		svc := cat.Service(px.ServiceKey())
 		id := mesh.IdentityOf(p.opts.Translate.TrustDomain, svc)
 		r, ok := idSecrets[id]
@@ -415,7 +415,7 @@ func (p *Publisher) identitySecret(id mesh.Identity, svc *mesh.Service) (*xds.Re
 func (p *Publisher) forgetIdentities(cat *mesh.Catalog) {
 	keep := map[string]bool{}
 	for _, px := range cat.Proxies() {
-		if px.Flavor == mesh.FlavorEnvoy {
+		if px.SecretsFromMeshd() {
 			if s := cat.Service(px.ServiceKey()); s != nil {
 				keep[xds.IdentitySecretName(mesh.IdentityOf(p.opts.Translate.TrustDomain, s))] = true
 			}

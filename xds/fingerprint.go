@@ -79,6 +79,7 @@ func (f *fingerprinter) proxy(p *mesh.Proxy, trustDomain string, deps []string) 
 	f.str(p.Address)
 	f.u32(p.PublicPort)
 	f.u32(p.AppPort)
+	f.str(string(p.SDS))
 	f.u32(uint32(len(p.Upstreams)))
 	for _, u := range p.Upstreams {
 		f.str(u.Service)

@@ -26,6 +26,7 @@ import (
 //     included, to a plaintext chain with its own stat prefix;
 //   - DISABLE: one plaintext chain.
 func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, trustDomain string, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
+	agent := !p.SecretsFromMeshd()
 	name := InboundListenerName(p)
 	secret := IdentitySecretName(self)
 	l := &listenerv3.Listener{
@@ -39,7 +40,7 @@ func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identit
 		if s.Protocol.IsHTTP() {
 			alpn = []string{alpnH2, alpnHTTP11}
 		}
-		ts, err := tlsTransportSocket(envoyDownstreamTLS(secret, trustDomain, alpn))
+		ts, err := tlsTransportSocket(envoyDownstreamTLS(secret, trustDomain, alpn, agent))
 		if err != nil {
 			return nil, err
 		}
@@ -48,7 +49,7 @@ func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identit
 			return nil, err
 		}
 		refs = append(refs, frefs...)
-		refs = append(refs, secretRefs(secret)...)
+		refs = append(refs, secretRefs(secret, agent)...)
 		return &listenerv3.FilterChain{Name: FilterChainMTLS, Filters: filters, TransportSocket: ts}, nil
 	}
 	plainChain := func() (*listenerv3.FilterChain, error) {

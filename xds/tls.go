@@ -22,11 +22,30 @@ func tlsParams() *tlsv3.TlsParameters {
 	return &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2}
 }
 
-func sdsSecret(name string) *tlsv3.SdsSecretConfig {
-	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: adsSource()}
+// sdsSecret refers to a secret served by meshd over ADS or, for a proxy fed
+// by a mesh-agent, by the agent through the bootstrap's static cluster.
+func sdsSecret(name string, agent bool) *tlsv3.SdsSecretConfig {
+	if !agent {
+		return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: adsSource()}
+	}
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &corev3.ConfigSource{
+		ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+			ApiType:             corev3.ApiConfigSource_GRPC,
+			TransportApiVersion: corev3.ApiVersion_V3,
+			GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: AgentSDSClusterName},
+			}}},
+		}},
+	}}
 }
 
-func secretRefs(identitySecret string) []Ref {
+// secretRefs are the secrets a TLS context needs from meshd: none when a
+// mesh-agent serves them.
+func secretRefs(identitySecret string, agent bool) []Ref {
+	if agent {
+		return nil
+	}
 	return []Ref{
 		{TypeURL: resourcev3.SecretType, Name: identitySecret},
 		{TypeURL: resourcev3.SecretType, Name: TrustBundleSecretName},
@@ -36,13 +55,13 @@ func secretRefs(identitySecret string) []Ref {
 // envoyDownstreamTLS terminates mesh mTLS on a sidecar's public port: a client
 // certificate is required and must chain to the mesh roots and carry a SPIFFE
 // ID of this trust domain. Which identities may call is authorization's job.
-func envoyDownstreamTLS(identitySecret, trustDomain string, alpn []string) *tlsv3.DownstreamTlsContext {
+func envoyDownstreamTLS(identitySecret, trustDomain string, alpn []string, agent bool) *tlsv3.DownstreamTlsContext {
 	return &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsParams:                      tlsParams(),
 			AlpnProtocols:                  alpn,
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(identitySecret)},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(identitySecret, agent)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 					DefaultValidationContext: &tlsv3.CertificateValidationContext{
@@ -51,7 +70,7 @@ func envoyDownstreamTLS(identitySecret, trustDomain string, alpn []string) *tlsv
 							Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + trustDomain + "/"}},
 						}},
 					},
-					ValidationContextSdsSecretConfig: sdsSecret(TrustBundleSecretName),
+					ValidationContextSdsSecretConfig: sdsSecret(TrustBundleSecretName, agent),
 				},
 			},
 		},
@@ -61,19 +80,19 @@ func envoyDownstreamTLS(identitySecret, trustDomain string, alpn []string) *tlsv
 // envoyUpstreamTLS originates mesh mTLS from a sidecar: it presents the
 // sidecar's own identity and accepts only the destination's exact SPIFFE ID,
 // so a compromised endpoint of another service cannot impersonate it.
-func envoyUpstreamTLS(identitySecret, sni, peerSPIFFE string, alpn []string) *tlsv3.UpstreamTlsContext {
+func envoyUpstreamTLS(identitySecret, sni, peerSPIFFE string, alpn []string, agent bool) *tlsv3.UpstreamTlsContext {
 	return &tlsv3.UpstreamTlsContext{
 		Sni: sni,
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsParams:                      tlsParams(),
 			AlpnProtocols:                  alpn,
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(identitySecret)},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(identitySecret, agent)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 					DefaultValidationContext: &tlsv3.CertificateValidationContext{
 						MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{exactURISAN(peerSPIFFE)},
 					},
-					ValidationContextSdsSecretConfig: sdsSecret(TrustBundleSecretName),
+					ValidationContextSdsSecretConfig: sdsSecret(TrustBundleSecretName, agent),
 				},
 			},
 		},

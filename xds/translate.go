@@ -232,7 +232,7 @@ func (g *Generation) Proxy(id string) (*ProxyResources, error) {
 		return nil, fmt.Errorf("proxy %q: its service %s is not in the catalog", id, p.ServiceKey())
 	}
 	td := g.t.opts.TrustDomain
-	out := &ProxyResources{Identity: mesh.IdentityOf(td, self), SDS: p.Flavor == mesh.FlavorEnvoy}
+	out := &ProxyResources{Identity: mesh.IdentityOf(td, self), SDS: p.SecretsFromMeshd()}
 	var err error
 	switch p.Flavor {
 	case mesh.FlavorEnvoy:
@@ -289,7 +289,10 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 		if err != nil {
 			return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
 		}
-		c, err := g.memo("cds-envoy|"+shape+"|"+out.Identity.SPIFFEID(), func() (*Resource, error) { return buildEnvoyOutboundCluster(up, out.Identity, td) })
+		agent := !p.SecretsFromMeshd()
+		c, err := g.memo("cds-envoy|"+shape+"|"+out.Identity.SPIFFEID()+"|"+strconv.FormatBool(agent), func() (*Resource, error) {
+			return buildEnvoyOutboundCluster(up, out.Identity, td, agent)
+		})
 		if err != nil {
 			return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
 		}

@@ -71,7 +71,11 @@ func References(m proto.Message) []Ref {
 				add(resourcev3.EndpointType, n)
 			}
 		case *tlsv3.SdsSecretConfig:
-			add(resourcev3.SecretType, x.GetName())
+			// Only secrets fetched over ADS are meshd's to serve; others
+			// come from another SDS server (a mesh-agent).
+			if x.GetSdsConfig().GetAds() != nil {
+				add(resourcev3.SecretType, x.GetName())
+			}
 		}
 	}, func(*anypb.Any, string, error) {}, "")
 	slices.SortFunc(refs, func(a, b Ref) int {
