@@ -6,7 +6,9 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"path/filepath"
+	"text/tabwriter"
 	"time"
 
 	"github.com/meshd/meshd/mesh"
@@ -19,10 +21,12 @@ func runCerts(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(w, `Usage: meshctl certs <subcommand> [flags]
 
 Subcommands:
+  list    the identities meshd has issued certificates for: serial, expiry
+          and issuer chain (asks meshd's admin API)
   issue   write a workload certificate, key and trust bundle to a directory
           (development only: it signs with the CA key in the data directory)
 
-Run "meshctl certs issue -h" for its flags.
+Run "meshctl certs <subcommand> -h" for its flags.
 `)
 	}
 	if len(args) == 0 {
@@ -32,6 +36,8 @@ Run "meshctl certs issue -h" for its flags.
 	switch args[0] {
 	case "issue":
 		return runCertsIssue(args[1:], stdout, stderr)
+	case "list":
+		return runCertsList(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		usage(stdout)
 		return exitOK
@@ -119,4 +125,49 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 		filepath.Join(*out, sds.CertFileName), filepath.Join(*out, sds.KeyFileName), filepath.Join(*out, sds.BundleFileName),
 		id.SPIFFEID(), leaf.NotAfter.UTC().Format(time.RFC3339))
 	return exitOK
+}
+
+func runCertsList(args []string, stdout, stderr io.Writer) int {
+	flags := newFlagSet("meshctl certs list", "List the workload identities meshd has certificates for: SPIFFE ID, serial,\nvalidity and the chain each was issued under (intermediate, then root).",
+		"  meshctl certs list\n  meshctl certs list --admin-address 10.0.0.5:15014", stderr)
+	addr := flags.String("admin-address", defaultAdminAddress, "`HOST:PORT` of meshd's admin API")
+	if code, ok := parseFlags(flags, args, stdout); !ok {
+		return code
+	}
+	st, err := adminCall(http.MethodGet, *addr, "/ca/status")
+	if err != nil {
+		fmt.Fprintf(stderr, "meshctl certs list: %v\n", err)
+		return exitError
+	}
+	printCerts(stdout, st)
+	return exitOK
+}
+
+// printCerts shows each identity's certificate with its issuer chain. The
+// chain is named by generation: the intermediate and root of that
+// generation, as listed by meshctl ca status.
+func printCerts(w io.Writer, st sds.Status) {
+	chain := map[string]string{}
+	if st.Signing.Generation != "" {
+		chain[st.Signing.Generation] = fmt.Sprintf("intermediate %s (serial %s) -> root sha256 %s", st.Signing.Subject, st.Signing.Serial, short(st.SigningRoot.SHA256))
+	}
+	for _, r := range st.TrustedRoots {
+		if _, ok := chain[r.Generation]; !ok {
+			chain[r.Generation] = "root sha256 " + short(r.SHA256)
+		}
+	}
+	if len(st.Leaves) == 0 {
+		fmt.Fprintln(w, "no identities issued yet (meshd issues a certificate when it first renders a proxy of that identity)")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SPIFFE ID\tSERIAL\tNOT BEFORE\tNOT AFTER\tISSUED UNDER")
+	for _, l := range st.Leaves {
+		issuer := chain[l.Generation]
+		if issuer == "" {
+			issuer = l.Generation + " (no longer trusted)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.SPIFFEID, l.Serial, l.NotBefore.Format(time.RFC3339), l.NotAfter.Format(time.RFC3339), issuer)
+	}
+	_ = tw.Flush()
 }
