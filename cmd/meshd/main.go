@@ -48,6 +48,9 @@ type config struct {
 	mtlsMode     string
 	rootNS       string
 	policyDir    string
+	// catalogHoldoff: how long the catalog file must be quiet before it is
+	// read (coalesces the partial writes of one save).
+	catalogHoldoff time.Duration
 	// Consul discovery (discovery/consul; docs/consul.md).
 	consulAddr, consulDC, consulTokenFile string
 	consulStale, consulWarning            bool
@@ -97,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.leafTTL, "leaf-ttl", 24*time.Hour, "lifetime of workload certificates; each is reissued at half its life")
 	fs.DurationVar(&c.holdoff, "debounce-holdoff", 100*time.Millisecond, "wait this long after a catalog change for further changes before pushing")
 	fs.DurationVar(&c.maxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
+	fs.DurationVar(&c.catalogHoldoff, "catalog-holdoff", 100*time.Millisecond, "read the catalog file only once it has been quiet this long after a change (coalesces partial writes; files replaced by rename can use 10ms)")
 	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "re-read the catalog this often even without file events (safety net for missed events); 0 turns polling off")
 	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
 	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")

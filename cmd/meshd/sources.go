@@ -75,7 +75,7 @@ func startSources(ctx context.Context, c *config, log *slog.Logger, m *metrics.M
 	var fw *file.Watcher
 	var cw *consul.Watcher
 	if c.catalog != "" {
-		w, err := file.NewWatcher(c.catalog, log, file.WithPollInterval(c.pollInterval))
+		w, err := file.NewWatcher(c.catalog, log, file.WithPollInterval(c.pollInterval), file.WithHoldoff(c.catalogHoldoff))
 		if err != nil {
 			return nil, nil, fmt.Errorf("catalog: %w", err)
 		}
