@@ -3,7 +3,6 @@ package consul
 import (
 	"context"
 	"fmt"
-	"github.com/meshd/meshd/internal/consultest"
 	"os"
 	"slices"
 	"strconv"
@@ -13,10 +12,28 @@ import (
 	"testing"
 	"time"
 
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/snapshot"
+	"github.com/meshd/meshd/xds"
 )
+
+// benchSecrets gives the publisher the CA, as cmd/meshd does.
+type benchSecrets struct{ ca *sds.Authority }
+
+func (s benchSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
+	l, err := s.ca.Leaf(id, dns)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.CertPEM, l.KeyPEM, nil
+}
+func (s benchSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
+func (s benchSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
 
 // TestScaleHealthFlip is a benchmark (a test, so that its expensive set-up
 // runs once, not once per b.N round). Against a real Consul agent holding
@@ -71,9 +88,27 @@ func TestScaleHealthFlip(t *testing.T) {
 		b.Fatalf("first catalog has %d services and %d proxies, want %d and %d", len(c.Services()), len(c.Proxies()), services, services*instances)
 	}
 
+	// The catalogs also go through meshd's publisher (real CA, real
+	// translation, go-control-plane cache), to time a health change in
+	// Consul until the affected proxies' new snapshots are set. Publish is
+	// called directly: meshd's debounce (--debounce-holdoff) comes on top.
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: b.TempDir(), TrustDomain: mesh.DefaultTrustDomain, Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pub := snapshot.New(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), benchSecrets{ca},
+		snapshot.Options{Translate: xds.Options{TrustDomain: mesh.DefaultTrustDomain}, Logger: testLogger(b)})
+	pub.Update(c)
+	start = time.Now()
+	if _, err := pub.Publish(); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("first publish of %d proxies: %s", len(c.Proxies()), time.Since(start).Round(time.Millisecond))
+
 	// One flip makes an instance critical or passing again, alternately, on
 	// a different service each time.
-	var lat []time.Duration
+	var lat, pubLat []time.Duration
+	var rendered int
 	answers0 := w.Status().Answers
 	for i := range flips {
 		svc := (i / 2 * 37) % services
@@ -98,11 +133,20 @@ func TestScaleHealthFlip(t *testing.T) {
 		}
 	seen:
 		lat = append(lat, time.Since(t0))
+		pub.Update(w.Current())
+		st, err := pub.Publish()
+		if err != nil {
+			b.Fatal(err)
+		}
+		pubLat = append(pubLat, time.Since(t0))
+		rendered += st.Rendered
 	}
 	b.Logf("Consul answers with news per flip: %.1f", float64(w.Status().Answers-answers0)/float64(flips))
 	slices.Sort(lat)
+	slices.Sort(pubLat)
 	// Nearest-rank percentiles: with 50 flips, p99 is the slowest flip.
 	p := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	pp := func(q float64) time.Duration { return pubLat[min(len(pubLat)-1, int(q*float64(len(pubLat))))] }
 
 	// Idle: nothing changes in Consul; the watcher's queries stay parked.
 	// The watcher is the only thing running in this process now.
@@ -113,6 +157,9 @@ func TestScaleHealthFlip(t *testing.T) {
 	st := w.Status()
 	b.Logf("health change → catalog emitted: p50 %s, p99 %s, max %s over %d flips",
 		p(0.5).Round(10*time.Microsecond), p(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond), len(lat))
+	b.Logf("health change → snapshots published: p50 %s, p99 %s, max %s over %d flips (%.1f proxies re-rendered per flip)",
+		pp(0.5).Round(10*time.Microsecond), pp(0.99).Round(10*time.Microsecond), pubLat[len(pubLat)-1].Round(10*time.Microsecond), len(pubLat),
+		float64(rendered)/float64(flips))
 	b.Logf("idle for %s: watcher process CPU %s (%.1f ms/min), consul agent CPU %s (%.0f ms/min); status errors=%d rejected=%d",
 		idle, cpu1-cpu0, float64((cpu1-cpu0).Microseconds())/1000/idle.Minutes(), agent1-agent0,
 		float64((agent1-agent0).Milliseconds())/idle.Minutes(), st.Errors, st.Rejected)

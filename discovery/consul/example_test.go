@@ -1,13 +1,13 @@
 package consul
 
 import (
-	"github.com/meshd/meshd/internal/consultest"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"testing"
 
+	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/mesh"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/meshd/meshd/internal/consultest"
 	"io"
 	"log/slog"
 	"slices"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/mesh"
 )
 
