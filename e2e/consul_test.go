@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/internal/envoytest"
@@ -94,4 +98,60 @@ func TestConsulDiscoveryThroughEnvoy(t *testing.T) {
 		}
 		m.assertAllACKed("meshd-test/web-1-sidecar-proxy", "meshd-test/api-1-sidecar-proxy")
 	})
+}
+
+// Consul intentions enforced on proxyless gRPC: a deny intention flips an
+// RPC from allowed to denied without restarts, an L7 permission denies one
+// method only, and deleting the entry allows again.
+func TestConsulIntentionsFlipGRPC(t *testing.T) {
+	agent := consultest.Start(t, "")
+	port := envoytest.FreePort(t)
+	m := startMeshd(t, grpcPolicyCatalog(port), "--consul-address", agent.Addr, "--consul-wait", "30s",
+		"--consul-default-intention", "allow")
+	startProxylessServer(t, m, "greeter-1", port)
+	web := newCaller(t, m, "web", "web", "default", "web-1")
+	ops := newCaller(t, m, "ops", "ops", "default", "ops-1")
+	ctx := context.Background()
+	expect := func(c testgrpc.TestServiceClient, method string, allowed bool) func() error {
+		return func() error {
+			err := invoke(ctx, c, method, nil)
+			if allowed && err != nil {
+				return fmt.Errorf("%s denied: %v", method, err)
+			}
+			if !allowed && status.Code(err) != codes.PermissionDenied {
+				return fmt.Errorf("%s: got %v, want PermissionDenied", method, err)
+			}
+			return nil
+		}
+	}
+	eventually(t, 20*time.Second, expect(web, "UnaryCall", true))
+
+	set := func(sources ...*api.SourceIntention) {
+		t.Helper()
+		if _, _, err := agent.Client.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{
+			Kind: api.ServiceIntentions, Name: "greeter", Sources: sources}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(&api.SourceIntention{Name: "web", Action: api.IntentionActionDeny})
+	eventually(t, 20*time.Second, expect(web, "UnaryCall", false))
+	eventually(t, 5*time.Second, expect(ops, "UnaryCall", true))
+
+	// Consul accepts L7 intentions only for services it knows speak HTTP.
+	if _, _, err := agent.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "greeter", Protocol: "grpc"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	set(&api.SourceIntention{Name: "web", Permissions: []*api.IntentionPermission{{
+		Action: api.IntentionActionDeny, HTTP: &api.IntentionHTTPPermission{PathExact: "/grpc.testing.TestService/EmptyCall"},
+	}}})
+	eventually(t, 20*time.Second, expect(web, "UnaryCall", true))
+	eventually(t, 5*time.Second, expect(web, "EmptyCall", false))
+
+	if _, err := agent.Client.ConfigEntries().Delete(api.ServiceIntentions, "greeter", nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, expect(web, "EmptyCall", true))
+	if _, body := m.adminGET("/debug/status"); !strings.Contains(body, `"consulIntentions"`) {
+		t.Error("/debug/status does not show the intentions source")
+	}
 }

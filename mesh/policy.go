@@ -64,7 +64,10 @@ type AuthorizationPolicy struct {
 	Name      string            `yaml:"name,omitempty" json:"name,omitempty"`
 	Namespace string            `yaml:"namespace,omitempty" json:"namespace,omitempty"`
 	Selector  map[string]string `yaml:"selector,omitempty" json:"selector,omitempty"`
-	Action    AuthzAction       `yaml:"action,omitempty" json:"action,omitempty"`
+	// Service, when set, selects the workloads of that service in the
+	// policy's namespace (Consul intentions name their destination this way).
+	Service string      `yaml:"service,omitempty" json:"service,omitempty"`
+	Action  AuthzAction `yaml:"action,omitempty" json:"action,omitempty"`
 	// Rules: a request matches the policy if it matches any rule. No rules
 	// matches nothing (so an ALLOW policy without rules denies everything);
 	// one empty rule matches everything.
@@ -78,6 +81,10 @@ type Rule struct {
 	From []Source    `yaml:"from,omitempty" json:"from,omitempty"` // any one must match
 	To   []Operation `yaml:"to,omitempty" json:"to,omitempty"`     // any one must match
 	When []Condition `yaml:"when,omitempty" json:"when,omitempty"` // all must match
+	// NotTo: the request must match none of these. Consul's ordered L7
+	// permissions need it (a permission applies only if no earlier one
+	// matched); Istio's YAML has no such field.
+	NotTo []Operation `yaml:"notTo,omitempty" json:"notTo,omitempty"`
 }
 
 // Source describes the caller. Every non-empty field must match; within a
@@ -103,6 +110,21 @@ type Operation struct {
 	NotMethods []string `yaml:"notMethods,omitempty" json:"notMethods,omitempty"`
 	Paths      []string `yaml:"paths,omitempty" json:"paths,omitempty"`       // exact, "prefix*", "*suffix" or "*"
 	NotPaths   []string `yaml:"notPaths,omitempty" json:"notPaths,omitempty"` // exact, "prefix*", "*suffix" or "*"
+	// Headers must all match (Consul L7 permissions; Istio writes headers
+	// as "when" conditions instead).
+	Headers []HeaderMatch `yaml:"headers,omitempty" json:"headers,omitempty"`
+}
+
+// HeaderMatch matches one request header: present, or its value exact,
+// by prefix, suffix or regular expression; Invert negates the match.
+type HeaderMatch struct {
+	Name    string `yaml:"name" json:"name"`
+	Present bool   `yaml:"present,omitempty" json:"present,omitempty"`
+	Exact   string `yaml:"exact,omitempty" json:"exact,omitempty"`
+	Prefix  string `yaml:"prefix,omitempty" json:"prefix,omitempty"`
+	Suffix  string `yaml:"suffix,omitempty" json:"suffix,omitempty"`
+	Regex   string `yaml:"regex,omitempty" json:"regex,omitempty"`
+	Invert  bool   `yaml:"invert,omitempty" json:"invert,omitempty"`
 }
 
 // Condition is a "when" clause: Key is one of the supported keys
@@ -130,6 +152,7 @@ const DefaultRootNamespace = "meshd-system"
 // Workload is what policies select: the namespace and labels of a proxy's
 // instance, and its application port.
 type Workload struct {
+	Service   string            `yaml:"service,omitempty" json:"service,omitempty"`
 	Namespace string            `yaml:"namespace,omitempty" json:"namespace,omitempty"`
 	Labels    map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
 	Port      uint32            `yaml:"port,omitempty" json:"port,omitempty"`
@@ -152,6 +175,13 @@ func (ps *PolicySet) appliesTo(ns string, sel map[string]string, w Workload) boo
 		return false
 	}
 	return selects(sel, w.Labels)
+}
+
+func (ps *PolicySet) authzAppliesTo(a *AuthorizationPolicy, w Workload) bool {
+	if a.Service != "" && (a.Service != w.Service || a.Namespace != w.Namespace) {
+		return false
+	}
+	return ps.appliesTo(a.Namespace, a.Selector, w)
 }
 
 // MTLSModeFor resolves the effective mTLS mode of a workload with Istio's
@@ -199,7 +229,7 @@ func (ps *PolicySet) AuthorizationsFor(w Workload) []*AuthorizationPolicy {
 	var out []*AuthorizationPolicy
 	for i := range ps.Authorizations {
 		a := &ps.Authorizations[i]
-		if ps.appliesTo(a.Namespace, a.Selector, w) {
+		if ps.authzAppliesTo(a, w) {
 			out = append(out, a)
 		}
 	}
@@ -214,7 +244,7 @@ func (ps *PolicySet) AuthorizationsFor(w Workload) []*AuthorizationPolicy {
 // public port alone when the proxy binds every address and the match is
 // unique), and its application port.
 func (c *Catalog) WorkloadOf(p *Proxy) Workload {
-	w := Workload{Namespace: p.Namespace, Port: p.AppPort}
+	w := Workload{Service: p.Service, Namespace: p.Namespace, Port: p.AppPort}
 	if p.Flavor == FlavorGRPC {
 		w.Port = p.PublicPort
 	}
@@ -230,7 +260,7 @@ func (c *Catalog) WorkloadOf(p *Proxy) Workload {
 			continue
 		}
 		if e.Address == p.Address {
-			return Workload{Namespace: w.Namespace, Labels: e.Labels, Port: w.Port}
+			return Workload{Service: w.Service, Namespace: w.Namespace, Labels: e.Labels, Port: w.Port}
 		}
 		match = e
 		matches++

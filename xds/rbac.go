@@ -95,8 +95,8 @@ func buildRBAC(policies []*mesh.AuthorizationPolicy, trustDomain string, tcp boo
 }
 
 func ruleHasHTTP(r *mesh.Rule) bool {
-	for _, o := range r.To {
-		if len(o.Hosts)+len(o.NotHosts)+len(o.Methods)+len(o.NotMethods)+len(o.Paths)+len(o.NotPaths) > 0 {
+	for _, o := range append(append([]mesh.Operation(nil), r.To...), r.NotTo...) {
+		if len(o.Hosts)+len(o.NotHosts)+len(o.Methods)+len(o.NotMethods)+len(o.Paths)+len(o.NotPaths)+len(o.Headers) > 0 {
 			return true
 		}
 	}
@@ -118,6 +118,8 @@ func stripHTTP(r mesh.Rule) mesh.Rule {
 			out.When = append(out.When, c)
 		}
 	}
+	// NotTo narrows a rule; with its HTTP fields gone it could only narrow
+	// wrongly, so the TCP form keeps the broader (fail-closed for DENY) rule.
 	return out
 }
 
@@ -148,6 +150,17 @@ func rulePolicy(r *mesh.Rule, td string, port uint32) (*rbacv3.Policy, error) {
 			ors = append(ors, p)
 		}
 		ids = append(ids, orID(ors))
+	}
+	if len(r.NotTo) > 0 {
+		var ors []*rbacv3.Permission
+		for i := range r.NotTo {
+			p, err := operationPermission(&r.NotTo[i], port)
+			if err != nil {
+				return nil, err
+			}
+			ors = append(ors, p)
+		}
+		perms = append(perms, &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: orPerm(ors)}})
 	}
 	for _, c := range r.When {
 		perm, id, err := condition(c, td, port)
@@ -203,6 +216,9 @@ func operationPermission(o *mesh.Operation, workloadPort uint32) (*rbacv3.Permis
 		if err := add(step.vals, step.not, step.f); err != nil {
 			return nil, err
 		}
+	}
+	for _, h := range o.Headers {
+		and = append(and, &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: headerMatch(h)}})
 	}
 	if len(o.Ports) > 0 && !slices.Contains(o.Ports, workloadPort) {
 		and = append(and, never())
@@ -415,6 +431,28 @@ func exact(v string) *matcherv3.StringMatcher {
 
 func headerMatcher(name string, m *matcherv3.StringMatcher) *routev3.HeaderMatcher {
 	return &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: m}}
+}
+
+// headerMatch renders a model header match (Consul L7 permissions).
+func headerMatch(h mesh.HeaderMatch) *routev3.HeaderMatcher {
+	hm := &routev3.HeaderMatcher{Name: strings.ToLower(h.Name), InvertMatch: h.Invert}
+	var m *matcherv3.StringMatcher
+	switch {
+	case h.Exact != "":
+		m = exact(h.Exact)
+	case h.Prefix != "":
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: h.Prefix}}
+	case h.Suffix != "":
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: h.Suffix}}
+	case h.Regex != "":
+		m = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: h.Regex}}}
+	}
+	if m != nil {
+		hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: m}
+	} else {
+		hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}
+	}
+	return hm
 }
 
 func headerPerm(name string, m *matcherv3.StringMatcher) *rbacv3.Permission {

@@ -139,7 +139,7 @@ func (t *Translator) GenerationWith(cat *mesh.Catalog, ps *mesh.PolicySet, ov *O
 		modes := make([]mesh.MTLSMode, len(s.Endpoints))
 		for i := range s.Endpoints {
 			e := &s.Endpoints[i]
-			w := mesh.Workload{Namespace: s.Namespace, Labels: e.Labels}
+			w := mesh.Workload{Service: s.Name, Namespace: s.Namespace, Labels: e.Labels}
 			if p := byEndpoint[s.Namespace+"/"+s.Name+"/"+e.HostPort()]; p != nil {
 				w = cat.WorkloadOf(p)
 			}

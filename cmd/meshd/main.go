@@ -54,6 +54,8 @@ type config struct {
 	// Consul discovery (discovery/consul; docs/consul.md).
 	consulAddr, consulDC, consulTokenFile string
 	consulStale, consulWarning            bool
+	consulIntentions                      bool
+	consulDefaultIntention                string
 	consulWait, consulSyncTimeout         time.Duration
 	// Identity: operator-supplied CA files, and plaintext xDS for development.
 	caRootCert, caInterCert, caInterKey string
@@ -91,6 +93,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.consulStale, "consul-stale", false, "let any Consul server answer (less load on the leader; data may be slightly behind)")
 	fs.BoolVar(&c.consulWarning, "consul-include-warning", false, "also route to instances whose Consul checks are warning (default: passing only)")
 	fs.DurationVar(&c.consulWait, "consul-wait", consul.DefaultWaitTime, "how long one Consul blocking query may wait for a change (at most 10m)")
+	fs.BoolVar(&c.consulIntentions, "consul-intentions", true, "with --consul-address: enforce Consul's service-intentions config entries as authorization (docs/consul.md)")
+	fs.StringVar(&c.consulDefaultIntention, "consul-default-intention", "allow", "what a request no Consul intention matches gets: allow (Consul without ACLs) or deny (Consul's ACL default-deny)")
 	fs.DurationVar(&c.consulSyncTimeout, "consul-sync-timeout", 30*time.Second, "at start, give up if Consul provides no catalog within this time")
 	fs.StringVar(&c.dataDir, "data-dir", ".meshd", "`directory` for meshd's state: the CA's root certificate and key (ca/, mode 0700)")
 	fs.StringVar(&c.trustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh: identities are spiffe://<domain>/ns/<ns>/sa/<sa>")
@@ -122,6 +126,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if err := mesh.ValidTrustDomain(c.trustDomain); err != nil {
 		return nil, fmt.Errorf("--trust-domain: %w", err)
+	}
+	if c.consulDefaultIntention != "allow" && c.consulDefaultIntention != "deny" {
+		return nil, fmt.Errorf("--consul-default-intention %q: use allow or deny", c.consulDefaultIntention)
 	}
 	if m := mesh.MTLSMode(c.mtlsMode); !m.Valid() || m == mesh.MTLSUnset {
 		return nil, fmt.Errorf("--mtls-mode %q: use STRICT, PERMISSIVE or DISABLE", c.mtlsMode)
@@ -223,10 +230,18 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 		Holdoff:   c.holdoff, MaxDelay: c.maxDelay,
 		Logger: log, Metrics: m,
 	})
-	srcs, catalogStatus, err := startSources(ctx, c, log, m, errc, pub.Update)
+	// The policy in force combines the policy directory and Consul
+	// intentions; intentions depend on the catalog too.
+	pc := &policyCombiner{opts: consul.IntentionOptions{TrustDomain: c.trustDomain, DefaultAllow: c.consulDefaultIntention == "allow"},
+		publish: pub.UpdatePolicy, log: log}
+	srcs, catalogStatus, err := startSources(ctx, c, log, m, errc, func(cat *mesh.Catalog) {
+		pub.Update(cat)
+		pc.setCatalog(cat)
+	})
 	if err != nil {
 		return err
 	}
+	pc.setCatalog(srcs.current())
 	tracker := server.NewTracker(log, m, func(id string) bool {
 		cat := pub.Catalog()
 		return cat != nil && cat.Proxy(id) != nil
@@ -246,9 +261,15 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 		}
 		m.RegisterPolicySource("dir", func() float64 { return float64(policies.Status().Accepted) },
 			func() float64 { return float64(policies.Status().Rejected) })
-		pub.UpdatePolicy(policies.Current())
+		pc.setBase(policies.Current())
 	} else {
-		pub.UpdatePolicy(&mesh.PolicySet{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode)})
+		pc.setBase(&mesh.PolicySet{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode)})
+	}
+	var intentions *consul.IntentionsWatcher
+	if c.consulAddr != "" && c.consulIntentions {
+		if intentions, err = startIntentions(ctx, c, log, errc, pc); err != nil {
+			return err
+		}
 	}
 	pub.Update(srcs.current())
 	if _, err := pub.Publish(); err != nil {
@@ -303,8 +324,15 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
 		CatalogStatus: catalogStatus,
 		CA:            ca, OnCAChange: republish}
-	if policies != nil {
+	switch {
+	case policies != nil && intentions != nil:
+		admin.PolicyStatus = func() any {
+			return map[string]any{"dir": policies.Status(), "consulIntentions": pc.status(intentions)}
+		}
+	case policies != nil:
 		admin.PolicyStatus = func() any { return policies.Status() }
+	case intentions != nil:
+		admin.PolicyStatus = func() any { return map[string]any{"consulIntentions": pc.status(intentions)} }
 	}
 	hs := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
@@ -316,7 +344,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 				case <-ctx.Done():
 					return
 				case ps := <-policies.Updates():
-					pub.UpdatePolicy(ps)
+					pc.setBase(ps)
 				}
 			}
 		}()

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/meshd/meshd/discovery/consul"
 	"github.com/meshd/meshd/discovery/file"
@@ -154,4 +157,107 @@ func startSources(ctx context.Context, c *config, log *slog.Logger, m *metrics.M
 		return out
 	}
 	return srcs, status, nil
+}
+
+// policyCombiner assembles the policy set in force from the policy
+// directory (or the defaults) and Consul intentions. Intentions are mapped
+// against the current catalog (source service accounts, services denied by
+// default), so a catalog change re-maps them too. A mapping error keeps the
+// previous intentions in force and is shown in /debug/status.
+type policyCombiner struct {
+	mu            sync.Mutex
+	base          *mesh.PolicySet
+	catalog       *mesh.Catalog
+	entries       []*api.ServiceIntentionsConfigEntry
+	hasIntentions bool
+	intentions    []mesh.AuthorizationPolicy
+	lastErr       string
+	opts          consul.IntentionOptions
+	publish       func(*mesh.PolicySet)
+	log           *slog.Logger
+}
+
+func (pc *policyCombiner) setBase(ps *mesh.PolicySet) {
+	pc.mu.Lock()
+	pc.base = ps
+	pc.recomputeLocked()
+}
+
+func (pc *policyCombiner) setCatalog(c *mesh.Catalog) {
+	pc.mu.Lock()
+	pc.catalog = c
+	pc.recomputeLocked()
+}
+
+func (pc *policyCombiner) setIntentions(e []*api.ServiceIntentionsConfigEntry) {
+	pc.mu.Lock()
+	pc.entries, pc.hasIntentions = e, true
+	pc.recomputeLocked()
+}
+
+// recomputeLocked publishes the combined set; it unlocks pc.mu before
+// publishing so the publisher is never called under the lock.
+func (pc *policyCombiner) recomputeLocked() {
+	if pc.base == nil {
+		pc.mu.Unlock()
+		return
+	}
+	if pc.hasIntentions {
+		o := pc.opts
+		o.Catalog = pc.catalog
+		pols, err := consul.MapIntentions(pc.entries, o)
+		if err != nil {
+			if err.Error() != pc.lastErr {
+				pc.log.Warn("consul intentions refused; the previous intentions stay in force", "err", err)
+			}
+			pc.lastErr = err.Error()
+		} else {
+			pc.intentions, pc.lastErr = pols, ""
+		}
+	}
+	ps := *pc.base
+	ps.Authorizations = append(slices.Clone(pc.base.Authorizations), pc.intentions...)
+	pc.mu.Unlock()
+	pc.publish(&ps)
+}
+
+type intentionsStatus struct {
+	consul.IntentionsStatus
+	Policies     int    `json:"policies"`
+	MappingError string `json:"mappingError"`
+}
+
+func (pc *policyCombiner) status(w *consul.IntentionsWatcher) intentionsStatus {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return intentionsStatus{IntentionsStatus: w.Status(), Policies: len(pc.intentions), MappingError: pc.lastErr}
+}
+
+// startIntentions follows Consul's service-intentions config entries.
+func startIntentions(ctx context.Context, c *config, log *slog.Logger, errc chan<- error, pc *policyCombiner) (*consul.IntentionsWatcher, error) {
+	w, err := consul.NewIntentionsWatcher(consul.Options{Address: c.consulAddr, Datacenter: c.consulDC, TokenFile: c.consulTokenFile,
+		Stale: c.consulStale, WaitTime: c.consulWait, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("consul intentions: %w", err)
+	}
+	go func() { errc <- w.Run(ctx) }()
+	select {
+	case <-w.Synced():
+	case <-time.After(c.consulSyncTimeout):
+		return nil, fmt.Errorf("consul at %s gave no intentions within %s (--consul-sync-timeout): %s", c.consulAddr, c.consulSyncTimeout, w.Status().LastError)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	pc.setIntentions(w.Current())
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e := <-w.Updates():
+				pc.setIntentions(e)
+			}
+		}
+	}()
+	return w, nil
 }
