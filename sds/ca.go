@@ -71,6 +71,9 @@ type Options struct {
 	// writes nothing: tools other than meshd (meshctl) must never mint a
 	// second, unrelated root or race meshd's state file.
 	NoCreate bool
+	// DeterministicLeaves makes replicas that share an intermediate issue
+	// byte-identical leaves (see deterministic.go).
+	DeterministicLeaves bool
 
 	// RootCertFile, IntermediateCertFile and IntermediateKeyFile, all or
 	// none, supply the CA from the operator's PKI. The root key stays with

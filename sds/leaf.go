@@ -118,11 +118,21 @@ func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 		return nil, fmt.Errorf("parse URI SAN %q: %w", req.uri, err)
 	}
 	now := a.opts.Clock()
+	// In deterministic mode the validity window starts at the epoch, not
+	// now, so that every replica computes the same one.
+	deterministic := a.opts.DeterministicLeaves && req.pub == nil
+	start := now
+	var epochEnd time.Time
+	if deterministic {
+		var e time.Duration
+		start, e = a.epoch(now)
+		epochEnd = start.Add(e)
+	}
 	// Backdate by clockSkew, but never by more than a tenth of the life, so
 	// the very short lifetimes of tests and rotation drills still renew
 	// after issuance rather than before it.
-	notBefore := now.Add(-min(clockSkew, a.opts.LeafTTL/10))
-	notAfter := now.Add(a.opts.LeafTTL)
+	notBefore := start.Add(-min(clockSkew, a.opts.LeafTTL/10))
+	notAfter := start.Add(a.opts.LeafTTL)
 	// A leaf cannot outlive its issuer: peers would reject the chain once
 	// the intermediate (which never outlives the root) expires, so say so
 	// honestly in NotAfter (and renew sooner).
@@ -135,16 +145,26 @@ func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 	}
 
 	var key *ecdsa.PrivateKey
+	var serial *big.Int
 	pub := req.pub
-	if pub == nil {
+	signRand := rand.Reader
+	switch {
+	case deterministic:
+		if key, serial, err = deriveLeafKey(g, req.uri, req.dns, start); err != nil {
+			return nil, err
+		}
+		pub = &key.PublicKey
+		signRand = nil // RFC 6979: the same signature on every replica
+	case pub == nil:
 		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 			return nil, fmt.Errorf("generate key: %w", err)
 		}
 		pub = &key.PublicKey
 	}
-	serial, err := randomSerial()
-	if err != nil {
-		return nil, err
+	if serial == nil {
+		if serial, err = randomSerial(); err != nil {
+			return nil, err
+		}
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -163,7 +183,7 @@ func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, g.inter, pub, g.interKey)
+	der, err := x509.CreateCertificate(signRand, tmpl, g.inter, pub, g.interKey)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate: %w", err)
 	}
@@ -204,6 +224,13 @@ func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 		NotAfter:  notAfter,
 		RenewAt:   notBefore.Add(time.Duration(float64(life) * a.opts.RenewFraction)),
 		gen:       g.id,
+	}
+	if deterministic {
+		// Renew exactly at the next epoch, when every replica does.
+		leaf.RenewAt = epochEnd
+		if notAfter.Before(epochEnd) {
+			leaf.RenewAt = notAfter
+		}
 	}
 	a.mu.Lock()
 	if notAfter.After(a.leafNotAfter[g.id]) {

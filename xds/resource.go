@@ -16,7 +16,7 @@ import (
 type Resource struct {
 	Name    string
 	Message types.Resource
-	// Hash is a content hash of the deterministic wire bytes; snapshot
+	// Hash is the hex SHA-256 of the deterministic wire bytes; snapshot
 	// versions are derived from it so identical content gives identical
 	// versions on every replica and after restarts.
 	Hash string
@@ -50,8 +50,12 @@ func newResource(name string, m types.Resource, refs ...Ref) (*Resource, error) 
 	if err != nil {
 		return nil, fmt.Errorf("marshal resource %q: %w", name, err)
 	}
+	// The full SHA-256 hex of the deterministic encoding is exactly the
+	// per-resource version go-control-plane puts in delta responses, so the
+	// versions a delta client reports back (initial_resource_versions, after
+	// a reconnect) compare equal and unchanged resources are not resent.
 	sum := sha256.Sum256(b)
-	return &Resource{Name: name, Message: m, Hash: hex.EncodeToString(sum[:12]), Refs: refs}, nil
+	return &Resource{Name: name, Message: m, Hash: hex.EncodeToString(sum[:]), Refs: refs}, nil
 }
 
 // anyOf validates m and wraps it in an Any. ValidateAll on the outer message

@@ -51,6 +51,9 @@ type config struct {
 	// catalogHoldoff: how long the catalog file must be quiet before it is
 	// read (coalesces the partial writes of one save).
 	catalogHoldoff time.Duration
+	// deterministicLeaves: replicas sharing an intermediate issue identical
+	// leaves (HA; sds/deterministic.go).
+	deterministicLeaves bool
 	// Consul discovery (discovery/consul; docs/consul.md).
 	consulAddr, consulDC, consulTokenFile string
 	consulStale, consulWarning            bool
@@ -104,6 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.leafTTL, "leaf-ttl", 24*time.Hour, "lifetime of workload certificates; each is reissued at half its life")
 	fs.DurationVar(&c.holdoff, "debounce-holdoff", 100*time.Millisecond, "wait this long after a catalog change for further changes before pushing")
 	fs.DurationVar(&c.maxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
+	fs.BoolVar(&c.deterministicLeaves, "deterministic-leaves", false, "for several replicas sharing an operator-supplied intermediate (--ca-*): issue byte-identical workload certificates on every replica (epoch-aligned validity, keys derived from the intermediate key), so a proxy moving between replicas gets no new certificate")
 	fs.DurationVar(&c.catalogHoldoff, "catalog-holdoff", 100*time.Millisecond, "read the catalog file only once it has been quiet this long after a change (coalesces partial writes; files replaced by rename can use 10ms)")
 	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "re-read the catalog this often even without file events (safety net for missed events); 0 turns polling off")
 	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
@@ -212,7 +216,8 @@ func (s caSecrets) Forget(keep map[string]bool) { s.ca.Forget(keep) }
 // receives the bound xDS and admin addresses once both listen (for tests).
 func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, adminAddr string)) error {
 	ca, err := sds.LoadOrCreate(sds.Options{DataDir: c.dataDir, TrustDomain: c.trustDomain, LeafTTL: c.leafTTL, Logger: log,
-		RootCertFile: c.caRootCert, IntermediateCertFile: c.caInterCert, IntermediateKeyFile: c.caInterKey})
+		RootCertFile: c.caRootCert, IntermediateCertFile: c.caInterCert, IntermediateKeyFile: c.caInterKey,
+		DeterministicLeaves: c.deterministicLeaves})
 	if err != nil {
 		return fmt.Errorf("mesh CA: %w", err)
 	}
