@@ -58,8 +58,16 @@ func TestTwoReplicasAgree(t *testing.T) {
 		}
 		return out
 	}
-	eventually(t, 20*time.Second, func() error {
+	// Consul registrations settle in steps (the sidecars' alias checks run
+	// once after registering), so wait until the replicas agree on a state
+	// that also holds still, before comparing what a proxy is sent.
+	eventually(t, 30*time.Second, func() error {
+		before := versions(a)
+		time.Sleep(1500 * time.Millisecond)
 		va, vb := versions(a), versions(b)
+		if !reflect.DeepEqual(before, va) {
+			return fmt.Errorf("replica a still changing")
+		}
 		if len(va) != 2 || va[web]["Secret"] == "" {
 			return fmt.Errorf("replica a not rendered yet: %v", va)
 		}
