@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
@@ -25,12 +23,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"gopkg.in/yaml.v3"
 
-	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
-	"github.com/meshd/meshd/snapshot"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -79,29 +74,7 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var in struct {
-		Services []mesh.Service `yaml:"services"`
-		Proxies  []mesh.Proxy   `yaml:"proxies"`
-	}
-	if err := yaml.Unmarshal(data, &in); err != nil {
-		t.Fatal(err)
-	}
-	cat, err := mesh.NewCatalog(in.Services, in.Proxies)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := metrics.New()
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
-	pub.Update(cat)
-	if _, err := pub.Publish(); err != nil {
-		t.Fatal(err)
-	}
-	tr := NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
+	cat, cache, _, m, tr := publishQuickstart(t, ca, log)
 	auth := &Authenticator{
 		Tokens: tokens, TrustDomain: "cluster.local", Logger: log, Insecure: insecureXDS,
 		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {

@@ -49,15 +49,10 @@ type fixture struct {
 	pub     *snapshot.Publisher
 }
 
-// startServer runs the real xDS server (TLS, go-control-plane, tracker,
-// publisher) on loopback with the quickstart catalog.
-func startServer(t *testing.T) *fixture {
+// publishQuickstart publishes the quickstart catalog with the real CA,
+// translation and go-control-plane cache, and returns what a server needs.
+func publishQuickstart(t *testing.T, ca *sds.Authority, log *slog.Logger) (*mesh.Catalog, cachev3.SnapshotCache, *snapshot.Publisher, *metrics.Metrics, *Tracker) {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ca, err := sds.LoadOrCreate(sds.Options{DataDir: t.TempDir(), TrustDomain: "cluster.local", Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
 	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +77,19 @@ func startServer(t *testing.T) *fixture {
 	}
 	tr := NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
 	tr.SetVersionSource(CacheVersions(cache))
+	return cat, cache, pub, m, tr
+}
+
+// startServer runs the real xDS server (TLS, go-control-plane, tracker,
+// publisher) on loopback with the quickstart catalog.
+func startServer(t *testing.T) *fixture {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: t.TempDir(), TrustDomain: "cluster.local", Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cache, pub, m, tr := publishQuickstart(t, ca, log)
 	tlsConf, err := ca.ServerTLSConfig(nil)
 	if err != nil {
 		t.Fatal(err)
