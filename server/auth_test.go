@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -151,7 +153,10 @@ func firstResponse(cc *grpc.ClientConn, ctx context.Context, node, typ string, n
 	if err != nil {
 		return nil, err
 	}
-	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: typ, ResourceNames: names}); err != nil {
+	// A stream the server has already ended (authentication refused it
+	// before reading) fails Send with io.EOF; the refusal's status is what
+	// Recv returns, as gRPC documents.
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: typ, ResourceNames: names}); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	return stream.Recv()
