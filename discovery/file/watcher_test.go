@@ -258,6 +258,38 @@ func TestWatcherSeesRenameIntoPlace(t *testing.T) {
 	}
 }
 
+// TestWatcherRenameSkipsHoldoff: a file renamed onto the catalog's name is
+// complete, so it is read at once; an in-place write still waits for the
+// holdoff (partial writes).
+func TestWatcherRenameSkipsHoldoff(t *testing.T) {
+	t.Parallel()
+	const holdoff = 2 * time.Second // well inside waitTimeout
+	path := newCatalogFile(t, catalogYAML("10.0.0.1"))
+	w, _ := startWatcher(t, path, noPoll, WithHoldoff(holdoff))
+
+	tmp := filepath.Join(filepath.Dir(path), ".catalog.yaml.tmp")
+	writeFile(t, tmp, catalogYAML("10.0.0.2"))
+	start := time.Now()
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	if got := apiAddr(nextUpdate(t, w)); got != "10.0.0.2" {
+		t.Errorf("update has api at %s, want 10.0.0.2", got)
+	}
+	if took := time.Since(start); took > holdoff/2 {
+		t.Errorf("a rename into place was read after %v, not at once (holdoff %v)", took, holdoff)
+	}
+
+	start = time.Now()
+	writeFile(t, path, catalogYAML("10.0.0.3"))
+	if got := apiAddr(nextUpdate(t, w)); got != "10.0.0.3" {
+		t.Errorf("update has api at %s, want 10.0.0.3", got)
+	}
+	if took := time.Since(start); took < holdoff {
+		t.Errorf("an in-place write was read after %v, before the %v holdoff", took, holdoff)
+	}
+}
+
 func TestWatcherPartialWrite(t *testing.T) {
 	t.Parallel()
 	path := newCatalogFile(t, catalogYAML("10.0.0.1"))
