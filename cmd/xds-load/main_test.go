@@ -16,7 +16,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	if code != 2 && code != 0 {
 		t.Fatalf("-h exit code %d", code)
 	}
-	for _, f := range []string{"-scenario", "-meshd", "-xds-address", "-admin-address", "-catalog-file", "-ca-file",
+	for _, f := range []string{"-scenario", "-meshd", "-xds-address", "-admin-address", "-catalog-file", "-catalog-format", "-ca-file",
 		"-plaintext", "-delta", "-streams-per-conn", "-node-id-template", "-node-metadata", "-idle", "-churn", "-all-services", "-upstreams"} {
 		if !strings.Contains(errb.String(), f+" ") && !strings.Contains(errb.String(), f+"\n") {
 			t.Errorf("--help does not document %s", f)

@@ -1,9 +1,13 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -23,14 +27,15 @@ import (
 	"github.com/meshd/meshd/mesh"
 )
 
-// parse checks a generated catalog the way meshd will read it.
+// parse checks a generated catalog the way meshd will read it, in the
+// catalog's format.
 func parse(t *testing.T, c *Catalog) *mesh.Catalog {
 	t.Helper()
 	b, err := c.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := file.Parse("generated.yaml", b)
+	cat, err := file.Parse(c.Format.FileName(), b)
 	if err != nil {
 		t.Fatalf("meshd rejects the generated catalog: %v", err)
 	}
@@ -71,11 +76,96 @@ func TestGenerateGivesValidCatalogs(t *testing.T) {
 	}
 }
 
-func TestChurnKeepsCatalogValid(t *testing.T) {
+// TestJSONCatalogRoundTrips: the JSON rendering is read by meshd's parser
+// (on its fast path: every line is plain JSON) into the same catalog as the
+// YAML rendering, and LoadCatalog reads either back as it was.
+func TestJSONCatalogRoundTrips(t *testing.T) {
 	c, err := Generate(Presets["S"])
 	if err != nil {
 		t.Fatal(err)
 	}
+	fromYAML := parse(t, c)
+	c.Format = FormatJSON
+	b, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if DetectCatalogFormat(b) != FormatJSON || !bytes.HasPrefix(b, []byte("{")) {
+		t.Fatalf("JSON rendering starts %q", b[:min(len(b), 40)])
+	}
+	// One line per service and proxy, plus the lines opening and closing
+	// the two lists.
+	if n := bytes.Count(b, []byte("\n")); n != len(c.Services)+len(c.Proxies)+4 {
+		t.Errorf("JSON rendering has %d lines, want %d", n, len(c.Services)+len(c.Proxies)+4)
+	}
+	fromJSON, err := file.Parse("generated.json", b)
+	if err != nil {
+		t.Fatalf("meshd rejects the generated JSON catalog: %v", err)
+	}
+	if !reflect.DeepEqual(fromJSON, fromYAML) {
+		t.Error("the JSON and YAML renderings of one catalog load differently")
+	}
+
+	dir := t.TempDir()
+	for _, format := range []CatalogFormat{FormatYAML, FormatJSON} {
+		c.Format = format
+		path := filepath.Join(dir, format.FileName())
+		if err := c.WriteAtomic(path); err != nil {
+			t.Fatal(err)
+		}
+		back, err := LoadCatalog(path)
+		if err != nil {
+			t.Fatalf("%s: %v", format, err)
+		}
+		if back.Format != format {
+			t.Errorf("%s: read back as %s", format, back.Format)
+		}
+		if !reflect.DeepEqual(back.Services, c.Services) || !reflect.DeepEqual(back.Proxies, c.Proxies) {
+			t.Errorf("%s: the catalog read back differs from the one written", format)
+		}
+	}
+	// The temporary files were renamed into place, not left behind.
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "catalog.json catalog.yaml" {
+		t.Errorf("catalog directory holds %v, want catalog.json and catalog.yaml", names)
+	}
+	// A file meshd would refuse is refused with meshd's message.
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"services": [{"name": "web", "prot": "http"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadCatalog(bad); err == nil || !strings.Contains(err.Error(), bad+`: line 1: unknown field "prot" in service (services[0]); did you mean "protocol"?`) {
+		t.Errorf("LoadCatalog(bad) = %v", err)
+	}
+	for in, want := range map[string]CatalogFormat{"": "", "yaml": FormatYAML, "yml": FormatYAML, "json": FormatJSON} {
+		if got, err := ParseCatalogFormat(in); err != nil || got != want {
+			t.Errorf("ParseCatalogFormat(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := ParseCatalogFormat("toml"); err == nil {
+		t.Error("ParseCatalogFormat accepted toml")
+	}
+}
+
+func TestChurnKeepsCatalogValid(t *testing.T) {
+	for _, format := range []CatalogFormat{FormatYAML, FormatJSON} {
+		t.Run(string(format), func(t *testing.T) { testChurnKeepsCatalogValid(t, format) })
+	}
+}
+
+func testChurnKeepsCatalogValid(t *testing.T, format CatalogFormat) {
+	c, err := Generate(Presets["S"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Format = format
 	before, _ := c.Marshal()
 	ch := &churner{cat: c}
 	for _, kind := range ChurnKinds {

@@ -17,7 +17,7 @@ import (
 type Meshd struct {
 	Binary    string
 	Dir       string // holds the catalog, data dir and log
-	Catalog   string
+	Catalog   string // catalog.yaml, or catalog.json for a JSON catalog (CatalogFormat.FileName)
 	DataDir   string
 	XDSAddr   string
 	AdminAddr string
@@ -43,7 +43,7 @@ func NewMeshd(binary, dir string, args []string) (*Meshd, error) {
 	}
 	return &Meshd{
 		Binary: binary, Dir: dir, Args: args,
-		Catalog:   filepath.Join(dir, "catalog.yaml"),
+		Catalog:   filepath.Join(dir, FormatYAML.FileName()),
 		DataDir:   filepath.Join(dir, "data"),
 		XDSAddr:   fmt.Sprintf("127.0.0.1:%d", xp),
 		AdminAddr: fmt.Sprintf("127.0.0.1:%d", ap),
