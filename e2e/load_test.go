@@ -109,9 +109,11 @@ func TestLoadAgainstRunningMeshd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := startMeshd(t, string(b))
+	policyDir := t.TempDir()
+	m := startMeshd(t, string(b), "--policy-dir", policyDir)
 	cfg := loadConfig(t)
 	cfg.XDSAddress, cfg.AdminAddress, cfg.CatalogFile, cfg.CAFile = m.xdsAddr, m.adminAddr, m.catalogPath, m.rootCAFile()
+	cfg.PolicyDir = policyDir
 	// Tokens signed with this meshd's key, as meshctl token create does.
 	cfg.DataDir = m.dataDir
 	res, err := loadgen.Run(context.Background(), cfg)

@@ -1,10 +1,13 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -12,6 +15,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
@@ -45,27 +49,25 @@ func (c *Change) Baseline(p *Proxy) string { return c.baseline[p.ID] }
 // makes them. Each "back" kind undoes the one before it, so rounds repeat on
 // the same catalog; leaf-rotation (through meshd's admin API) is made in the
 // first round only.
-var ChurnKinds = []string{"endpoint-add", "endpoint-remove", "health-flap", "service-add", "service-remove", "noop", "leaf-rotation"}
+var ChurnKinds = []string{"endpoint-add", "endpoint-remove", "health-flap", "service-add", "service-remove", "policy", "noop", "leaf-rotation"}
 
 // OnceChurnKinds can be made once per meshd run: meshd refuses a new CA
 // rotation while one is in progress, and an intermediate rotation stays in
 // progress until the old intermediate's leaves have expired.
 var OnceChurnKinds = map[string]bool{"leaf-rotation": true}
 
-// FutureChurnKinds are part of issue 6 but need features meshd lacks.
-var FutureChurnKinds = map[string]string{
-	// Needs policy files in the catalog model the tool drives; the hook
-	// would be: edit an
-	// AuthorizationPolicy, Affected = proxies of the target service,
-	// Delivered = inbound listener's RBAC filter holds the new rule.
-	"policy": "meshd has no policy input yet (pending policy work)",
-}
+// FutureChurnKinds are changes the tool knows of but cannot make yet, with
+// the reason; none at the moment.
+var FutureChurnKinds = map[string]string{}
 
 // churner applies rounds of changes to a catalog.
 type churner struct {
 	cat   *Catalog
 	admin *Admin // for changes made through meshd's admin API
-	round int
+	// policyDir is the directory meshd reads policies from (--policy-dir);
+	// empty when the tool does not know it.
+	policyDir string
+	round     int
 	// state carried from a change to its undo
 	epSvc, flapSvc mesh.ServiceKey
 	epAddr         string
@@ -89,6 +91,11 @@ func (ch *churner) steps(kind string) ([]func() (*Change, error), error) {
 		return []func() (*Change, error){ch.serviceRemove}, nil
 	case "noop":
 		return []func() (*Change, error){ch.noop}, nil
+	case "policy":
+		if ch.policyDir == "" {
+			return nil, fmt.Errorf("churn policy: %w: give the directory meshd reads policies from (--policy-dir)", ErrUnsupported)
+		}
+		return []func() (*Change, error){func() (*Change, error) { return ch.policy(true) }, func() (*Change, error) { return ch.policy(false) }}, nil
 	case "leaf-rotation":
 		return []func() (*Change, error){ch.leafRotation}, nil
 	}
@@ -240,6 +247,73 @@ func (ch *churner) noop() (*Change, error) {
 	slices.Reverse(ch.cat.Services)
 	slices.Reverse(ch.cat.Proxies)
 	return &Change{Kind: "noop"}, nil
+}
+
+// policyFile is the file the policy churn writes in meshd's policy
+// directory.
+const policyFile = "xds-load-churn.yaml"
+
+// policy adds (then, with add false, removes) a namespace-wide Istio
+// AuthorizationPolicy in the namespace of the first proxy: a DENY rule for
+// a principal no workload has, which changes the RBAC filter of the inbound
+// listener of every sidecar in that namespace and nothing else. The
+// principal names the round, so every round is a new policy.
+func (ch *churner) policy(add bool) (*Change, error) {
+	if len(ch.cat.Proxies) == 0 {
+		return nil, errors.New("churn policy: the catalog has no proxies")
+	}
+	ns := ch.cat.Proxies[0].Namespace
+	var ids []string
+	for i := range ch.cat.Proxies {
+		p := &ch.cat.Proxies[i]
+		if p.Namespace == ns && p.Inbound() && (p.Flavor == "" || p.Flavor == mesh.FlavorEnvoy) {
+			ids = append(ids, p.ID)
+		}
+	}
+	principal := fmt.Sprintf("cluster.local/ns/xds-load/sa/churn-round-%d-nobody", ch.round)
+	path := filepath.Join(ch.policyDir, policyFile)
+	c := &Change{Kind: "policy", Affected: ids}
+	c.Delivered = func(p *Proxy) bool {
+		return p.Synced() && inboundMentions(p, principal) == add
+	}
+	c.Apply = func(context.Context) error {
+		if !add {
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("churn policy: %w", err)
+			}
+			return nil
+		}
+		doc := fmt.Sprintf(`# Written by xds-load's policy churn; removed again by it.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: xds-load-churn
+  namespace: %s
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [%q]
+`, ns, principal)
+		return writeFileAtomic(path, []byte(doc))
+	}
+	return c, nil
+}
+
+// inboundMentions reports whether a proxy's inbound listener (its RBAC
+// filter) names s.
+func inboundMentions(p *Proxy, s string) bool {
+	for name, e := range p.state[resourcev3.ListenerType] {
+		if !strings.HasPrefix(name, "inbound|") || e.msg == nil {
+			continue
+		}
+		b, err := proto.Marshal(e.msg)
+		if err == nil && bytes.Contains(b, []byte(s)) {
+			return true
+		}
+	}
+	return false
 }
 
 // secretFingerprint summarises the identity (non-bundle) secrets a proxy

@@ -25,6 +25,7 @@ import (
 
 	"github.com/meshd/meshd/discovery/file"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/policy"
 )
 
 // parse checks a generated catalog the way meshd will read it, in the
@@ -167,7 +168,7 @@ func testChurnKeepsCatalogValid(t *testing.T, format CatalogFormat) {
 	}
 	c.Format = format
 	before, _ := c.Marshal()
-	ch := &churner{cat: c}
+	ch := &churner{cat: c, policyDir: t.TempDir()}
 	for _, kind := range ChurnKinds {
 		steps, err := ch.steps(kind)
 		if err != nil {
@@ -184,6 +185,9 @@ func testChurnKeepsCatalogValid(t *testing.T, format CatalogFormat) {
 			}
 			if err != nil {
 				t.Fatalf("%s: %v", kind, err)
+			}
+			if kind == "policy" {
+				checkPolicyChurn(t, ch.policyDir, change)
 			}
 			parse(t, c)
 			if kind != "noop" && len(change.Affected) == 0 {
@@ -369,5 +373,24 @@ func TestDist(t *testing.T) {
 	d := distOf(ds, 2)
 	if d.P50 != 50*time.Millisecond || d.P99 != 99*time.Millisecond || d.Max != 100*time.Millisecond || d.Missing != 2 {
 		t.Errorf("got %+v", d)
+	}
+}
+
+// checkPolicyChurn applies a policy churn step and checks that meshd's own
+// policy loader reads what it wrote: one DENY policy after the add, nothing
+// after the remove.
+func checkPolicyChurn(t *testing.T, dir string, change *Change) {
+	t.Helper()
+	had, _ := os.ReadDir(dir)
+	if err := change.Apply(context.Background()); err != nil {
+		t.Fatalf("policy churn: %v", err)
+	}
+	ps, err := policy.LoadDir(dir)
+	if err != nil {
+		t.Fatalf("meshd refuses the churn's policy: %v", err)
+	}
+	n := len(ps.Set(mesh.DefaultRootNamespace, mesh.MTLSPermissive).Authorizations)
+	if adding := len(had) == 0; adding && n != 1 || !adding && n != 0 {
+		t.Fatalf("after the policy churn step (add=%v) meshd reads %d authorization policies", adding, n)
 	}
 }

@@ -36,7 +36,11 @@ type Config struct {
 	XDSAddress   string
 	AdminAddress string // meshd's admin; enables metrics, heap and status figures
 	CatalogFile  string // the file that meshd watches; enables churn
-	MeshdPID     int    // optional: read /proc figures of a running meshd
+	// PolicyDir is the directory meshd reads Istio policies from
+	// (--policy-dir); enables the policy churn. With MeshdBinary and no
+	// PolicyDir the tool makes one in the work dir and passes it.
+	PolicyDir string
+	MeshdPID  int // optional: read /proc figures of a running meshd
 	// CatalogFormat is how the tool writes the catalog (the started
 	// meshd's, and every churn rewrite): "" means YAML for a generated
 	// catalog and a CatalogFile's own format for a loaded one.
@@ -257,6 +261,13 @@ func (r *runner) setup(ctx context.Context) ([]NodeSpec, error) {
 		m.Catalog = filepath.Join(dir, r.cat.Format.FileName())
 		if err := r.cat.WriteAtomic(m.Catalog); err != nil {
 			return nil, err
+		}
+		if r.cfg.PolicyDir == "" {
+			r.cfg.PolicyDir = filepath.Join(dir, "policy")
+			if err := os.MkdirAll(r.cfg.PolicyDir, 0o755); err != nil {
+				return nil, fmt.Errorf("policy dir: %w", err)
+			}
+			m.Args = append(m.Args, "--policy-dir", r.cfg.PolicyDir)
 		}
 		r.log.Info("starting meshd", "binary", cfg.MeshdBinary, "dir", dir, "proxies", len(r.cat.Proxies), "services", len(r.cat.Services))
 		if err := m.Start(ctx); err != nil {
@@ -564,7 +575,7 @@ func (r *runner) churn(ctx context.Context) {
 		r.log.Info("no catalog file: churn skipped")
 		return
 	}
-	ch := &churner{cat: r.cat, admin: r.admin}
+	ch := &churner{cat: r.cat, admin: r.admin, policyDir: r.cfg.PolicyDir}
 	done := map[string]bool{}
 	byKind := map[string]*ChurnResult{}
 	var lats = map[string][]time.Duration{}
