@@ -4,8 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"hash"
 	"slices"
+	"sync"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -14,28 +14,31 @@ import (
 // hashing a JSON encoding (no reflection, no allocation per field), which
 // matters because every proxy is fingerprinted on every catalog change.
 // Every variable-length field is length-prefixed so distinct inputs cannot
-// collide by shifting bytes between fields.
+// collide by shifting bytes between fields. Fields are appended to one
+// buffer hashed at the end (the same digest as writing them one by one to
+// the hash, without converting each string to a fresh byte slice).
 type fingerprinter struct {
-	h   hash.Hash
-	buf [8]byte
+	buf []byte
 }
 
-func newFingerprinter() *fingerprinter { return &fingerprinter{h: sha256.New()} }
+func newFingerprinter() *fingerprinter { return &fingerprinter{buf: make([]byte, 0, 1024)} }
+
+// fingerprinters are reused: every proxy is fingerprinted at every publish,
+// and a buffer each would be a steady stream of garbage.
+var fingerprinters = sync.Pool{New: func() any { return newFingerprinter() }}
 
 func (f *fingerprinter) str(s string) {
-	binary.LittleEndian.PutUint64(f.buf[:], uint64(len(s)))
-	f.h.Write(f.buf[:])
-	f.h.Write([]byte(s))
+	f.buf = binary.LittleEndian.AppendUint64(f.buf, uint64(len(s)))
+	f.buf = append(f.buf, s...)
 }
 
 func (f *fingerprinter) u32(v uint32) {
-	binary.LittleEndian.PutUint32(f.buf[:4], v)
-	f.h.Write(f.buf[:4])
+	f.buf = binary.LittleEndian.AppendUint32(f.buf, v)
 }
 
 func (f *fingerprinter) sum() string {
-	s := f.h.Sum(nil)
-	f.h.Reset()
+	s := sha256.Sum256(f.buf)
+	f.buf = f.buf[:0]
 	return hex.EncodeToString(s[:12])
 }
 

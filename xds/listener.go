@@ -26,14 +26,35 @@ import (
 //     included, to a plaintext chain with its own stat prefix;
 //   - DISABLE: one plaintext chain.
 func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, trustDomain string, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
-	agent := !p.SecretsFromMeshd()
-	name := InboundListenerName(p)
-	secret := IdentitySecretName(self)
-	l := &listenerv3.Listener{
-		Name:             name,
-		Address:          socketAddress(p.Address, p.PublicPort),
-		TrafficDirection: corev3.TrafficDirection_INBOUND,
+	parts, refs, err := inboundListenerParts(s, self, trustDomain, mode, rbac, !p.SecretsFromMeshd())
+	if err != nil {
+		return nil, err
 	}
+	return inboundListener(p, parts, refs)
+}
+
+// inboundListener is a sidecar's inbound listener: its own name and address
+// on the filter chains and listener filters of parts (which the caller may
+// share between sidecars; they are not modified).
+func inboundListener(p *mesh.Proxy, parts *listenerv3.Listener, refs []Ref) (*Resource, error) {
+	name := InboundListenerName(p)
+	l := &listenerv3.Listener{
+		Name:               name,
+		Address:            socketAddress(p.Address, p.PublicPort),
+		TrafficDirection:   corev3.TrafficDirection_INBOUND,
+		FilterChains:       parts.FilterChains,
+		DefaultFilterChain: parts.DefaultFilterChain,
+		ListenerFilters:    parts.ListenerFilters,
+	}
+	return newProxyResource(name, l, refs...)
+}
+
+// inboundListenerParts renders everything of an inbound listener but its
+// name and address (see buildEnvoyInboundListener), with the references the
+// filter chains make. The result depends only on its arguments.
+func inboundListenerParts(s *mesh.Service, self mesh.Identity, trustDomain string, mode mesh.MTLSMode, rbac *rbacSets, agent bool) (*listenerv3.Listener, []Ref, error) {
+	secret := IdentitySecretName(self)
+	l := &listenerv3.Listener{}
 	var refs []Ref
 	mtlsChain := func() (*listenerv3.FilterChain, error) {
 		var alpn []string
@@ -64,13 +85,13 @@ func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identit
 	case mesh.MTLSDisable:
 		c, err := plainChain()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		l.FilterChains = []*listenerv3.FilterChain{c}
 	case mesh.MTLSPermissive:
 		c, err := mtlsChain()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		protos := []string{MeshALPN}
 		if s.Protocol == mesh.ProtocolGRPC {
@@ -79,11 +100,11 @@ func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identit
 		c.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "tls", ApplicationProtocols: protos}
 		plain, err := plainChain()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		inspector, err := anyOf(&tlsinspectorv3.TlsInspector{})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: listenerTLSInspector, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
 		l.FilterChains = []*listenerv3.FilterChain{c}
@@ -91,11 +112,11 @@ func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identit
 	default: // STRICT
 		c, err := mtlsChain()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		l.FilterChains = []*listenerv3.FilterChain{c}
 	}
-	return newResource(name, l, dedupRefs(refs)...)
+	return l, dedupRefs(refs), nil
 }
 
 // inboundFilters renders one inbound chain's network filters: RBAC then
@@ -294,7 +315,7 @@ func buildGRPCServerListener(s *mesh.Service, p *mesh.Proxy, mode mesh.MTLSMode,
 		Address:      socketAddress(p.Address, p.PublicPort),
 		FilterChains: []*listenerv3.FilterChain{chain},
 	}
-	return newResource(name, l)
+	return newProxyResource(name, l)
 }
 
 func rdsHCM(stat, route string) (*hcmv3.HttpConnectionManager, error) {

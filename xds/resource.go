@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"sync"
+	"unique"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
@@ -24,6 +26,13 @@ type Resource struct {
 	// route clusters), recorded by the builder so that a whole proxy's set can
 	// be checked for dangling references without re-parsing every Any.
 	Refs []Ref
+	// Wire is Message's deterministic encoding (the bytes Hash is taken
+	// of) as it goes into a response. Marshalled once here, it is shared by
+	// every response that carries the resource (server's wire cache), so
+	// serving a proxy does not marshal its configuration again. Nil for a
+	// resource only one proxy has (its inbound listener): those are encoded
+	// per response rather than held twice.
+	Wire *anypb.Any
 }
 
 // Ref is a reference from one resource to another by type and name.
@@ -55,8 +64,35 @@ func newResource(name string, m types.Resource, refs ...Ref) (*Resource, error) 
 	// versions a delta client reports back (initial_resource_versions, after
 	// a reconnect) compare equal and unchanged resources are not resent.
 	sum := sha256.Sum256(b)
+	// One type URL string per type, not per resource.
+	wire := &anypb.Any{TypeUrl: unique.Make(typeURLPrefix + string(m.ProtoReflect().Descriptor().FullName())).Value(), Value: b}
+	return &Resource{Name: name, Message: m, Hash: hex.EncodeToString(sum[:]), Refs: refs, Wire: wire}, nil
+}
+
+// newProxyResource is newResource for a resource only one proxy has (its
+// inbound listener: it carries the proxy's address). Its encoding is only
+// hashed, in a pooled buffer, and not kept as Wire: held for every proxy
+// it would cost more memory than encoding it per response costs time, and
+// rendering every proxy would leave a buffer of garbage each.
+func newProxyResource(name string, m types.Resource, refs ...Ref) (*Resource, error) {
+	if v, ok := m.(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("resource %q (%T) failed validation: %w", name, m, err)
+		}
+	}
+	buf := marshalBuffers.Get().(*[]byte)
+	defer marshalBuffers.Put(buf)
+	b, err := deterministic.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		return nil, fmt.Errorf("marshal resource %q: %w", name, err)
+	}
+	*buf = b
+	sum := sha256.Sum256(b)
 	return &Resource{Name: name, Message: m, Hash: hex.EncodeToString(sum[:]), Refs: refs}, nil
 }
+
+// marshalBuffers are scratch buffers for encodings that are only hashed.
+var marshalBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // anyOf validates m and wraps it in an Any. ValidateAll on the outer message
 // does not descend into Any fields, so this is the only place embedded
@@ -71,5 +107,7 @@ func anyOf(m proto.Message) (*anypb.Any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("marshal %T: %w", m, err)
 	}
-	return &anypb.Any{TypeUrl: "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName()), Value: b}, nil
+	return &anypb.Any{TypeUrl: typeURLPrefix + string(m.ProtoReflect().Descriptor().FullName()), Value: b}, nil
 }
+
+const typeURLPrefix = "type.googleapis.com/"

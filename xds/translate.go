@@ -10,7 +10,10 @@ import (
 	"strings"
 	"sync"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -66,11 +69,16 @@ type Translator struct {
 	// hit is always correct, and a resource unused for a whole generation is
 	// dropped for the garbage collector.
 	prev, cur map[string]*Resource
+	// prevShared and curShared hold, with the same lifecycle, messages
+	// found identical between proxies by content (shareMessage): the parts
+	// of per-proxy resources that do not depend on the proxy.
+	prevShared, curShared map[string]proto.Message
 }
 
 // NewTranslator returns a translator for the given mesh options.
 func NewTranslator(opts Options) *Translator {
-	return &Translator{opts: opts, prev: map[string]*Resource{}, cur: map[string]*Resource{}}
+	return &Translator{opts: opts, prev: map[string]*Resource{}, cur: map[string]*Resource{},
+		prevShared: map[string]proto.Message{}, curShared: map[string]proto.Message{}}
 }
 
 // Generation is one catalog being rendered. Proxy may be called concurrently.
@@ -169,6 +177,7 @@ func (g *Generation) Close() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.prev, t.cur = t.cur, make(map[string]*Resource, len(t.cur))
+	t.prevShared, t.curShared = t.curShared, make(map[string]proto.Message, len(t.curShared))
 }
 
 // Fingerprint summarises every input that proxy's resources depend on. If it
@@ -187,7 +196,9 @@ func (g *Generation) Fingerprint(p *mesh.Proxy) string {
 			deps = append(deps, g.policyFP[a])
 		}
 	}
-	return newFingerprinter().proxy(p, g.t.opts.TrustDomain, deps)
+	f := fingerprinters.Get().(*fingerprinter)
+	defer fingerprinters.Put(f)
+	return f.proxy(p, g.t.opts.TrustDomain, deps)
 }
 
 // memo returns the resource built for key, building it at most once per
@@ -219,6 +230,146 @@ func (g *Generation) memo(key string, build func() (*Resource, error)) (*Resourc
 	}
 	t.mu.Unlock()
 	return r, nil
+}
+
+// shareMessage returns the message of this or the previous generation with
+// the same type and deterministic encoding as m, or m itself, recorded for
+// later calls. The caller puts the result in place of m, so identical parts
+// of resources built per proxy or per caller (an inbound listener's filter
+// chains: everything but its name and address) point at one copy instead
+// of one per proxy. Keyed by content (type and SHA-256 of the encoding), a
+// hit is correct whatever the inputs were. Shared messages are never
+// modified: resources are immutable once built.
+func shareMessage[M proto.Message](g *Generation, m M) (M, error) {
+	buf := marshalBuffers.Get().(*[]byte)
+	b, err := deterministic.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		marshalBuffers.Put(buf)
+		return m, fmt.Errorf("marshal %T: %w", m, err)
+	}
+	*buf = b
+	sum := sha256.Sum256(b)
+	marshalBuffers.Put(buf)
+	k := string(m.ProtoReflect().Descriptor().FullName()) + "|" + string(sum[:])
+	t := g.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if prev, ok := t.curShared[k]; ok {
+		return prev.(M), nil
+	}
+	if prev, ok := t.prevShared[k]; ok {
+		t.curShared[k] = prev
+		return prev.(M), nil
+	}
+	t.curShared[k] = m
+	return m, nil
+}
+
+// shareInboundParts replaces an inbound listener's filter chains and
+// listener filters by shared identical copies (shareMessage). Only its name
+// and address are the proxy's own; the rest depends on the service, its
+// mTLS mode and policies, and is the same for most sidecars of a service.
+// The content, and so the resource's hash, is unchanged.
+func (g *Generation) shareInboundParts(l *listenerv3.Listener) error {
+	var err error
+	for i := range l.FilterChains {
+		if l.FilterChains[i], err = shareMessage(g, l.FilterChains[i]); err != nil {
+			return err
+		}
+	}
+	if l.DefaultFilterChain != nil {
+		if l.DefaultFilterChain, err = shareMessage(g, l.DefaultFilterChain); err != nil {
+			return err
+		}
+	}
+	for i := range l.ListenerFilters {
+		if l.ListenerFilters[i], err = shareMessage(g, l.ListenerFilters[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inboundListener renders a sidecar's inbound listener. Everything in it but
+// its name and address (the filter chains, with TLS, RBAC and the HTTP
+// connection manager, and the listener filters) is rendered once per
+// distinct input and shared by every sidecar with the same: the service's
+// shape (which gives its identity and protocol), the mTLS mode, where the
+// secrets come from, and the authorization policies (by content) with the
+// port they are evaluated for — exactly buildRBAC's and
+// inboundListenerParts' arguments. Each listener is still validated and
+// hashed whole.
+func (g *Generation) inboundListener(p *mesh.Proxy, self *mesh.Service, id mesh.Identity, mode mesh.MTLSMode, authz []*mesh.AuthorizationPolicy, port uint32, rbac *rbacSets) (*Resource, error) {
+	td := g.t.opts.TrustDomain
+	agent := !p.SecretsFromMeshd()
+	var key strings.Builder
+	key.WriteString("lds-in|" + g.shapeFP[self.Key()] + "|" + string(mode) + "|" + strconv.FormatBool(agent) + "|" + strconv.FormatUint(uint64(port), 10))
+	for _, a := range authz {
+		fp, ok := g.policyFP[a]
+		if !ok {
+			// Not a policy of this generation's set: no content key, so
+			// render this listener on its own.
+			return buildEnvoyInboundListener(self, p, id, td, mode, rbac)
+		}
+		key.WriteString("|" + fp)
+	}
+	// A template holding the shared parts; a memo entry, never served.
+	tmpl, err := g.memo(key.String(), func() (*Resource, error) {
+		parts, refs, err := inboundListenerParts(self, id, td, mode, rbac, agent)
+		if err != nil {
+			return nil, err
+		}
+		// Identical parts across templates (a plaintext chain, the TLS
+		// inspector) are shared too.
+		if err := g.shareInboundParts(parts); err != nil {
+			return nil, err
+		}
+		return &Resource{Name: "template " + key.String(), Message: parts, Refs: refs}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return inboundListener(p, tmpl.Message.(*listenerv3.Listener), tmpl.Refs)
+}
+
+// shareOutboundListenerParts shares an outbound listener's filter chains
+// (which depend only on the upstream service: a listener exists per local
+// port too) and its loopback address (which depends only on the port).
+func (g *Generation) shareOutboundListenerParts(l *listenerv3.Listener) error {
+	var err error
+	for i := range l.FilterChains {
+		if l.FilterChains[i], err = shareMessage(g, l.FilterChains[i]); err != nil {
+			return err
+		}
+	}
+	if l.Address != nil {
+		l.Address, err = shareMessage(g, l.Address)
+	}
+	return err
+}
+
+// shareClusterParts shares the parts of a cluster that do not depend on
+// who calls (an outbound cluster exists per caller identity, for its
+// certificate): the EDS config, the plaintext transport socket match and
+// the protocol options.
+func (g *Generation) shareClusterParts(c *clusterv3.Cluster) error {
+	var err error
+	if c.EdsClusterConfig != nil {
+		if c.EdsClusterConfig, err = shareMessage(g, c.EdsClusterConfig); err != nil {
+			return err
+		}
+	}
+	for i := range c.TransportSocketMatches {
+		if c.TransportSocketMatches[i], err = shareMessage(g, c.TransportSocketMatches[i]); err != nil {
+			return err
+		}
+	}
+	for k, v := range c.TypedExtensionProtocolOptions {
+		if c.TypedExtensionProtocolOptions[k], err = shareMessage(g, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Proxy renders the resources of the proxy with the given node id.
@@ -255,16 +406,22 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 	td := g.t.opts.TrustDomain
 	if p.Inbound() {
 		w := g.cat.WorkloadOf(p)
-		rbac, err := buildRBAC(g.ps.AuthorizationsFor(w), td, self.Protocol == mesh.ProtocolTCP, w.Port)
+		authz := g.ps.AuthorizationsFor(w)
+		rbac, err := buildRBAC(authz, td, self.Protocol == mesh.ProtocolTCP, w.Port)
 		if err != nil {
 			return fmt.Errorf("authorization: %w", err)
 		}
 		out.Warnings = append(out.Warnings, rbac.warnings...)
-		l, err := buildEnvoyInboundListener(self, p, out.Identity, td, g.serverMode(p, w), rbac)
+		l, err := g.inboundListener(p, self, out.Identity, g.serverMode(p, w), authz, w.Port, rbac)
 		if err != nil {
 			return fmt.Errorf("inbound listener: %w", err)
 		}
-		c, err := buildLocalAppCluster(self, p)
+		// Built once per service and app port: the cluster depends on
+		// nothing else of the proxy (so every sidecar of a service on the
+		// usual port shares one).
+		c, err := g.memo("cds-local|"+g.shapeFP[self.Key()]+"|"+strconv.FormatUint(uint64(p.AppPort), 10), func() (*Resource, error) {
+			return buildLocalAppCluster(self, p)
+		})
 		if err != nil {
 			return fmt.Errorf("local app cluster: %w", err)
 		}
@@ -285,13 +442,23 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 			return err
 		}
 		shape := g.shapeFP[up.Key()]
-		l, err := g.memo("lds-out|"+strconv.FormatUint(uint64(u.LocalPort), 10)+"|"+shape, func() (*Resource, error) { return buildEnvoyOutboundListener(up, u) })
+		l, err := g.memo("lds-out|"+strconv.FormatUint(uint64(u.LocalPort), 10)+"|"+shape, func() (*Resource, error) {
+			r, err := buildEnvoyOutboundListener(up, u)
+			if err != nil {
+				return nil, err
+			}
+			return r, g.shareOutboundListenerParts(r.Message.(*listenerv3.Listener))
+		})
 		if err != nil {
 			return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
 		}
 		agent := !p.SecretsFromMeshd()
 		c, err := g.memo("cds-envoy|"+shape+"|"+out.Identity.SPIFFEID()+"|"+strconv.FormatBool(agent), func() (*Resource, error) {
-			return buildEnvoyOutboundCluster(up, out.Identity, td, agent)
+			r, err := buildEnvoyOutboundCluster(up, out.Identity, td, agent)
+			if err != nil {
+				return nil, err
+			}
+			return r, g.shareClusterParts(r.Message.(*clusterv3.Cluster))
 		})
 		if err != nil {
 			return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
@@ -332,6 +499,9 @@ func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources
 		out.Warnings = append(out.Warnings, rbac.warnings...)
 		l, err := buildGRPCServerListener(self, p, mode, rbac)
 		if err != nil {
+			return fmt.Errorf("server listener: %w", err)
+		}
+		if err := g.shareInboundParts(l.Message.(*listenerv3.Listener)); err != nil {
 			return fmt.Errorf("server listener: %w", err)
 		}
 		out.Listeners = append(out.Listeners, l)
@@ -397,18 +567,34 @@ func (g *Generation) upstream(u *mesh.Upstream) (*mesh.Service, error) {
 // CheckReferences verifies that every name a resource refers to (RDS, EDS,
 // SDS, route clusters) is present in the set, so a proxy is never served a
 // configuration that would leave Envoy warming forever or failing requests.
+//
+// It looks names up in the lists themselves (sorted by name, as Proxy
+// returns them, or searched in order) rather than indexing them: it runs for
+// every proxy at every publish.
 func CheckReferences(sets map[string][]*Resource) error {
-	have := map[Ref]bool{}
+	byName := func(r *Resource, name string) int { return strings.Compare(r.Name, name) }
+	// Which lists are sorted, worked out once (a few types: no map).
+	var sortedTypes [8]string
+	n := 0
 	for typ, list := range sets {
-		for _, r := range list {
-			have[Ref{TypeURL: typ, Name: r.Name}] = true
+		if n < len(sortedTypes) && slices.IsSortedFunc(list, func(a, b *Resource) int { return strings.Compare(a.Name, b.Name) }) {
+			sortedTypes[n] = typ
+			n++
 		}
+	}
+	have := func(ref Ref) bool {
+		list := sets[ref.TypeURL]
+		if slices.Contains(sortedTypes[:n], ref.TypeURL) {
+			_, found := slices.BinarySearchFunc(list, ref.Name, byName)
+			return found
+		}
+		return slices.ContainsFunc(list, func(r *Resource) bool { return r.Name == ref.Name })
 	}
 	var missing []string
 	for typ, list := range sets {
 		for _, r := range list {
 			for _, ref := range r.Refs {
-				if !have[ref] {
+				if !have(ref) {
 					missing = append(missing, fmt.Sprintf("%s %q refers to missing %s %q", shortType(typ), r.Name, shortType(ref.TypeURL), ref.Name))
 				}
 			}

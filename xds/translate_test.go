@@ -1,8 +1,15 @@
 package xds
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -173,5 +180,204 @@ func TestCheckReferencesReportsDangling(t *testing.T) {
 	err = CheckReferences(sets)
 	if err == nil || !strings.Contains(err.Error(), "refers to missing ClusterLoadAssignment") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// Sidecars of one service get their own inbound listener (it carries their
+// address) and local_app cluster (it carries their app port), but the parts
+// that come out identical are held once: the same local_app *Resource for
+// the same app port, the same filter chain messages in every inbound
+// listener. Content must be exactly what the pure per-proxy function
+// renders, and a sidecar whose content differs must not be given another's.
+func TestSidecarsOfAServiceShareIdenticalParts(t *testing.T) {
+	const catalog = `
+services:
+  - name: api
+    protocol: http
+    endpoints:
+      - {address: 10.0.0.1, port: 15001}
+      - {address: 10.0.0.2, port: 15001}
+      - {address: 10.0.0.3, port: 15001}
+proxies:
+  - {id: api-1, service: api, address: 10.0.0.1, publicPort: 15001, appPort: 8080}
+  - {id: api-2, service: api, address: 10.0.0.2, publicPort: 15001, appPort: 8080}
+  - {id: api-3, service: api, address: 10.0.0.3, publicPort: 15001, appPort: 9090}
+`
+	path := filepath.Join(t.TempDir(), "catalog.yaml")
+	if err := os.WriteFile(path, []byte(catalog), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := loadCase(t, path)
+	cat, err := mesh.NewCatalog(in.Services, in.Proxies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{TrustDomain: "cluster.local"}
+	tr := NewTranslator(opts)
+	for round := range 2 { // round 1 finds the parts in the previous generation
+		gen := tr.Generation(cat, nil)
+		got := map[string]*ProxyResources{}
+		for _, id := range []string{"api-1", "api-2", "api-3"} {
+			r, err := gen.Proxy(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pure, err := Translate(cat, id, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for typ, list := range r.ByType() {
+				want := pure.ByType()[typ]
+				for i := range list {
+					if list[i].Name != want[i].Name || list[i].Hash != want[i].Hash {
+						t.Errorf("round %d %s: %s %s differs from Translate's", round, id, typ, list[i].Name)
+					}
+					// The hash must still describe the shared message.
+					b, err := deterministic.Marshal(list[i].Message)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != list[i].Hash {
+						t.Errorf("round %d %s: %s %s: hash no longer matches its content", round, id, typ, list[i].Name)
+					}
+				}
+			}
+			got[id] = r
+		}
+		gen.Close()
+		localApp := func(id string) *Resource {
+			for _, c := range got[id].Clusters {
+				if c.Name == LocalAppClusterName(mesh.ServiceKey{Name: "api", Namespace: "default"}) {
+					return c
+				}
+			}
+			t.Fatalf("%s has no local_app cluster", id)
+			return nil
+		}
+		if localApp("api-1") != localApp("api-2") {
+			t.Errorf("round %d: sidecars with the same app port hold separate local_app clusters", round)
+		}
+		if localApp("api-1") == localApp("api-3") || localApp("api-1").Hash == localApp("api-3").Hash {
+			t.Errorf("round %d: a sidecar with another app port was given the same local_app cluster", round)
+		}
+		l1 := got["api-1"].Listeners[0].Message.(*listenerv3.Listener)
+		l2 := got["api-2"].Listeners[0].Message.(*listenerv3.Listener)
+		if l1 == l2 || got["api-1"].Listeners[0].Hash == got["api-2"].Listeners[0].Hash {
+			t.Fatalf("round %d: inbound listeners of two sidecars are one resource; each carries its own address", round)
+		}
+		if len(l1.FilterChains) == 0 || l1.FilterChains[0] != l2.FilterChains[0] || l1.DefaultFilterChain != l2.DefaultFilterChain {
+			t.Errorf("round %d: identical inbound filter chains are not shared", round)
+		}
+		if l1.GetAddress().GetSocketAddress().GetAddress() != "10.0.0.1" || l2.GetAddress().GetSocketAddress().GetAddress() != "10.0.0.2" {
+			t.Errorf("round %d: inbound addresses %v, %v", round, l1.GetAddress(), l2.GetAddress())
+		}
+	}
+}
+
+// References are found in unsorted lists too (the secrets the publisher
+// adds), and a missing one is reported whatever the list's order.
+func TestCheckReferencesUnsortedLists(t *testing.T) {
+	cat, _ := quickstartCatalog(t)
+	r, err := Translate(cat, "web.default", Options{TrustDomain: "cluster.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := r.ByType()
+	const secretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+	var secrets []*Resource
+	for _, name := range r.SecretNames() {
+		secrets = append(secrets, &Resource{Name: name})
+	}
+	slices.Reverse(secrets)
+	if slices.IsSortedFunc(secrets, func(a, b *Resource) int { return strings.Compare(a.Name, b.Name) }) {
+		slices.Reverse(secrets) // the test wants them out of order
+	}
+	sets[secretType] = secrets
+	const endpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	slices.Reverse(sets[endpointType])
+	if err := CheckReferences(sets); err != nil {
+		t.Fatalf("complete but unsorted sets: %v", err)
+	}
+	sets[secretType] = secrets[1:]
+	if err := CheckReferences(sets); err == nil || !strings.Contains(err.Error(), "refers to missing Secret") {
+		t.Fatalf("missing secret in an unsorted list: %v", err)
+	}
+	sets[secretType] = secrets
+	sets[endpointType] = sets[endpointType][1:]
+	if err := CheckReferences(sets); err == nil || !strings.Contains(err.Error(), "refers to missing ClusterLoadAssignment") {
+		t.Fatalf("missing endpoints in an unsorted list: %v", err)
+	}
+}
+
+// Sidecars of one service share their inbound listener's rendered parts only
+// when everything those depend on is the same: here the same service with
+// different authorization policies (by label) and different app ports (port
+// rules are decided per workload port). One generation must render each
+// exactly as the pure per-proxy function does.
+func TestInboundPartsSharedOnlyForSameInputs(t *testing.T) {
+	const catalog = `
+services:
+  - name: api
+    protocol: http
+    endpoints:
+      - {address: 10.0.0.1, port: 15001, labels: {app: api, version: v1}}
+      - {address: 10.0.0.2, port: 15001, labels: {app: api, version: v2}}
+      - {address: 10.0.0.3, port: 15001, labels: {app: api, version: v1}}
+      - {address: 10.0.0.4, port: 15001, labels: {app: api, version: v1}}
+proxies:
+  - {id: api-v1, service: api, address: 10.0.0.1, publicPort: 15001, appPort: 8080}
+  - {id: api-v2, service: api, address: 10.0.0.2, publicPort: 15001, appPort: 8080}
+  - {id: api-v1b, service: api, address: 10.0.0.3, publicPort: 15001, appPort: 8080}
+  - {id: api-v1-9090, service: api, address: 10.0.0.4, publicPort: 15001, appPort: 9090}
+policy:
+  rootNamespace: meshd-system
+  defaultMode: STRICT
+  authorizations:
+    - name: v1-only
+      namespace: default
+      selector: {version: v1}
+      action: ALLOW
+      rules:
+        - to: [{methods: [GET], ports: [8080]}]
+`
+	path := filepath.Join(t.TempDir(), "catalog.yaml")
+	if err := os.WriteFile(path, []byte(catalog), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := loadCase(t, path)
+	cat, err := mesh.NewCatalog(in.Services, in.Proxies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{TrustDomain: "cluster.local"}
+	gen := NewTranslator(opts).Generation(cat, in.Policy)
+	hashes := map[string]string{}
+	chains := map[string]*listenerv3.FilterChain{}
+	for _, id := range []string{"api-v1", "api-v2", "api-v1b", "api-v1-9090"} {
+		got, err := gen.Proxy(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pure, err := NewTranslator(opts).Generation(cat, in.Policy).Proxy(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Listeners[0].Hash != pure.Listeners[0].Hash {
+			t.Errorf("%s: inbound listener differs from the one rendered on its own", id)
+		}
+		l := got.Listeners[0].Message.(*listenerv3.Listener)
+		// Strip the address-dependent part: the chains alone.
+		b, err := deterministic.Marshal(l.FilterChains[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		hashes[id] = string(b)
+		chains[id] = l.FilterChains[0]
+	}
+	if hashes["api-v1"] == hashes["api-v2"] || hashes["api-v1"] == hashes["api-v1-9090"] {
+		t.Fatal("the test needs the policy and the port to change the chain")
+	}
+	if chains["api-v1"] != chains["api-v1b"] {
+		t.Error("sidecars with the same inputs do not share their filter chain")
 	}
 }
