@@ -2,10 +2,15 @@ package snapshot
 
 import (
 	"fmt"
+	"reflect"
 	"runtime"
 	"testing"
+	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
@@ -136,5 +141,131 @@ func BenchmarkTranslateProxy(b *testing.B) {
 			b.Fatal(err)
 		}
 		i++
+	}
+}
+
+// Proxies whose set of a type is identical share one indexed set and delta
+// version map (the sidecars of a service: same local_app cluster, same
+// upstreams); sets that differ (inbound listeners carry each proxy's
+// address) are not shared, and the shared parts are exactly the proxy's
+// resources.
+func TestIdenticalTypeSetsAreShared(t *testing.T) {
+	svcs, pxs := largeMesh(20, 3, 40, 2) // proxy i and i+20: same service, same upstreams
+	cat, err := mesh.NewCatalog(svcs, pxs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := benchPublisher()
+	pub.Update(cat)
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	a, b, other := pub.Snapshot("proxy-00001"), pub.Snapshot("proxy-00021"), pub.Snapshot("proxy-00002")
+	same := func(x, y map[string]types.ResourceWithTTL) bool {
+		return reflect.ValueOf(x).UnsafePointer() == reflect.ValueOf(y).UnsafePointer()
+	}
+	for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType} {
+		if !same(a.GetResourcesAndTTL(typ), b.GetResourcesAndTTL(typ)) || a.GetVersion(typ) != b.GetVersion(typ) {
+			t.Errorf("%s: sidecars of one service with the same upstreams do not share the set", typ)
+		}
+		if reflect.ValueOf(a.GetVersionMap(typ)).UnsafePointer() != reflect.ValueOf(b.GetVersionMap(typ)).UnsafePointer() {
+			t.Errorf("%s: version maps not shared", typ)
+		}
+		if same(a.GetResourcesAndTTL(typ), other.GetResourcesAndTTL(typ)) || a.GetVersion(typ) == other.GetVersion(typ) {
+			t.Errorf("%s: proxies of different services share a set", typ)
+		}
+	}
+	if same(a.GetResourcesAndTTL(resourcev3.ListenerType), b.GetResourcesAndTTL(resourcev3.ListenerType)) {
+		t.Error("listener sets shared although each inbound listener carries its proxy's address")
+	}
+	// A snapshot the publisher did not build has no shared encodings.
+	foreign, err := cachev3.NewSnapshot("v1", map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {&clusterv3.Cluster{Name: "c"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := Wire(foreign, resourcev3.ClusterType); ok {
+		t.Error("Wire answered for a snapshot the publisher did not build")
+	}
+	// Shared or not, a snapshot holds exactly its proxy's resources.
+	for _, id := range []string{"proxy-00001", "proxy-00021"} {
+		res, err := xds.Translate(cat, id, xds.Options{TrustDomain: "cluster.local"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap := pub.Snapshot(id)
+		for typ, want := range res.ByType() {
+			got := snap.GetVersionMap(typ)
+			if len(got) != len(want) {
+				t.Fatalf("%s %s: %d resources, want %d", id, typ, len(got), len(want))
+			}
+			for _, r := range want {
+				if got[r.Name] != r.Hash {
+					t.Errorf("%s %s %s: version %q, want %q", id, typ, r.Name, got[r.Name], r.Hash)
+				}
+			}
+			// The encodings the server answers from are the snapshot's
+			// resources, under the snapshot's version.
+			wire, v, ok := Wire(snap, typ)
+			if !ok || v != snap.GetVersion(typ) || len(wire) != len(want) {
+				t.Fatalf("%s %s: Wire gave %d resources, version %q, ok %v", id, typ, len(wire), v, ok)
+			}
+			for i, r := range wire {
+				if r.Name != want[i].Name || r.Message != snap.GetResources(typ)[r.Name] {
+					t.Errorf("%s %s: Wire resource %d is %s, not the snapshot's %s", id, typ, i, r.Name, want[i].Name)
+				}
+			}
+		}
+	}
+}
+
+// A shared set is held weakly: once no snapshot uses it, it is collected
+// and its cache entry goes, so a long-running meshd does not accumulate the
+// sets of every catalog it ever served.
+func TestTypeSetsAreForgotten(t *testing.T) {
+	res := &xds.Resource{Name: "forget-me", Message: &clusterv3.Cluster{Name: "forget-me"}, Hash: "0123"}
+	snap, _ := buildSnapshot(map[string][]*xds.Resource{resourcev3.ClusterType: {res}})
+	count := func() int {
+		typeSets.mu.Lock()
+		defer typeSets.mu.Unlock()
+		n := 0
+		for k, wp := range typeSets.sets {
+			if ts := wp.Value(); k.typ == resourcev3.ClusterType && ts != nil {
+				if _, ok := ts.res.Items["forget-me"]; ok {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	if count() != 1 {
+		t.Fatal("set not cached")
+	}
+	again, _ := buildSnapshot(map[string][]*xds.Resource{resourcev3.ClusterType: {res}})
+	if reflect.ValueOf(snap.GetResourcesAndTTL(resourcev3.ClusterType)).UnsafePointer() != reflect.ValueOf(again.GetResourcesAndTTL(resourcev3.ClusterType)).UnsafePointer() {
+		t.Fatal("identical set built twice")
+	}
+	runtime.KeepAlive(snap)
+	runtime.KeepAlive(again)
+	snap, again = nil, nil
+	keyed := func() bool {
+		typeSets.mu.Lock()
+		defer typeSets.mu.Unlock()
+		for k, wp := range typeSets.sets {
+			if k.typ == resourcev3.ClusterType && wp.Value() == nil {
+				return true // collected, entry not yet removed
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runtime.GC()
+		if count() == 0 && !keyed() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("unused set still cached")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

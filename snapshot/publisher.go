@@ -7,11 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
+	"weak"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -55,6 +59,9 @@ type Publisher struct {
 	m       *metrics.Metrics
 
 	kick chan struct{}
+	// batching counts Batch calls in progress; their updates kick Run once,
+	// at the end.
+	batching atomic.Int32
 
 	mu      sync.Mutex
 	latest  *mesh.Catalog // most recent catalog handed to Update
@@ -121,23 +128,42 @@ func New(cache cachev3.SnapshotCache, secrets Secrets, opts Options) *Publisher 
 	}
 }
 
-// Update hands the publisher a new catalog; Run renders it after the holdoff.
+// Update hands the publisher a new catalog; Run renders it (see Run for
+// when).
 func (p *Publisher) Update(cat *mesh.Catalog) {
 	p.mu.Lock()
 	p.latest = cat
 	p.mu.Unlock()
-	select {
-	case p.kick <- struct{}{}:
-	default:
-	}
+	p.kickRun()
 }
 
-// UpdatePolicy hands the publisher a new policy set; Run renders it after
-// the holdoff like a catalog change.
+// UpdatePolicy hands the publisher a new policy set; Run renders it like a
+// catalog change.
 func (p *Publisher) UpdatePolicy(ps *mesh.PolicySet) {
 	p.mu.Lock()
 	p.policy = ps
 	p.mu.Unlock()
+	p.kickRun()
+}
+
+// Batch runs f, which makes several updates that belong together (a catalog
+// and the policy mapped from it), and lets Run see them as one change. Run
+// publishes the first change after a quiet period at once, so without Batch
+// it could render the new catalog with the old policy for a moment.
+func (p *Publisher) Batch(f func()) {
+	p.batching.Add(1)
+	defer func() {
+		if p.batching.Add(-1) == 0 {
+			p.kickRun()
+		}
+	}()
+	f()
+}
+
+func (p *Publisher) kickRun() {
+	if p.batching.Load() > 0 {
+		return // the batch's end kicks
+	}
 	select {
 	case p.kick <- struct{}{}:
 	default:
@@ -151,13 +177,20 @@ func (p *Publisher) Ready() bool {
 	return p.published
 }
 
-// Run debounces updates and publishes until ctx is done. It also re-renders
-// when the earliest certificate falls due, using a single timer.
+// Run publishes updates until ctx is done. The first change after a quiet
+// period (no publish for at least Holdoff) is published at once, so an
+// isolated change — one endpoint, one health flip — reaches proxies without
+// waiting; changes that follow within Holdoff of a publish are debounced:
+// published once no change has arrived for Holdoff, or MaxDelay after the
+// first of them, whichever comes first. A burst therefore costs two
+// publishes, its first change and the rest together. Run also re-renders when
+// the earliest certificate falls due, using a single timer.
 func (p *Publisher) Run(ctx context.Context) {
 	var (
-		holdoff  <-chan time.Time
-		deadline <-chan time.Time
-		renew    *time.Timer
+		holdoff     <-chan time.Time
+		deadline    <-chan time.Time
+		renew       *time.Timer
+		lastPublish time.Time
 	)
 	resetRenew := func() {
 		if renew != nil {
@@ -183,6 +216,7 @@ func (p *Publisher) Run(ctx context.Context) {
 		if _, err := p.Publish(); err != nil {
 			p.log.Error("publish failed; the last good snapshots keep serving", "err", err)
 		}
+		lastPublish = time.Now()
 		resetRenew()
 	}
 	for {
@@ -190,6 +224,10 @@ func (p *Publisher) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-p.kick:
+			if deadline == nil && time.Since(lastPublish) >= p.opts.Holdoff {
+				publish() // leading edge: quiet until now
+				continue
+			}
 			holdoff = time.After(p.opts.Holdoff)
 			if deadline == nil {
 				deadline = time.After(p.opts.MaxDelay)
@@ -335,35 +373,158 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 
 // buildSnapshot assembles a cache snapshot with one content-hash version per
 // type and a precomputed delta version map, so neither SotW nor delta serving
-// re-hashes resources per proxy.
+// re-hashes resources per proxy. The per-type parts (go-control-plane's
+// indexed Resources and the delta version map) are shared with every other
+// snapshot whose set of that type is identical (typeSets): the sidecars of
+// a service, and every caller of the same upstreams, get the same clusters,
+// endpoints, routes and secrets.
 func buildSnapshot(sets map[string][]*xds.Resource) (*cachev3.Snapshot, map[string]string) {
-	snap := &cachev3.Snapshot{VersionMap: map[string]map[string]string{}}
-	versions := map[string]string{}
+	held := &heldSnapshot{Snapshot: cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(sets))}}
+	versions := make(map[string]string, len(sets))
 	for typ, list := range sets {
-		items := make([]types.Resource, len(list))
-		vm := make(map[string]string, len(list))
-		h := sha256.New()
-		sorted := slices.Clone(list)
-		sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
-		for i, r := range sorted {
-			items[i] = r.Message
-			vm[r.Name] = r.Hash
-			h.Write([]byte(r.Name))
-			h.Write([]byte{0})
-			h.Write([]byte(r.Hash))
-			h.Write([]byte{0})
-		}
-		v := hex.EncodeToString(h.Sum(nil)[:8])
-		if len(list) == 0 {
-			// An empty set still needs a version so subscribers get an
-			// (empty) answer instead of waiting forever.
-			v = "empty"
-		}
-		versions[typ] = v
-		snap.Resources[cachev3.GetResponseType(typ)] = cachev3.NewResources(v, items)
-		snap.VersionMap[typ] = vm
+		ts := typeSets.get(typ, list)
+		i := cachev3.GetResponseType(typ)
+		held.sets[i] = ts
+		versions[typ] = ts.res.Version
+		held.Resources[i] = ts.res
+		held.VersionMap[typ] = ts.versionMap
 	}
-	return snap, versions
+	held.register()
+	// The cache and the publisher hold the embedded Snapshot; that interior
+	// pointer keeps held, and so the sets it uses, alive.
+	return &held.Snapshot, versions
+}
+
+// heldSnapshots finds the heldSnapshot around a *cachev3.Snapshot (Wire):
+// snapshot address → weak pointer to its heldSnapshot. Weak, so the
+// registry never keeps a snapshot alive; an entry whose snapshot is gone is
+// removed by a cleanup.
+var heldSnapshots sync.Map
+
+func (h *heldSnapshot) register() {
+	addr := uintptr(unsafe.Pointer(&h.Snapshot))
+	heldSnapshots.Store(addr, weak.Make(h))
+	runtime.AddCleanup(h, func(addr uintptr) {
+		// Unless a new snapshot has been registered at the same address.
+		if v, ok := heldSnapshots.Load(addr); ok && v.(weak.Pointer[heldSnapshot]).Value() == nil {
+			heldSnapshots.CompareAndDelete(addr, v)
+		}
+	}, addr)
+}
+
+// Wire returns the resources of typeURL in a snapshot the publisher built,
+// sorted by name, with their shared encodings (xds.Resource.Wire), and the
+// snapshot's version of the type; ok is false for any other snapshot. The
+// server answers from them instead of having go-control-plane marshal every
+// resource again for every response. The slice must not be modified.
+func Wire(s cachev3.ResourceSnapshot, typeURL string) (sorted []*xds.Resource, version string, ok bool) {
+	snap, isSnap := s.(*cachev3.Snapshot)
+	if !isSnap || snap == nil {
+		return nil, "", false
+	}
+	v, found := heldSnapshots.Load(uintptr(unsafe.Pointer(snap)))
+	if !found {
+		return nil, "", false
+	}
+	// The address alone could be a reused one: it is this snapshot only if
+	// the live heldSnapshot registered there embeds exactly snap.
+	h := v.(weak.Pointer[heldSnapshot]).Value()
+	if h == nil || &h.Snapshot != snap {
+		return nil, "", false
+	}
+	i := cachev3.GetResponseType(typeURL)
+	if i == types.UnknownType || h.sets[i] == nil {
+		return nil, "", false
+	}
+	return h.sets[i].sorted, h.sets[i].res.Version, true
+}
+
+// heldSnapshot is a snapshot with the shared per-type sets it was built from:
+// typeSets only holds weak pointers, so a set lives exactly as long as some
+// snapshot uses it.
+type heldSnapshot struct {
+	cachev3.Snapshot
+	sets [types.UnknownType]*typeSet // by response type, like Resources
+}
+
+// typeSet is one type's resources as a snapshot holds them. Never modified
+// once built: many snapshots share it.
+type typeSet struct {
+	res        cachev3.Resources
+	versionMap map[string]string
+	// sorted is the set's resources sorted by name: their shared encodings
+	// (xds.Resource.Wire), for responses built without marshalling (Wire).
+	// A slice, not another map: a set is held per proxy for listeners.
+	sorted []*xds.Resource
+}
+
+type typeSetKey struct {
+	typ string
+	sum [sha256.Size]byte // of every resource's name and hash, by name
+}
+
+// setCache finds the typeSet of identical content built for another proxy.
+// It is keyed by content (the full SHA-256 over names and resource hashes),
+// so a hit is always the same resources, and it holds its sets weakly: a
+// set no snapshot uses is collected and its entry removed.
+type setCache struct {
+	mu   sync.Mutex
+	sets map[typeSetKey]weak.Pointer[typeSet]
+}
+
+// typeSets is shared by every publisher: content-keyed, a hit is right
+// whichever publisher built the set.
+var typeSets = &setCache{sets: map[typeSetKey]weak.Pointer[typeSet]{}}
+
+func (c *setCache) get(typ string, list []*xds.Resource) *typeSet {
+	sorted := list
+	byName := func(a, b *xds.Resource) int { return strings.Compare(a.Name, b.Name) }
+	if !slices.IsSortedFunc(list, byName) {
+		sorted = slices.SortedFunc(slices.Values(list), byName)
+	}
+	// The same digest as writing each name and hash to a hash.Hash, from
+	// one buffer: no per-field conversion garbage for every proxy.
+	var scratch [1024]byte
+	buf := scratch[:0]
+	for _, r := range sorted {
+		buf = append(append(buf, r.Name...), 0)
+		buf = append(append(buf, r.Hash...), 0)
+	}
+	key := typeSetKey{typ: typ, sum: sha256.Sum256(buf)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ts := c.sets[key].Value(); ts != nil {
+		return ts
+	}
+	// The version is the first 8 bytes of the same hash, as before sets
+	// were shared, so versions do not change across the upgrade.
+	v := hex.EncodeToString(key.sum[:8])
+	if len(list) == 0 {
+		// An empty set still needs a version so subscribers get an
+		// (empty) answer instead of waiting forever.
+		v = "empty"
+	}
+	items := make(map[string]types.ResourceWithTTL, len(sorted))
+	vm := make(map[string]string, len(sorted))
+	for _, r := range sorted {
+		items[r.Name] = types.ResourceWithTTL{Resource: r.Message}
+		vm[r.Name] = r.Hash
+	}
+	// A copy: sorted may be the caller's slice.
+	ts := &typeSet{res: cachev3.Resources{Version: v, Items: items}, versionMap: vm, sorted: slices.Clone(sorted)}
+	c.sets[key] = weak.Make(ts)
+	runtime.AddCleanup(ts, c.forget, key)
+	return ts
+}
+
+// forget drops the entry of a collected set, unless a new set of the same
+// content has taken its place since.
+func (c *setCache) forget(key typeSetKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if wp, ok := c.sets[key]; ok && wp.Value() == nil {
+		delete(c.sets, key)
+	}
 }
 
 func maps2Equal(a, b map[string]string) bool {

@@ -11,10 +11,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -63,6 +66,8 @@ type config struct {
 	// Identity: operator-supplied CA files, and plaintext xDS for development.
 	caRootCert, caInterCert, caInterKey string
 	insecureXDS                         bool
+	// memoryLimit is the Go runtime's soft memory limit (--memory-limit).
+	memoryLimit memoryLimitFlag
 }
 
 const usage = `meshd — an Envoy xDS control plane with a built-in mesh CA.
@@ -105,10 +110,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:15014", "`address` of the admin HTTP server (health, metrics, debug); keep it on loopback or a private network")
 	fs.StringVar(&c.serverHosts, "server-hosts", "", "comma-separated extra DNS names and IPs for the xDS server certificate (localhost and 127.0.0.1 are always included); list every name proxies use to reach meshd")
 	fs.DurationVar(&c.leafTTL, "leaf-ttl", 24*time.Hour, "lifetime of workload certificates; each is reissued at half its life")
-	fs.DurationVar(&c.holdoff, "debounce-holdoff", 100*time.Millisecond, "wait this long after a catalog change for further changes before pushing")
+	fs.DurationVar(&c.holdoff, "debounce-holdoff", 100*time.Millisecond, "a change after at least this long without a push is pushed at once; changes within this long of a push are batched until quiet this long (coalesces bursts)")
 	fs.DurationVar(&c.maxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
 	fs.BoolVar(&c.deterministicLeaves, "deterministic-leaves", false, "for several replicas sharing an operator-supplied intermediate (--ca-*): issue byte-identical workload certificates on every replica (epoch-aligned validity, keys derived from the intermediate key), so a proxy moving between replicas gets no new certificate")
-	fs.DurationVar(&c.catalogHoldoff, "catalog-holdoff", 100*time.Millisecond, "read the catalog file only once it has been quiet this long after a change (coalesces partial writes; files replaced by rename can use 10ms)")
+	fs.DurationVar(&c.catalogHoldoff, "catalog-holdoff", 100*time.Millisecond, "after an in-place write, read the catalog file only once it has been quiet this long (coalesces partial writes); a file renamed onto the catalog's path is read at once")
 	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "re-read the catalog this often even without file events (safety net for missed events); 0 turns polling off")
 	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
 	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
@@ -117,6 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.caInterCert, "ca-intermediate-cert", "", "`file` with the intermediate certificate meshd signs workload certificates with (operator-supplied CA)")
 	fs.StringVar(&c.caInterKey, "ca-intermediate-key", "", "`file` with the intermediate's private key (mode 0600; operator-supplied CA)")
 	fs.BoolVar(&c.insecureXDS, "insecure-xds", false, "DEVELOPMENT ONLY: serve xDS in plaintext without authenticating proxies; any client can fetch any proxy's configuration and certificates")
+	fs.Var(&c.memoryLimit, "memory-limit", "soft memory `limit` for the Go runtime (debug.SetMemoryLimit), in bytes or with a unit: B, KiB, MiB, GiB, TiB (e.g. 900MiB); the garbage collector works harder as the heap nears it instead of letting RSS follow GOGC's goal. 0 or off: no limit. Default: GOMEMLIMIT if set, otherwise no limit")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -181,6 +187,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "meshd:", err)
 		os.Exit(2)
 	}
+	c.memoryLimit.apply(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, c, log, nil); err != nil {
@@ -240,8 +247,12 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	pc := &policyCombiner{opts: consul.IntentionOptions{TrustDomain: c.trustDomain, DefaultAllow: c.consulDefaultIntention == "allow"},
 		publish: pub.UpdatePolicy, log: log}
 	srcs, catalogStatus, err := startSources(ctx, c, log, m, errc, func(cat *mesh.Catalog) {
-		pub.Update(cat)
-		pc.setCatalog(cat)
+		// One change: intentions are re-mapped against the new catalog, and
+		// the new catalog must never be rendered with the old mapping.
+		pub.Batch(func() {
+			pub.Update(cat)
+			pc.setCatalog(cat)
+		})
 	})
 	if err != nil {
 		return err
@@ -387,4 +398,67 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	defer scancel()
 	_ = hs.Shutdown(sctx)
 	return runErr
+}
+
+// memoryLimitFlag is --memory-limit. set tells an explicit value (which
+// overrides GOMEMLIMIT) from the default (leave the runtime's GOMEMLIMIT
+// handling alone).
+type memoryLimitFlag struct {
+	bytes int64
+	set   bool
+}
+
+// memoryUnits are GOMEMLIMIT's suffixes, so one spelling works for both.
+var memoryUnits = []struct {
+	suffix string
+	mult   int64
+}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+func (f *memoryLimitFlag) String() string {
+	if f == nil || !f.set {
+		return ""
+	}
+	return strconv.FormatInt(f.bytes, 10)
+}
+
+func (f *memoryLimitFlag) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if s == "off" || s == "0" {
+		f.bytes, f.set = 0, true
+		return nil
+	}
+	num, mult := s, int64(1)
+	for _, u := range memoryUnits {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return fmt.Errorf("%q: use a byte count with an optional unit B, KiB, MiB, GiB or TiB (e.g. 900MiB), or 0 for no limit", s)
+	}
+	f.bytes, f.set = n*mult, true
+	return nil
+}
+
+// apply sets the runtime's soft memory limit and logs the one in force.
+func (f *memoryLimitFlag) apply(log *slog.Logger) {
+	switch {
+	case f.set && f.bytes > 0:
+		debug.SetMemoryLimit(f.bytes)
+		log.Info("soft memory limit set", "bytes", f.bytes, "from", "--memory-limit")
+	case f.set:
+		debug.SetMemoryLimit(math.MaxInt64)
+		log.Info("no soft memory limit", "from", "--memory-limit")
+	case os.Getenv("GOMEMLIMIT") != "":
+		// The runtime has already applied it; a negative value only reads it.
+		if n := debug.SetMemoryLimit(-1); n != math.MaxInt64 {
+			log.Info("soft memory limit set", "bytes", n, "from", "GOMEMLIMIT")
+		} else {
+			log.Info("no soft memory limit", "from", "GOMEMLIMIT")
+		}
+	default:
+		log.Info("no soft memory limit (set --memory-limit or GOMEMLIMIT to bound the heap)")
+	}
 }
