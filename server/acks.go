@@ -9,7 +9,7 @@ func (t *Tracker) Acked(node, typeURL string) (string, bool) {
 	if n == nil {
 		return "", false
 	}
-	ts := n.types[typeURL]
+	ts := n.status(typeURL)
 	if ts == nil {
 		return "", n.streams > 0
 	}

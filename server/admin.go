@@ -51,7 +51,10 @@ func (a *Admin) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics.Registry, promhttp.HandlerOpts{}))
+	// Uncompressed: meshd's metrics are some 40 KB, and each gzip writer
+	// promhttp pools between scrapes holds about 650 KB of compression
+	// tables, which regular scraping keeps alive for good.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics.Registry, promhttp.HandlerOpts{DisableCompression: true}))
 	mux.HandleFunc("GET /debug/config_dump", a.configDump)
 	mux.HandleFunc("GET /debug/status", a.status)
 	a.registerCA(mux)

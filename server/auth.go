@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
@@ -115,8 +116,8 @@ func (a *Authenticator) authenticate(ctx context.Context) (*credential, error) {
 	if p != nil && p.Addr != nil {
 		c.peer = p.Addr.String()
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	if vals := md.Get(TokenMetadataKey); len(vals) > 0 {
+	// Only the token's values, not a copy of all the stream's metadata.
+	if vals := metadata.ValueFromIncomingContext(ctx, TokenMetadataKey); len(vals) > 0 {
 		tok, ok := strings.CutPrefix(vals[0], "Bearer ")
 		if !ok {
 			return nil, a.refuse("bad_token", codes.Unauthenticated, "xDS: the %q metadata must be \"Bearer <token>\"", TokenMetadataKey)
@@ -216,10 +217,12 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithCancel(ss.Context())
-		defer cancel()
-		as := &authStream{ServerStream: ss, ctx: ctx, cancel: cancel, a: a, cred: cred, node: node, checked: time.Now(),
-			allowed: map[string]bool{xds.TrustBundleSecretName: true, xds.IdentitySecretName(id): true}}
+		// No derived context: a violation is returned from RecvMsg, which
+		// ends go-control-plane's receive loop and so the stream; a
+		// cancellable child of the stream's context would cost every
+		// stream a context, a Done channel and an entry in its parent.
+		as := &authStream{ServerStream: ss, a: a, cred: cred, node: node, checked: time.Now(),
+			identitySecret: xds.IdentitySecretName(id)}
 		as.filter(first)
 		as.pending = first
 		err = handler(srv, as)
@@ -254,7 +257,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 			return nil, err
 		}
 		as := &authStream{a: a, cred: cred, node: node,
-			allowed: map[string]bool{xds.TrustBundleSecretName: true, xds.IdentitySecretName(id): true}}
+			identitySecret: xds.IdentitySecretName(id)}
 		as.filter(req)
 		return handler(ctx, req)
 	}
@@ -282,20 +285,19 @@ func nodeIDOf(m any) string {
 // down to what the credential grants.
 type authStream struct {
 	grpc.ServerStream
-	ctx     context.Context
-	cancel  context.CancelFunc
-	a       *Authenticator
-	cred    *credential
-	node    string
-	allowed map[string]bool
-	pending any
-	checked time.Time // last token re-check
+	a    *Authenticator
+	cred *credential
+	node string
+	// identitySecret is the one identity secret the credential grants
+	// (besides the trust bundle, which every proxy may read); a string
+	// rather than a set, since each stream carries it.
+	identitySecret string
+	pending        any
+	checked        time.Time // last token re-check
 
 	mu  sync.Mutex
 	bad error
 }
-
-func (s *authStream) Context() context.Context { return s.ctx }
 
 func (s *authStream) violation() error {
 	s.mu.Lock()
@@ -313,14 +315,14 @@ func (s *authStream) RecvMsg(m any) error {
 				return status.Error(codes.Internal, "xDS: request type mismatch")
 			}
 			dst.Reset()
-			proto.Merge(dst, src)
+			moveInto(dst, src)
 		case *discoveryv3.DeltaDiscoveryRequest:
 			src, ok := p.(*discoveryv3.DeltaDiscoveryRequest)
 			if !ok {
 				return status.Error(codes.Internal, "xDS: request type mismatch")
 			}
 			dst.Reset()
-			proto.Merge(dst, src)
+			moveInto(dst, src)
 		default:
 			return status.Errorf(codes.Internal, "xDS: unexpected message type %T", m)
 		}
@@ -335,7 +337,6 @@ func (s *authStream) RecvMsg(m any) error {
 		s.mu.Lock()
 		s.bad = err
 		s.mu.Unlock()
-		s.cancel()
 		return err
 	}
 	if err := s.recheck(); err != nil {
@@ -343,6 +344,19 @@ func (s *authStream) RecvMsg(m any) error {
 	}
 	s.filter(m)
 	return nil
+}
+
+// moveInto hands src's fields to dst (of the same type) without copying
+// them: the replayed first request is never used again, so a deep copy
+// (proto.Merge) of its node and metadata would only be garbage, for every
+// stream. Unknown fields go along.
+func moveInto(dst, src proto.Message) {
+	d, s := dst.ProtoReflect(), src.ProtoReflect()
+	s.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		d.Set(fd, v)
+		return true
+	})
+	d.SetUnknown(s.GetUnknown())
 }
 
 // tokenRecheck is how often a long-lived stream's token is verified again,
@@ -368,7 +382,6 @@ func (s *authStream) recheck() error {
 		s.mu.Lock()
 		s.bad = e
 		s.mu.Unlock()
-		s.cancel()
 		return e
 	}
 	return nil
@@ -400,7 +413,7 @@ func (s *authStream) filter(m any) {
 	kept := (*names)[:0:0]
 	var denied []string
 	for _, n := range *names {
-		if s.allowed[n] || n == deniedSecretName {
+		if n == xds.TrustBundleSecretName || n == s.identitySecret || n == deniedSecretName {
 			kept = append(kept, n)
 		} else {
 			denied = append(denied, n)

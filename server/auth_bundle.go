@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -24,14 +25,29 @@ import (
 // proxy ACKs that response, so it needs nothing from the snapshot layer.
 type bundleAcks struct {
 	mu sync.Mutex
-	// inflight: stream → nonce → root fingerprints of the ROOTCA sent.
-	inflight map[streamKey]map[string][]string
+	// inflight: stream → the unanswered SDS responses carrying a ROOTCA,
+	// oldest first, with the root fingerprints each carried. Usually one
+	// (see streamState.sent), at most maxOlder+1.
+	inflight map[streamKey][]bundleSent
+	// last caches the fingerprints of the last ROOTCA seen, by its wire
+	// bytes: every proxy is sent the same bundle, so it is parsed once per
+	// bundle rather than once per response, and every stream shares one
+	// fingerprint slice.
+	last struct {
+		value []byte
+		roots []string
+	}
 	// acked: node → root fingerprints of the last bundle it ACKed.
 	acked map[string][]string
 	// agents: node → the bundle its mesh-agent last fetched from the CA
 	// service. An agent serves its Envoy's SDS, so meshd never sees that
 	// Envoy's secret ACKs; the agent's fetch stands in for them.
 	agents map[string]agentBundle
+}
+
+type bundleSent struct {
+	nonce string
+	roots []string
 }
 
 type agentBundle struct {
@@ -87,14 +103,31 @@ func (b *bundleAcks) sent(stream streamKey, nonce string, roots []string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.inflight == nil {
-		b.inflight = map[streamKey]map[string][]string{}
+		b.inflight = map[streamKey][]bundleSent{}
 	}
-	m := b.inflight[stream]
-	if m == nil {
-		m = map[string][]string{}
-		b.inflight[stream] = m
+	l := b.inflight[stream]
+	if len(l) > maxOlder {
+		l = slices.Delete(l, 0, 1)
 	}
-	m[nonce] = roots
+	b.inflight[stream] = append(l, bundleSent{nonce: nonce, roots: roots})
+}
+
+// rootsOf is the package's rootsOf behind the one-bundle cache.
+func (b *bundleAcks) rootsOf(a *anypb.Any) ([]string, bool) {
+	b.mu.Lock()
+	if a != nil && b.last.value != nil && bytes.Equal(a.GetValue(), b.last.value) {
+		roots := b.last.roots
+		b.mu.Unlock()
+		return roots, true
+	}
+	b.mu.Unlock()
+	roots, ok := rootsOf(a)
+	if ok {
+		b.mu.Lock()
+		b.last.value, b.last.roots = bytes.Clone(a.GetValue()), roots
+		b.mu.Unlock()
+	}
+	return roots, ok
 }
 
 func (b *bundleAcks) sentSotW(stream streamKey, resp *discoveryv3.DiscoveryResponse) {
@@ -102,7 +135,7 @@ func (b *bundleAcks) sentSotW(stream streamKey, resp *discoveryv3.DiscoveryRespo
 		return
 	}
 	for _, r := range resp.GetResources() {
-		if roots, ok := rootsOf(r); ok {
+		if roots, ok := b.rootsOf(r); ok {
 			b.sent(stream, resp.GetNonce(), roots)
 			return
 		}
@@ -114,7 +147,7 @@ func (b *bundleAcks) sentDelta(stream streamKey, resp *discoveryv3.DeltaDiscover
 		return
 	}
 	for _, r := range resp.GetResources() {
-		if roots, ok := rootsOf(r.GetResource()); ok {
+		if roots, ok := b.rootsOf(r.GetResource()); ok {
 			b.sent(stream, resp.GetNonce(), roots)
 			return
 		}
@@ -129,11 +162,18 @@ func (b *bundleAcks) replied(stream streamKey, node, typeURL, nonce string, nack
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	roots, ok := b.inflight[stream][nonce]
-	if !ok {
+	l := b.inflight[stream]
+	i := slices.IndexFunc(l, func(s bundleSent) bool { return s.nonce == nonce })
+	if i < 0 {
 		return
 	}
-	delete(b.inflight[stream], nonce)
+	roots := l[i].roots
+	// Answered, and so is everything sent before it (answers come in order).
+	if l = slices.Delete(l, 0, i+1); len(l) == 0 {
+		delete(b.inflight, stream)
+	} else {
+		b.inflight[stream] = l
+	}
 	if nack {
 		return
 	}
@@ -166,7 +206,7 @@ func (t *Tracker) BundleAcked(rootFingerprint string) (bool, []string) {
 		if n.streams == 0 {
 			continue
 		}
-		if _, sds := n.types[resourcev3.SecretType]; sds {
+		if n.status(resourcev3.SecretType) != nil {
 			nodes = append(nodes, id)
 		}
 	}

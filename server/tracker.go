@@ -3,13 +3,17 @@ package server
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+	"unique"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/xds"
@@ -54,15 +58,82 @@ type streamState struct {
 	node   string
 	flavor string
 	delta  bool
-	// sent maps type URL → nonce → version for responses in flight.
-	sent map[string]map[string]string
+	// sent is the last unanswered response of each type: its nonce and
+	// version, in a fixed array indexed by response type rather than a map
+	// per type, so a stream costs one small allocation however many
+	// responses it gets (thousands of streams). A state-of-the-world
+	// stream never has two responses of a type unanswered (go-control-plane
+	// answers a type again only after the request that answers the last
+	// response; requests with an older nonce are ignored).
+	sent [types.UnknownType]sentResponse
+	// older holds responses superseded while still unanswered: a delta
+	// client may ask for more resources before answering a response, and is
+	// then sent another. Rare, so allocated only then, and bounded.
+	older []sentResponse
+}
+
+// sentResponse is one response of a stream: what a request carrying its
+// nonce ACKs or NACKs.
+type sentResponse struct {
+	typ            types.ResponseType
+	nonce, version string
+}
+
+// maxOlder bounds streamState.older: a client answers its responses in
+// order, so only the last few can still be answered.
+const maxOlder = 8
+
+// take returns and forgets the response of a type with the given nonce.
+func (s *streamState) take(typeURL, nonce string) (sentResponse, bool) {
+	i := cachev3.GetResponseType(typeURL)
+	if i == types.UnknownType {
+		return sentResponse{}, false // a type meshd does not serve
+	}
+	if r := s.sent[i]; r.nonce == nonce {
+		s.sent[i] = sentResponse{}
+		return r, true
+	}
+	for j, r := range s.older {
+		if r.typ == i && r.nonce == nonce {
+			s.older = slices.Delete(s.older, j, j+1)
+			return r, true
+		}
+	}
+	return sentResponse{}, false
+}
+
+// put records a response sent.
+func (s *streamState) put(typeURL, nonce, version string) {
+	i := cachev3.GetResponseType(typeURL)
+	if i == types.UnknownType {
+		return
+	}
+	if prev := s.sent[i]; prev.nonce != "" {
+		if len(s.older) == maxOlder {
+			s.older = slices.Delete(s.older, 0, 1)
+		}
+		s.older = append(s.older, prev)
+	}
+	s.sent[i] = sentResponse{typ: i, nonce: nonce, version: version}
 }
 
 type nodeState struct {
 	flavor  string
 	streams int
-	types   map[string]*TypeStatus
-	seen    time.Time
+	// types holds the status of each response type the node was sent or
+	// asked for, indexed by go-control-plane's response type: a fixed array
+	// rather than a map per node (every proxy that ever connected has one).
+	types [types.UnknownType]*TypeStatus
+	seen  time.Time
+}
+
+// status returns the node's status of a type URL, nil if none yet or if
+// meshd does not serve the type.
+func (n *nodeState) status(typeURL string) *TypeStatus {
+	if i := cachev3.GetResponseType(typeURL); i != types.UnknownType {
+		return n.types[i]
+	}
+	return nil
 }
 
 // TypeStatus is the xDS state of one resource type for one proxy.
@@ -97,7 +168,7 @@ func flavorOf(n *corev3.Node) string {
 
 func (t *Tracker) open(id streamKey) {
 	t.mu.Lock()
-	t.streams[id] = &streamState{delta: id.delta, sent: map[string]map[string]string{}}
+	t.streams[id] = &streamState{delta: id.delta}
 	t.mu.Unlock()
 }
 
@@ -122,7 +193,7 @@ func (t *Tracker) closed(id streamKey) {
 func (t *Tracker) identify(id streamKey, node *corev3.Node) *streamState {
 	s := t.streams[id]
 	if s == nil {
-		s = &streamState{delta: id.delta, sent: map[string]map[string]string{}}
+		s = &streamState{delta: id.delta}
 		t.streams[id] = s
 	}
 	if s.node != "" || node.GetId() == "" {
@@ -131,7 +202,7 @@ func (t *Tracker) identify(id streamKey, node *corev3.Node) *streamState {
 	s.node, s.flavor = node.GetId(), flavorOf(node)
 	n := t.nodes[s.node]
 	if n == nil {
-		n = &nodeState{types: map[string]*TypeStatus{}}
+		n = &nodeState{}
 		t.nodes[s.node] = n
 	}
 	n.flavor = s.flavor
@@ -152,27 +223,30 @@ func (t *Tracker) typeStatus(node, typeURL string) *TypeStatus {
 	if n == nil {
 		return &TypeStatus{} // detached: the stream never identified itself
 	}
-	ts := n.types[typeURL]
-	if ts == nil {
-		ts = &TypeStatus{}
-		n.types[typeURL] = ts
+	i := cachev3.GetResponseType(typeURL)
+	if i == types.UnknownType {
+		return &TypeStatus{} // a type meshd does not serve: nothing to record
 	}
-	return ts
+	if n.types[i] == nil {
+		n.types[i] = &TypeStatus{}
+	}
+	return n.types[i]
 }
 
 // request handles one SotW or delta request. It returns the version the
-// NACKed response carried ("" if this is not a NACK or it is unknown).
-func (t *Tracker) request(id streamKey, node *corev3.Node, typeURL, nonce string, errDetail interface{ GetMessage() string }, isNack bool) string {
+// NACKed response carried ("" if this is not a NACK or it is unknown), and
+// for an ACK the version acknowledged.
+func (t *Tracker) request(id streamKey, node *corev3.Node, typeURL, nonce string, errDetail interface{ GetMessage() string }, isNack bool) (nacked, acked string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.identify(id, node)
 	if nonce == "" {
-		return "" // initial subscription, not a reply to anything
+		return "", "" // initial subscription, not a reply to anything
 	}
-	version, ok := s.sent[typeURL][nonce]
-	if ok {
-		delete(s.sent[typeURL], nonce)
-	}
+	// Forgotten once answered: a repeated reply to the same nonce is not a
+	// second ACK.
+	sent, ok := s.take(typeURL, nonce)
+	version := sent.version
 	short := shortType(typeURL)
 	ts := t.typeStatus(s.node, typeURL)
 	if isNack {
@@ -180,15 +254,16 @@ func (t *Tracker) request(id streamKey, node *corev3.Node, typeURL, nonce string
 		t.m.NACKs.WithLabelValues(short).Inc()
 		t.log.Warn("proxy rejected configuration (NACK); it keeps its previous config and the rejected version will not be resent",
 			"node", s.node, "type", short, "version", version, "error", errDetail.GetMessage())
-		return version
+		return version, ""
 	}
 	if ok {
 		ts.Acked = version
 		// Accepting any later version supersedes an earlier rejection.
 		ts.Nacked, ts.NackError = "", ""
 		t.m.ACKs.WithLabelValues(short).Inc()
+		return "", version
 	}
-	return ""
+	return "", ""
 }
 
 func (t *Tracker) response(id streamKey, typeURL, nonce, version string, resources int, bytes int) {
@@ -198,12 +273,7 @@ func (t *Tracker) response(id streamKey, typeURL, nonce, version string, resourc
 	if s == nil {
 		return
 	}
-	m := s.sent[typeURL]
-	if m == nil {
-		m = map[string]string{}
-		s.sent[typeURL] = m
-	}
-	m[nonce] = version
+	s.put(typeURL, nonce, version)
 	ts := t.typeStatus(s.node, typeURL)
 	ts.Sent = version
 	ts.Pushes++
@@ -224,9 +294,18 @@ func (t *Tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.closed(streamKey{
 // OnStreamRequest implements sotw.Callbacks. On a NACK it rewrites the
 // request's version to the rejected one (see Tracker).
 func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	if v := t.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil); v != "" {
-		req.VersionInfo = v
+	nacked, acked := t.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
+	switch {
+	case nacked != "":
+		req.VersionInfo = nacked
+	case acked != "" && req.GetVersionInfo() == acked:
+		// The same value, but the string the snapshot holds rather than
+		// the request's own copy: go-control-plane keeps every stream's
+		// latest request of each type.
+		req.VersionInfo = acked
 	}
+	req.TypeUrl = canonicalType(req.GetTypeUrl())
+	internNames(req.ResourceNames)
 	t.holdEmptySubscription(streamKey{id: id}, req)
 	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
 	t.bundleReply(streamKey{id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail() != nil)
@@ -259,6 +338,8 @@ func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 // NACKed resource until its content changes.
 func (t *Tracker) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	t.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
+	req.TypeUrl = canonicalType(req.GetTypeUrl())
+	internNames(req.ResourceNamesSubscribe)
 	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
 	t.bundleReply(streamKey{delta: true, id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail() != nil)
 	return nil
@@ -297,7 +378,11 @@ func (t *Tracker) Status() []NodeStatus {
 	out := make([]NodeStatus, 0, len(t.nodes))
 	for id, n := range t.nodes {
 		ns := NodeStatus{ID: id, Flavor: n.flavor, Streams: n.streams, Connected: n.streams > 0, LastSeen: n.seen, Types: map[string]*TypeStatus{}}
-		for typ, ts := range n.types {
+		for i, ts := range n.types {
+			if ts == nil {
+				continue
+			}
+			typ, _ := cachev3.GetResponseTypeURL(types.ResponseType(i))
 			c := *ts
 			ns.Types[shortType(typ)] = &c
 		}
@@ -315,6 +400,29 @@ func (t *Tracker) Node(id string) (NodeStatus, bool) {
 		}
 	}
 	return NodeStatus{}, false
+}
+
+// canonicalType returns go-control-plane's constant for a type URL meshd
+// serves. go-control-plane keeps every stream's latest request of each type
+// (with its watch), so each would otherwise hold its own copy of the
+// string, decoded from the wire.
+func canonicalType(typeURL string) string {
+	if i := cachev3.GetResponseType(typeURL); i != types.UnknownType {
+		if u, err := cachev3.GetResponseTypeURL(i); err == nil && u == typeURL {
+			return u
+		}
+	}
+	return typeURL
+}
+
+// internNames replaces requested resource names by canonical copies: every
+// caller of a service names the same clusters, routes and secrets, and
+// go-control-plane keeps each stream's requested names (in the request it
+// holds and in the subscription's set).
+func internNames(names []string) {
+	for i, n := range names {
+		names[i] = unique.Make(n).Value()
+	}
 }
 
 func shortType(typeURL string) string {
