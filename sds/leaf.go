@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"math/big"
@@ -225,11 +224,11 @@ func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 		if err != nil {
 			return nil, fmt.Errorf("encode key: %w", err)
 		}
-		keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+		keyPEM = appendPEM(nil, "PRIVATE KEY", keyDER)
 	}
 
 	life := notAfter.Sub(notBefore)
-	chainPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	chainPEM := appendPEM(make([]byte, 0, len(der)*4/3+len(der)/48+64+len(g.interPEM)), "CERTIFICATE", der)
 	chainPEM = append(chainPEM, g.interPEM...)
 	leaf := &Leaf{
 		DNSNames:  req.dns,

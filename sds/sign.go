@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"filippo.io/bigmod"
@@ -73,6 +74,8 @@ type leafSigner struct {
 	issuer         []byte   // the intermediate's subject, DER
 	authorityKeyID []byte   // the intermediate's subject key identifier
 	subjects       sync.Map // leaf subject DER by name (subjectDER)
+	exts           sync.Map // leaf extensions DER by request shape (extensionsDER)
+	cached         atomic.Int64
 }
 
 // newLeafSigner returns nil when g's chain is not one the fast path covers

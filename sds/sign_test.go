@@ -9,6 +9,8 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"net/url"
@@ -256,5 +258,48 @@ func TestMarshalPKCS8Matches(t *testing.T) {
 		if err != nil || !key.Equal(back) {
 			t.Fatalf("PKCS #8 does not parse back to the key: %v", err)
 		}
+	}
+}
+
+// TestAppendPEMMatches: the PEM writer used for leaves writes exactly what
+// encoding/pem does, for every length around the line and base64 block
+// boundaries.
+func TestAppendPEMMatches(t *testing.T) {
+	for n := 0; n < 200; n++ {
+		der := make([]byte, n)
+		rand.Read(der)
+		want := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+		if got := appendPEM(nil, "CERTIFICATE", der); !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes: got\n%s\nwant\n%s", n, got, want)
+		}
+		prefix := []byte("x")
+		if got := appendPEM(prefix, "PRIVATE KEY", der); !bytes.Equal(got[1:], pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})) || got[0] != 'x' {
+			t.Fatalf("%d bytes appended after a prefix differ", n)
+		}
+	}
+}
+
+// TestSignerCachesBounded: the per-identity encodings are dropped, not
+// grown without end, and leaves stay right across the reset.
+func TestSignerCachesBounded(t *testing.T) {
+	old := maxCached
+	maxCached = 4
+	t.Cleanup(func() { maxCached = old })
+	ca := newTestCA(t)
+	g := ca.signing()
+	for i := range 10 {
+		id := testID
+		id.ServiceAccount = fmt.Sprintf("svc-%d", i)
+		l, err := ca.IssueLeaf(id, []string{id.ServiceAccount})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert := parseCert(t, l.CertPEM)
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: g.roots, Intermediates: g.inters, CurrentTime: t0}); err != nil || cert.DNSNames[0] != id.ServiceAccount {
+			t.Fatalf("leaf %d after cache resets: %v %v", i, err, cert.DNSNames)
+		}
+	}
+	if n := g.fast.cached.Load(); n > maxCached {
+		t.Fatalf("signer caches hold %d entries, bound %d", n, maxCached)
 	}
 }

@@ -5,9 +5,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"math/bits"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -59,7 +63,7 @@ func (s *leafSigner) subjectDER(name pkix.Name) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode subject: %w", err)
 	}
-	s.subjects.Store(key, der)
+	s.remember(&s.subjects, key, der)
 	return der, nil
 }
 
@@ -83,15 +87,87 @@ func (s *leafSigner) buildTBS(tmpl *x509.Certificate, pub *ecdsa.PublicKey) ([]b
 	if err != nil {
 		return nil, err
 	}
+	exts, err := s.extensionsDER(tmpl, string(subject) == string(emptySubject))
+	if err != nil {
+		return nil, err
+	}
+
+	// One buffer for the whole TBS (about 600 bytes) rather than regrowth;
+	// the fixed parts are appended as bytes, which also spares cryptobyte a
+	// child builder per element.
+	b := cryptobyte.NewBuilder(make([]byte, 0, 1024))
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(tbsVersion3)
+		b.AddASN1BigInt(tmpl.SerialNumber)
+		b.AddBytes(ecdsaWithSHA256)
+		b.AddBytes(s.issuer)
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			addTime(b, tmpl.NotBefore)
+			addTime(b, tmpl.NotAfter)
+		})
+		b.AddBytes(subject)
+		b.AddBytes(p256SPKIPrefix)
+		b.AddBytes(point)
+		b.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddBytes(exts)
+		})
+	})
+	return b.Bytes()
+}
+
+var (
+	// tbsVersion3 is [0] EXPLICIT INTEGER 2.
+	tbsVersion3 = []byte{0xa0, 0x03, 0x02, 0x01, 0x02}
+	// p256SPKIPrefix is a P-256 SubjectPublicKeyInfo up to its 65-byte
+	// uncompressed point: SEQUENCE { SEQUENCE { ecPublicKey, prime256v1 },
+	// BIT STRING (0 unused bits) }.
+	p256SPKIPrefix = func() []byte {
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1ObjectIdentifier(oidPublicKeyECDSA)
+				b.AddASN1ObjectIdentifier(oidNamedCurveP256)
+			})
+			b.AddASN1BitString(make([]byte, 65))
+		})
+		der := b.BytesOrPanic()
+		return der[:len(der)-65]
+	}()
+)
+
+// extensionsDER returns the SEQUENCE of a leaf's extensions. It depends only
+// on the key usages and names of the request (the authority key identifier
+// is the signer's), so it is built once per identity and cached.
+func (s *leafSigner) extensionsDER(tmpl *x509.Certificate, subjectEmpty bool) ([]byte, error) {
+	var key strings.Builder
+	fmt.Fprintf(&key, "%d|%v|%v|", tmpl.KeyUsage, tmpl.ExtKeyUsage, subjectEmpty)
+	for _, n := range tmpl.DNSNames {
+		key.WriteString(n)
+		key.WriteByte(0)
+	}
+	key.WriteByte('|')
+	for _, ip := range tmpl.IPAddresses {
+		key.Write(ip)
+		key.WriteByte(0)
+	}
+	key.WriteByte('|')
+	uris := make([]string, len(tmpl.URIs))
+	for i, u := range tmpl.URIs {
+		uris[i] = u.String()
+		key.WriteString(uris[i])
+		key.WriteByte(0)
+	}
+	if v, ok := s.exts.Load(key.String()); ok {
+		return v.([]byte), nil
+	}
 	for _, n := range tmpl.DNSNames {
 		if !isIA5(n) {
 			return nil, fmt.Errorf("DNS name %q is not ASCII", n)
 		}
 	}
-	uris := make([]string, len(tmpl.URIs))
-	for i, u := range tmpl.URIs {
-		if uris[i] = u.String(); !isIA5(uris[i]) {
-			return nil, fmt.Errorf("URI %q is not ASCII", uris[i])
+	for _, u := range uris {
+		if !isIA5(u) {
+			return nil, fmt.Errorf("URI %q is not ASCII", u)
 		}
 	}
 	ekus := make([]asn1.ObjectIdentifier, len(tmpl.ExtKeyUsage))
@@ -103,78 +179,58 @@ func (s *leafSigner) buildTBS(tmpl *x509.Certificate, pub *ecdsa.PublicKey) ([]b
 		ekus[i] = oid
 	}
 	hasSAN := len(tmpl.DNSNames)+len(tmpl.IPAddresses)+len(uris) > 0
-
-	// One buffer for the whole TBS (about 600 bytes) rather than regrowth.
-	b := cryptobyte.NewBuilder(make([]byte, 0, 1024))
+	var b cryptobyte.Builder
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1Int64(2) // v3
-		})
-		b.AddASN1BigInt(tmpl.SerialNumber)
-		b.AddBytes(ecdsaWithSHA256)
-		b.AddBytes(s.issuer)
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			addTime(b, tmpl.NotBefore)
-			addTime(b, tmpl.NotAfter)
-		})
-		b.AddBytes(subject)
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidPublicKeyECDSA)
-				b.AddASN1ObjectIdentifier(oidNamedCurveP256)
-			})
-			b.AddASN1BitString(point)
-		})
-		b.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				// CreateCertificate's order: key usage, extended key usage,
-				// basic constraints, (subject key id), authority key id, SANs.
-				if tmpl.KeyUsage != 0 {
-					addExtension(b, oidExtKeyUsage, true, func(b *cryptobyte.Builder) { addKeyUsage(b, tmpl.KeyUsage) })
-				}
-				if len(ekus) > 0 {
-					addExtension(b, oidExtExtKeyUsage, false, func(b *cryptobyte.Builder) {
-						b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-							for _, oid := range ekus {
-								b.AddASN1ObjectIdentifier(oid)
-							}
-						})
-					})
-				}
-				addExtension(b, oidExtBasicConstr, true, func(b *cryptobyte.Builder) {
-					b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {}) // CA:FALSE, no path length
+		// CreateCertificate's order: key usage, extended key usage, basic
+		// constraints, (subject key id), authority key id, SANs.
+		if tmpl.KeyUsage != 0 {
+			addExtension(b, oidExtKeyUsage, true, func(b *cryptobyte.Builder) { addKeyUsage(b, tmpl.KeyUsage) })
+		}
+		if len(ekus) > 0 {
+			addExtension(b, oidExtExtKeyUsage, false, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					for _, oid := range ekus {
+						b.AddASN1ObjectIdentifier(oid)
+					}
 				})
-				if len(s.authorityKeyID) > 0 {
-					addExtension(b, oidExtAuthorityKey, false, func(b *cryptobyte.Builder) {
-						b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-							b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(s.authorityKeyID) })
-						})
-					})
-				}
-				if hasSAN {
-					// RFC 5280 4.2.1.6: critical when the subject is empty.
-					critical := string(subject) == string(emptySubject)
-					addExtension(b, oidExtSubjectAltNam, critical, func(b *cryptobyte.Builder) {
-						b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-							for _, n := range tmpl.DNSNames {
-								b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(n)) })
-							}
-							for _, ip := range tmpl.IPAddresses {
-								if ip4 := ip.To4(); ip4 != nil {
-									ip = ip4
-								}
-								b.AddASN1(cbasn1.Tag(7).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(ip) })
-							}
-							for _, u := range uris {
-								b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(u)) })
-							}
-						})
-					})
-				}
 			})
+		}
+		addExtension(b, oidExtBasicConstr, true, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {}) // CA:FALSE, no path length
 		})
+		if len(s.authorityKeyID) > 0 {
+			addExtension(b, oidExtAuthorityKey, false, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(s.authorityKeyID) })
+				})
+			})
+		}
+		if hasSAN {
+			// RFC 5280 4.2.1.6: critical when the subject is empty.
+			addExtension(b, oidExtSubjectAltNam, subjectEmpty, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					for _, n := range tmpl.DNSNames {
+						b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(n)) })
+					}
+					for _, ip := range tmpl.IPAddresses {
+						if ip4 := ip.To4(); ip4 != nil {
+							ip = ip4
+						}
+						b.AddASN1(cbasn1.Tag(7).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(ip) })
+					}
+					for _, u := range uris {
+						b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(u)) })
+					}
+				})
+			})
+		}
 	})
-	return b.Bytes()
+	der, err := b.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("encode extensions: %w", err)
+	}
+	s.remember(&s.exts, key.String(), der)
+	return der, nil
 }
 
 func addExtension(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, critical bool, value func(*cryptobyte.Builder)) {
@@ -256,4 +312,41 @@ func marshalPKCS8P256(key *ecdsa.PrivateKey) ([]byte, error) {
 		})
 	})
 	return b.Bytes()
+}
+
+// maxCached bounds each of the signer's caches: a mesh has far fewer
+// identities, but a long-lived generation should not grow without limit
+// as services come and go.
+var maxCached int64 = 1 << 16
+
+// remember stores v under k in m, emptying m first once it holds maxCached
+// entries (the next issuances rebuild what they need).
+func (s *leafSigner) remember(m *sync.Map, k string, v []byte) {
+	if s.cached.Add(1) > maxCached {
+		s.subjects.Clear()
+		s.exts.Clear()
+		s.cached.Store(1)
+	}
+	m.Store(k, v)
+}
+
+// appendPEM appends the PEM block of type typ holding der to dst, as
+// pem.Encode writes it (64 base64 characters a line), in one allocation.
+func appendPEM(dst []byte, typ string, der []byte) []byte {
+	const lineLen = 64
+	n := base64.StdEncoding.EncodedLen(len(der))
+	dst = slices.Grow(dst, len(typ)*2+len("-----BEGIN -----\n-----END -----\n")+n+n/lineLen+1)
+	dst = append(dst, "-----BEGIN "...)
+	dst = append(dst, typ...)
+	dst = append(dst, "-----\n"...)
+	for len(der) > 0 {
+		chunk := der[:min(len(der), lineLen/4*3)]
+		der = der[len(chunk):]
+		dst = base64.StdEncoding.AppendEncode(dst, chunk)
+		dst = append(dst, '\n')
+	}
+	dst = append(dst, "-----END "...)
+	dst = append(dst, typ...)
+	dst = append(dst, "-----\n"...)
+	return dst
 }
