@@ -190,6 +190,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.ProfileDir != "" {
+		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
+			return nil, fmt.Errorf("profile dir: %w", err)
+		}
+	}
 	r := &runner{cfg: cfg, log: cfg.Logger, res: &Result{Scenario: cfg.Scenario, IdleWindow: cfg.IdleWindow}, start: time.Now()}
 	r.res.Mode = "sotw"
 	if cfg.Delta {
