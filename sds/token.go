@@ -96,7 +96,20 @@ type TokenAuthority struct {
 	revoked    map[string]bool
 	revokedMod time.Time
 	revokedSz  int64
+
+	// parsed caches Parse's result for tokens whose signature has been
+	// verified, by the SHA-256 of the token (the token itself, a secret, is
+	// not kept). Every sidecar of a service presents the same token, so a
+	// cold sync or a reconnect storm would otherwise verify the same ECDSA
+	// signature once per proxy. Only the signature check and decoding are
+	// cached: Verify checks expiry and revocation on every call.
+	parsedMu sync.Mutex
+	parsed   map[[sha256.Size]byte]TokenClaims
 }
+
+// maxParsedTokens bounds the verified-token cache; when full it is emptied
+// (a mesh has one token per service or so, far fewer).
+const maxParsedTokens = 4096
 
 // LoadOrCreateTokens opens the token key in dataDir/tokens, creating it
 // unless noCreate (meshctl must not mint a key meshd does not know).
@@ -178,6 +191,28 @@ func (t *TokenAuthority) Create(namespace, service string, ttl time.Duration) (T
 // or revocation (revoke uses it to find a token's id).
 func (t *TokenAuthority) Parse(tok string) (TokenClaims, error) {
 	tok = strings.TrimSpace(tok)
+	key := sha256.Sum256([]byte(tok))
+	t.parsedMu.Lock()
+	c, ok := t.parsed[key]
+	t.parsedMu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := t.parse(tok)
+	if err != nil {
+		return c, err
+	}
+	t.parsedMu.Lock()
+	if t.parsed == nil || len(t.parsed) >= maxParsedTokens {
+		t.parsed = make(map[[sha256.Size]byte]TokenClaims)
+	}
+	t.parsed[key] = c
+	t.parsedMu.Unlock()
+	return c, nil
+}
+
+// parse is Parse without the cache.
+func (t *TokenAuthority) parse(tok string) (TokenClaims, error) {
 	if len(tok) > maxTokenLen || !strings.HasPrefix(tok, tokenPrefix) {
 		return TokenClaims{}, fmt.Errorf("%w: want %s<claims>.<signature> as printed by meshctl token create", ErrTokenMalformed, tokenPrefix)
 	}

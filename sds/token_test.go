@@ -2,6 +2,9 @@ package sds
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -155,5 +158,64 @@ func TestTokenRedacted(t *testing.T) {
 		if strings.Contains(o, sig) || !strings.Contains(o, redacted) {
 			t.Errorf("token not redacted: %s", o)
 		}
+	}
+}
+
+// TestTokenVerifyCache: a verified token's signature is not checked again
+// (the cache answers), but expiry and revocation still are on every Verify,
+// and a token that differs by one byte is verified afresh.
+func TestTokenVerifyCache(t *testing.T) {
+	clock := newFakeClock(t0)
+	ta := newTokens(t, t.TempDir(), clock)
+	tok, claims, err := ta.Create("shop", "cart", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.Verify(string(tok)); err != nil {
+		t.Fatal(err)
+	}
+	// Swap the verification key: only a cached token can still pass.
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	realPub := ta.pub
+	ta.pub = &other.PublicKey
+	if _, err := ta.Verify(string(tok)); err != nil {
+		t.Fatalf("a verified token was checked again instead of answered from the cache: %v", err)
+	}
+	fresh, _, err := ta.Create("shop", "cart", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.Verify(string(fresh)); !errors.Is(err, ErrTokenSignature) {
+		t.Fatalf("an unseen token was not verified: %v", err)
+	}
+	ta.pub = realPub
+	s := string(tok)
+	last := "A"
+	if s[len(s)-1] == 'A' {
+		last = "B"
+	}
+	tampered := s[:len(s)-1] + last
+	if _, err := ta.Verify(tampered); err == nil {
+		t.Fatal("a token differing in its last byte was accepted")
+	}
+	if err := ta.Revoke(claims); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.Verify(string(tok)); !errors.Is(err, ErrTokenRevoked) {
+		t.Fatalf("cached token after revocation: %v", err)
+	}
+	ok2, _, err := ta.Create("shop", "web", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.Verify(string(ok2)); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Minute)
+	if _, err := ta.Verify(string(ok2)); !errors.Is(err, ErrTokenExpired) {
+		t.Fatalf("cached token after expiry: %v", err)
 	}
 }
