@@ -237,7 +237,8 @@ func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
 	cur := w.Current()
 	if st.Rejected == 0 || cur.Service(mesh.ServiceKey{Namespace: "default", Name: "db"}) != nil ||
 		len(endpoints(cur, "web")) != len(endpoints(before, "web")) {
-		t.Errorf("a bad registration replaced the catalog or was not counted: rejected=%d", st.Rejected)
+		t.Errorf("a bad registration replaced the catalog or was not counted: rejected=%d, db in catalog=%v, web endpoints %v (before: %v)",
+			st.Rejected, cur.Service(mesh.ServiceKey{Namespace: "default", Name: "db"}) != nil, endpoints(cur, "web"), endpoints(before, "web"))
 	}
 	a.Register("db-1", "db", 18085, 21005, map[string]string{MetaProtocol: "tcp"})
 	waitCatalog(t, w, "fixed registration", func(c *mesh.Catalog) bool {

@@ -394,7 +394,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		dirty = false
 		entries := make(map[string][]*api.ServiceEntry, len(watches))
 		for name, sw := range watches {
-			if sw.have {
+			if sw.have && !waitsForDestination(sw.entries, watches) {
 				entries[name] = sw.entries
 			}
 		}
@@ -406,6 +406,26 @@ func (w *Watcher) isSynced() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.status.Synced
+}
+
+// waitsForDestination reports whether a service's entries include a sidecar
+// whose application service Consul lists but has not answered for yet. Such
+// a sidecar is held back with it: mapped without its application it would
+// get default attributes (protocol, ...) and be served until the
+// application's answer arrives — even when that answer is then refused (a
+// registration with a bad meshd-protocol would slip in with the default).
+func waitsForDestination(entries []*api.ServiceEntry, watches map[string]*serviceWatch) bool {
+	for _, e := range entries {
+		if e == nil || e.Service == nil || e.Service.Kind != api.ServiceKindConnectProxy {
+			continue
+		}
+		if d := destinationOf(e); d != "" {
+			if dw := watches[d]; dw != nil && !dw.have {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func allHave(watches map[string]*serviceWatch) bool {
