@@ -88,6 +88,10 @@ type Watcher struct {
 	hasRejected bool
 	readErr     string // the read failure last logged, so that it is logged once
 	target      string // where abs resolved through symlinks at the last look; "" if it did not
+	// parser reuses the items of the last file read, so that an edit to
+	// one service is not a full yaml.v3 parse of a large catalog
+	// (incremental.go).
+	parser incremental
 }
 
 // NewWatcher loads the file once and returns its error if it is invalid:
@@ -117,7 +121,7 @@ func NewWatcher(path string, logger *slog.Logger, opts ...Option) (*Watcher, err
 	if err != nil {
 		return nil, err
 	}
-	cat, err := Parse(path, data)
+	cat, err := w.parser.parse(path, data)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +284,7 @@ func (w *Watcher) check(trigger string) {
 		return
 	}
 
-	cat, err := Parse(w.path, data)
+	cat, err := w.parser.parse(w.path, data)
 	if err != nil {
 		w.rejectedSum, w.hasRejected = sum, true
 		w.logger.Warn("catalog rejected; still serving the previous catalog",
