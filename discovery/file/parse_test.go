@@ -334,3 +334,29 @@ func TestDocsExample(t *testing.T) {
 	}
 	check(reflect.TypeFor[document]())
 }
+
+// TestParseCapsProblems: a file that makes yaml.v3 report a flood of errors
+// (one key repeated at many depths, found by fuzzing) gets a bounded list of
+// problems and says how many more there are, instead of minutes of work and
+// a message of tens of megabytes.
+func TestParseCapsProblems(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "pathological-duplicates.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Parse("catalog.yaml", data)
+	var pe *ParseError
+	if !errors.As(err, &pe) {
+		t.Fatalf("want a ParseError, got %v", err)
+	}
+	if n := len(pe.Problems); n > maxProblems+1 {
+		t.Fatalf("%d problems listed, want at most %d", n, maxProblems+1)
+	}
+	last := pe.Problems[len(pe.Problems)-1].Message
+	if !strings.Contains(last, "more problems not shown") {
+		t.Errorf("the list does not say that problems were left out; last: %q", last)
+	}
+	if n := len(err.Error()); n > 64<<10 {
+		t.Errorf("error message of %d bytes", n)
+	}
+}

@@ -90,17 +90,35 @@ func hasLeadingTab(data []byte, line int) bool {
 // explainTypeErrors rewrites each of yaml.v3's field-level errors.
 func explainTypeErrors(data []byte, te *yaml.TypeError) []Problem {
 	sites := walkSites(data)
-	out := make([]Problem, 0, len(te.Errors))
-	for _, e := range te.Errors {
+	out := make([]Problem, 0, min(len(te.Errors), maxProblems+1))
+	seen := make(map[Problem]bool, len(out))
+	for i, e := range te.Errors {
+		// A pathological file (a key repeated hundreds of times at many
+		// depths) makes yaml.v3 report hundreds of thousands of errors:
+		// explaining them all took minutes and gave a message of tens of
+		// megabytes. The first ones are what a person fixes first.
+		if len(out) == maxProblems || i == maxTypeErrorsExamined {
+			out = append(out, Problem{Message: fmt.Sprintf("and up to %d more problems not shown: fix these first", len(te.Errors)-i)})
+			break
+		}
 		p := explainTypeError(sites, e)
 		// A mapping merged in with "<<: *anchor" is decoded, and reported,
 		// once per use; once is enough to read.
-		if !slices.Contains(out, p) {
+		if !seen[p] {
+			seen[p] = true
 			out = append(out, p)
 		}
 	}
 	return out
 }
+
+// maxProblems is how many distinct problems a catalog error lists, and
+// maxTypeErrorsExamined how many of yaml.v3's errors are looked at to find
+// them.
+const (
+	maxProblems           = 50
+	maxTypeErrorsExamined = 5000
+)
 
 func explainTypeError(sites []site, e string) Problem {
 	if m := unknownRE.FindStringSubmatch(e); m != nil {
