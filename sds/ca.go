@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -369,7 +370,7 @@ func (a *Authority) saveStateLocked() error {
 	if err != nil {
 		return fmt.Errorf("CA: encode state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(a.caDir(), stateFile), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(a.caDir(), stateFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("CA: %w", err)
 	}
 	return nil
@@ -410,7 +411,7 @@ func (a *Authority) writeBundleFile() error {
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
 		return nil
 	}
-	if err := writeFileAtomic(path, b, 0o644); err != nil {
+	if err := atomicfile.Write(path, b, 0o644); err != nil {
 		return fmt.Errorf("CA: trust bundle: %w", err)
 	}
 	return nil

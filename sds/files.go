@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/meshd/meshd/internal/atomicfile"
 )
 
 // Names WriteFiles uses inside its directory; a proxyless gRPC bootstrap's
@@ -49,53 +51,9 @@ func WriteFiles(dir string, leaf *Leaf, bundlePEM []byte) error {
 		{KeyFileName, leaf.KeyPEM, 0o600},
 		{CertFileName, leaf.CertPEM, 0o644},
 	} {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
 			return fmt.Errorf("write certificate files for %s: %w", leaf.Identity.SPIFFEID(), err)
 		}
-	}
-	return nil
-}
-
-// writeFileAtomic writes data to path via a temp file in the same directory
-// (rename is atomic only within one file system) that is chmod-ed, written
-// and fsynced before the rename, so readers see the old file or the complete
-// new one, with the final permissions from the first byte.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: create temp file: %w (check the directory is writable)", path, err)
-	}
-	tmpName := tmp.Name()
-	defer func() {
-		if err != nil {
-			_ = tmp.Close()
-			_ = os.Remove(tmpName)
-		}
-	}()
-	// Explicit chmod: CreateTemp uses 0600 and the umask must not decide a
-	// key file's mode.
-	if err := tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: chmod temp file: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: close: %w", path, err)
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("write %s: rename into place: %w", path, err)
-	}
-	// Persist the rename itself, so a crash cannot leave the old file (or
-	// none) after we reported success. Best effort: not every platform
-	// can fsync a directory.
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
 	}
 	return nil
 }

@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"time"
+
+	"github.com/meshd/meshd/internal/atomicfile"
 )
 
 // File names inside a generation directory (DataDir/ca/gen-<id>/).
@@ -272,7 +274,7 @@ func (a *Authority) saveGeneration(g *generation) error {
 		files = append(files, file{genExternalFile, []byte("supplied with --ca-root-cert/--ca-intermediate-cert/--ca-intermediate-key\n"), 0o644})
 	}
 	for _, f := range files {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
 			return fmt.Errorf("CA: %w", err)
 		}
 	}

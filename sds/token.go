@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -146,7 +147,7 @@ func LoadOrCreateTokens(dataDir, trustDomain string, noCreate bool, clock func()
 		if err != nil {
 			return nil, fmt.Errorf("token key: encode: %w", err)
 		}
-		if err := writeFileAtomic(path, b, 0o600); err != nil {
+		if err := atomicfile.Write(path, b, 0o600); err != nil {
 			return nil, fmt.Errorf("token key: %w", err)
 		}
 		key = k
@@ -347,7 +348,7 @@ func (t *TokenAuthority) Revoke(c TokenClaims) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(t.revokedPath(), append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.Write(t.revokedPath(), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("revoke token: %w", err)
 	}
 	return nil

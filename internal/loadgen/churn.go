@@ -17,6 +17,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
 )
@@ -296,7 +297,9 @@ spec:
     - source:
         principals: [%q]
 `, ns, principal)
-		return writeFileAtomic(path, []byte(doc))
+		// A hidden temporary file renamed into place: meshd skips hidden
+		// files and reads a renamed one at once.
+		return atomicfile.Write(path, []byte(doc), 0o644)
 	}
 	return c, nil
 }

@@ -9,12 +9,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -238,32 +238,8 @@ func (c *Catalog) WriteAtomic(path string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(path, b); err != nil {
+	if err := atomicfile.Write(path, b, 0o644); err != nil {
 		return fmt.Errorf("writing catalog: %w", err)
-	}
-	return nil
-}
-
-// writeFileAtomic writes b to path through a hidden temporary file in the
-// same directory and a rename (meshd skips hidden files and reads a renamed
-// file at once).
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".xds-load-*-"+filepath.Base(path))
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("replacing %s: %w", path, err)
 	}
 	return nil
 }
