@@ -119,50 +119,35 @@ func (p *incremental) decode(data []byte) (document, error) {
 		// Empty: the full parse words the error.
 		return document{}, fmt.Errorf("%w: no items", errNotIncremental)
 	}
-	services := make(map[string]mesh.Service, len(svcItems))
-	proxies := make(map[string]mesh.Proxy, len(proxyItems))
-	doc := document{
-		Services: make([]mesh.Service, 0, len(svcItems)),
-		Proxies:  make([]mesh.Proxy, 0, len(proxyItems)),
+	services, svcs, err := reuseOrDecode(svcItems, p.services, func(text []byte) (mesh.Service, error) {
+		item, err := p.decodeItem("services:\n", text)
+		if err == nil && (len(item.Services) != 1 || len(item.Proxies) != 0) {
+			err = fmt.Errorf("%w: a services item decoded to %d services and %d proxies",
+				errNotIncremental, len(item.Services), len(item.Proxies))
+		}
+		if err != nil {
+			return mesh.Service{}, err
+		}
+		return item.Services[0], nil
+	})
+	if err != nil {
+		return document{}, err
 	}
-	for _, text := range svcItems {
-		s, ok := services[string(text)]
-		if !ok {
-			s, ok = p.services[string(text)]
+	proxies, pxs, err := reuseOrDecode(proxyItems, p.proxies, func(text []byte) (mesh.Proxy, error) {
+		item, err := p.decodeItem("proxies:\n", text)
+		if err == nil && (len(item.Proxies) != 1 || len(item.Services) != 0) {
+			err = fmt.Errorf("%w: a proxies item decoded to %d services and %d proxies",
+				errNotIncremental, len(item.Services), len(item.Proxies))
 		}
-		if !ok {
-			item, err := p.decodeItem("services:\n", text)
-			if err != nil {
-				return document{}, err
-			}
-			if len(item.Services) != 1 || len(item.Proxies) != 0 {
-				return document{}, fmt.Errorf("%w: a services item decoded to %d services and %d proxies",
-					errNotIncremental, len(item.Services), len(item.Proxies))
-			}
-			s = item.Services[0]
+		if err != nil {
+			return mesh.Proxy{}, err
 		}
-		services[string(text)] = s
-		doc.Services = append(doc.Services, s)
+		return item.Proxies[0], nil
+	})
+	if err != nil {
+		return document{}, err
 	}
-	for _, text := range proxyItems {
-		px, ok := proxies[string(text)]
-		if !ok {
-			px, ok = p.proxies[string(text)]
-		}
-		if !ok {
-			item, err := p.decodeItem("proxies:\n", text)
-			if err != nil {
-				return document{}, err
-			}
-			if len(item.Proxies) != 1 || len(item.Services) != 0 {
-				return document{}, fmt.Errorf("%w: a proxies item decoded to %d services and %d proxies",
-					errNotIncremental, len(item.Services), len(item.Proxies))
-			}
-			px = item.Proxies[0]
-		}
-		proxies[string(text)] = px
-		doc.Proxies = append(doc.Proxies, px)
-	}
+	doc := document{Services: svcs, Proxies: pxs}
 	// Every item decoded, so the next call can reuse them whether or not
 	// the catalog validates (a fix usually follows a bad edit). Items of
 	// older files are dropped here, which bounds the cache to one file.
@@ -172,6 +157,30 @@ func (p *incremental) decode(data []byte) (document, error) {
 	// only its copies (TestIncrementalCacheNotMutated checks it).
 	p.services, p.proxies = services, proxies
 	return doc, nil
+}
+
+// reuseOrDecode returns the values of items in order, taking each from this
+// call's earlier items or from prev (the last call's) when its text was seen
+// before, and decoding it otherwise; the map it returns holds exactly these
+// items, for the next call.
+func reuseOrDecode[T any](items [][]byte, prev map[string]T, decode func([]byte) (T, error)) (map[string]T, []T, error) {
+	next := make(map[string]T, len(items))
+	out := make([]T, 0, len(items))
+	for _, text := range items {
+		v, ok := next[string(text)]
+		if !ok {
+			v, ok = prev[string(text)]
+		}
+		if !ok {
+			var err error
+			if v, err = decode(text); err != nil {
+				return nil, nil, err
+			}
+		}
+		next[string(text)] = v
+		out = append(out, v)
+	}
+	return next, out, nil
 }
 
 // decodeItem decodes one item's text as the only item of a document with one
