@@ -265,6 +265,17 @@ func shareMessage[M proto.Message](g *Generation, m M) (M, error) {
 	return m, nil
 }
 
+// shareEach replaces every message of ms by its shared copy (shareMessage).
+func shareEach[M proto.Message](g *Generation, ms []M) error {
+	for i := range ms {
+		var err error
+		if ms[i], err = shareMessage(g, ms[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // shareInboundParts replaces an inbound listener's filter chains and
 // listener filters by shared identical copies (shareMessage). Only its name
 // and address are the proxy's own; the rest depends on the service, its
@@ -272,20 +283,16 @@ func shareMessage[M proto.Message](g *Generation, m M) (M, error) {
 // The content, and so the resource's hash, is unchanged.
 func (g *Generation) shareInboundParts(l *listenerv3.Listener) error {
 	var err error
-	for i := range l.FilterChains {
-		if l.FilterChains[i], err = shareMessage(g, l.FilterChains[i]); err != nil {
-			return err
-		}
+	if err = shareEach(g, l.FilterChains); err != nil {
+		return err
 	}
 	if l.DefaultFilterChain != nil {
 		if l.DefaultFilterChain, err = shareMessage(g, l.DefaultFilterChain); err != nil {
 			return err
 		}
 	}
-	for i := range l.ListenerFilters {
-		if l.ListenerFilters[i], err = shareMessage(g, l.ListenerFilters[i]); err != nil {
-			return err
-		}
+	if err = shareEach(g, l.ListenerFilters); err != nil {
+		return err
 	}
 	return nil
 }
@@ -337,10 +344,8 @@ func (g *Generation) inboundListener(p *mesh.Proxy, self *mesh.Service, id mesh.
 // port too) and its loopback address (which depends only on the port).
 func (g *Generation) shareOutboundListenerParts(l *listenerv3.Listener) error {
 	var err error
-	for i := range l.FilterChains {
-		if l.FilterChains[i], err = shareMessage(g, l.FilterChains[i]); err != nil {
-			return err
-		}
+	if err = shareEach(g, l.FilterChains); err != nil {
+		return err
 	}
 	if l.Address != nil {
 		l.Address, err = shareMessage(g, l.Address)
@@ -359,10 +364,8 @@ func (g *Generation) shareClusterParts(c *clusterv3.Cluster) error {
 			return err
 		}
 	}
-	for i := range c.TransportSocketMatches {
-		if c.TransportSocketMatches[i], err = shareMessage(g, c.TransportSocketMatches[i]); err != nil {
-			return err
-		}
+	if err = shareEach(g, c.TransportSocketMatches); err != nil {
+		return err
 	}
 	for k, v := range c.TypedExtensionProtocolOptions {
 		if c.TypedExtensionProtocolOptions[k], err = shareMessage(g, v); err != nil {
