@@ -17,9 +17,7 @@ import (
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/config"
-	sotw "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -55,7 +53,7 @@ type XDS struct {
 
 // NewXDS builds the gRPC server serving ADS (state-of-the-world and delta)
 // and the per-type discovery services from cache.
-func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
+func NewXDS(cache *Cache, o Options) (*XDS, error) {
 	creds := insecure.NewCredentials()
 	switch {
 	case o.TLS != nil:
@@ -94,21 +92,15 @@ func NewXDS(cache cachev3.Cache, o Options) (*XDS, error) {
 		grpc.InitialWindowSize(64<<10),
 		grpc.InitialConnWindowSize(64<<10),
 	)...)
-	if sc, ok := cache.(cachev3.SnapshotCache); ok {
-		cache = wireCache{SnapshotCache: sc} // responses from shared encodings (wirecache.go)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	// Only listeners and clusters have wildcard subscriptions in xDS; for
-	// other types an empty resource list means "subscribed to nothing",
-	// which go-control-plane's legacy mode would read as "everything"
-	// (see unsubscribe.go).
-	//
-	// Ordered ADS serves an ADS stream from one response channel and a
-	// plain select, instead of a channel per type and a reflect.Select
-	// whose case arrays are rebuilt on every request and held by every idle
-	// stream (about 2 KiB per proxy, measured with 1,000 proxies). Envoy
-	// and gRPC use ADS; per-type streams keep the unordered loop.
-	xs := serverv3.NewServer(ctx, cache, o.Tracker, config.DeactivateLegacyWildcardForTypes(nonWildcardTypes), sotw.WithOrderedADS())
+	// go-control-plane serves delta and fetch. Only listeners and clusters
+	// have wildcard subscriptions in xDS; for other types an empty resource
+	// list means "subscribed to nothing", which go-control-plane's legacy
+	// mode would read as "everything".
+	gcp := serverv3.NewServer(ctx, cache, o.Tracker, config.DeactivateLegacyWildcardForTypes(nonWildcardTypes))
+	// State of the world (what Envoy and gRPC use by default) is meshd's
+	// own loop (sotw.go).
+	xs := &sotwServer{Server: gcp, cache: cache, cb: o.Tracker, ctx: ctx}
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)
 	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xs)

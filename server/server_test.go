@@ -13,7 +13,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
@@ -47,11 +46,12 @@ type fixture struct {
 	tracker *Tracker
 	metrics *metrics.Metrics
 	pub     *snapshot.Publisher
+	cache   *Cache
 }
 
 // publishQuickstart publishes the quickstart catalog with the real CA,
 // translation and go-control-plane cache, and returns what a server needs.
-func publishQuickstart(t *testing.T, ca *sds.Authority, log *slog.Logger) (*mesh.Catalog, cachev3.SnapshotCache, *snapshot.Publisher, *metrics.Metrics, *Tracker) {
+func publishQuickstart(t *testing.T, ca *sds.Authority, log *slog.Logger) (*mesh.Catalog, *Cache, *snapshot.Publisher, *metrics.Metrics, *Tracker) {
 	t.Helper()
 	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
 	if err != nil {
@@ -69,14 +69,13 @@ func publishQuickstart(t *testing.T, ca *sds.Authority, log *slog.Logger) (*mesh
 		t.Fatal(err)
 	}
 	m := metrics.New()
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	cache := NewCache()
 	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
 	pub.Update(cat)
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
 	tr := NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
-	tr.SetVersionSource(CacheVersions(cache))
 	return cat, cache, pub, m, tr
 }
 
@@ -104,7 +103,7 @@ func startServer(t *testing.T) *fixture {
 	}
 	go xs.Serve(lis)
 	t.Cleanup(func() { xs.Stop(2 * time.Second) })
-	return &fixture{addr: lis.Addr().String(), ca: ca, tracker: tr, metrics: m, pub: pub}
+	return &fixture{addr: lis.Addr().String(), ca: ca, tracker: tr, metrics: m, pub: pub, cache: cache}
 }
 
 func (f *fixture) dial(t *testing.T) *grpc.ClientConn {

@@ -23,11 +23,11 @@ import (
 // proxies are connected, what each was sent, acknowledged and rejected, and
 // it stops the NACK resend loop.
 //
-// go-control-plane does not handle NACKs: a NACK carries the last *accepted*
-// version, the cache sees it differs from the snapshot and immediately resends
-// the rejected one, thousands of times a second. The tracker records the NACK
-// and rewrites the request's version to the rejected one, so the cache waits
-// for a genuinely new version instead.
+// A NACK carries the last *accepted* version: a server comparing it with the
+// snapshot's (as go-control-plane does) immediately resends the rejected
+// one, thousands of times a second. The tracker records the NACK and
+// rewrites the request's version to the rejected one, so the SotW loop
+// (sotw.go) waits for a genuinely new version instead.
 type Tracker struct {
 	log   *slog.Logger
 	m     *metrics.Metrics
@@ -37,9 +37,6 @@ type Tracker struct {
 	streams map[streamKey]*streamState
 	nodes   map[string]*nodeState
 
-	// versions reports the version of a type in a node's current snapshot
-	// (unsubscribe.go).
-	versions VersionSource
 	// ackHook is called after every ACK (acks.go).
 	ackHook func()
 
@@ -300,13 +297,12 @@ func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		req.VersionInfo = nacked
 	case acked != "" && req.GetVersionInfo() == acked:
 		// The same value, but the string the snapshot holds rather than
-		// the request's own copy: go-control-plane keeps every stream's
-		// latest request of each type.
+		// the request's own copy: the stream keeps the version each proxy
+		// reported.
 		req.VersionInfo = acked
 	}
 	req.TypeUrl = canonicalType(req.GetTypeUrl())
 	internNames(req.ResourceNames)
-	t.holdEmptySubscription(streamKey{id: id}, req)
 	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
 	t.bundleReply(streamKey{id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail() != nil)
 	return nil

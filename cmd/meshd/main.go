@@ -22,7 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/grpc"
 
 	"github.com/meshd/meshd/discovery/consul"
@@ -236,7 +235,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 8)
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	cache := server.NewCache()
 	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
 		Translate: xds.Options{TrustDomain: c.trustDomain},
 		Holdoff:   c.holdoff, MaxDelay: c.maxDelay,
@@ -262,7 +261,6 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 		cat := pub.Catalog()
 		return cat != nil && cat.Proxy(id) != nil
 	})
-	tracker.SetVersionSource(server.CacheVersions(cache))
 	// mTLS mode changes roll out in acknowledged steps (snapshot/migrate.go).
 	pub.SetAckSource(tracker)
 	tracker.SetAckHook(pub.Acked)

@@ -1,0 +1,290 @@
+package server
+
+import (
+	"context"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+)
+
+// stream is a client stream whose responses a goroutine reads, so a test
+// can wait for one or for a quiet period.
+type stream struct {
+	send func(*discoveryv3.DiscoveryRequest) error
+	resp chan *discoveryv3.DiscoveryResponse
+}
+
+func pump(t *testing.T, st grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) *stream {
+	s := &stream{send: st.Send, resp: make(chan *discoveryv3.DiscoveryResponse, 16)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				close(s.resp)
+				return
+			}
+			s.resp <- r
+		}
+	}()
+	return s
+}
+
+// within returns the next response, or nil if none comes within d.
+func (s *stream) within(t *testing.T, d time.Duration) *discoveryv3.DiscoveryResponse {
+	t.Helper()
+	select {
+	case r, ok := <-s.resp:
+		if !ok {
+			t.Fatal("stream ended")
+		}
+		return r
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func (s *stream) next(t *testing.T) *discoveryv3.DiscoveryResponse {
+	t.Helper()
+	r := s.within(t, 5*time.Second)
+	if r == nil {
+		t.Fatal("no response within 5s")
+	}
+	return r
+}
+
+func (s *stream) request(t *testing.T, req *discoveryv3.DiscoveryRequest) {
+	t.Helper()
+	if err := s.send(req); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func names(resp *discoveryv3.DiscoveryResponse) []string {
+	var out []string
+	for _, a := range resp.GetResources() {
+		var m proto.Message
+		switch resp.GetTypeUrl() {
+		case resourcev3.ClusterType:
+			m = &clusterv3.Cluster{}
+		case resourcev3.EndpointType:
+			m = &endpointv3.ClusterLoadAssignment{}
+		default:
+			return nil
+		}
+		if err := a.UnmarshalTo(m); err != nil {
+			return nil
+		}
+		out = append(out, cachev3.GetResourceName(m))
+	}
+	return out
+}
+
+// The SotW loop answers what go-control-plane's SotW server answers: the
+// same version and the same resources, byte for byte, for wildcard and
+// named subscriptions and for a name added at the same version. Both serve
+// the same snapshots (the quickstart, published by the real publisher).
+func TestSotWAnswersAsGoControlPlane(t *testing.T) {
+	f := startServer(t)
+	cache := f.cache
+
+	// go-control-plane's own server over the same cache, plaintext.
+	gs := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, serverv3.NewServer(context.Background(), cache.SnapshotCache, nil))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	ref, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ref.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	o, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ref).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, theirs := pump(t, o), pump(t, th)
+	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
+	snap, err := cache.GetSnapshot(node.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eds []string
+	for n := range snap.GetResources(resourcev3.EndpointType) {
+		eds = append(eds, n)
+	}
+	slices.Sort(eds)
+	if len(eds) < 2 {
+		t.Fatalf("the quickstart's web should have at least 2 endpoint sets, has %v", eds)
+	}
+
+	both := func(what string, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, *discoveryv3.DiscoveryResponse) {
+		t.Helper()
+		ours.request(t, proto.Clone(req).(*discoveryv3.DiscoveryRequest))
+		theirs.request(t, proto.Clone(req).(*discoveryv3.DiscoveryRequest))
+		a, b := ours.next(t), theirs.next(t)
+		if a.GetVersionInfo() != b.GetVersionInfo() || a.GetTypeUrl() != b.GetTypeUrl() {
+			t.Fatalf("%s: version/type %q %s, go-control-plane %q %s", what, a.GetVersionInfo(), a.GetTypeUrl(), b.GetVersionInfo(), b.GetTypeUrl())
+		}
+		// go-control-plane's order follows a map; compare as sets of encodings.
+		enc := func(r *discoveryv3.DiscoveryResponse) []string {
+			var out []string
+			for _, a := range r.GetResources() {
+				out = append(out, a.GetTypeUrl()+"\x00"+string(a.GetValue()))
+			}
+			slices.Sort(out)
+			return out
+		}
+		if !slices.Equal(enc(a), enc(b)) {
+			t.Fatalf("%s: resources differ from go-control-plane's: %d vs %d (names %v vs %v)", what, len(a.GetResources()), len(b.GetResources()), names(a), names(b))
+		}
+		if len(a.GetResources()) == 0 {
+			t.Fatalf("%s: empty response", what)
+		}
+		return a, b
+	}
+
+	// Wildcard clusters, with the node on the first request only.
+	a, b := both("CDS wildcard", &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	if got := names(a); !slices.IsSorted(got) {
+		t.Errorf("clusters not in name order: %v", got)
+	}
+	_ = b
+	// One endpoint set by name, then a second one added at the same version.
+	a, b = both("EDS one name", &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: eds[:1]})
+	if got := names(a); !slices.Equal(got, eds[:1]) {
+		t.Fatalf("EDS for %v answered %v", eds[:1], got)
+	}
+	a, _ = both("EDS name added", &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: eds[:2],
+		VersionInfo: a.GetVersionInfo(), ResponseNonce: a.GetNonce()})
+	if got := names(a); !slices.Equal(got, eds[:2]) {
+		t.Fatalf("EDS for %v answered %v", eds[:2], got)
+	}
+	// Listeners and the secrets the proxy needs.
+	both("LDS wildcard", &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType})
+	var secrets []string
+	for n := range snap.GetResources(resourcev3.SecretType) {
+		secrets = append(secrets, n)
+	}
+	both("SDS", &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.SecretType, ResourceNames: secrets})
+}
+
+// The protocol rules go-control-plane's loop followed, kept by ours: one
+// response per type in flight, stale nonces ignored, an ACK answered only
+// when something changed, an empty name list for a non-wildcard type
+// subscribing to nothing, a per-type stream with no type URL.
+func TestSotWProtocol(t *testing.T) {
+	f := startServer(t)
+	cache := f.cache
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cc := f.dial(t)
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := pump(t, ads)
+	const quiet = 300 * time.Millisecond
+	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
+	send := func(req *discoveryv3.DiscoveryRequest) { t.Helper(); st.request(t, req) }
+	send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	cds := st.next(t)
+	if cds.GetTypeUrl() != resourcev3.ClusterType || len(cds.GetResources()) == 0 || cds.GetNonce() == "" {
+		t.Fatalf("first CDS response: %v", cds)
+	}
+	// ACK: nothing new to send.
+	send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: cds.GetNonce()})
+	if r := st.within(t, quiet); r != nil {
+		t.Fatalf("an ACK of the current version was answered: %v", r)
+	}
+	// Endpoints named by nothing: subscribed to nothing, not answered.
+	send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType})
+	if r := st.within(t, quiet); r != nil {
+		t.Fatalf("an empty EDS subscription was answered: %v", r)
+	}
+
+	// A new snapshot while a CDS response is unanswered: the next one
+	// waits for the answer. (A snapshot set directly, not by the
+	// publisher: served by encoding its resources.)
+	setClusters := func(version string, names ...string) {
+		t.Helper()
+		var rs []types.Resource
+		for _, n := range names {
+			rs = append(rs, &clusterv3.Cluster{Name: n, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}})
+		}
+		s, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: rs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cache.SetSnapshot(ctx, node.Id, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setClusters("v1", "a", "b")
+	r1 := st.next(t)
+	if r1.GetVersionInfo() != "v1" || !slices.Equal(names(r1), []string{"a", "b"}) {
+		t.Fatalf("after SetSnapshot v1: version %q clusters %v", r1.GetVersionInfo(), names(r1))
+	}
+	setClusters("v2", "a", "b", "c")
+	if r := st.within(t, quiet); r != nil {
+		t.Fatalf("v2 sent while v1 was unanswered: %v", r)
+	}
+	// A stale nonce (the first response's) is ignored, even with a version
+	// that would call for an answer.
+	send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: "old", ResponseNonce: cds.GetNonce()})
+	if r := st.within(t, quiet); r != nil {
+		t.Fatalf("a request with a stale nonce was answered: %v", r)
+	}
+	// The answer to v1 (a NACK here: the tracker records it) lets v2 go.
+	send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: r1.GetNonce(),
+		ErrorDetail: &statuspb.Status{Message: "cluster b: bad"}})
+	r2 := st.next(t)
+	if r2.GetVersionInfo() != "v2" || !slices.Equal(names(r2), []string{"a", "b", "c"}) {
+		t.Fatalf("after the answer to v1: version %q clusters %v", r2.GetVersionInfo(), names(r2))
+	}
+	// A NACK of v2 is not answered with v2 again.
+	send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: cds.GetVersionInfo(), ResponseNonce: r2.GetNonce(),
+		ErrorDetail: &statuspb.Status{Message: "cluster c: bad"}})
+	if r := st.within(t, quiet); r != nil {
+		t.Fatalf("a NACKed version was resent: %v", r)
+	}
+	if ns, ok := f.tracker.Node(node.Id); !ok || ns.Types["Cluster"] == nil || ns.Types["Cluster"].Nacked != "v2" {
+		t.Fatalf("tracker status after the NACK: %+v", ns)
+	}
+
+	// A per-type stream (CDS service) without type URLs.
+	cds2, err := clusterservice.NewClusterDiscoveryServiceClient(cc).StreamClusters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cst := pump(t, cds2)
+	cst.request(t, &discoveryv3.DiscoveryRequest{Node: node})
+	r := cst.next(t)
+	if r.GetTypeUrl() != resourcev3.ClusterType || r.GetVersionInfo() != "v2" || !slices.Equal(names(r), []string{"a", "b", "c"}) {
+		t.Fatalf("CDS stream: type %q version %q clusters %v", r.GetTypeUrl(), r.GetVersionInfo(), names(r))
+	}
+}
