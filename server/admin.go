@@ -65,6 +65,8 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	// A full collection and the heap right after it (admin_gc.go).
+	mux.HandleFunc("POST /debug/gc", a.gc)
 	return mux
 }
 

@@ -96,7 +96,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 	fs.StringVar(&cfg.CatalogFile, "catalog-file", "", "catalog `file` the running meshd watches: its proxies become the fleet, and churn edits it (write to a temp file, then rename). With --meshd: use this catalog instead of generating one")
 	fs.IntVar(&cfg.MeshdPID, "meshd-pid", 0, "`pid` of a running meshd on this host, to read its CPU and RSS from /proc too")
 	// Transport.
-	fs.StringVar(&cfg.CAFile, "ca-file", "", "PEM root `file` that verifies the server's certificate (default with --meshd: <data-dir>/ca/root-cert.pem; otherwise the system roots)")
+	fs.StringVar(&cfg.CAFile, "ca-file", "", "PEM root `file` that verifies the server's certificate (default: <data-dir>/ca/root-cert.pem when meshd is started by the tool or --data-dir is given; otherwise the system roots)")
 	fs.StringVar(&cfg.ServerName, "server-name", "localhost", "TLS server `name` to verify (meshd's certificate always names localhost and 127.0.0.1, plus its --server-hosts)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "meshd's data `directory`: the tool signs one bootstrap token per service with meshd's token key (as meshctl token create does) and each proxy sends its service's token, as a real sidecar does (automatic with --meshd)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "", "meshd's SPIFFE trust `domain`, for the tokens (default cluster.local, meshd's default)")

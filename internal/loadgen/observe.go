@@ -117,6 +117,25 @@ func ParseMetrics(text string) Metrics {
 	return m
 }
 
+// HeapAfterGC asks meshd for a full collection and its heap right after it
+// (POST /debug/gc): heap in use and live bytes, without the garbage a
+// profile or a scrape would add. ok is false when the server has no such
+// endpoint (another control plane, an older meshd).
+func (a *Admin) HeapAfterGC(ctx context.Context) (inuse, live float64, ok bool) {
+	code, body, err := a.post(ctx, "/debug/gc")
+	if err != nil || code != http.StatusOK {
+		return 0, 0, false
+	}
+	var h struct {
+		Inuse uint64 `json:"heapInuseBytes"`
+		Live  uint64 `json:"heapLiveBytes"`
+	}
+	if err := json.Unmarshal([]byte(body), &h); err != nil || h.Inuse == 0 {
+		return 0, 0, false
+	}
+	return float64(h.Inuse), float64(h.Live), true
+}
+
 // ForceGC asks the server to collect garbage before a heap reading, through
 // Go's /debug/pprof/heap?gc=1. It reports false if the endpoint is absent.
 func (a *Admin) ForceGC(ctx context.Context) bool {

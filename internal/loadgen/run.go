@@ -133,7 +133,10 @@ type Result struct {
 	ColdResp     int64
 	HeapBefore   float64 // meshd heap in use before any proxy connected
 	HeapAfter    float64 // with every proxy connected and synced
+	LiveBefore   float64 // bytes of live objects (heap alloc) at HeapBefore
+	LiveAfter    float64 // bytes of live objects (heap alloc) at HeapAfter
 	HeapGC       bool    // whether a GC was forced before each reading
+	HeapExact    bool    // read right after the GC (meshd's /debug/gc), not from a later scrape
 	RSS          float64
 	RSSProc      float64
 	IdleWindow   time.Duration
@@ -221,9 +224,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	defer r.fleet.Stop()
 	r.res.Proxies, r.res.Conns = len(nodes), r.fleet.Conns()
 
-	r.base = r.heapScrape(ctx, &r.res.HeapBefore)
+	r.base = r.heapScrape(ctx, &r.res.HeapBefore, &r.res.LiveBefore)
 	r.coldSync(ctx)
-	r.heapScrape(ctx, &r.res.HeapAfter)
+	r.heapScrape(ctx, &r.res.HeapAfter, &r.res.LiveAfter)
 	r.memory(ctx)
 	r.idle(ctx)
 	r.churn(ctx)
@@ -420,6 +423,11 @@ func (r *runner) tlsConfig() (*tls.Config, error) {
 	if r.cfg.Plaintext {
 		return nil, nil
 	}
+	if r.cfg.CAFile == "" && r.cfg.DataDir != "" {
+		// A running meshd's data dir holds the root its xDS certificate
+		// chains to.
+		r.cfg.CAFile = (&Meshd{DataDir: r.cfg.DataDir}).CAFile()
+	}
 	conf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: r.cfg.ServerName}
 	if conf.ServerName == "" {
 		conf.ServerName = "localhost"
@@ -438,19 +446,32 @@ func (r *runner) tlsConfig() (*tls.Config, error) {
 	return conf, nil
 }
 
-// heapScrape reads meshd's heap in use, after a forced GC when /debug/pprof
-// is served, and returns the whole scrape.
-func (r *runner) heapScrape(ctx context.Context, heap *float64) Metrics {
+// heapScrape reads meshd's heap in use and the bytes of live objects in it,
+// after a forced GC when /debug/pprof is served, and returns the whole
+// scrape. The difference is free room inside spans that still hold a live
+// object: Go's collector does not move objects, so it shows how scattered
+// long-lived objects are among the garbage allocated next to them.
+func (r *runner) heapScrape(ctx context.Context, heap, live *float64) Metrics {
 	if r.admin == nil {
 		return nil
 	}
-	r.res.HeapGC = r.admin.ForceGC(ctx)
+	inuse, liveGC, exact := r.admin.HeapAfterGC(ctx)
+	if !exact {
+		r.res.HeapGC = r.admin.ForceGC(ctx)
+	} else {
+		r.res.HeapGC, r.res.HeapExact = true, true
+	}
 	m, err := r.admin.Scrape(ctx)
 	if err != nil {
 		r.problem("metrics: %v", err)
 		return nil
 	}
+	if exact {
+		*heap, *live = inuse, liveGC
+		return m
+	}
 	*heap = m.Get("go_memstats_heap_inuse_bytes")
+	*live = m.Get("go_memstats_heap_alloc_bytes")
 	return m
 }
 

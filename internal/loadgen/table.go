@@ -17,12 +17,18 @@ func (res *Result) Table() string {
 		row("config received per proxy at cold sync", fmt.Sprintf("%s in %.1f responses", bytesText(float64(res.ColdBytes)/float64(res.Proxies)), float64(res.ColdResp)/float64(res.Proxies)))
 	}
 	gc := "after forced GC"
-	if !res.HeapGC {
+	switch {
+	case res.HeapExact:
+		gc = "right after a forced GC, /debug/gc"
+	case !res.HeapGC:
 		gc = "no forced GC: /debug/pprof not served"
 	}
 	if res.HeapAfter > 0 && res.Proxies > 0 {
 		row("meshd heap in use, all proxies synced ("+gc+")", fmt.Sprintf("%s total = %s per proxy", bytesText(res.HeapAfter), bytesText(res.HeapAfter/float64(res.Proxies))))
 		row("meshd heap added by the connections (synced − before connect) per proxy", bytesText((res.HeapAfter-res.HeapBefore)/float64(res.Proxies)))
+		if res.LiveAfter > 0 {
+			row("of which live objects, before connect / synced", fmt.Sprintf("%s / %s = %s per proxy", bytesText(res.LiveBefore), bytesText(res.LiveAfter), bytesText(res.LiveAfter/float64(res.Proxies))))
+		}
 	}
 	if res.RSSProc > 0 {
 		row("meshd RSS (/proc/<pid>/status)", bytesText(res.RSSProc))
