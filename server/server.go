@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -71,6 +72,7 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 	if o.KeepaliveTimeout == 0 {
 		o.KeepaliveTimeout = 10 * time.Second
 	}
+	pool := defaultBufferPool()
 	gs := grpc.NewServer(append(auth,
 		grpc.Creds(creds),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.KeepaliveTime, Timeout: o.KeepaliveTimeout}),
@@ -91,6 +93,11 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 		grpc.SharedWriteBuffer(true),
 		grpc.InitialWindowSize(64<<10),
 		grpc.InitialConnWindowSize(64<<10),
+		// Message buffers (read, and encoded by the codec) from free lists
+		// of bounded length instead of sync.Pools, which keep a whole
+		// burst's buffers (bufpool.go, codec.go).
+		experimental.BufferPool(pool),
+		grpc.ForceServerCodecV2(poolCodec{pool: pool}),
 	)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	// go-control-plane serves delta and fetch. Only listeners and clusters
