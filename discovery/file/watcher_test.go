@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -468,6 +470,59 @@ func TestWatcherPollsWithoutEvents(t *testing.T) {
 	writeFile(t, path, catalogYAML("10.0.0.2"))
 	if got := apiAddr(nextUpdate(t, w)); got != "10.0.0.2" {
 		t.Errorf("update has api at %s, want 10.0.0.2", got)
+	}
+}
+
+// The poll does not read a file that has not changed since it was read, but
+// reads it after any write — even one that keeps its size and puts its
+// modification time back (the change time still moves; Linux).
+func TestWatcherPollReadsOnlyChangedFiles(t *testing.T) {
+	t.Parallel()
+	path := newCatalogFile(t, catalogYAML("10.0.0.1"))
+	var reads atomic.Int64
+	countReads := func(w *Watcher) {
+		w.notify = false
+		w.readFile = func(p string) ([]byte, error) { reads.Add(1); return os.ReadFile(p) }
+	}
+	w, _ := startWatcher(t, path, WithPollInterval(10*time.Millisecond), countReads)
+	// The first poll reads once (the start-up load is not counted), then
+	// the file is known.
+	time.Sleep(200 * time.Millisecond)
+	if n := reads.Load(); n != 1 {
+		t.Fatalf("%d reads in 20 polls of an unchanged file, want 1", n)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := catalogYAML("10.0.0.9")
+	if len(next) != int(fi.Size()) {
+		t.Fatalf("test catalogs differ in size: %d vs %d", len(next), fi.Size())
+	}
+	// Written in place (same inode, no truncation) and the time put back
+	// at once, so that a poll in between is unlikely to see a different
+	// modification time.
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte(next), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOOS != "linux" {
+		return // only Linux's change time tells this write apart
+	}
+	if got := apiAddr(nextUpdate(t, w)); got != "10.0.0.9" {
+		t.Errorf("update has api at %s, want 10.0.0.9", got)
+	}
+	if n := reads.Load(); n < 2 {
+		t.Errorf("%d reads, want the changed file read", n)
 	}
 }
 
