@@ -18,14 +18,15 @@ type HeapAfterGC struct {
 
 // gc runs two full collections and reports the heap right after them.
 //
-// Two, because one leaves everything sync.Pool caches hold (gRPC's message
-// buffers, scratch buffers): a collection only moves pooled objects to a
-// victim cache, the next one frees them. Go's runtime collects every two
-// minutes when nothing else triggers a collection, so an idle meshd drops
-// them on its own within four minutes; the second collection reads that
-// settled heap at once (measured at 1,000 proxies: 44 KiB per proxy after
-// one collection, 35 after two, 37.6 after four idle minutes with no forced
-// collection at all; docs/performance.md).
+// Two, because one leaves everything sync.Pool caches hold (scratch
+// buffers; gRPC's message buffers before meshd bounded them, bufpool.go): a
+// collection only moves pooled objects to a victim cache, the next one
+// frees them. Go's runtime collects every two minutes when nothing else
+// triggers a collection, so an idle meshd drops them on its own within
+// four minutes; the second collection reads that settled heap at once
+// (measured at 1,000 proxies: 35.3 KiB per proxy after two collections,
+// 37.5 after one, 35.5 in an idle meshd after Go's own collections;
+// docs/performance.md).
 //
 // Reading Go's figures through /debug/pprof/heap?gc=1 and then /metrics
 // would also count the garbage the profile and the scrape themselves make

@@ -91,7 +91,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, "\nEndpoints on --admin-listen: /healthz /readyz /metrics /debug/status /debug/config_dump?proxy=<node-id>\n")
+		fmt.Fprint(stderr, "\nEndpoints on --admin-listen: /healthz /readyz /metrics /debug/status /debug/config_dump?proxy=<node-id> /debug/pprof/ (POST) /debug/gc\n")
 	}
 	fs.StringVar(&c.catalog, "catalog", "", "catalog `file` to watch (YAML; see docs/catalog.md). At least one of --catalog and --consul-address is required; with both, the catalogs merge and a service defined twice is refused")
 	fs.StringVar(&c.consulAddr, "consul-address", "", "Consul HTTP API `address` (host:port or https://host:port): discover services from Consul's catalog (docs/consul.md)")
@@ -113,7 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.maxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
 	fs.BoolVar(&c.deterministicLeaves, "deterministic-leaves", false, "for several replicas sharing an operator-supplied intermediate (--ca-*): issue byte-identical workload certificates on every replica (epoch-aligned validity, keys derived from the intermediate key), so a proxy moving between replicas gets no new certificate")
 	fs.DurationVar(&c.catalogHoldoff, "catalog-holdoff", 100*time.Millisecond, "after an in-place write, read the catalog file only once it has been quiet this long (coalesces partial writes); a file renamed onto the catalog's path is read at once")
-	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "re-read the catalog this often even without file events (safety net for missed events); 0 turns polling off")
+	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "check the catalog this often even without file events (safety net for missed events; re-read if its inode, size or times changed); 0 turns polling off")
 	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
 	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
 	fs.StringVar(&c.policyDir, "policy-dir", "", "`directory` of Istio-compatible PeerAuthentication and AuthorizationPolicy YAML files to watch (see docs/policy.md); empty: no policies, only --mtls-mode")
