@@ -5,6 +5,7 @@ package consultest
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -63,26 +64,42 @@ func Binary(t testing.TB) string {
 	return ""
 }
 
-// freePort returns a loopback port that is free for both TCP and UDP (serf
-// uses both) at the time of the call.
-func freePort(t testing.TB) int {
+// freePorts returns n distinct loopback ports that are free for both TCP
+// and UDP (serf uses both) at the time of the call. Every port is held
+// until all are found: taken one at a time and released at once, two
+// could be the same port (the kernel may hand out a just-closed port
+// again), and Consul refuses to start with serf and RPC on one port.
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	for range 50 {
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	var ports []int
+	for range 50 * n {
+		if len(ports) == n {
+			return ports
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatalf("finding a free port: %v", err)
 		}
+		held = append(held, l)
 		port := l.Addr().(*net.TCPAddr).Port
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		l.Close()
 		if err != nil {
 			continue
 		}
-		u.Close()
-		return port
+		held = append(held, u)
+		ports = append(ports, port)
 	}
-	t.Fatal("no free loopback port for both TCP and UDP")
-	return 0
+	if len(ports) == n {
+		return ports
+	}
+	t.Fatalf("no %d free loopback ports for both TCP and UDP", n)
+	return nil
 }
 
 // Start starts a dev agent and waits until it has a leader and its
@@ -95,8 +112,9 @@ func Start(t testing.TB, extraHCL string) *Agent {
 		dir:   t.TempDir(),
 		node:  "meshd-test",
 		extra: extraHCL,
-		ports: agentPorts{http: freePort(t), dns: freePort(t), serfLAN: freePort(t), serfWAN: freePort(t), server: freePort(t)},
 	}
+	p := freePorts(t, 5)
+	a.ports = agentPorts{http: p[0], dns: p[1], serfLAN: p[2], serfWAN: p[3], server: p[4]}
 	a.Addr = fmt.Sprintf("127.0.0.1:%d", a.ports.http)
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.Addr

@@ -33,14 +33,11 @@ func NewMeshd(binary, dir string, args []string) (*Meshd, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("meshd work dir: %w", err)
 	}
-	xp, err := freePort()
+	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	ap, err := freePort()
-	if err != nil {
-		return nil, err
-	}
+	xp, ap := ports[0], ports[1]
 	return &Meshd{
 		Binary: binary, Dir: dir, Args: args,
 		Catalog:   filepath.Join(dir, FormatYAML.FileName()),
@@ -54,13 +51,20 @@ func NewMeshd(binary, dir string, args []string) (*Meshd, error) {
 // CAFile is the root certificate meshd's xDS server chains to.
 func (m *Meshd) CAFile() string { return filepath.Join(m.DataDir, "ca", "root-cert.pem") }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
+// freePorts returns n distinct free loopback ports. All are held until all
+// are found: released one at a time, the kernel could hand out the same
+// port twice.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
 
 // Start runs meshd (log appended to LogPath) and waits until it is ready.
