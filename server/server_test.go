@@ -47,11 +47,12 @@ type fixture struct {
 	metrics *metrics.Metrics
 	pub     *snapshot.Publisher
 	cache   *Cache
+	cat     *mesh.Catalog
 }
 
 // publishQuickstart publishes the quickstart catalog with the real CA,
 // translation and go-control-plane cache, and returns what a server needs.
-func publishQuickstart(t *testing.T, ca *sds.Authority, log *slog.Logger) (*mesh.Catalog, *Cache, *snapshot.Publisher, *metrics.Metrics, *Tracker) {
+func publishQuickstart(t testing.TB, ca *sds.Authority, log *slog.Logger) (*mesh.Catalog, *Cache, *snapshot.Publisher, *metrics.Metrics, *Tracker) {
 	t.Helper()
 	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
 	if err != nil {
@@ -81,14 +82,14 @@ func publishQuickstart(t *testing.T, ca *sds.Authority, log *slog.Logger) (*mesh
 
 // startServer runs the real xDS server (TLS, go-control-plane, tracker,
 // publisher) on loopback with the quickstart catalog.
-func startServer(t *testing.T) *fixture {
+func startServer(t testing.TB) *fixture {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ca, err := sds.LoadOrCreate(sds.Options{DataDir: t.TempDir(), TrustDomain: "cluster.local", Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, cache, pub, m, tr := publishQuickstart(t, ca, log)
+	cat, cache, pub, m, tr := publishQuickstart(t, ca, log)
 	tlsConf, err := ca.ServerTLSConfig(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -103,10 +104,10 @@ func startServer(t *testing.T) *fixture {
 	}
 	go xs.Serve(lis)
 	t.Cleanup(func() { xs.Stop(2 * time.Second) })
-	return &fixture{addr: lis.Addr().String(), ca: ca, tracker: tr, metrics: m, pub: pub, cache: cache}
+	return &fixture{addr: lis.Addr().String(), ca: ca, tracker: tr, metrics: m, pub: pub, cache: cache, cat: cat}
 }
 
-func (f *fixture) dial(t *testing.T) *grpc.ClientConn {
+func (f *fixture) dial(t testing.TB) *grpc.ClientConn {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.ca.RootCertPEM())
