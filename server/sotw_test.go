@@ -288,3 +288,62 @@ func TestSotWProtocol(t *testing.T) {
 		t.Fatalf("CDS stream: type %q version %q clusters %v", r.GetTypeUrl(), r.GetVersionInfo(), names(r))
 	}
 }
+
+// A node's streams are all woken by SetSnapshot, and a closed stream —
+// first, middle or last of the node's list — is no longer.
+func TestCacheWakesEveryStreamOfTheNode(t *testing.T) {
+	c := NewCache()
+	mk := func(node string) *sotwStream {
+		s := &sotwStream{node: node, wake: make(chan struct{}, 1)}
+		c.register(s)
+		return s
+	}
+	a, b, d, other := mk("n"), mk("n"), mk("n"), mk("m")
+	woken := func(ss ...*sotwStream) []bool {
+		var out []bool
+		for _, s := range ss {
+			select {
+			case <-s.wake:
+				out = append(out, true)
+			default:
+				out = append(out, false)
+			}
+		}
+		return out
+	}
+	snap, err := cachev3.NewSnapshot("v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func() {
+		t.Helper()
+		if err := c.SetSnapshot(context.Background(), "n", snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set()
+	if got := woken(a, b, d, other); !slices.Equal(got, []bool{true, true, true, false}) {
+		t.Fatalf("woken a, b, d, other: %v", got)
+	}
+	for _, step := range []struct {
+		close *sotwStream
+		open  []*sotwStream
+	}{{b, []*sotwStream{a, d}}, {d, []*sotwStream{a}}, {a, nil}} {
+		c.unregister(step.close)
+		set()
+		want := make([]bool, len(step.open))
+		for i := range want {
+			want[i] = true
+		}
+		got, closed := woken(step.open...), woken(step.close)[0]
+		if !slices.Equal(got, want) || closed {
+			t.Fatalf("after closing a stream: open streams woken %v (want all), closed stream woken %v", got, closed)
+		}
+	}
+	if _, left := c.streams["n"]; left {
+		t.Fatal("the node's entry outlived its last stream")
+	}
+	if c.streams["m"] != other {
+		t.Fatal("another node's stream was lost")
+	}
+}
