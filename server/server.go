@@ -100,13 +100,13 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 		grpc.ForceServerCodecV2(poolCodec{pool: pool}),
 	)...)
 	ctx, cancel := context.WithCancel(context.Background())
-	// go-control-plane serves delta and fetch. Only listeners and clusters
-	// have wildcard subscriptions in xDS; for other types an empty resource
-	// list means "subscribed to nothing", which go-control-plane's legacy
-	// mode would read as "everything".
+	// go-control-plane serves fetch (unary requests). Only listeners and
+	// clusters have wildcard subscriptions in xDS; for other types an empty
+	// resource list means "subscribed to nothing", which go-control-plane's
+	// legacy mode would read as "everything".
 	gcp := serverv3.NewServer(ctx, cache, o.Tracker, config.DeactivateLegacyWildcardForTypes(nonWildcardTypes))
-	// State of the world (what Envoy and gRPC use by default) is meshd's
-	// own loop (sotw.go).
+	// Streams, state of the world and delta, are meshd's own loops
+	// (sotw.go, delta.go).
 	xs := &sotwServer{Server: gcp, cache: cache, cb: o.Tracker, ctx: ctx}
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)

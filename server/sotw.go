@@ -24,9 +24,9 @@ import (
 )
 
 // Cache is go-control-plane's snapshot cache (keyed by node id) that also
-// wakes meshd's state-of-the-world streams when a node's snapshot is set.
-// The publisher writes to it; delta and fetch are served from it by
-// go-control-plane, state of the world by sotwServer.
+// wakes meshd's xDS streams when a node's snapshot is set. The publisher
+// writes to it; streams are served from it by sotwServer (state of the
+// world and delta), fetch by go-control-plane.
 type Cache struct {
 	cachev3.SnapshotCache
 
@@ -42,7 +42,7 @@ func NewCache() *Cache {
 }
 
 // SetSnapshot implements cachev3.SnapshotCache: it stores the snapshot and
-// wakes the node's streams (and go-control-plane's delta watches).
+// wakes the node's streams (SotW and delta).
 func (c *Cache) SetSnapshot(ctx context.Context, node string, snap cachev3.ResourceSnapshot) error {
 	err := c.SnapshotCache.SetSnapshot(ctx, node, snap)
 	c.mu.Lock()
@@ -81,7 +81,8 @@ func (c *Cache) unregister(s *sotwStream) {
 }
 
 // sotwServer serves state-of-the-world xDS (ADS and the per-type services)
-// itself and leaves delta and fetch to go-control-plane's server.
+// itself, delta too (delta.go), and leaves fetch to go-control-plane's
+// server.
 //
 // Why not go-control-plane's SotW loop: for every stream it keeps a watch
 // in the cache per type (each holding the stream's last request), a
@@ -104,11 +105,12 @@ func (c *Cache) unregister(s *sotwStream) {
 // rewrites a NACK's version to the rejected one, so a rejected version is
 // never resent.
 type sotwServer struct {
-	serverv3.Server // delta and fetch
+	serverv3.Server // fetch
 	cache           *Cache
 	cb              *Tracker
 	ctx             context.Context
-	ids             atomic.Int64
+	ids             atomic.Int64 // SotW streams
+	deltaIDs        atomic.Int64 // delta streams (the tracker keys them apart)
 }
 
 // StreamAggregatedResources implements ADS (state of the world).

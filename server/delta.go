@@ -1,0 +1,333 @@
+package server
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshd/meshd/xds"
+)
+
+// Delta xDS, served by meshd like state of the world (sotw.go) and for the
+// same reasons: go-control-plane's delta server kept a watch with the last
+// request per type, a subscription with two maps, and marshalled every
+// resource it sent per proxy. Here a stream keeps, per type, what is
+// subscribed and which version of each resource the proxy has; responses
+// carry the publisher's shared encodings.
+//
+// The protocol is go-control-plane's (and what Envoy expects): a response
+// carries the subscribed resources whose version differs from the one the
+// proxy has, and the names it has that the snapshot no longer holds; it is
+// sent when there is any, or to the first request of a wildcard
+// subscription even if empty (Envoy waits for it). Per-resource versions
+// are the resources' content hashes (xds.Resource.Hash: go-control-plane's
+// full SHA-256), so a proxy reconnecting with initial_resource_versions
+// (to this or another replica) is sent nothing it has. What was sent counts
+// as had, so a NACKed resource is not resent until it changes. After a
+// response, the next one for the type waits for the proxy's next request.
+
+type deltaStream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
+
+// DeltaAggregatedResources implements delta ADS.
+func (s *sotwServer) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	return s.serveDelta(st, "")
+}
+
+// DeltaListeners implements delta LDS.
+func (s *sotwServer) DeltaListeners(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	return s.serveDelta(st, resourcev3.ListenerType)
+}
+
+// DeltaClusters implements delta CDS.
+func (s *sotwServer) DeltaClusters(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	return s.serveDelta(st, resourcev3.ClusterType)
+}
+
+// DeltaRoutes implements delta RDS.
+func (s *sotwServer) DeltaRoutes(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	return s.serveDelta(st, resourcev3.RouteType)
+}
+
+// DeltaEndpoints implements delta EDS.
+func (s *sotwServer) DeltaEndpoints(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	return s.serveDelta(st, resourcev3.EndpointType)
+}
+
+// DeltaSecrets implements delta SDS.
+func (s *sotwServer) DeltaSecrets(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	return s.serveDelta(st, resourcev3.SecretType)
+}
+
+// deltaType is what a delta stream knows about one type.
+type deltaType struct {
+	subscribed bool
+	// wildcard: every resource of the type (with names explicitly
+	// subscribed besides). legacy: only empty subscriptions so far for a
+	// type that allows wildcards, which means wildcard.
+	wildcard, legacy bool
+	pending          bool     // a response was sent and no request has come since
+	answered         bool     // a response for the type was sent on this stream
+	names            []string // explicitly subscribed, sorted, without "*"
+	// have is what the proxy has: name and version, sorted by name.
+	have []held
+}
+
+type held struct{ name, version string }
+
+func (t *deltaType) version(name string) (string, bool) {
+	i, found := slices.BinarySearchFunc(t.have, name, func(h held, n string) int { return strings.Compare(h.name, n) })
+	if !found {
+		return "", false
+	}
+	return t.have[i].version, true
+}
+
+func (t *deltaType) setVersion(name, version string) {
+	i, found := slices.BinarySearchFunc(t.have, name, func(h held, n string) int { return strings.Compare(h.name, n) })
+	if found {
+		t.have[i].version = version
+		return
+	}
+	t.have = slices.Insert(t.have, i, held{name, version})
+}
+
+func (t *deltaType) forget(name string) {
+	if i, found := slices.BinarySearchFunc(t.have, name, func(h held, n string) int { return strings.Compare(h.name, n) }); found {
+		t.have = slices.Delete(t.have, i, i+1)
+	}
+}
+
+// deltaState is one delta stream.
+type deltaState struct {
+	srv   *sotwServer
+	st    deltaStream
+	id    int64
+	nonce int64
+	types [types.UnknownType]deltaType
+	sotw  *sotwStream // the registration that wakes the stream (its wake channel)
+}
+
+func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse], defaultType string) error {
+	ds := &deltaState{srv: s, st: st, id: s.deltaIDs.Add(1), sotw: &sotwStream{wake: make(chan struct{}, 1)}}
+	node := &corev3.Node{}
+	defer func() {
+		if ds.sotw.node != "" {
+			s.cache.unregister(ds.sotw)
+		}
+		s.cb.OnDeltaStreamClosed(ds.id, node)
+	}()
+	if err := s.cb.OnDeltaStreamOpen(st.Context(), ds.id, defaultType); err != nil {
+		return err
+	}
+	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
+	go func() {
+		defer close(reqs)
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-st.Context().Done():
+				return
+			case <-s.ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-ds.sotw.wake:
+			if err := ds.push(); err != nil {
+				return err
+			}
+		case req, ok := <-reqs:
+			if !ok {
+				return nil
+			}
+			if req.GetNode() != nil {
+				node = req.GetNode()
+			} else {
+				req.Node = node
+			}
+			if err := ds.request(req, defaultType); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType string) error {
+	typ := req.GetTypeUrl()
+	switch {
+	case typ == "" && defaultType == "":
+		return status.Error(codes.InvalidArgument, "type URL is required for ADS")
+	case typ == "":
+		req.TypeUrl = defaultType
+		typ = defaultType
+	case defaultType != "" && typ != defaultType:
+		return status.Errorf(codes.InvalidArgument, "this stream serves %s, not %s (use ADS to mix types)", defaultType, typ)
+	}
+	if err := d.srv.cb.OnStreamDeltaRequest(d.id, req); err != nil {
+		return err
+	}
+	i := cachev3.GetResponseType(typ)
+	if i == types.UnknownType {
+		return nil
+	}
+	if d.sotw.node == "" {
+		if d.sotw.node = req.GetNode().GetId(); d.sotw.node != "" {
+			d.srv.cache.register(d.sotw)
+		}
+	}
+	t := &d.types[i]
+	t.pending = false
+	t.subscribe(typ, req)
+	return d.respond(typ, t)
+}
+
+// subscribe applies a request's subscriptions (xDS protocol, "how the
+// client specifies what resources to return", delta variant).
+func (t *deltaType) subscribe(typ string, req *discoveryv3.DeltaDiscoveryRequest) {
+	sub, unsub := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
+	if !t.subscribed {
+		t.subscribed = true
+		t.legacy = typ == resourcev3.ListenerType || typ == resourcev3.ClusterType
+		t.wildcard = len(sub) == 0 && t.legacy
+		for name, v := range req.GetInitialResourceVersions() {
+			t.setVersion(name, v)
+		}
+	}
+	if t.legacy {
+		if len(sub) == 0 {
+			return // still wildcard; unsubscriptions do not end legacy wildcard
+		}
+		t.legacy = false
+	}
+	for _, n := range sub {
+		if n == "*" {
+			t.wildcard = true
+			continue
+		}
+		if i, found := slices.BinarySearch(t.names, n); !found {
+			t.names = slices.Insert(t.names, i, n)
+		}
+	}
+	for _, n := range unsub {
+		if n == "*" {
+			t.wildcard = false
+			continue
+		}
+		i, found := slices.BinarySearch(t.names, n)
+		if found && t.wildcard {
+			// Still wanted through the wildcard: the proxy is told again
+			// whether it exists (sent anew, or removed).
+			t.setVersion(n, "")
+		} else {
+			t.forget(n)
+		}
+		if found {
+			t.names = slices.Delete(t.names, i, i+1)
+		}
+	}
+}
+
+// push answers every subscribed type not waiting on the proxy after a
+// snapshot change, in pushOrder.
+func (d *deltaState) push() error {
+	for _, i := range pushOrder {
+		t := &d.types[i]
+		if !t.subscribed || t.pending {
+			continue
+		}
+		typ, _ := cachev3.GetResponseTypeURL(i)
+		if err := d.respond(typ, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// respond sends what the proxy lacks of the type, if anything, or an empty
+// response when a wildcard subscription has had no answer yet on this
+// stream (Envoy waits for one to finish initialising).
+func (d *deltaState) respond(typ string, t *deltaType) error {
+	if d.sotw.node == "" {
+		return nil
+	}
+	snap, err := d.srv.cache.GetSnapshot(d.sotw.node)
+	if err != nil {
+		return nil // none yet: SetSnapshot wakes the stream
+	}
+	version := snap.GetVersion(typ)
+	all := resourcesOf(snap, typ, version)
+	var out []*discoveryv3.Resource
+	var removed []string
+	next := make([]held, 0, len(t.have))
+	consider := func(r *xds.Resource) error {
+		v, w := r.Hash, r.Wire
+		if v == "" || w == nil {
+			// Not shared by the publisher (a proxy's own inbound listener,
+			// or a snapshot built elsewhere): encode it, as go-control-plane
+			// would, and take the version from those bytes.
+			b, err := cachev3.MarshalResource(r.Message)
+			if err != nil {
+				return status.Errorf(codes.Internal, "encoding %s %q: %v", typ, r.Name, err)
+			}
+			if v == "" {
+				v = cachev3.HashResource(b)
+			}
+			w = &anypb.Any{TypeUrl: typ, Value: b}
+		}
+		if have, found := t.version(r.Name); !found || have != v {
+			out = append(out, &discoveryv3.Resource{Name: r.Name, Version: v, Resource: w})
+		}
+		next = append(next, held{r.Name, v})
+		return nil
+	}
+	if t.wildcard {
+		for _, r := range all {
+			if err := consider(r); err != nil {
+				return err
+			}
+		}
+		for _, h := range t.have {
+			if _, found := slices.BinarySearchFunc(all, h.name, byName); !found {
+				removed = append(removed, h.name)
+			}
+		}
+	} else {
+		for _, n := range t.names {
+			if i, found := slices.BinarySearchFunc(all, n, byName); found {
+				if err := consider(all[i]); err != nil {
+					return err
+				}
+			} else if _, had := t.version(n); had {
+				removed = append(removed, n)
+			}
+		}
+	}
+	if len(out) == 0 && len(removed) == 0 && !(t.wildcard && !t.answered) {
+		return nil
+	}
+	d.nonce++
+	resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: version, Resources: out, RemovedResources: removed,
+		TypeUrl: typ, Nonce: strconv.FormatInt(d.nonce, 10)}
+	// next is in name order: built from sorted resources or sorted names.
+	t.have, t.pending, t.answered = next, true, true
+	d.srv.cb.OnStreamDeltaResponse(d.id, nil, resp)
+	return d.st.Send(resp)
+}
