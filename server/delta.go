@@ -36,8 +36,6 @@ import (
 // as had, so a NACKed resource is not resent until it changes. After a
 // response, the next one for the type waits for the proxy's next request.
 
-type deltaStream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
-
 // DeltaAggregatedResources implements delta ADS.
 func (s *sotwServer) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
 	return s.serveDelta(st, "")
@@ -110,7 +108,7 @@ func (t *deltaType) forget(name string) {
 // deltaState is one delta stream.
 type deltaState struct {
 	srv   *sotwServer
-	st    deltaStream
+	st    grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 	id    int64
 	nonce int64
 	types [types.UnknownType]deltaType
@@ -129,23 +127,7 @@ func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDis
 	if err := s.cb.OnDeltaStreamOpen(st.Context(), ds.id, defaultType); err != nil {
 		return err
 	}
-	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
-	go func() {
-		defer close(reqs)
-		for {
-			req, err := st.Recv()
-			if err != nil {
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-st.Context().Done():
-				return
-			case <-s.ctx.Done():
-				return
-			}
-		}
-	}()
+	reqs := receive(s.ctx, st)
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -171,16 +153,11 @@ func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDis
 }
 
 func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType string) error {
-	typ := req.GetTypeUrl()
-	switch {
-	case typ == "" && defaultType == "":
-		return status.Error(codes.InvalidArgument, "type URL is required for ADS")
-	case typ == "":
-		req.TypeUrl = defaultType
-		typ = defaultType
-	case defaultType != "" && typ != defaultType:
-		return status.Errorf(codes.InvalidArgument, "this stream serves %s, not %s (use ADS to mix types)", defaultType, typ)
+	typ, err := streamType(req.GetTypeUrl(), defaultType)
+	if err != nil {
+		return err
 	}
+	req.TypeUrl = typ
 	if err := d.srv.cb.OnStreamDeltaRequest(d.id, req); err != nil {
 		return err
 	}

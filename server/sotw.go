@@ -199,23 +199,7 @@ func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequ
 	if err := s.cb.OnStreamOpen(st.Context(), ss.id, defaultType); err != nil {
 		return err
 	}
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
-	go func() {
-		defer close(reqs)
-		for {
-			req, err := st.Recv()
-			if err != nil {
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-st.Context().Done():
-				return
-			case <-s.ctx.Done():
-				return
-			}
-		}
-	}()
+	reqs := receive(s.ctx, st)
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -244,16 +228,11 @@ func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequ
 // request handles one request: callbacks, nonce, subscription, and the
 // response it calls for.
 func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest, defaultType string) error {
-	typ := req.GetTypeUrl()
-	switch {
-	case typ == "" && defaultType == "":
-		return status.Error(codes.InvalidArgument, "type URL is required for ADS")
-	case typ == "":
-		req.TypeUrl = defaultType
-		typ = defaultType
-	case defaultType != "" && typ != defaultType:
-		return status.Errorf(codes.InvalidArgument, "this stream serves %s, not %s (use ADS to mix types)", defaultType, typ)
+	typ, err := streamType(req.GetTypeUrl(), defaultType)
+	if err != nil {
+		return err
 	}
+	req.TypeUrl = typ
 	if err := s.srv.cb.OnStreamRequest(s.id, req); err != nil {
 		return err
 	}
@@ -420,3 +399,44 @@ func resourcesOf(snap cachev3.ResourceSnapshot, typ, version string) []*xds.Reso
 }
 
 func byName(r *xds.Resource, name string) int { return strings.Compare(r.Name, name) }
+
+// receive reads a stream's requests on a goroutine of their own, so that the
+// stream's loop can wait for a request and a snapshot change at once. The
+// channel closes when the stream ends.
+func receive[Req any](ctx context.Context, st interface {
+	Recv() (*Req, error)
+	Context() context.Context
+}) <-chan *Req {
+	reqs := make(chan *Req)
+	go func() {
+		defer close(reqs)
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-st.Context().Done():
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return reqs
+}
+
+// streamType is the type URL a request is for: its own, or the one a
+// per-type stream serves; ADS requests must name it.
+func streamType(typ, defaultType string) (string, error) {
+	switch {
+	case typ == "" && defaultType == "":
+		return "", status.Error(codes.InvalidArgument, "type URL is required for ADS")
+	case typ == "":
+		return defaultType, nil
+	case defaultType != "" && typ != defaultType:
+		return "", status.Errorf(codes.InvalidArgument, "this stream serves %s, not %s (use ADS to mix types)", defaultType, typ)
+	}
+	return typ, nil
+}
