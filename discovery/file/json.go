@@ -396,18 +396,8 @@ func (c *checker) object(s *schema, depth int) error {
 		if err := c.value(vs, depth+1); err != nil {
 			return err
 		}
-		c.skipSpace()
-		if c.pos >= len(c.data) {
-			return c.fail("unexpected end of data")
-		}
-		switch c.data[c.pos] {
-		case ',':
-			c.pos++
-		case '}':
-			c.pos++
-			return nil
-		default:
-			return c.fail("expected ',' or '}'")
+		if done, err := c.separator('}'); done || err != nil {
+			return err
 		}
 	}
 }
@@ -423,20 +413,28 @@ func (c *checker) list(s *schema, depth int) error {
 		if err := c.value(s.elem, depth+1); err != nil {
 			return err
 		}
-		c.skipSpace()
-		if c.pos >= len(c.data) {
-			return c.fail("unexpected end of data")
-		}
-		switch c.data[c.pos] {
-		case ',':
-			c.pos++
-		case ']':
-			c.pos++
-			return nil
-		default:
-			return c.fail("expected ',' or ']'")
+		if done, err := c.separator(']'); done || err != nil {
+			return err
 		}
 	}
+}
+
+// separator reads what follows an object member or list element: a comma
+// (more to come) or the closing byte (done).
+func (c *checker) separator(closing byte) (done bool, err error) {
+	c.skipSpace()
+	if c.pos >= len(c.data) {
+		return false, c.fail("unexpected end of data")
+	}
+	switch c.data[c.pos] {
+	case ',':
+		c.pos++
+		return false, nil
+	case closing:
+		c.pos++
+		return true, nil
+	}
+	return false, c.fail("expected ',' or '" + string(closing) + "'")
 }
 
 // uint walks a non-negative integer: digits only, no leading zero. A
