@@ -14,51 +14,9 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/meshd/meshd/mesh"
 )
 
-type deltaClient struct {
-	st   grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
-	resp chan *discoveryv3.DeltaDiscoveryResponse
-}
-
-func pumpDelta(st grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) *deltaClient {
-	c := &deltaClient{st: st, resp: make(chan *discoveryv3.DeltaDiscoveryResponse, 16)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				close(c.resp)
-				return
-			}
-			c.resp <- r
-		}
-	}()
-	return c
-}
-
-func (c *deltaClient) within(t *testing.T, d time.Duration) *discoveryv3.DeltaDiscoveryResponse {
-	t.Helper()
-	select {
-	case r, ok := <-c.resp:
-		if !ok {
-			t.Fatal("stream ended")
-		}
-		return r
-	case <-time.After(d):
-		return nil
-	}
-}
-
-func (c *deltaClient) next(t *testing.T) *discoveryv3.DeltaDiscoveryResponse {
-	t.Helper()
-	r := c.within(t, 5*time.Second)
-	if r == nil {
-		t.Fatal("no delta response within 5s")
-	}
-	return r
-}
+type deltaClient = clientStream[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 
 // deltaSummary is a response as a comparable value: the type, the system
 // version, each resource's name, version and bytes, and the removed names.
@@ -110,7 +68,7 @@ func TestDeltaAnswersAsGoControlPlane(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return pumpDelta(a), pumpDelta(b)
+		return pump(a), pump(b)
 	}
 	a, b := open()
 	both := func(what string, req *discoveryv3.DeltaDiscoveryRequest) *discoveryv3.DeltaDiscoveryResponse {
@@ -167,27 +125,8 @@ func TestDeltaAnswersAsGoControlPlane(t *testing.T) {
 	}
 
 	// A change to api's endpoints: only that endpoint set, to both.
-	var svcs []mesh.Service
 	changed := ""
-	for _, s := range f.cat.Services() {
-		c := *s
-		if c.Name == "api" {
-			c.Endpoints = append(slices.Clone(c.Endpoints), mesh.Endpoint{Address: "127.0.0.2", Port: c.Endpoints[0].Port})
-		}
-		svcs = append(svcs, c)
-	}
-	var pxs []mesh.Proxy
-	for _, p := range f.cat.Proxies() {
-		pxs = append(pxs, *p)
-	}
-	cat, err := mesh.NewCatalog(svcs, pxs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.pub.Update(cat)
-	if _, err := f.pub.Publish(); err != nil {
-		t.Fatal(err)
-	}
+	f.publishAPIEndpointAdded(t)
 	ra, rb := a.next(t), b.next(t)
 	if x, y := deltaSummary(ra), deltaSummary(rb); !slices.Equal(x, y) {
 		t.Fatalf("push after the change: ours\n%q\ngo-control-plane\n%q", x, y)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,32 @@ func startServer(t testing.TB) *fixture {
 	go xs.Serve(lis)
 	t.Cleanup(func() { xs.Stop(2 * time.Second) })
 	return &fixture{addr: lis.Addr().String(), ca: ca, tracker: tr, metrics: m, pub: pub, cache: cache, cat: cat}
+}
+
+// publishAPIEndpointAdded publishes the fixture's catalog with one more api
+// endpoint: the endpoint sets of api's callers (web) change, nothing else.
+func (f *fixture) publishAPIEndpointAdded(t testing.TB) {
+	t.Helper()
+	var svcs []mesh.Service
+	for _, s := range f.cat.Services() {
+		c := *s
+		if c.Name == "api" {
+			c.Endpoints = append(slices.Clone(c.Endpoints), mesh.Endpoint{Address: "127.0.0.2", Port: c.Endpoints[0].Port})
+		}
+		svcs = append(svcs, c)
+	}
+	var pxs []mesh.Proxy
+	for _, p := range f.cat.Proxies() {
+		pxs = append(pxs, *p)
+	}
+	cat, err := mesh.NewCatalog(svcs, pxs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pub.Update(cat)
+	if _, err := f.pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (f *fixture) dial(t testing.TB) *grpc.ClientConn {

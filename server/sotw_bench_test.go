@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"slices"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -10,8 +9,6 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
-
-	"github.com/meshd/meshd/mesh"
 )
 
 // BenchmarkSotWPush: one endpoint change pushed by the SotW loop to 200
@@ -29,26 +26,7 @@ func BenchmarkSotWPush(b *testing.B) {
 	}
 	// The same catalog with one more api endpoint: web's endpoint sets
 	// change, nothing else.
-	var svcs []mesh.Service
-	for _, s := range f.cat.Services() {
-		c := *s
-		if c.Name == "api" {
-			c.Endpoints = append(slices.Clone(c.Endpoints), mesh.Endpoint{Address: "127.0.0.2", Port: c.Endpoints[0].Port})
-		}
-		svcs = append(svcs, c)
-	}
-	var pxs []mesh.Proxy
-	for _, p := range f.cat.Proxies() {
-		pxs = append(pxs, *p)
-	}
-	cat, err := mesh.NewCatalog(svcs, pxs)
-	if err != nil {
-		b.Fatal(err)
-	}
-	f.pub.Update(cat)
-	if _, err := f.pub.Publish(); err != nil {
-		b.Fatal(err)
-	}
+	f.publishAPIEndpointAdded(b)
 	snapB, err := f.cache.GetSnapshot(node)
 	if err != nil {
 		b.Fatal(err)

@@ -22,33 +22,33 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// stream is a client stream whose responses a goroutine reads, so a test
-// can wait for one or for a quiet period.
-type stream struct {
-	send func(*discoveryv3.DiscoveryRequest) error
-	resp chan *discoveryv3.DiscoveryResponse
+// clientStream is a client stream (SotW or delta) whose responses a
+// goroutine reads, so a test can wait for one or for a quiet period.
+type clientStream[Req, Resp any] struct {
+	st   grpc.BidiStreamingClient[Req, Resp]
+	resp chan *Resp
 }
 
-func pump(t *testing.T, st grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) *stream {
-	s := &stream{send: st.Send, resp: make(chan *discoveryv3.DiscoveryResponse, 16)}
+func pump[Req, Resp any](st grpc.BidiStreamingClient[Req, Resp]) *clientStream[Req, Resp] {
+	c := &clientStream[Req, Resp]{st: st, resp: make(chan *Resp, 16)}
 	go func() {
 		for {
 			r, err := st.Recv()
 			if err != nil {
-				close(s.resp)
+				close(c.resp)
 				return
 			}
-			s.resp <- r
+			c.resp <- r
 		}
 	}()
-	return s
+	return c
 }
 
 // within returns the next response, or nil if none comes within d.
-func (s *stream) within(t *testing.T, d time.Duration) *discoveryv3.DiscoveryResponse {
+func (c *clientStream[Req, Resp]) within(t *testing.T, d time.Duration) *Resp {
 	t.Helper()
 	select {
-	case r, ok := <-s.resp:
+	case r, ok := <-c.resp:
 		if !ok {
 			t.Fatal("stream ended")
 		}
@@ -58,18 +58,18 @@ func (s *stream) within(t *testing.T, d time.Duration) *discoveryv3.DiscoveryRes
 	}
 }
 
-func (s *stream) next(t *testing.T) *discoveryv3.DiscoveryResponse {
+func (c *clientStream[Req, Resp]) next(t *testing.T) *Resp {
 	t.Helper()
-	r := s.within(t, 5*time.Second)
+	r := c.within(t, 5*time.Second)
 	if r == nil {
 		t.Fatal("no response within 5s")
 	}
 	return r
 }
 
-func (s *stream) request(t *testing.T, req *discoveryv3.DiscoveryRequest) {
+func (c *clientStream[Req, Resp]) request(t *testing.T, req *Req) {
 	t.Helper()
-	if err := s.send(req); err != nil {
+	if err := c.st.Send(req); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -127,7 +127,7 @@ func TestSotWAnswersAsGoControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours, theirs := pump(t, o), pump(t, th)
+	ours, theirs := pump(o), pump(th)
 	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
 	snap, err := cache.GetSnapshot(node.Id)
 	if err != nil {
@@ -207,7 +207,7 @@ func TestSotWProtocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := pump(t, ads)
+	st := pump(ads)
 	const quiet = 300 * time.Millisecond
 	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
 	send := func(req *discoveryv3.DiscoveryRequest) { t.Helper(); st.request(t, req) }
@@ -281,7 +281,7 @@ func TestSotWProtocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cst := pump(t, cds2)
+	cst := pump(cds2)
 	cst.request(t, &discoveryv3.DiscoveryRequest{Node: node})
 	r := cst.next(t)
 	if r.GetTypeUrl() != resourcev3.ClusterType || r.GetVersionInfo() != "v2" || !slices.Equal(names(r), []string{"a", "b", "c"}) {
