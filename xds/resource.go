@@ -28,7 +28,7 @@ type Resource struct {
 	Refs []Ref
 	// Wire is Message's deterministic encoding (the bytes Hash is taken
 	// of) as it goes into a response. Marshalled once here, it is shared by
-	// every response that carries the resource (server's wire cache), so
+	// every response that carries the resource (the server's SotW and delta loops), so
 	// serving a proxy does not marshal its configuration again. Nil for a
 	// resource only one proxy has (its inbound listener): those are encoded
 	// per response rather than held twice.
