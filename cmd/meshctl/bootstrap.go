@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/mesh"
@@ -47,7 +48,7 @@ const bootstrapExamples = `
 // Flags that only one flavor uses; giving them to the other is a mistake
 // worth reporting rather than ignoring.
 var (
-	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta", "token-file", "agent-socket"}
+	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta", "token-file", "token-ttl", "agent-socket"}
 	grpcOnlyFlags  = []string{"cert-dir", "refresh-interval"}
 )
 
@@ -68,6 +69,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	delta := flags.Bool("delta", false, "envoy only: use incremental (delta) xDS instead of state-of-the-world")
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "envoy only: meshd's SPIFFE trust `domain`; Envoy accepts only meshd's own identity in it")
 	tokenFile := flags.String("token-file", "", "envoy only: `FILE` with a bootstrap token (meshctl token create); Envoy sends it to meshd, which serves only that token's service. The output then holds a credential and is written with mode 0600")
+	tokenTTL := flags.Duration("token-ttl", 0, "envoy only: instead of --token-file, sign a new bootstrap token for --service valid this long (a Go `DURATION`: 720h) with meshd's token key in --data-dir, and embed it; its id is printed for meshctl token revoke. One command provisions a sidecar (e.g. a container started before its Envoy)")
 	agentSocket := flags.String("agent-socket", "", "envoy only: `PATH` of a local mesh-agent's SDS Unix socket; Envoy then takes its certificate and key from the agent (keys never leave the machine)")
 	if code, ok := parseFlags(flags, args, stdout); !ok {
 		return code
@@ -96,6 +98,14 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		usageErrorf(flags, "--cert-dir is required with --flavor grpc: gRPC reads its certificate from files; create them with `meshctl certs issue --service %s --out DIR` and pass --cert-dir DIR", *service)
 		return exitUsage
 	}
+	if *tokenFile != "" && *tokenTTL != 0 {
+		usageErrorf(flags, "--token-file and --token-ttl exclude each other: embed an existing token or sign a new one")
+		return exitUsage
+	}
+	if *tokenTTL < 0 {
+		usageErrorf(flags, "--token-ttl %s must be positive, e.g. 720h", *tokenTTL)
+		return exitUsage
+	}
 	if *adminPort == 0 || *adminPort > 65535 {
 		usageErrorf(flags, "--admin-port %d is not a TCP port: use 1 to 65535", *adminPort)
 		return exitUsage
@@ -105,8 +115,9 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	}
 
 	var (
-		data []byte
-		err  error
+		data   []byte
+		err    error
+		minted string // what to print about a token signed here
 	)
 	if mesh.Flavor(*flavor) == mesh.FlavorGRPC {
 		data, err = bootstrap.GRPC(bootstrap.GRPCOptions{
@@ -137,6 +148,20 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 			o.CAFile = *caFile
 			warnIfMissing(stderr, *caFile)
 		}
+		// Signed last, so that a mistake above mints no token.
+		if *tokenTTL > 0 {
+			ta, ok := openTokens(*dataDir, *trustDomain, stderr, "meshctl bootstrap")
+			if !ok {
+				return exitError
+			}
+			tok, claims, err := ta.Create(*namespace, *service, *tokenTTL)
+			if err != nil {
+				fmt.Fprintf(stderr, "meshctl bootstrap: signing a token: %v\n", err)
+				return exitError
+			}
+			o.Token = string(tok)
+			minted = fmt.Sprintf("token %s for %s/%s, valid until %s, embedded in the bootstrap\n", claims.ID, claims.Namespace, claims.Service, claims.Expires.Format(time.RFC3339))
+		}
 		data, err = bootstrap.EnvoyYAML(o)
 	}
 	if err != nil {
@@ -144,13 +169,14 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	perm := os.FileMode(0o644)
-	if *tokenFile != "" {
+	if *tokenFile != "" || *tokenTTL > 0 {
 		perm = 0o600 // the bootstrap carries the token
 	}
 	if err := writeOutput(*out, data, stdout, perm); err != nil {
 		fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
 		return exitError
 	}
+	fmt.Fprint(stderr, minted)
 	return exitOK
 }
 

@@ -75,6 +75,60 @@ func TestTokenCreateBootstrapRevoke(t *testing.T) {
 	}
 }
 
+// bootstrap --token-ttl signs a token and embeds it in one command: meshd
+// accepts it, the file is 0600, stderr names the id (never the token), and
+// nothing is signed when the bootstrap cannot be made.
+func TestBootstrapSignsToken(t *testing.T) {
+	dataDir := t.TempDir()
+	out := filepath.Join(t.TempDir(), "web.yaml")
+	args := []string{"bootstrap", "--service", "web", "--ca-file", "x.pem", "--data-dir", dataDir, "--token-ttl", "2h", "-o", out}
+	if r := runArgs(args...); r.code != exitError || !strings.Contains(r.stderr, "start meshd once") {
+		t.Fatalf("--token-ttl without meshd's token key: %d %s", r.code, r.stderr)
+	}
+	ta, err := sds.LoadOrCreateTokens(dataDir, defaultTrustDomain, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runArgs(args...)
+	if r.code != exitOK {
+		t.Fatalf("bootstrap --token-ttl: %d %s", r.code, r.stderr)
+	}
+	if m := fileMode(t, out); m != 0o600 {
+		t.Errorf("bootstrap with a token has mode %04o, want 0600", m)
+	}
+	y, _ := os.ReadFile(out)
+	_, tok, ok := strings.Cut(string(y), "Bearer ")
+	if !ok {
+		t.Fatalf("bootstrap carries no token:\n%s", y)
+	}
+	tok, _, _ = strings.Cut(tok, "\n")
+	tok = strings.Trim(strings.TrimSpace(tok), `"'`)
+	claims, err := ta.Verify(tok)
+	if err != nil || claims.Service != "web" || claims.Namespace != "default" {
+		t.Fatalf("meshd does not accept the embedded token: %v %+v", err, claims)
+	}
+	if left := time.Until(claims.Expires); left < 119*time.Minute || left > 2*time.Hour {
+		t.Errorf("token valid for %s, want 2h", left)
+	}
+	if strings.Contains(r.stderr, tok) || !strings.Contains(r.stderr, claims.ID) {
+		t.Errorf("stderr should name the token id, never the token: %s", r.stderr)
+	}
+	// A bootstrap that cannot be made (inline CA missing) signs nothing.
+	r = runArgs("bootstrap", "--service", "web", "--inline-ca", "--ca-file", filepath.Join(dataDir, "none.pem"), "--data-dir", dataDir, "--token-ttl", "2h")
+	if r.code != exitError || strings.Contains(r.stderr, "token ") {
+		t.Errorf("failed bootstrap: %d %s", r.code, r.stderr)
+	}
+	for _, bad := range [][]string{
+		{"--token-ttl", "1h", "--token-file", "f"},
+		{"--token-ttl", "-1h"},
+		{"--flavor", "grpc", "--cert-dir", "d", "--token-ttl", "1h"},
+	} {
+		if r := runArgs(append([]string{"bootstrap", "--service", "web", "--data-dir", dataDir}, bad...)...); r.code != exitUsage {
+			t.Errorf("bootstrap %v: code %d, want usage error", bad, r.code)
+		}
+	}
+}
+
 func fileMode(t *testing.T, p string) os.FileMode {
 	t.Helper()
 	fi, err := os.Stat(p)
