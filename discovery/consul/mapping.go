@@ -30,6 +30,12 @@ const (
 	// MetaProxyID (service meta of a sidecar registration) overrides the
 	// xDS node id of that sidecar; default "<consul node>/<sidecar service id>".
 	MetaProxyID = "meshd-proxy-id"
+	// MetaSDS (service meta of a sidecar registration) says where that
+	// Envoy gets its certificate and trust bundle: "meshd" (over xDS, the
+	// default) or "agent" (a mesh-agent on the same machine, over SDS on a
+	// Unix socket: meshctl bootstrap --agent-socket), as the catalog's
+	// proxy field sds.
+	MetaSDS = "meshd-sds"
 	// ProxyConfigProtocol is the key in a sidecar's proxy.config (and in an
 	// upstream's config) that Consul itself uses for the protocol. meshd reads
 	// it so that existing Consul registrations work unchanged.
@@ -519,6 +525,13 @@ func (m *mapper) proxy(sc, app *api.ServiceEntry, svc *mesh.Service) (mesh.Proxy
 	}
 	if sc.Service.Port <= 0 {
 		m.fail(sc, "port", "a sidecar needs the port it accepts mesh traffic on (1-65535)")
+		ok = false
+	}
+	switch v := mesh.SDSSource(sc.Service.Meta[MetaSDS]); v {
+	case "", mesh.SDSMeshd, mesh.SDSAgent:
+		p.SDS = v
+	default:
+		m.fail(sc, metaKey(MetaSDS), "%q is not an SDS source: use %q (certificates from meshd over xDS, the default) or %q (from a local mesh-agent)", string(v), mesh.SDSMeshd, mesh.SDSAgent)
 		ok = false
 	}
 	// meshd's sidecar reaches the application on 127.0.0.1 only.

@@ -274,7 +274,24 @@ func TestMapDetails(t *testing.T) {
 		!slices.Equal(p.Upstreams, wantP.Upstreams) || p.Namespace != wantP.Namespace {
 		t.Errorf("proxy = %+v, want %+v", p, wantP)
 	}
+	if p.SDS != "" || !p.SecretsFromMeshd() {
+		t.Errorf("proxy without meta %s: SDS %q, want secrets from meshd", MetaSDS, p.SDS)
+	}
+	agentFed := func(v string) *api.ServiceEntry {
+		return with(sidecar(n1, "web", 21000, nil), func(s *api.AgentService) { s.Meta = map[string]string{MetaSDS: v} })
+	}
+	c, err = Map(entries(app(n1, "web", "web", 8080, nil), agentFed("agent")), MapOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Proxy("vm1/web-sidecar-proxy"); p == nil || p.SDS != mesh.SDSAgent || p.SecretsFromMeshd() {
+		t.Errorf("proxy with meta %s=agent: %+v, want SDS from the agent", MetaSDS, p)
+	}
+	_, err = Map(entries(app(n1, "web", "web", 8080, nil), agentFed("spire")), MapOptions{})
 	var me MappingErrors
+	if !errors.As(err, &me) || len(me) != 1 || me[0].Key != `meta "meshd-sds"` || !strings.Contains(me[0].Message, `"spire" is not an SDS source`) {
+		t.Errorf("meta %s=spire: error %v, want one MappingError naming the key", MetaSDS, err)
+	}
 	_, err = Map(entries(app(n1, "web", "web", 1, map[string]string{MetaProtocol: "x"}), sidecar(n1, "web", 2, nil)), MapOptions{})
 	if !errors.As(err, &me) || len(me) != 1 || me[0].Service != "web" || me[0].Key != `meta "meshd-protocol"` {
 		t.Errorf("error = %#v, want one MappingError for web's meta key", err)
