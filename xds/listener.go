@@ -119,8 +119,10 @@ func inboundListenerParts(s *mesh.Service, self mesh.Identity, trustDomain strin
 	return l, dedupRefs(refs), nil
 }
 
-// inboundFilters renders one inbound chain's network filters: RBAC then
-// the HTTP connection manager (with HTTP RBAC inside) or tcp_proxy.
+// inboundFilters renders one inbound chain's network filters: the HTTP
+// connection manager with its fixed RBAC filters (the policies are in the
+// route, see perRouteRBAC; rbac is not used), or network RBAC rendered from
+// rbac then tcp_proxy.
 func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.Filter, []Ref, error) {
 	stat := InboundStatPrefix(s.Key(), mtls)
 	if s.Protocol.IsHTTP() {
@@ -129,21 +131,22 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 		if err != nil {
 			return nil, nil, err
 		}
-		authz, err := rbac.httpFilters(false)
+		// The RBAC filters are the same whatever the policies (which are
+		// in the route), and so is the denial log: a policy change leaves
+		// the listener as it is.
+		authz, err := envoyRBACFilters()
 		if err != nil {
 			return nil, nil, err
 		}
 		hcm.HttpFilters = append(authz, hcm.HttpFilters...)
-		if len(authz) > 0 {
-			// Denials are logged with the RBAC rule that caused them
-			// (rbac_access_denied_matched_policy[<ns>/<policy>/rule-<n>]),
-			// so "which policy denied this?" is answered from Envoy's log.
-			al, err := deniedAccessLog()
-			if err != nil {
-				return nil, nil, err
-			}
-			hcm.AccessLog = []*accesslogv3.AccessLog{al}
+		// Denials are logged with the RBAC rule that caused them
+		// (rbac_access_denied_matched_policy[<ns>/<policy>/rule-<n>]),
+		// so "which policy denied this?" is answered from Envoy's log.
+		al, err := deniedAccessLog()
+		if err != nil {
+			return nil, nil, err
 		}
+		hcm.AccessLog = []*accesslogv3.AccessLog{al}
 		if mtls {
 			// The app learns the caller's verified identity from
 			// x-forwarded-client-cert; anything a client sent is replaced.
@@ -171,10 +174,6 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 	}
 	return append(filters, tcp), []Ref{{TypeURL: resourcev3.ClusterType, Name: cluster}}, nil
 }
-
-// DeniedLogPrefix starts every access log line Envoy writes for a request
-// an authorization policy denied.
-const DeniedLogPrefix = "[meshd-denied]"
 
 // deniedAccessLog logs 403 responses to Envoy's stdout with the response
 // details, the caller's SPIFFE ID and the request line.
@@ -278,7 +277,7 @@ func buildGRPCServerListener(s *mesh.Service, p *mesh.Proxy, mode mesh.MTLSMode,
 	if err != nil {
 		return nil, err
 	}
-	authz, err := rbac.httpFilters(true)
+	authz, err := rbac.grpcServerFilters()
 	if err != nil {
 		return nil, err
 	}

@@ -64,6 +64,30 @@ const (
 	NodeMetaSDSAgent = "agent"
 	// AgentSDSClusterName is the bootstrap's static cluster to mesh-agent.
 	AgentSDSClusterName = "meshd_agent_sds"
+
+	// The HTTP RBAC filters of every inbound HTTP connection manager of an
+	// Envoy sidecar, in this order. They are always present, whatever the
+	// policies: the policies themselves are per-route overrides
+	// (RBACPerRoute) on the inbound route, keyed by these names, so a
+	// policy change is an RDS update that applies to the next request on
+	// an open connection, and never replaces the listener.
+	RBACFilterDeny  = "envoy.filters.http.rbac.deny"
+	RBACFilterAllow = "envoy.filters.http.rbac.allow"
+	RBACFilterAudit = "envoy.filters.http.rbac.audit"
+
+	// RBAC stat prefixes, one per filter, so that a DENY match and a
+	// missing ALLOW match are counted apart. HTTP:
+	// http.<hcm stat prefix>.rbac.deny.denied, ….rbac.allow.denied, and per
+	// rule ….rbac.deny.policy.<ns>/<policy>/rule-<n>.denied (Envoy's
+	// per-rule stats). tcp: <stat prefix>.deny.policy.<rule>.rbac.denied (one
+	// network filter per DENY rule) and <stat prefix>.allow.rbac.denied.
+	RBACStatDeny  = "deny"
+	RBACStatAllow = "allow"
+	RBACStatAudit = "audit"
+
+	// DeniedLogPrefix starts every access log line a sidecar writes for a
+	// request or connection an authorization policy denied.
+	DeniedLogPrefix = "[meshd-denied]"
 )
 
 // IdentitySecretName names the SDS secret carrying an identity's certificate
@@ -126,6 +150,16 @@ func InboundStatPrefix(k mesh.ServiceKey, mtls bool) string {
 		return "inbound_mtls." + k.String()
 	}
 	return "inbound_plaintext." + k.String()
+}
+
+// NetworkRBACStatPrefix is the stat prefix of a tcp service's network
+// RBAC filter: action is RBACStatDeny, RBACStatAllow or RBACStatAudit, rule
+// names the one DENY rule a filter holds (empty for the others).
+func NetworkRBACStatPrefix(stat, action, rule string) string {
+	if rule != "" {
+		return stat + "." + action + ".policy." + rule + "."
+	}
+	return stat + "." + action + "."
 }
 
 // OutboundStatPrefix is the stat prefix of an outbound listener's filter.

@@ -16,25 +16,30 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshd/meshd/mesh"
 )
 
-// Authorization policies become Envoy RBAC filters with Istio's evaluation:
-// a DENY filter first, then an ALLOW filter (absent when no ALLOW policy
-// applies, so that no policy means allow; present with no policies when
-// only ALLOW policies without rules apply, so that they deny everything).
-// AUDIT policies are shadow rules of their own filter: they never change a
-// decision, and Envoy records each match (stat prefix "audit_", dynamic
-// metadata shadow_effective_policy_id) under the policy's name.
+// Authorization policies become Envoy RBAC rules with Istio's evaluation:
+// a DENY filter first, then an ALLOW filter (without effect when no ALLOW
+// policy applies, so that no policy means allow; with no policies when only
+// ALLOW policies without rules apply, so that they deny everything). AUDIT
+// policies are shadow rules of their own filter: they never change a
+// decision, and Envoy records each match (stats, dynamic metadata
+// audit_shadow_effective_policy_id) under the policy's name.
+//
+// Where the rules live depends on who enforces them: for an Envoy
+// sidecar's HTTP services, in the inbound route (perRouteRBAC), so that a
+// change reaches open connections; for tcp services and proxyless gRPC
+// servers, in the listener (networkFilters, grpcServerFilters).
 //
 // Every Envoy RBAC policy is named "<namespace>/<policy>/rule-<n>" so that
 // a denial (response details rbac_access_denied_matched_policy[...]) names
 // the rule that caused it.
 
 const (
-	filterRBACHTTP    = "envoy.filters.http.rbac"
 	filterRBACNetwork = "envoy.filters.network.rbac"
 	auditStatPrefix   = "audit_"
 )
@@ -500,10 +505,77 @@ func orID(l []*rbacv3.Principal) *rbacv3.Principal {
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_OrIds{OrIds: &rbacv3.Principal_Set{Ids: l}}}
 }
 
-// httpRBACFilters renders the HTTP filters (DENY, ALLOW, AUDIT order) that
-// precede the router. grpc selects gRPC's accepted shape: gRPC ignores
-// shadow rules, so AUDIT is not rendered for it.
-func (s *rbacSets) httpFilters(grpc bool) ([]*hcmv3.HttpFilter, error) {
+// envoyRBACFilters are the HTTP RBAC filters of every inbound HTTP
+// connection manager of an Envoy sidecar (RBACFilterDeny, RBACFilterAllow,
+// RBACFilterAudit, in Istio's order), whatever the policies. The policies
+// are per-route overrides on the inbound route (perRouteRBAC), so a policy
+// change is an RDS update: Envoy applies it to the next request, also on a
+// connection opened before it, and the listener — whose replacement would
+// leave open connections on the old filter chain until they drain — does
+// not change. Each filter has its own stat prefix, so a DENY match and a
+// missing ALLOW match are counted apart.
+//
+// The filters' own configurations only apply to a request without a route
+// (which the router would answer 404 anyway): the DENY and AUDIT filters
+// then do nothing and the ALLOW filter, an ALLOW with no policies, denies.
+// A request never passes for want of an override.
+func envoyRBACFilters() ([]*hcmv3.HttpFilter, error) {
+	var out []*hcmv3.HttpFilter
+	for _, f := range []struct {
+		name string
+		cfg  *rbachttpv3.RBAC
+	}{
+		{RBACFilterDeny, &rbachttpv3.RBAC{RulesStatPrefix: RBACStatDeny}},
+		{RBACFilterAllow, &rbachttpv3.RBAC{RulesStatPrefix: RBACStatAllow, Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}}},
+		{RBACFilterAudit, &rbachttpv3.RBAC{ShadowRulesStatPrefix: RBACStatAudit}},
+	} {
+		a, err := anyOf(f.cfg)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &hcmv3.HttpFilter{Name: f.name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}})
+	}
+	return out, nil
+}
+
+// perRouteRBAC renders the policies as the overrides of envoyRBACFilters,
+// for the inbound route's typed_per_filter_config. Every filter gets one:
+// an override without rules turns its filter off for the route (no DENY
+// policy; no ALLOW policy, so no policy means allow; no AUDIT policy),
+// and an ALLOW override with no policies denies everything (ALLOW policies
+// without rules). track_per_rule_stats makes Envoy count each rule under
+// the filter's stat prefix: rbac.deny.policy.<ns>/<policy>/rule-<n>.denied.
+// The overrides' own prefixes only name the dynamic metadata keys
+// (deny_enforced_effective_policy_id, audit_shadow_effective_policy_id, …).
+func (s *rbacSets) perRouteRBAC() (map[string]*anypb.Any, error) {
+	deny := &rbachttpv3.RBAC{RulesStatPrefix: RBACStatDeny + "_", TrackPerRuleStats: true}
+	if len(s.deny) > 0 {
+		deny.Rules = &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.deny}
+	}
+	allow := &rbachttpv3.RBAC{RulesStatPrefix: RBACStatAllow + "_", TrackPerRuleStats: true}
+	if s.hasAllow {
+		allow.Rules = &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: s.allow}
+	}
+	audit := &rbachttpv3.RBAC{ShadowRulesStatPrefix: RBACStatAudit + "_", TrackPerRuleStats: true}
+	if s.hasAudit {
+		audit.ShadowRules = &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.audit}
+	}
+	out := map[string]*anypb.Any{}
+	for name, cfg := range map[string]*rbachttpv3.RBAC{RBACFilterDeny: deny, RBACFilterAllow: allow, RBACFilterAudit: audit} {
+		a, err := anyOf(&rbachttpv3.RBACPerRoute{Rbac: cfg})
+		if err != nil {
+			return nil, err
+		}
+		out[name] = a
+	}
+	return out, nil
+}
+
+// grpcServerFilters renders the HTTP filters (DENY, ALLOW) of a proxyless
+// gRPC server's listener, in the shape gRPC accepts. gRPC ignores shadow
+// rules, so AUDIT is not rendered. gRPC closes a server's connections when
+// its listener changes, so policies stay in the listener there.
+func (s *rbacSets) grpcServerFilters() ([]*hcmv3.HttpFilter, error) {
 	var out []*hcmv3.HttpFilter
 	mk := func(name string, cfg *rbachttpv3.RBAC) error {
 		a, err := anyOf(cfg)
@@ -514,20 +586,12 @@ func (s *rbacSets) httpFilters(grpc bool) ([]*hcmv3.HttpFilter, error) {
 		return nil
 	}
 	if len(s.deny) > 0 {
-		if err := mk(filterRBACHTTP+".deny", &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.deny}}); err != nil {
+		if err := mk(RBACFilterDeny, &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.deny}}); err != nil {
 			return nil, err
 		}
 	}
 	if s.hasAllow {
-		if err := mk(filterRBACHTTP+".allow", &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: s.allow}}); err != nil {
-			return nil, err
-		}
-	}
-	if s.hasAudit && !grpc {
-		if err := mk(filterRBACHTTP+".audit", &rbachttpv3.RBAC{
-			ShadowRules:           &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.audit},
-			ShadowRulesStatPrefix: auditStatPrefix,
-		}); err != nil {
+		if err := mk(RBACFilterAllow, &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: s.allow}}); err != nil {
 			return nil, err
 		}
 	}

@@ -13,13 +13,24 @@ import (
 var noTimeout = durationpb.New(0)
 
 // buildInboundRoute routes everything arriving at a sidecar's public port to
-// the local application. Shared by every sidecar of the service.
-func buildInboundRoute(s *mesh.Service) (*Resource, error) {
+// the local application, with the workload's authorization policies as
+// per-filter overrides of the inbound RBAC filters on the virtual host (so
+// every route of it, and any added later, carries them). Envoy applies an
+// RDS update to the next request of every connection, open ones included:
+// this is what makes a policy change reach a keep-alive caller (see
+// envoyRBACFilters). Shared by every sidecar of the service with the same
+// policies.
+func buildInboundRoute(s *mesh.Service, rbac *rbacSets) (*Resource, error) {
 	name := InboundRouteName(s.Key())
 	cluster := LocalAppClusterName(s.Key())
+	vh := forwardAll(name, []string{"*"}, cluster)
+	var err error
+	if vh.TypedPerFilterConfig, err = rbac.perRouteRBAC(); err != nil {
+		return nil, err
+	}
 	rc := &routev3.RouteConfiguration{
 		Name:         name,
-		VirtualHosts: []*routev3.VirtualHost{forwardAll(name, []string{"*"}, cluster)},
+		VirtualHosts: []*routev3.VirtualHost{vh},
 	}
 	return newResource(name, rc, Ref{TypeURL: resourcev3.ClusterType, Name: cluster})
 }

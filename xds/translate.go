@@ -302,26 +302,26 @@ func (g *Generation) shareInboundParts(l *listenerv3.Listener) error {
 // connection manager, and the listener filters) is rendered once per
 // distinct input and shared by every sidecar with the same: the service's
 // shape (which gives its identity and protocol), the mTLS mode, where the
-// secrets come from, and the authorization policies (by content) with the
-// port they are evaluated for — exactly buildRBAC's and
-// inboundListenerParts' arguments. Each listener is still validated and
-// hashed whole.
+// secrets come from and, for tcp services only, the authorization policies
+// (by content) with the port they are evaluated for — exactly buildRBAC's
+// and inboundListenerParts' arguments. An HTTP service's listener does not
+// depend on policies at all (they are in its route), so a policy change
+// never replaces it. Each listener is still validated and hashed whole.
 func (g *Generation) inboundListener(p *mesh.Proxy, self *mesh.Service, id mesh.Identity, mode mesh.MTLSMode, authz []*mesh.AuthorizationPolicy, port uint32, rbac *rbacSets) (*Resource, error) {
 	td := g.t.opts.TrustDomain
 	agent := !p.SecretsFromMeshd()
-	var key strings.Builder
-	key.WriteString("lds-in|" + g.shapeFP[self.Key()] + "|" + string(mode) + "|" + strconv.FormatBool(agent) + "|" + strconv.FormatUint(uint64(port), 10))
-	for _, a := range authz {
-		fp, ok := g.policyFP[a]
+	key := "lds-in|" + g.shapeFP[self.Key()] + "|" + string(mode) + "|" + strconv.FormatBool(agent)
+	if self.Protocol == mesh.ProtocolTCP {
+		pk, ok := g.policyKey(authz, port)
 		if !ok {
-			// Not a policy of this generation's set: no content key, so
+			// Not policies of this generation's set: no content key, so
 			// render this listener on its own.
 			return buildEnvoyInboundListener(self, p, id, td, mode, rbac)
 		}
-		key.WriteString("|" + fp)
+		key += "|" + pk
 	}
 	// A template holding the shared parts; a memo entry, never served.
-	tmpl, err := g.memo(key.String(), func() (*Resource, error) {
+	tmpl, err := g.memo(key, func() (*Resource, error) {
 		parts, refs, err := inboundListenerParts(self, id, td, mode, rbac, agent)
 		if err != nil {
 			return nil, err
@@ -331,12 +331,39 @@ func (g *Generation) inboundListener(p *mesh.Proxy, self *mesh.Service, id mesh.
 		if err := g.shareInboundParts(parts); err != nil {
 			return nil, err
 		}
-		return &Resource{Name: "template " + key.String(), Message: parts, Refs: refs}, nil
+		return &Resource{Name: "template " + key, Message: parts, Refs: refs}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return inboundListener(p, tmpl.Message.(*listenerv3.Listener), tmpl.Refs)
+}
+
+// policyKey names authorization policies by content, with the port they are
+// evaluated for: a memo key part for what is rendered from them. ok is false
+// when a policy is not of this generation's set (it has no content hash).
+func (g *Generation) policyKey(authz []*mesh.AuthorizationPolicy, port uint32) (string, bool) {
+	var key strings.Builder
+	key.WriteString(strconv.FormatUint(uint64(port), 10))
+	for _, a := range authz {
+		fp, ok := g.policyFP[a]
+		if !ok {
+			return "", false
+		}
+		key.WriteString("|" + fp)
+	}
+	return key.String(), true
+}
+
+// inboundRoute renders an HTTP service's inbound route with the workload's
+// policies, shared by every sidecar of the service with the same policies
+// and port.
+func (g *Generation) inboundRoute(self *mesh.Service, authz []*mesh.AuthorizationPolicy, port uint32, rbac *rbacSets) (*Resource, error) {
+	pk, ok := g.policyKey(authz, port)
+	if !ok {
+		return buildInboundRoute(self, rbac)
+	}
+	return g.memo("rds-in|"+g.shapeFP[self.Key()]+"|"+pk, func() (*Resource, error) { return buildInboundRoute(self, rbac) })
 }
 
 // shareOutboundListenerParts shares an outbound listener's filter chains
@@ -431,7 +458,7 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 		out.Listeners = append(out.Listeners, l)
 		out.Clusters = append(out.Clusters, c)
 		if self.Protocol.IsHTTP() {
-			r, err := g.memo("rds-in|"+g.shapeFP[self.Key()], func() (*Resource, error) { return buildInboundRoute(self) })
+			r, err := g.inboundRoute(self, authz, w.Port, rbac)
 			if err != nil {
 				return fmt.Errorf("inbound route: %w", err)
 			}

@@ -3,6 +3,7 @@ package xds
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -309,27 +310,25 @@ func TestCheckReferencesUnsortedLists(t *testing.T) {
 	}
 }
 
-// Sidecars of one service share their inbound listener's rendered parts only
-// when everything those depend on is the same: here the same service with
-// different authorization policies (by label) and different app ports (port
-// rules are decided per workload port). One generation must render each
-// exactly as the pure per-proxy function does.
+// Sidecars of one service share rendered parts only when everything those
+// depend on is the same: here the same services with different
+// authorization policies (by label) and different app ports (port rules
+// are decided per workload port). An HTTP service's listener does not
+// depend on policies (they are in its route), a tcp service's does. One
+// generation must render each exactly as the pure per-proxy function does.
 func TestInboundPartsSharedOnlyForSameInputs(t *testing.T) {
-	const catalog = `
-services:
-  - name: api
-    protocol: http
-    endpoints:
-      - {address: 10.0.0.1, port: 15001, labels: {app: api, version: v1}}
-      - {address: 10.0.0.2, port: 15001, labels: {app: api, version: v2}}
-      - {address: 10.0.0.3, port: 15001, labels: {app: api, version: v1}}
-      - {address: 10.0.0.4, port: 15001, labels: {app: api, version: v1}}
-proxies:
-  - {id: api-v1, service: api, address: 10.0.0.1, publicPort: 15001, appPort: 8080}
-  - {id: api-v2, service: api, address: 10.0.0.2, publicPort: 15001, appPort: 8080}
-  - {id: api-v1b, service: api, address: 10.0.0.3, publicPort: 15001, appPort: 8080}
-  - {id: api-v1-9090, service: api, address: 10.0.0.4, publicPort: 15001, appPort: 9090}
-policy:
+	// Two services (api http, db tcp) of four sidecars each: v1, v2, v1b
+	// (same inputs as v1) and v1-9090 (another app port).
+	var services, proxies strings.Builder
+	for i, svc := range []struct{ name, protocol string }{{"api", "http"}, {"db", "tcp"}} {
+		fmt.Fprintf(&services, "  - name: %s\n    protocol: %s\n    endpoints:\n", svc.name, svc.protocol)
+		for j, v := range []struct{ id, version, appPort string }{{"-v1", "v1", "8080"}, {"-v2", "v2", "8080"}, {"-v1b", "v1", "8080"}, {"-v1-9090", "v1", "9090"}} {
+			addr := fmt.Sprintf("10.0.%d.%d", i, j+1)
+			fmt.Fprintf(&services, "      - {address: %s, port: 15001, labels: {app: %s, version: %s}}\n", addr, svc.name, v.version)
+			fmt.Fprintf(&proxies, "  - {id: %s%s, service: %s, address: %s, publicPort: 15001, appPort: %s}\n", svc.name, v.id, svc.name, addr, v.appPort)
+		}
+	}
+	catalog := "services:\n" + services.String() + "proxies:\n" + proxies.String() + `policy:
   rootNamespace: meshd-system
   defaultMode: STRICT
   authorizations:
@@ -339,6 +338,7 @@ policy:
       action: ALLOW
       rules:
         - to: [{methods: [GET], ports: [8080]}]
+        - to: [{ports: [8080]}]
 `
 	path := filepath.Join(t.TempDir(), "catalog.yaml")
 	if err := os.WriteFile(path, []byte(catalog), 0o600); err != nil {
@@ -351,33 +351,55 @@ policy:
 	}
 	opts := Options{TrustDomain: "cluster.local"}
 	gen := NewTranslator(opts).Generation(cat, in.Policy)
-	hashes := map[string]string{}
 	chains := map[string]*listenerv3.FilterChain{}
-	for _, id := range []string{"api-v1", "api-v2", "api-v1b", "api-v1-9090"} {
-		got, err := gen.Proxy(id)
-		if err != nil {
-			t.Fatal(err)
+	routes := map[string]*Resource{}
+	for _, svc := range []string{"api", "db"} {
+		for _, sfx := range []string{"-v1", "-v2", "-v1b", "-v1-9090"} {
+			id := svc + sfx
+			got, err := gen.Proxy(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pure, err := NewTranslator(opts).Generation(cat, in.Policy).Proxy(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Listeners[0].Hash != pure.Listeners[0].Hash {
+				t.Errorf("%s: inbound listener differs from the one rendered on its own", id)
+			}
+			if len(got.Routes) > 0 {
+				if got.Routes[0].Hash != pure.Routes[0].Hash {
+					t.Errorf("%s: inbound route differs from the one rendered on its own", id)
+				}
+				routes[id] = got.Routes[0]
+			}
+			chains[id] = got.Listeners[0].Message.(*listenerv3.Listener).FilterChains[0]
 		}
-		pure, err := NewTranslator(opts).Generation(cat, in.Policy).Proxy(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.Listeners[0].Hash != pure.Listeners[0].Hash {
-			t.Errorf("%s: inbound listener differs from the one rendered on its own", id)
-		}
-		l := got.Listeners[0].Message.(*listenerv3.Listener)
-		// Strip the address-dependent part: the chains alone.
-		b, err := deterministic.Marshal(l.FilterChains[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		hashes[id] = string(b)
-		chains[id] = l.FilterChains[0]
 	}
-	if hashes["api-v1"] == hashes["api-v2"] || hashes["api-v1"] == hashes["api-v1-9090"] {
-		t.Fatal("the test needs the policy and the port to change the chain")
+	chainBytes := func(id string) string {
+		b, err := deterministic.Marshal(chains[id])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
 	}
-	if chains["api-v1"] != chains["api-v1b"] {
-		t.Error("sidecars with the same inputs do not share their filter chain")
+	// HTTP: one chain for every sidecar; the route says the policy.
+	for _, id := range []string{"api-v2", "api-v1b", "api-v1-9090"} {
+		if chains[id] != chains["api-v1"] {
+			t.Errorf("%s does not share api-v1's filter chain; an HTTP listener must not depend on policies", id)
+		}
+	}
+	if routes["api-v1"].Hash == routes["api-v2"].Hash || routes["api-v1"].Hash == routes["api-v1-9090"].Hash {
+		t.Fatal("the test needs the policy and the port to change the route")
+	}
+	if routes["api-v1"] != routes["api-v1b"] {
+		t.Error("sidecars with the same policies do not share their inbound route")
+	}
+	// tcp: the chain carries the network RBAC.
+	if chainBytes("db-v1") == chainBytes("db-v2") || chainBytes("db-v1") == chainBytes("db-v1-9090") {
+		t.Fatal("the test needs the policy and the port to change the tcp chain")
+	}
+	if chains["db-v1"] != chains["db-v1b"] {
+		t.Error("tcp sidecars with the same inputs do not share their filter chain")
 	}
 }
