@@ -5,7 +5,6 @@ package consultest
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +17,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/meshd/meshd/internal/testport"
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 // Agent is a real `consul agent -dev` on loopback, with every port moved
@@ -64,44 +66,6 @@ func Binary(t testing.TB) string {
 	return ""
 }
 
-// freePorts returns n distinct loopback ports that are free for both TCP
-// and UDP (serf uses both) at the time of the call. Every port is held
-// until all are found: taken one at a time and released at once, two
-// could be the same port (the kernel may hand out a just-closed port
-// again), and Consul refuses to start with serf and RPC on one port.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var held []io.Closer
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	var ports []int
-	for range 50 * n {
-		if len(ports) == n {
-			return ports
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
-		}
-		held = append(held, l)
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		held = append(held, u)
-		ports = append(ports, port)
-	}
-	if len(ports) == n {
-		return ports
-	}
-	t.Fatalf("no %d free loopback ports for both TCP and UDP", n)
-	return nil
-}
-
 // Start starts a dev agent and waits until it has a leader and its
 // node is in the catalog. extraHCL is appended to the agent's configuration.
 func Start(t testing.TB, extraHCL string) *Agent {
@@ -113,8 +77,10 @@ func Start(t testing.TB, extraHCL string) *Agent {
 		node:  "meshd-test",
 		extra: extraHCL,
 	}
-	p := freePorts(t, 5)
-	a.ports = agentPorts{http: p[0], dns: p[1], serfLAN: p[2], serfWAN: p[3], server: p[4]}
+	// Consul cannot bind port 0 and report it; these ports are reserved
+	// for this test process (TCP and UDP: serf and DNS use both).
+	p := testport.Get
+	a.ports = agentPorts{http: p(t), dns: p(t), serfLAN: p(t), serfWAN: p(t), server: p(t)}
 	a.Addr = fmt.Sprintf("127.0.0.1:%d", a.ports.http)
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.Addr
@@ -124,8 +90,8 @@ func Start(t testing.TB, extraHCL string) *Agent {
 		t.Fatalf("consul client: %v", err)
 	}
 	a.Client = c
-	a.Start()
 	t.Cleanup(a.Stop)
+	a.Start()
 	return a
 }
 
@@ -164,29 +130,29 @@ limits {
 	exited := make(chan struct{})
 	a.exited = exited
 	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(exited) }(a.cmd)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		leader, err := a.Client.Status().Leader()
-		if err == nil && leader != "" {
-			if _, _, err := a.Client.Catalog().Node(a.node, nil); err == nil {
-				// The agent's own node (and "consul" service) is registered.
-				svcs, _, err := a.Client.Catalog().Services(nil)
-				if err == nil && len(svcs) > 0 {
-					return
-				}
-			}
-		}
+	err := testwait.Wait(30*time.Second, func() error {
 		select {
 		case <-exited:
 			a.cmd = nil
 			t.Fatalf("consul agent exited at start-up; its output:\n%s", a.log.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			a.Stop()
-			t.Fatalf("consul agent on %s did not get ready in 30s; its output:\n%s", a.Addr, a.log.String())
+		leader, err := a.Client.Status().Leader()
+		if err != nil || leader == "" {
+			return fmt.Errorf("no leader (%q, %v)", leader, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		if _, _, err := a.Client.Catalog().Node(a.node, nil); err != nil {
+			return fmt.Errorf("own node not in the catalog: %w", err)
+		}
+		// The agent's own node (and "consul" service) is registered.
+		if svcs, _, err := a.Client.Catalog().Services(nil); err != nil || len(svcs) == 0 {
+			return fmt.Errorf("no services in the catalog (%v)", err)
+		}
+		return nil
+	})
+	if err != nil {
+		a.Stop()
+		t.Fatalf("consul agent on %s did not get ready: %v; its output:\n%s", a.Addr, err, a.log.String())
 	}
 }
 
@@ -204,13 +170,16 @@ func (a *Agent) Stop() {
 	}
 	a.cmd = nil
 	// The HTTP port must be free again before a restart reuses it.
-	for range 100 {
+	err := testwait.Wait(5*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", a.Addr, 100*time.Millisecond)
 		if err != nil {
-			return
+			return nil
 		}
 		c.Close()
-		time.Sleep(50 * time.Millisecond)
+		return fmt.Errorf("%s still accepts connections", a.Addr)
+	})
+	if err != nil {
+		a.t.Errorf("stopped consul agent: %v", err)
 	}
 }
 

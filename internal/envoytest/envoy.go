@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,14 +22,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/internal/testport"
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 // Envoy is one running Envoy process owned by a test.
 type Envoy struct {
-	// AdminPort is the port of its admin API on 127.0.0.1.
-	AdminPort uint32
 	// LogPath is where its stdout and stderr go.
 	LogPath string
+
+	configPort uint32 // the admin port the config names; 0: any
+	adminPath  string // where Envoy writes its admin address (--admin-address-path)
+	adminMu    sync.Mutex
+	admin      string // host:port read from adminPath, once there
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the process has been reaped
@@ -41,9 +49,11 @@ var startCount atomic.Uint32
 // logTailLines is how much of a failed test's Envoy log is shown.
 const logTailLines = 100
 
-// Start runs Envoy on configPath, whose admin must listen on
-// 127.0.0.1:adminPort. The process is stopped (by PID) when the test ends;
-// if the test failed, the end of Envoy's log is printed.
+// Start runs Envoy on configPath, whose admin listens on 127.0.0.1:adminPort,
+// or on 127.0.0.1:0 if adminPort is 0 (then no port has to be reserved).
+// Either way the admin address is the one Envoy reports it bound
+// (--admin-address-path). The process is stopped (by PID) when the test
+// ends; if the test failed, the end of Envoy's log is printed.
 func Start(t testing.TB, configPath string, adminPort uint32) *Envoy {
 	t.Helper()
 	bin := Binary(t)
@@ -60,8 +70,10 @@ func Start(t testing.TB, configPath string, adminPort uint32) *Envoy {
 	// pid_max is at most 2^22, so pid*100+n fits in uint32 with room for
 	// Envoy's base_id*10 arithmetic.
 	baseID := uint32(os.Getpid())*100 + startCount.Add(1)%100
+	adminPath := filepath.Join(dir, "admin-address")
 	cmd := exec.Command(bin,
 		"-c", configPath,
+		"--admin-address-path", adminPath,
 		"--concurrency", "1",
 		"--base-id", strconv.FormatUint(uint64(baseID), 10),
 		"--disable-hot-restart",
@@ -74,11 +86,12 @@ func Start(t testing.TB, configPath string, adminPort uint32) *Envoy {
 		t.Fatalf("starting %s: %v", bin, err)
 	}
 	e := &Envoy{
-		AdminPort: adminPort,
-		LogPath:   logPath,
-		cmd:       cmd,
-		exited:    make(chan struct{}),
-		client:    &http.Client{},
+		LogPath:    logPath,
+		configPort: adminPort,
+		adminPath:  adminPath,
+		cmd:        cmd,
+		exited:     make(chan struct{}),
+		client:     &http.Client{},
 	}
 	go func() {
 		e.err = cmd.Wait()
@@ -143,26 +156,46 @@ func (e *Envoy) Exited() (bool, error) {
 // timeout passes or Envoy exits first.
 func (e *Envoy) WaitReady(t testing.TB, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := "no answer yet"
-	for {
+	testwait.Until(t, timeout, func() error {
 		if done, err := e.Exited(); done {
 			t.Fatalf("Envoy exited before becoming ready (%v); last %d log lines:\n%s", err, logTailLines, tail(e.LogPath, logTailLines))
 		}
 		status, body, err := e.getWithin("/ready", time.Second)
 		switch {
 		case err != nil:
-			last = err.Error()
-		case status == http.StatusOK && strings.TrimSpace(body) == "LIVE":
-			return
-		default:
-			last = fmt.Sprintf("%d %s", status, strings.TrimSpace(body))
+			return fmt.Errorf("Envoy not ready (last /ready: %w)", err)
+		case status != http.StatusOK || strings.TrimSpace(body) != "LIVE":
+			return fmt.Errorf("Envoy not ready (last /ready: %d %s)", status, strings.TrimSpace(body))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Envoy not ready after %v (last /ready: %s)", timeout, last)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return nil
+	})
+}
+
+// AdminAddr is Envoy's admin address (host:port) as Envoy reported it, or
+// an error while Envoy has not bound it yet.
+func (e *Envoy) AdminAddr() (string, error) {
+	e.adminMu.Lock()
+	defer e.adminMu.Unlock()
+	if e.admin != "" {
+		return e.admin, nil
 	}
+	b, err := os.ReadFile(e.adminPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", errors.New("admin not listening yet")
+	}
+	if err != nil {
+		return "", err
+	}
+	addr := strings.TrimSpace(string(b))
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("admin address not (completely) written yet: %q", addr)
+	}
+	if e.configPort != 0 && port != strconv.FormatUint(uint64(e.configPort), 10) {
+		return "", fmt.Errorf("Envoy's admin listens on %s, not on port %d as the test said", addr, e.configPort)
+	}
+	e.admin = addr
+	return addr, nil
 }
 
 // AdminGET fetches an admin path such as "/config_dump" or
@@ -179,12 +212,16 @@ func (e *Envoy) AdminGET(t testing.TB, path string) string {
 	return body
 }
 
-// getWithin bounds each admin request: while Envoy starts, something else
-// may hold the port and never answer, and a poll must not hang on that.
+// getWithin bounds each admin request, so that a poll cannot hang on an
+// Envoy that accepts but does not answer.
 func (e *Envoy) getWithin(path string, timeout time.Duration) (int, string, error) {
+	addr, err := e.AdminAddr()
+	if err != nil {
+		return 0, "", err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", strconv.FormatUint(uint64(e.AdminPort), 10))+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
 		return 0, "", err
 	}
@@ -230,31 +267,15 @@ func (e *Envoy) Stat(t testing.TB, name string) (int64, bool) {
 	return 0, false
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago. Another
-// process can take it before Envoy binds it; tests that must be immune should
-// retry, but on a test machine the window is small.
+// FreePort returns a loopback port reserved for this test process, for
+// Envoy listeners and apps whose port must be known before they start
+// (meshd puts it into xDS from the catalog). No other test process gets it
+// while this one runs; see internal/testport. A server that can report the
+// port it bound (Envoy's admin: pass 0 to Start) needs none.
 func FreePort(t testing.TB) uint32 {
 	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
-		}
-		port := uint32(l.Addr().(*net.TCPAddr).Port)
-		l.Close()
-		// The kernel may hand the same ephemeral port out again once it is
-		// closed; a test that asks for several ports before binding any of
-		// them would then give two listeners one port.
-		if _, dup := handedOut.LoadOrStore(port, true); !dup {
-			return port
-		}
-	}
-	t.Fatal("no unused free port after 100 tries")
-	return 0
+	return uint32(testport.Get(t))
 }
-
-// handedOut remembers every port FreePort returned in this process.
-var handedOut sync.Map
 
 // tail returns the last n lines of the file at path.
 func tail(path string, n int) string {

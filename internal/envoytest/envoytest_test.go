@@ -1,6 +1,7 @@
 package envoytest
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -193,14 +194,33 @@ func TestValidateInDirResolvesRelativePaths(t *testing.T) {
 	}
 }
 
+// Envoy binds port 0 for its admin and its listener; the test reads both
+// back (no port reserved).
 func TestStartServesTraffic(t *testing.T) {
-	admin, listen := FreePort(t), FreePort(t)
 	dir := t.TempDir()
-	path := writeFile(t, dir, "static.yaml", fmt.Sprintf(staticConfig, admin, listen))
+	path := writeFile(t, dir, "static.yaml", fmt.Sprintf(staticConfig, 0, 0))
 	Validate(t, path)
 
-	e := Start(t, path, admin)
+	e := Start(t, path, 0)
 	e.WaitReady(t, 30*time.Second)
+	var listeners struct {
+		ListenerStatuses []struct {
+			Name         string `json:"name"`
+			LocalAddress struct {
+				SocketAddress struct {
+					Address   string `json:"address"`
+					PortValue int    `json:"port_value"`
+				} `json:"socket_address"`
+			} `json:"local_address"`
+		} `json:"listener_statuses"`
+	}
+	if err := json.Unmarshal([]byte(e.AdminGET(t, "/listeners?format=json")), &listeners); err != nil {
+		t.Fatal(err)
+	}
+	if len(listeners.ListenerStatuses) != 1 || listeners.ListenerStatuses[0].LocalAddress.SocketAddress.PortValue == 0 {
+		t.Fatalf("/listeners: %+v, want listener hello on its bound port", listeners)
+	}
+	listen := listeners.ListenerStatuses[0].LocalAddress.SocketAddress.PortValue
 
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/anything", listen))
 	if err != nil {
