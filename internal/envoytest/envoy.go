@@ -43,6 +43,12 @@ type Envoy struct {
 	client *http.Client
 }
 
+// SidecarFlags are the command-line flags every Envoy sidecar runs with,
+// here and wherever the project starts one for users: scripts/demo.sh and
+// examples/quickstart start Envoy with exactly these (e2e
+// TestDemoStartsEnvoyLikeTheTests), so what the tests prove is what users run.
+var SidecarFlags = []string{"--concurrency", "1", "--disable-hot-restart"}
+
 // startCount makes --base-id unique per call within this process.
 var startCount atomic.Uint32
 
@@ -71,14 +77,9 @@ func Start(t testing.TB, configPath string, adminPort uint32) *Envoy {
 	// Envoy's base_id*10 arithmetic.
 	baseID := uint32(os.Getpid())*100 + startCount.Add(1)%100
 	adminPath := filepath.Join(dir, "admin-address")
-	cmd := exec.Command(bin,
-		"-c", configPath,
-		"--admin-address-path", adminPath,
-		"--concurrency", "1",
-		"--base-id", strconv.FormatUint(uint64(baseID), 10),
-		"--disable-hot-restart",
-		"--log-level", "info",
-	)
+	args := append([]string{"-c", configPath, "--admin-address-path", adminPath}, SidecarFlags...)
+	args = append(args, "--base-id", strconv.FormatUint(uint64(baseID), 10), "--log-level", "info")
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
