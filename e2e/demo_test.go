@@ -40,6 +40,7 @@ func TestFreshClone(t *testing.T) {
 		t.Skip("builds and runs the whole demo")
 	}
 	envoy := envoytest.Binary(t)
+	lockQuickstartPorts(t)
 	clone := cloneHEAD(t)
 
 	t.Run("README: meshd on the quickstart", func(t *testing.T) {
@@ -117,6 +118,22 @@ func TestFreshClone(t *testing.T) {
 			t.Logf("demo output:\n%s", out)
 		}
 	})
+}
+
+// lockQuickstartPorts waits until no other test process on this machine
+// (another package run, another checkout) uses the quickstart's fixed
+// ports, and holds them until the test ends. The lock is an flock the
+// kernel drops if the process dies.
+func lockQuickstartPorts(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "meshd-quickstart-ports.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatalf("locking the quickstart's ports: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
 }
 
 // readmeSetupCommand returns the command in the README's "Set up" section
