@@ -53,10 +53,10 @@ type generation struct {
 	roots    *x509.CertPool
 	inters   *x509.CertPool
 	external bool // supplied by the operator; meshd cannot rotate it itself
-	// fast signs and verifies leaves without CreateCertificate's and
-	// Verify's repeated signature checks (sign.go); nil for chains it does
-	// not cover.
-	fast *leafSigner
+	// constrained: the chain restricts what it may sign (name constraints,
+	// EKUs on a CA), so every leaf also passes x509's full chain
+	// verification (sign.go).
+	constrained bool
 }
 
 func fingerprint(c *x509.Certificate) string {
@@ -102,11 +102,7 @@ func newGeneration(root *x509.Certificate, rootKey crypto.Signer, inter *x509.Ce
 	if _, err := inter.Verify(x509.VerifyOptions{Roots: g.roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return nil, fmt.Errorf("intermediate does not verify against the root: %w", err)
 	}
-	fast, err := newLeafSigner(g)
-	if err != nil {
-		return nil, err
-	}
-	g.fast = fast
+	g.constrained = chainConstrained(inter, root)
 	return g, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"math/big"
@@ -183,53 +184,21 @@ func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 	}
-	var der []byte
-	var cert *x509.Certificate
-	if g.fast != nil {
-		if der, err = g.fast.sign(signRand, tmpl, pub); err != nil {
-			return nil, fmt.Errorf("sign certificate: %w", err)
-		}
-		if cert, err = x509.ParseCertificate(der); err != nil {
-			return nil, fmt.Errorf("parse freshly signed certificate: %w", err)
-		}
-		// The signature was verified in sign and the intermediate against the
-		// root when the generation was loaded; the rest of what chain
-		// verification checks is checked here.
-		if err := checkLeaf(cert, tmpl, pub, g, now); err != nil {
-			return nil, fmt.Errorf("verify freshly signed certificate against its chain: %w", err)
-		}
-	} else {
-		if der, err = x509.CreateCertificate(signRand, tmpl, g.inter, pub, g.interKey); err != nil {
-			return nil, fmt.Errorf("sign certificate: %w", err)
-		}
-		if cert, err = x509.ParseCertificate(der); err != nil {
-			return nil, fmt.Errorf("parse freshly signed certificate: %w", err)
-		}
-		// VerifyOptions.KeyUsages accepts a chain valid for ANY listed usage, so
-		// each usage is checked on its own to prove the leaf serves all of them.
-		for _, eku := range req.ekus {
-			if _, err := cert.Verify(x509.VerifyOptions{
-				Roots:         g.roots,
-				Intermediates: g.inters,
-				CurrentTime:   now,
-				KeyUsages:     []x509.ExtKeyUsage{eku},
-			}); err != nil {
-				return nil, fmt.Errorf("verify freshly signed certificate against its chain (usage %v): %w", eku, err)
-			}
-		}
+	der, cert, err := g.signLeaf(signRand, tmpl, pub, now)
+	if err != nil {
+		return nil, err
 	}
 	var keyPEM PrivateKeyPEM
 	if key != nil {
-		keyDER, err := marshalPKCS8P256(key)
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 		if err != nil {
 			return nil, fmt.Errorf("encode key: %w", err)
 		}
-		keyPEM = appendPEM(nil, "PRIVATE KEY", keyDER)
+		keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	}
 
 	life := notAfter.Sub(notBefore)
-	chainPEM := appendPEM(make([]byte, 0, len(der)*4/3+len(der)/48+64+len(g.interPEM)), "CERTIFICATE", der)
-	chainPEM = append(chainPEM, g.interPEM...)
+	chainPEM := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), g.interPEM...)
 	leaf := &Leaf{
 		DNSNames:  req.dns,
 		CertPEM:   chainPEM,

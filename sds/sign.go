@@ -3,132 +3,53 @@ package sds
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdh"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/url"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"filippo.io/bigmod"
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// Fast leaf signing.
+// Leaf signing and the checks every issued leaf passes.
 //
-// Issuing a leaf with x509.CreateCertificate and then x509.Certificate.Verify
-// costs five ECDSA P-256 signature verifications (≈ 74 µs each here): one
-// inside CreateCertificate, which checks the signature it has just made, and
-// two per extended key usage inside Verify's chain building (the leaf's and
-// the intermediate's signatures). That caps issuance near 1,700 leaves per
-// second per core.
+// Leaves are built and signed by x509.CreateCertificate and checked with the
+// standard library only (issue 12: no hand-written DER, no signature
+// arithmetic on the CA key). CreateCertificate itself checks that the signer
+// matches the intermediate certificate and that the signature it made
+// verifies. The result is then parsed back and checked as a peer would:
 //
-// The leafSigner keeps every check and makes each cheap:
+//   - its signature verifies against the intermediate certificate
+//     (x509.Certificate.CheckSignatureFrom), the intermediate's against the
+//     root having been verified once per generation (newGeneration);
+//   - checkLeaf: issuer name and key identifier are the intermediate's, leaf,
+//     intermediate and root are valid at the time of issue, the leaf does
+//     not outlive its issuer, it is an end entity with exactly the requested
+//     key usage, extended key usages, serial, public key, subject and SANs.
 //
-//   - The TBS certificate is written directly (tbs.go), byte-identical to
-//     what CreateCertificate writes for the same template (proven by
-//     TestBuildTBSMatchesCreateCertificate), without encoding/asn1's
-//     reflection.
-//   - The TBS is signed with the intermediate key by crypto/ecdsa.
-//   - The signature is verified with the signer's private scalar d instead of
-//     its public point Q = d·G. ECDSA verification accepts (r, s) when
-//     x((z·s⁻¹)·G + (r·s⁻¹)·Q) ≡ r (mod n); with Q = d·G that point is
-//     ((z + r·d)·s⁻¹)·G, one fixed-base scalar multiplication (≈ 13 µs)
-//     instead of a double-base one. The identity Q = d·G is proven once per
-//     CA generation (newLeafSigner). The scalar (z + r·d)·s⁻¹ equals the
-//     signature's secret nonce, so it is computed with constant-time modular
-//     arithmetic (filippo.io/bigmod) and multiplied by crypto/ecdh, which is
-//     built for secret scalars.
-//   - The intermediate's own signature by the root, and the root's, are
-//     verified once per generation (newGeneration); what Verify would
-//     additionally check per leaf — issuer name and key identifier, validity
-//     of every certificate in the chain at the time of issue, the leaf's
-//     usages, SANs and basic constraints — is checked on the parsed leaf in
-//     checkLeaf.
+// A chain that constrains what it may sign (name constraints, extended key
+// usages on a CA, unknown critical extensions — only operator-supplied CAs)
+// is additionally verified with x509.Certificate.Verify once per requested
+// usage, so Go, not meshd, decides whether the constraints allow the leaf.
 //
-// A generation whose chain carries constraints this reasoning does not cover
-// (name constraints, extended key usage restrictions on the CAs, a key other
-// than P-256) gets no leafSigner and keeps the CreateCertificate + Verify
-// path.
+// Replica-consistent leaves (Options.DeterministicLeaves) pass a nil rand:
+// CreateCertificate hands it to the signer, and crypto/ecdsa signs with a
+// nil reader deterministically (RFC 6979; RSA PKCS #1 v1.5 and Ed25519 are
+// deterministic anyway). A deterministic io.Reader would not do: since
+// Go 1.26 crypto/ecdsa ignores the reader it is given and always uses the
+// system's randomness.
 
-// p256Order is n, the order of P-256's base point.
-var p256Order = elliptic.P256().Params().N
-
-// leafSigner signs and verifies leaves for one CA generation whose
-// intermediate key is ECDSA P-256.
-type leafSigner struct {
-	key *ecdsa.PrivateKey
-	n   *bigmod.Modulus
-	d   *bigmod.Nat // the private scalar, reduced mod n
-
-	issuer         []byte   // the intermediate's subject, DER
-	authorityKeyID []byte   // the intermediate's subject key identifier
-	subjects       sync.Map // leaf subject DER by name (subjectDER)
-	exts           sync.Map // leaf extensions DER by request shape (extensionsDER)
-	cached         atomic.Int64
-}
-
-// newLeafSigner returns nil when g's chain is not one the fast path covers
-// (see the comment at the top of this file); g is then served by the
-// CreateCertificate + Verify path.
-func newLeafSigner(g *generation) (*leafSigner, error) {
-	key, ok := g.interKey.(*ecdsa.PrivateKey)
-	if !ok || key.Curve != elliptic.P256() {
-		return nil, nil
-	}
-	for _, c := range []*x509.Certificate{g.inter, g.root} {
+// chainConstrained reports whether a CA certificate restricts the leaves
+// under it in ways checkLeaf does not evaluate.
+func chainConstrained(certs ...*x509.Certificate) bool {
+	for _, c := range certs {
 		if hasNameConstraints(c) || !permitsLeafUsages(c) || len(c.UnhandledCriticalExtensions) > 0 {
-			return nil, nil
+			return true
 		}
 	}
-	if g.inter.SignatureAlgorithm == x509.UnknownSignatureAlgorithm {
-		return nil, nil
-	}
-	n, err := bigmod.NewModulus(p256Order.Bytes())
-	if err != nil {
-		return nil, fmt.Errorf("P-256 order: %w", err)
-	}
-	db, err := key.Bytes()
-	if err != nil {
-		return nil, fmt.Errorf("intermediate key: %w", err)
-	}
-	d, err := bigmod.NewNat().SetBytes(db, n)
-	if err != nil {
-		return nil, fmt.Errorf("intermediate key scalar: %w", err)
-	}
-	// The verification below relies on Q = d·G for the Q in the
-	// intermediate certificate: prove it with an independent computation
-	// rather than trust the key file's public half.
-	priv, err := ecdh.P256().NewPrivateKey(db)
-	if err != nil {
-		return nil, fmt.Errorf("intermediate key scalar: %w", err)
-	}
-	certPub, ok := g.inter.PublicKey.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, nil
-	}
-	want, err := certPub.Bytes()
-	if err != nil {
-		return nil, fmt.Errorf("intermediate public key: %w", err)
-	}
-	if !bytes.Equal(priv.PublicKey().Bytes(), want) {
-		return nil, errors.New("intermediate key does not match the intermediate certificate (d·G ≠ Q): supply the matching pair")
-	}
-	ls := &leafSigner{key: key, n: n, d: d, issuer: g.inter.RawSubject}
-	// CreateCertificate names the issuer's key unless issuer and subject
-	// are the same name; a leaf never carries its intermediate's name.
-	ls.authorityKeyID = g.inter.SubjectKeyId
-	return ls, nil
+	return false
 }
 
 func hasNameConstraints(c *x509.Certificate) bool {
@@ -159,110 +80,58 @@ func permitsLeafUsages(c *x509.Certificate) bool {
 	return server && client
 }
 
-// sign encodes the certificate for tmpl (see buildTBS), signs it with the
-// intermediate key (deterministically, RFC 6979, when rand is nil, as
-// CreateCertificate would) and verifies the signature. It returns the DER.
-func (s *leafSigner) sign(rand io.Reader, tmpl *x509.Certificate, pub *ecdsa.PublicKey) ([]byte, error) {
-	tbs, err := s.buildTBS(tmpl, pub)
+// signLeaf signs tmpl for pub with g's intermediate (deterministically when
+// rand is nil, see above), parses the result and checks it. It returns the
+// DER and the parsed certificate.
+func (g *generation) signLeaf(rand io.Reader, tmpl *x509.Certificate, pub crypto.PublicKey, now time.Time) ([]byte, *x509.Certificate, error) {
+	der, err := x509.CreateCertificate(rand, tmpl, g.inter, pub, g.interKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("sign certificate: %w", err)
 	}
-	digest := sha256.Sum256(tbs)
-	sig, err := s.key.Sign(rand, digest[:], crypto.SHA256)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("sign: %w", err)
+		return nil, nil, fmt.Errorf("parse freshly signed certificate: %w", err)
 	}
-	if err := s.verify(digest[:], sig); err != nil {
-		return nil, fmt.Errorf("signature made by the intermediate key does not verify: %w", err)
+	if err := g.checkIssued(cert, tmpl, pub, now); err != nil {
+		return nil, nil, fmt.Errorf("verify freshly signed certificate against its chain: %w", err)
 	}
-	b := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(ecdsaWithSHA256)+len(sig)+16))
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddBytes(tbs)
-		b.AddBytes(ecdsaWithSHA256)
-		b.AddASN1BitString(sig)
-	})
-	return b.Bytes()
+	return der, cert, nil
 }
 
-// verify checks an ASN.1 ECDSA signature of digest by s.key: x(u·G) ≡ r
-// (mod n) with u = (z + r·d)·s⁻¹, which is standard verification with
-// Q = d·G substituted (see the top of this file).
-func (s *leafSigner) verify(digest, sig []byte) error {
-	r, sv, err := parseECDSASignature(sig)
-	if err != nil {
-		return err
+// checkIssued verifies a parsed leaf against g's chain and the request.
+func (g *generation) checkIssued(cert, tmpl *x509.Certificate, pub crypto.PublicKey, now time.Time) error {
+	if g.constrained {
+		// VerifyOptions.KeyUsages accepts a chain valid for ANY listed
+		// usage, so each usage is checked on its own.
+		for _, eku := range tmpl.ExtKeyUsage {
+			if _, err := cert.Verify(x509.VerifyOptions{
+				Roots:         g.roots,
+				Intermediates: g.inters,
+				CurrentTime:   now,
+				KeyUsages:     []x509.ExtKeyUsage{eku},
+			}); err != nil {
+				return fmt.Errorf("usage %v: %w", eku, err)
+			}
+		}
+	} else if err := cert.CheckSignatureFrom(g.inter); err != nil {
+		return fmt.Errorf("signature: %w", err)
 	}
-	// r and s are public: range checks and the inverse may be variable-time.
-	if r.Sign() <= 0 || sv.Sign() <= 0 || r.Cmp(p256Order) >= 0 || sv.Cmp(p256Order) >= 0 {
-		return errors.New("signature value out of range")
-	}
-	w := new(big.Int).ModInverse(sv, p256Order)
-	if w == nil {
-		return errors.New("signature s not invertible")
-	}
-	size := (p256Order.BitLen() + 7) / 8
-	rN, err := bigmod.NewNat().SetBytes(r.FillBytes(make([]byte, size)), s.n)
-	if err != nil {
-		return err
-	}
-	wN, err := bigmod.NewNat().SetBytes(w.FillBytes(make([]byte, size)), s.n)
-	if err != nil {
-		return err
-	}
-	// z: the digest as an integer, reduced mod n (SHA-256 and P-256's
-	// order have the same bit length, so no truncation applies).
-	if len(digest) != size {
-		return fmt.Errorf("digest of %d bytes, want %d", len(digest), size)
-	}
-	u, err := bigmod.NewNat().SetOverflowingBytes(digest, s.n)
-	if err != nil {
-		return err
-	}
-	// u = (z + r·d)·w mod n, in constant time: u is the signing nonce.
-	rN.Mul(s.d, s.n) // r·d
-	u.Add(rN, s.n).Mul(wN, s.n)
-	if u.IsZero() == 1 {
-		return errors.New("signature yields the point at infinity")
-	}
-	p, err := ecdh.P256().NewPrivateKey(u.Bytes(s.n))
-	if err != nil {
-		return fmt.Errorf("u·G: %w", err)
-	}
-	point := p.PublicKey().Bytes() // 0x04 || X || Y
-	x := new(big.Int).SetBytes(point[1 : 1+size])
-	x.Mod(x, p256Order)
-	if x.Cmp(r) != 0 {
-		return errors.New("signature does not match")
-	}
-	return nil
+	return checkLeaf(cert, tmpl, pub, g, now)
 }
 
-func parseECDSASignature(sig []byte) (r, s *big.Int, err error) {
-	r, s = new(big.Int), new(big.Int)
-	in := cryptobyte.String(sig)
-	var inner cryptobyte.String
-	if !in.ReadASN1(&inner, cbasn1.SEQUENCE) || !in.Empty() ||
-		!inner.ReadASN1Integer(r) || !inner.ReadASN1Integer(s) || !inner.Empty() {
-		return nil, nil, errors.New("malformed ECDSA signature")
-	}
-	return r, s, nil
-}
-
-// checkLeaf checks a freshly signed leaf (whose signature sign has verified)
-// for everything chain verification would, given a chain already verified
-// up to the root: it names the intermediate as issuer by subject and key
-// identifier, every certificate of the chain is valid at now, it is an
-// end-entity certificate for the requested usages, and it carries exactly
-// the subject, key, serial, validity and names that were requested.
+// checkLeaf checks a freshly signed leaf (whose signature by the
+// intermediate has been verified) for everything chain verification would,
+// given a chain already verified up to the root: it names the intermediate
+// as issuer by subject and key identifier, every certificate of the chain is
+// valid at now, it is an end-entity certificate for the requested usages,
+// and it carries exactly the subject, key, serial, validity and names that
+// were requested.
 func checkLeaf(cert, tmpl *x509.Certificate, pub crypto.PublicKey, g *generation, now time.Time) error {
 	if !bytes.Equal(cert.RawIssuer, g.inter.RawSubject) {
 		return errors.New("issuer is not the intermediate's subject")
 	}
 	if len(g.inter.SubjectKeyId) > 0 && !bytes.Equal(cert.AuthorityKeyId, g.inter.SubjectKeyId) {
 		return errors.New("authority key identifier is not the intermediate's key identifier")
-	}
-	if cert.SignatureAlgorithm != x509.ECDSAWithSHA256 {
-		return fmt.Errorf("signature algorithm %v, want %v", cert.SignatureAlgorithm, x509.ECDSAWithSHA256)
 	}
 	for _, c := range []*x509.Certificate{cert, g.inter, g.root} {
 		if now.Before(c.NotBefore) || now.After(c.NotAfter) {
