@@ -132,8 +132,10 @@ func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
 	// Backdate by clockSkew, but never by more than a tenth of the life, so
 	// the very short lifetimes of tests and rotation drills still renew
 	// after issuance rather than before it.
-	notBefore := start.Add(-min(clockSkew, a.opts.LeafTTL/10))
-	notAfter := start.Add(a.opts.LeafTTL)
+	// Certificates hold whole seconds; the Leaf's times (metrics, rotation
+	// bounds) are the certificate's.
+	notBefore := start.Add(-min(clockSkew, a.opts.LeafTTL/10)).Truncate(time.Second)
+	notAfter := start.Add(a.opts.LeafTTL).Truncate(time.Second)
 	// A leaf cannot outlive its issuer: peers would reject the chain once
 	// the intermediate (which never outlives the root) expires, so say so
 	// honestly in NotAfter (and renew sooner).
