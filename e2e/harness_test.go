@@ -16,7 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/internal/startline"
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 var binDir string
@@ -30,7 +31,13 @@ func TestMain(m *testing.M) {
 	}
 	binDir = dir
 	for _, c := range []string{"meshd", "meshctl", "mesh-agent"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, c), "../cmd/"+c)
+		args := []string{"build", "-o", filepath.Join(dir, c)}
+		if raceEnabled {
+			// go test -race ./e2e: the binaries under test run with the
+			// race detector too (each meshd's log is checked at exit).
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "../cmd/"+c)...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building", c, ":", err)
@@ -48,14 +55,16 @@ type meshd struct {
 	dir         string
 	dataDir     string
 	catalogPath string
-	xdsAddr     string
+	xdsAddr     string // bound by the first start (port 0), reused by restarts
 	adminAddr   string
 	cmd         *exec.Cmd
 	logPath     string
 	done        chan struct{}
 }
 
-// startMeshd writes catalog into a temp dir and starts meshd on free ports.
+// startMeshd writes catalog into a temp dir and starts meshd, its xDS and
+// admin servers on ports the kernel picks (127.0.0.1:0), read back from its
+// start line.
 func startMeshd(t *testing.T, catalog string, extraArgs ...string) *meshd {
 	t.Helper()
 	dir := t.TempDir()
@@ -63,8 +72,8 @@ func startMeshd(t *testing.T, catalog string, extraArgs ...string) *meshd {
 		t: t, dir: dir,
 		dataDir:     filepath.Join(dir, "data"),
 		catalogPath: filepath.Join(dir, "catalog.yaml"),
-		xdsAddr:     fmt.Sprintf("127.0.0.1:%d", envoytest.FreePort(t)),
-		adminAddr:   fmt.Sprintf("127.0.0.1:%d", envoytest.FreePort(t)),
+		xdsAddr:     "127.0.0.1:0",
+		adminAddr:   "127.0.0.1:0",
 		logPath:     filepath.Join(dir, "meshd.log"),
 		done:        make(chan struct{}),
 	}
@@ -96,7 +105,9 @@ func (m *meshd) start(extraArgs ...string) {
 		"--mtls-mode", "STRICT",
 	}, extraArgs...)
 	m.cmd = exec.Command(filepath.Join(binDir, "meshd"), args...)
-	m.cmd.Stdout, m.cmd.Stderr = logf, logf
+	started := startline.New()
+	out := io.MultiWriter(logf, started)
+	m.cmd.Stdout, m.cmd.Stderr = out, out
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +115,9 @@ func (m *meshd) start(extraArgs ...string) {
 	go func() { m.cmd.Wait(); logf.Close(); close(m.done) }()
 	t.Cleanup(func() {
 		m.stop()
+		if b, _ := os.ReadFile(m.logPath); bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+			t.Errorf("meshd reported a data race:\n%s", b[bytes.Index(b, []byte("WARNING: DATA RACE")):])
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(m.logPath)
 			lines := strings.Split(string(b), "\n")
@@ -113,7 +127,7 @@ func (m *meshd) start(extraArgs ...string) {
 			t.Logf("meshd log (last lines):\n%s", strings.Join(lines, "\n"))
 		}
 	})
-	m.waitReady()
+	m.waitReady(started)
 }
 
 func (m *meshd) stop() {
@@ -131,22 +145,33 @@ func (m *meshd) stop() {
 	}
 }
 
-func (m *meshd) waitReady() {
+// waitReady waits for the start line (and learns the bound addresses from
+// it), then for /readyz.
+func (m *meshd) waitReady(started *startline.Watcher) {
 	m.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	exited := func() {
+		b, _ := os.ReadFile(m.logPath)
+		m.t.Fatalf("meshd exited during start:\n%s", b)
+	}
+	select {
+	case <-started.Started():
+		m.xdsAddr, m.adminAddr = started.Addrs()
+	case <-m.done:
+		exited()
+	case <-time.After(20 * time.Second):
+		m.t.Fatal("meshd did not log its start line within 20s")
+	}
+	testwait.Until(m.t, 20*time.Second, func() error {
 		select {
 		case <-m.done:
-			b, _ := os.ReadFile(m.logPath)
-			m.t.Fatalf("meshd exited during start:\n%s", b)
+			exited()
 		default:
 		}
-		if code, _ := m.adminGET("/readyz"); code == 200 {
-			return
+		if code, body := m.adminGET("/readyz"); code != 200 {
+			return fmt.Errorf("meshd not ready: /readyz %d %s", code, body)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	m.t.Fatal("meshd not ready within 20s")
+		return nil
+	})
 }
 
 // writeCatalog replaces the catalog atomically (write + rename), as a
@@ -258,17 +283,7 @@ func (m *meshd) assertAllACKed(ids ...string) {
 // eventually retries f until it succeeds or the timeout passes.
 func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = f(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not true within %s: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testwait.Until(t, timeout, f)
 }
 
 // logWatcher is an io.Writer sink for processes whose output tests inspect.

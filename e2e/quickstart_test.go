@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -106,7 +105,7 @@ func TestMeshdRefusesBadCatalog(t *testing.T) {
 	path := filepath.Join(dir, "catalog.yaml")
 	os.WriteFile(path, []byte("services:\n  - name: web\n    protocol: http\n    endpoints:\n      - {address: 127.0.0.1, port: 70000}\n"), 0o644)
 	cmd := exec.Command(filepath.Join(binDir, "meshd"), "--catalog", path, "--data-dir", filepath.Join(dir, "data"),
-		"--xds-listen", fmt.Sprintf("127.0.0.1:%d", envoytest.FreePort(t)), "--admin-listen", fmt.Sprintf("127.0.0.1:%d", envoytest.FreePort(t)))
+		"--xds-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
 	out, err := cmd.CombinedOutput()
 	if err == nil {
 		t.Fatalf("meshd started on an invalid catalog:\n%s", out)

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
 )
@@ -322,7 +323,7 @@ func TestFleetACKsValidAndNACKsInvalid(t *testing.T) {
 			f.Start(context.Background())
 			defer f.Stop()
 			p := f.Proxy("n0")
-			waitFor(t, func() bool { return !p.View().SyncedAt.IsZero() }, "sync")
+			testwait.For(t, testwait.Timeout, "sync", func() bool { return !p.View().SyncedAt.IsZero() })
 			if f.ACKs.Load() < 3 || f.NACKs.Load() != 0 {
 				t.Fatalf("after sync: %d ACKs, %d NACKs; want ≥3 (CDS, LDS, EDS) and 0", f.ACKs.Load(), f.NACKs.Load())
 			}
@@ -336,7 +337,7 @@ func TestFleetACKsValidAndNACKsInvalid(t *testing.T) {
 			// A bare go-control-plane server resends the rejected version
 			// over and over (FACTS.md); meshd's tracker is what stops that,
 			// so here only "at least one" can be asserted.
-			waitFor(t, func() bool { return f.NACKs.Load() >= 1 }, "NACK")
+			testwait.For(t, testwait.Timeout, "a NACK", func() bool { return f.NACKs.Load() >= 1 })
 			v := p.View()
 			if !strings.Contains(v.NACKMessage, "ConnectTimeout") {
 				t.Errorf("NACK message %q does not name the invalid field", v.NACKMessage)
@@ -351,17 +352,6 @@ func TestFleetACKsValidAndNACKsInvalid(t *testing.T) {
 				t.Error("a watch fired on a NACKed response")
 			}
 		})
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within 10s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -4,21 +4,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/meshd/meshd/internal/startline"
 )
 
-// Meshd is a meshd process the tool started, on free loopback ports with a
-// temporary data directory.
+// Meshd is a meshd process the tool started, on loopback ports the kernel
+// picks, with a temporary data directory.
 type Meshd struct {
-	Binary    string
-	Dir       string // holds the catalog, data dir and log
-	Catalog   string // catalog.yaml, or catalog.json for a JSON catalog (CatalogFormat.FileName)
-	DataDir   string
+	Binary  string
+	Dir     string // holds the catalog, data dir and log
+	Catalog string // catalog.yaml, or catalog.json for a JSON catalog (CatalogFormat.FileName)
+	DataDir string
+	// XDSAddr and AdminAddr are 127.0.0.1:0 until the first Start, which
+	// reads the ports meshd bound from its start line; a restart binds the
+	// same addresses again, so that clients reconnect to where they were.
 	XDSAddr   string
 	AdminAddr string
 	LogPath   string
@@ -33,39 +38,18 @@ func NewMeshd(binary, dir string, args []string) (*Meshd, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("meshd work dir: %w", err)
 	}
-	ports, err := freePorts(2)
-	if err != nil {
-		return nil, err
-	}
-	xp, ap := ports[0], ports[1]
 	return &Meshd{
 		Binary: binary, Dir: dir, Args: args,
 		Catalog:   filepath.Join(dir, FormatYAML.FileName()),
 		DataDir:   filepath.Join(dir, "data"),
-		XDSAddr:   fmt.Sprintf("127.0.0.1:%d", xp),
-		AdminAddr: fmt.Sprintf("127.0.0.1:%d", ap),
+		XDSAddr:   "127.0.0.1:0",
+		AdminAddr: "127.0.0.1:0",
 		LogPath:   filepath.Join(dir, "meshd.log"),
 	}, nil
 }
 
 // CAFile is the root certificate meshd's xDS server chains to.
 func (m *Meshd) CAFile() string { return filepath.Join(m.DataDir, "ca", "root-cert.pem") }
-
-// freePorts returns n distinct free loopback ports. All are held until all
-// are found: released one at a time, the kernel could hand out the same
-// port twice.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
 
 // Start runs meshd (log appended to LogPath) and waits until it is ready.
 func (m *Meshd) Start(ctx context.Context) error {
@@ -80,7 +64,9 @@ func (m *Meshd) Start(ctx context.Context) error {
 	// Not CommandContext: a cancelled run must still stop meshd with
 	// SIGTERM and collect it, which Stop does.
 	m.cmd = exec.Command(m.Binary, args...)
-	m.cmd.Stdout, m.cmd.Stderr = logf, logf
+	started := startline.New()
+	out := io.MultiWriter(logf, started)
+	m.cmd.Stdout, m.cmd.Stderr = out, out
 	if err := m.cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("starting meshd %s: %w", m.Binary, err)
@@ -89,8 +75,18 @@ func (m *Meshd) Start(ctx context.Context) error {
 	m.done = done
 	cmd := m.cmd
 	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	admin := NewAdmin(m.AdminAddr)
 	deadline := time.Now().Add(60 * time.Second)
+	select {
+	case <-started.Started():
+		m.XDSAddr, m.AdminAddr = started.Addrs()
+	case <-done:
+		return fmt.Errorf("meshd exited during start-up; see %s", m.LogPath)
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Until(deadline)):
+		return errors.New("meshd did not log its start line within 60s; see " + m.LogPath)
+	}
+	admin := NewAdmin(m.AdminAddr)
 	for time.Now().Before(deadline) {
 		select {
 		case <-done:
