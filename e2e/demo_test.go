@@ -425,3 +425,13 @@ func TestProcessesWithFindsMarkedProcesses(t *testing.T) {
 		t.Fatalf("a different marker matched %+v", other)
 	}
 }
+
+// Every binary prints its build for --version, without other flags.
+func TestVersionFlags(t *testing.T) {
+	for _, b := range []string{"meshd", "meshctl", "mesh-agent"} {
+		out, err := exec.Command(filepath.Join(binDir, b), "--version").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`^`+b+` \S+( \(.*\))? go\d`).Match(out) {
+			t.Errorf("%s --version: %v %q", b, err, out)
+		}
+	}
+}

@@ -32,3 +32,8 @@ fi
 
 go vet ./...
 go test -count=1 -timeout 20m "$@" ./...
+
+# tools/dockerfile is a module of its own, so that BuildKit (whose Dockerfile
+# frontend checks the Dockerfile and .dockerignore, and whose build steps it
+# runs) stays out of meshd's go.mod.
+(cd tools/dockerfile && go vet ./... && go test -count=1 -timeout 20m "$@" ./...)

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshd/meshd/internal/buildinfo"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
 )
@@ -35,6 +36,7 @@ type config struct {
 	certDir        string
 	bundleRefresh  time.Duration
 	logLevel       string
+	version        bool // print the build and exit
 }
 
 const usage = `mesh-agent — keeps one workload's mesh identity, with its key generated locally.
@@ -67,8 +69,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.certDir, "cert-dir", "", "`DIR` to write cert.pem, key.pem (0600) and ca.pem into for proxyless gRPC apps")
 	fs.DurationVar(&c.bundleRefresh, "bundle-refresh", 30*time.Second, "how often to fetch the trust bundle between renewals (root rotations)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.BoolVar(&c.version, "version", false, "print mesh-agent's version, the commit it was built from and the Go version, and exit")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if c.version {
+		return c, nil
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q: mesh-agent takes only flags", fs.Arg(0))
@@ -102,6 +108,10 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mesh-agent:", err)
 		os.Exit(2)
+	}
+	if c.version {
+		fmt.Println(buildinfo.Read().String("mesh-agent"))
+		return
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {

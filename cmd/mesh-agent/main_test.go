@@ -29,3 +29,11 @@ func TestParseFlags(t *testing.T) {
 		}
 	}
 }
+
+// --version needs no other flag.
+func TestParseFlagsVersion(t *testing.T) {
+	c, err := parseFlags([]string{"--version"}, io.Discard)
+	if err != nil || !c.version {
+		t.Fatalf("--version: %+v, %v", c, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -107,9 +108,11 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	r := runArgs("version")
-	if r.code != exitOK || !strings.HasPrefix(r.stdout, "meshctl ") {
-		t.Errorf("version: code %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	for _, arg := range []string{"version", "--version"} {
+		r := runArgs(arg)
+		if r.code != exitOK || !strings.HasPrefix(r.stdout, "meshctl ") || !strings.HasSuffix(r.stdout, runtime.Version()+"\n") {
+			t.Errorf("meshctl %s: code %d, stdout %q, stderr %q", arg, r.code, r.stdout, r.stderr)
+		}
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshd/meshd/discovery/consul"
+	"github.com/meshd/meshd/internal/buildinfo"
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
@@ -67,6 +68,8 @@ type config struct {
 	insecureXDS                         bool
 	// memoryLimit is the Go runtime's soft memory limit (--memory-limit).
 	memoryLimit memoryLimitFlag
+	// version: print the build (internal/buildinfo) and exit.
+	version bool
 }
 
 const usage = `meshd — an Envoy xDS control plane with a built-in mesh CA.
@@ -124,8 +127,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&c.memoryLimit, "memory-limit", "soft memory `limit` for the Go runtime (debug.SetMemoryLimit), in bytes or with a unit: B, KiB, MiB, GiB, TiB (e.g. 900MiB); the garbage collector works harder as the heap nears it instead of letting RSS follow GOGC's goal. 0 or off: no limit. Default: GOMEMLIMIT if set, otherwise no limit")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.BoolVar(&c.version, "version", false, "print meshd's version, the commit it was built from and the Go version, and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if c.version {
+		return c, nil
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: meshd takes only flags (see meshd -h)", fs.Arg(0))
@@ -180,6 +187,10 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "meshd:", err)
 		os.Exit(2)
+	}
+	if c.version {
+		fmt.Println(buildinfo.Read().String("meshd"))
+		return
 	}
 	log, err := newLogger(c, os.Stderr)
 	if err != nil {
