@@ -40,7 +40,9 @@ func serverAccepts(t *testing.T, cache cachev3.SnapshotCache) string {
 	s, _ := cache.GetSnapshot("api.default")
 	l := s.GetResources(resourcev3.ListenerType)["inbound|15102"].(*listenerv3.Listener)
 	switch {
-	case l.GetDefaultFilterChain() != nil:
+	// PERMISSIVE's default chain is plaintext; STRICT's terminates mTLS
+	// too (TLS without the mesh ALPN).
+	case l.GetDefaultFilterChain() != nil && l.GetDefaultFilterChain().GetTransportSocket() == nil:
 		return "both"
 	case l.GetFilterChains()[0].GetTransportSocket() != nil:
 		return "mtls"

@@ -19,11 +19,12 @@ import (
 // buildEnvoyInboundListener accepts mesh traffic on the sidecar's public
 // port and hands it to the local application, after the authorization
 // filters. The mTLS mode decides the filter chains:
-//   - STRICT: one chain terminating mTLS;
-//   - PERMISSIVE: the TLS inspector routes TLS offering the mesh ALPN (and,
-//     for grpc services, h2 from proxyless gRPC callers, which cannot set
-//     ALPN) to the mTLS chain; everything else, an application's own TLS
-//     included, to a plaintext chain with its own stat prefix;
+//   - STRICT: the TLS inspector routes TLS offering the mesh ALPN (and, for
+//     grpc services, h2 from proxyless gRPC callers, which cannot set
+//     ALPN) to the mTLS chain, everything else to a second mTLS chain (the
+//     default chain), so plaintext fails the handshake;
+//   - PERMISSIVE: the same, but the default chain is plaintext, with its
+//     own stat prefix (an application's own TLS passes through it);
 //   - DISABLE: one plaintext chain.
 func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, trustDomain string, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
 	parts, refs, err := inboundListenerParts(s, self, trustDomain, mode, rbac, !p.SecretsFromMeshd())
@@ -81,40 +82,48 @@ func inboundListenerParts(s *mesh.Service, self mesh.Identity, trustDomain strin
 		refs = append(refs, frefs...)
 		return &listenerv3.FilterChain{Name: FilterChainPlaintext, Filters: filters}, nil
 	}
-	switch mode {
-	case mesh.MTLSDisable:
+	if mode == mesh.MTLSDisable {
 		c, err := plainChain()
 		if err != nil {
 			return nil, nil, err
 		}
 		l.FilterChains = []*listenerv3.FilterChain{c}
-	case mesh.MTLSPermissive:
-		c, err := mtlsChain()
-		if err != nil {
-			return nil, nil, err
+		return l, dedupRefs(refs), nil
+	}
+	// STRICT and PERMISSIVE share the listener filter and the chain for
+	// mesh mTLS and differ only in the default chain, so that a change
+	// between them is an in-place filter chain update for Envoy: it drains
+	// only the connections of the default chain it replaces (PERMISSIVE →
+	// STRICT: the plaintext ones, closed within Envoy's --drain-time-s),
+	// never the mesh callers' mTLS connections.
+	c, err := mtlsChain()
+	if err != nil {
+		return nil, nil, err
+	}
+	protos := []string{MeshALPN}
+	if s.Protocol == mesh.ProtocolGRPC {
+		protos = append(protos, alpnH2)
+	}
+	c.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "tls", ApplicationProtocols: protos}
+	inspector, err := anyOf(&tlsinspectorv3.TlsInspector{})
+	if err != nil {
+		return nil, nil, err
+	}
+	l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: listenerTLSInspector, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
+	l.FilterChains = []*listenerv3.FilterChain{c}
+	if mode == mesh.MTLSPermissive {
+		l.DefaultFilterChain, err = plainChain()
+	} else {
+		// STRICT: whatever does not offer the mesh ALPN (plaintext, which
+		// then fails the handshake; a client with a mesh certificate but
+		// other ALPN) must still pass mTLS.
+		l.DefaultFilterChain, err = mtlsChain()
+		if l.DefaultFilterChain != nil {
+			l.DefaultFilterChain.Name = FilterChainMTLSDefault
 		}
-		protos := []string{MeshALPN}
-		if s.Protocol == mesh.ProtocolGRPC {
-			protos = append(protos, alpnH2)
-		}
-		c.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "tls", ApplicationProtocols: protos}
-		plain, err := plainChain()
-		if err != nil {
-			return nil, nil, err
-		}
-		inspector, err := anyOf(&tlsinspectorv3.TlsInspector{})
-		if err != nil {
-			return nil, nil, err
-		}
-		l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: listenerTLSInspector, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: inspector}}}
-		l.FilterChains = []*listenerv3.FilterChain{c}
-		l.DefaultFilterChain = plain
-	default: // STRICT
-		c, err := mtlsChain()
-		if err != nil {
-			return nil, nil, err
-		}
-		l.FilterChains = []*listenerv3.FilterChain{c}
+	}
+	if err != nil {
+		return nil, nil, err
 	}
 	return l, dedupRefs(refs), nil
 }

@@ -36,9 +36,12 @@ const (
 	// OutboundBindAddress is where a sidecar's outbound listeners bind.
 	OutboundBindAddress = "127.0.0.1"
 
-	// Filter chain names of inbound listeners.
-	FilterChainMTLS      = "mtls"
-	FilterChainPlaintext = "plaintext"
+	// Filter chain names of inbound listeners: FilterChainMTLS takes TLS
+	// offering the mesh ALPN; the default chain is FilterChainPlaintext
+	// (PERMISSIVE) or FilterChainMTLSDefault (STRICT, for TLS without it).
+	FilterChainMTLS        = "mtls"
+	FilterChainMTLSDefault = "mtls-default"
+	FilterChainPlaintext   = "plaintext"
 
 	// MeshALPN is offered first by every sidecar originating mesh mTLS. A
 	// PERMISSIVE inbound listener routes TLS that offers it to the mTLS
@@ -56,6 +59,14 @@ const (
 	NodeMetaNamespace = "MESHD_NAMESPACE"
 	NodeMetaService   = "MESHD_SERVICE"
 	NodeMetaFlavor    = "MESHD_FLAVOR"
+
+	// NodeMetaDrainTimeS and NodeMetaDrainStrategy state, in an Envoy
+	// bootstrap, the --drain-time-s and --drain-strategy Envoy is to be
+	// started with (meshctl bootstrap prints the command). Envoy does not
+	// report its command line over xDS: these say what the bootstrap asked
+	// for, not what Envoy runs with.
+	NodeMetaDrainTimeS    = "MESHD_DRAIN_TIME_S"
+	NodeMetaDrainStrategy = "MESHD_DRAIN_STRATEGY"
 
 	// NodeMetaSDS = NodeMetaSDSAgent in a bootstrap means the proxy takes
 	// its secrets from a local mesh-agent over a Unix socket, through the
