@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -56,7 +57,7 @@ func envoyCases() []envoyCase {
 		}},
 		{"envoy-delta-trust-domain", func(*testing.T) bootstrap.EnvoyOptions {
 			return bootstrap.EnvoyOptions{Service: "cart", Namespace: "shop", XDSAddress: "127.0.0.1:15012", CAFile: "/etc/meshd/root-cert.pem",
-				Delta: true, TrustDomain: "example.org"}
+				Delta: true, TrustDomain: "example.org", DrainTime: 45 * time.Second}
 		}},
 	}
 }
@@ -218,10 +219,13 @@ func TestEnvoyShape(t *testing.T) {
 		t.Errorf("node id = %q, want %q", got, want)
 	}
 	md := b.GetNode().GetMetadata().GetFields()
-	for k, want := range map[string]string{xds.NodeMetaNamespace: "default", xds.NodeMetaService: "web", xds.NodeMetaFlavor: "envoy"} {
+	for k, want := range map[string]string{xds.NodeMetaNamespace: "default", xds.NodeMetaService: "web", xds.NodeMetaFlavor: "envoy", xds.NodeMetaDrainStrategy: "immediate"} {
 		if got := md[k].GetStringValue(); got != want {
 			t.Errorf("node metadata %s = %q, want %q", k, got, want)
 		}
+	}
+	if got := md[xds.NodeMetaDrainTimeS].GetNumberValue(); got != 5 {
+		t.Errorf("node metadata %s = %v, want the default 5", xds.NodeMetaDrainTimeS, got)
 	}
 	if got := b.GetAdmin().GetAddress().GetSocketAddress(); got.GetAddress() != "127.0.0.1" || got.GetPortValue() != bootstrap.DefaultAdminPort {
 		t.Errorf("admin address = %v, want 127.0.0.1:%d", got, bootstrap.DefaultAdminPort)
@@ -298,6 +302,9 @@ func TestEnvoyErrors(t *testing.T) {
 		{"port too big", func(o *bootstrap.EnvoyOptions) { o.XDSAddress = "127.0.0.1:70000" }, "1 to 65535"},
 		{"admin port too big", func(o *bootstrap.EnvoyOptions) { o.AdminPort = 70000 }, "admin port"},
 		{"ipv6 zone", func(o *bootstrap.EnvoyOptions) { o.XDSAddress = "[fe80::1%eth0]:15012" }, "zones"},
+		{"drain time below a second", func(o *bootstrap.EnvoyOptions) { o.DrainTime = 500 * time.Millisecond }, "whole seconds, at least 1s"},
+		{"drain time not whole seconds", func(o *bootstrap.EnvoyOptions) { o.DrainTime = 2500 * time.Millisecond }, "whole seconds"},
+		{"negative drain time", func(o *bootstrap.EnvoyOptions) { o.DrainTime = -time.Second }, "whole seconds"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			o := ok
@@ -416,5 +423,31 @@ func TestGRPCErrors(t *testing.T) {
 				t.Errorf("error = %v, want one containing %q", err, c.wantErr)
 			}
 		})
+	}
+}
+
+// The drain settings are Envoy command-line flags: the bootstrap states
+// them in its first lines, and EnvoyDrainArgs is what every documented
+// start command and the test harness pass.
+func TestEnvoyDrainSettings(t *testing.T) {
+	if got, want := strings.Join(bootstrap.EnvoyDrainArgs(0), " "), "--drain-time-s 5 --drain-strategy immediate"; got != want {
+		t.Errorf("EnvoyDrainArgs(default) = %q, want %q", got, want)
+	}
+	if got, want := bootstrap.EnvoyCommand("web.yaml", 45*time.Second), "envoy -c web.yaml --drain-time-s 45 --drain-strategy immediate"; got != want {
+		t.Errorf("EnvoyCommand = %q, want %q", got, want)
+	}
+	y, err := bootstrap.EnvoyYAML(bootstrap.EnvoyOptions{Service: "web", CAFile: "ca.pem", DrainTime: 45 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(y), "#   envoy -c FILE --drain-time-s 45 --drain-strategy immediate\n") {
+		t.Errorf("bootstrap does not say how to start Envoy:\n%s", y)
+	}
+	b, err := bootstrap.Envoy(bootstrap.EnvoyOptions{Service: "web", CAFile: "ca.pem", DrainTime: 45 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.GetNode().GetMetadata().GetFields()[xds.NodeMetaDrainTimeS].GetNumberValue(); got != 45 {
+		t.Errorf("node metadata %s = %v, want 45", xds.NodeMetaDrainTimeS, got)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
@@ -19,7 +21,52 @@ const (
 	// certificate files. Leaves live 24h and are reissued at half-life, so a
 	// minute is far more often than needed and still cheap.
 	DefaultRefreshInterval = "60s"
+
+	// DefaultDrainTime bounds how long an Envoy sidecar keeps serving a
+	// connection accepted on a filter chain that meshd has since replaced:
+	// a plaintext connection after its workload became STRICT, a tcp
+	// connection after its service's authorization changed. Envoy's own
+	// default is 600 s, drained gradually; meshd's sidecars are started with
+	// this and the immediate strategy (EnvoyDrainArgs). HTTP and gRPC
+	// callers are told to reconnect at once (Connection: close, GOAWAY) and
+	// lose no request; what is still open when the time is up is closed.
+	DefaultDrainTime = 5 * time.Second
+	// DrainStrategy is the --drain-strategy meshd's sidecars run with:
+	// every connection of a drained chain is asked to close at once, not
+	// spread over the drain time.
+	DrainStrategy = "immediate"
 )
+
+// EnvoyDrainArgs are the command-line flags an Envoy sidecar must be
+// started with so that mode and tcp policy changes reach connections that
+// are already open within d (default DefaultDrainTime): Envoy has no
+// bootstrap field for them. Every documented way of starting Envoy, and the
+// test harness, uses these.
+func EnvoyDrainArgs(d time.Duration) []string {
+	return []string{"--drain-time-s", strconv.FormatInt(int64(drainOrDefault(d)/time.Second), 10), "--drain-strategy", DrainStrategy}
+}
+
+// EnvoyCommand is the command line that starts Envoy on the bootstrap at
+// configPath with meshd's drain settings, for people to copy.
+func EnvoyCommand(configPath string, d time.Duration) string {
+	return "envoy -c " + configPath + " " + strings.Join(EnvoyDrainArgs(d), " ")
+}
+
+// CheckDrainTime says what is wrong with a drain time, if anything: Envoy
+// takes whole seconds, at least one.
+func CheckDrainTime(d time.Duration) error {
+	if d < time.Second || d%time.Second != 0 {
+		return fmt.Errorf("drain time %s: Envoy takes whole seconds, at least 1s (e.g. 5s, 45s)", d)
+	}
+	return nil
+}
+
+func drainOrDefault(d time.Duration) time.Duration {
+	if d == 0 {
+		return DefaultDrainTime
+	}
+	return d
+}
 
 // identity is what both bootstrap flavors say about the proxy.
 type identity struct {

@@ -66,6 +66,12 @@ type EnvoyOptions struct {
 	// own identity in it (mesh.ControlPlaneIdentity). Default
 	// mesh.DefaultTrustDomain.
 	TrustDomain string
+	// DrainTime is the --drain-time-s Envoy is to be started with
+	// (EnvoyDrainArgs); default DefaultDrainTime. The bootstrap cannot set
+	// it: it is stated in a comment at the top (EnvoyYAML) and in the node
+	// metadata (xds.NodeMetaDrainTimeS, xds.NodeMetaDrainStrategy), so
+	// meshd can tell a sidecar started from an older bootstrap.
+	DrainTime time.Duration
 }
 
 // Envoy builds the bootstrap of an Envoy sidecar: who it is, where its admin
@@ -91,6 +97,11 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("admin port %d is not a TCP port: use 1 to 65535", adminPort)
 	}
 
+	if o.DrainTime != 0 {
+		if err := CheckDrainTime(o.DrainTime); err != nil {
+			return nil, err
+		}
+	}
 	td := o.TrustDomain
 	if td == "" {
 		td = mesh.DefaultTrustDomain
@@ -106,6 +117,8 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, err
 	}
+	node.Metadata.Fields[xds.NodeMetaDrainTimeS] = structpb.NewNumberValue(float64(drainOrDefault(o.DrainTime) / time.Second))
+	node.Metadata.Fields[xds.NodeMetaDrainStrategy] = structpb.NewStringValue(DrainStrategy)
 	clusters := []*clusterv3.Cluster{xdsCluster}
 	if o.AgentSocket != "" {
 		agent, err := buildAgentSDSCluster(o.AgentSocket)
@@ -149,8 +162,9 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 }
 
 // EnvoyYAML renders Envoy's bootstrap as YAML with Envoy's snake_case field
-// names. protojson deliberately varies its whitespace between runs, so the
-// JSON is re-encoded through YAML, which sorts keys and fixes the layout.
+// names, after a comment saying how to start Envoy on it (EnvoyCommand).
+// protojson deliberately varies its whitespace between runs, so the JSON is
+// re-encoded through YAML, which sorts keys and fixes the layout.
 func EnvoyYAML(o EnvoyOptions) ([]byte, error) {
 	b, err := Envoy(o)
 	if err != nil {
@@ -164,7 +178,12 @@ func EnvoyYAML(o EnvoyOptions) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("converting Envoy bootstrap to YAML: %w", err)
 	}
-	return y, nil
+	d := drainOrDefault(o.DrainTime)
+	header := "# Envoy bootstrap from meshctl bootstrap. Start Envoy on it with meshd's drain settings:\n" +
+		"#   " + EnvoyCommand("FILE", d) + "\n" +
+		"# so that connections opened before an mTLS mode or tcp policy change are\n" +
+		"# closed within " + d.String() + " (Envoy's default is 600 s).\n"
+	return append([]byte(header), y...), nil
 }
 
 func buildNode(id identity, flavor mesh.Flavor) (*corev3.Node, error) {

@@ -55,13 +55,13 @@ func (e *envoyMesh) catalog() string {
 	return b.String()
 }
 
-func ports(t *testing.T) sidecarPorts {
+func ports(t testing.TB) sidecarPorts {
 	return sidecarPorts{envoytest.FreePort(t), envoytest.FreePort(t), envoytest.FreePort(t)}
 }
 
 // startHTTPApp runs a tiny app that reports who it is and the caller
 // identity its sidecar vouched for (x-forwarded-client-cert).
-func startHTTPApp(t *testing.T, name string, port uint32) {
+func startHTTPApp(t testing.TB, name string, port uint32) {
 	t.Helper()
 	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
@@ -83,8 +83,32 @@ func (grpcApp) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest) (*testg
 	return &testgrpc.SimpleResponse{Payload: &testgrpc.Payload{Body: []byte("greeter|" + strings.Join(md.Get("x-forwarded-client-cert"), ","))}}, nil
 }
 
-// startTCPEcho runs a tcp app that echoes each line prefixed with "db:".
-func startTCPEcho(t *testing.T, port uint32) {
+// startGRPCApp runs the greeter application (grpcApp) behind a sidecar.
+func startGRPCApp(t testing.TB, port uint32) {
+	t.Helper()
+	gs := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(gs, grpcApp{})
+	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+}
+
+// startTCPEcho runs a tcp app that echoes what it first reads, prefixed
+// with "db:", and closes the connection.
+func startTCPEcho(t testing.TB, port uint32) {
+	serveTCP(t, port, func(c net.Conn) {
+		buf := make([]byte, 1024)
+		n, _ := c.Read(buf)
+		c.Write(append([]byte("db:"), buf[:n]...))
+	})
+}
+
+// serveTCP runs handle for every connection to 127.0.0.1:port (closing the
+// connection when handle returns) until the test ends.
+func serveTCP(t testing.TB, port uint32, handle func(net.Conn)) {
 	t.Helper()
 	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
@@ -99,9 +123,7 @@ func startTCPEcho(t *testing.T, port uint32) {
 			}
 			go func() {
 				defer c.Close()
-				buf := make([]byte, 1024)
-				n, _ := c.Read(buf)
-				c.Write(append([]byte("db:"), buf[:n]...))
+				handle(c)
 			}()
 		}
 	}()
@@ -109,7 +131,7 @@ func startTCPEcho(t *testing.T, port uint32) {
 
 // startSidecar generates the bootstrap with the real meshctl, validates it
 // with envoy --mode validate and runs Envoy on it.
-func startSidecar(t *testing.T, m *meshd, service, nodeID string, admin uint32, extra ...string) *envoytest.Envoy {
+func startSidecar(t testing.TB, m *meshd, service, nodeID string, admin uint32, extra ...string) *envoytest.Envoy {
 	t.Helper()
 	args := append([]string{"bootstrap", "--service", service, "--xds-address", m.xdsAddr,
 		"--admin-port", fmt.Sprint(admin), "--data-dir", m.dataDir}, extra...)
@@ -178,14 +200,7 @@ func TestEnvoySidecars(t *testing.T) {
 	startHTTPApp(t, "web", e.web.app)
 	startHTTPApp(t, "api", e.api.app)
 	startTCPEcho(t, e.db.app)
-	gs := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(gs, grpcApp{})
-	glis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", e.greeter.app))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(glis)
-	t.Cleanup(gs.Stop)
+	startGRPCApp(t, e.greeter.app)
 
 	web := startSidecar(t, m, "web", "", e.web.admin)
 	api := startSidecar(t, m, "api", "", e.api.admin)

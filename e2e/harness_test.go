@@ -51,7 +51,7 @@ func TestMain(m *testing.M) {
 
 // meshd is one running control plane.
 type meshd struct {
-	t           *testing.T
+	t           testing.TB
 	dir         string
 	dataDir     string
 	catalogPath string
@@ -65,7 +65,7 @@ type meshd struct {
 // startMeshd writes catalog into a temp dir and starts meshd, its xDS and
 // admin servers on ports the kernel picks (127.0.0.1:0), read back from its
 // start line.
-func startMeshd(t *testing.T, catalog string, extraArgs ...string) *meshd {
+func startMeshd(t testing.TB, catalog string, extraArgs ...string) *meshd {
 	t.Helper()
 	dir := t.TempDir()
 	m := &meshd{

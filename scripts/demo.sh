@@ -214,9 +214,9 @@ for svc in web api greeter db; do
   meshctl bootstrap --data-dir "$DATA" --service "$svc" --admin-port "${ENVOY_ADMIN[$svc]}" \
     --token-file "$WORK/$svc.token" -o "$WORK/$svc.yaml" >>"$LOGS/meshctl.log" 2>&1 ||
     fail "meshctl bootstrap --service $svc failed" "$LOGS/meshctl.log"
-  say "      envoy -c $svc.yaml (token and bootstrap from meshctl token create / meshctl bootstrap; admin on 127.0.0.1:${ENVOY_ADMIN[$svc]})"
+  say "      envoy -c $svc.yaml --drain-time-s 5 --drain-strategy immediate (token and bootstrap from meshctl token create / meshctl bootstrap; admin on 127.0.0.1:${ENVOY_ADMIN[$svc]})"
   start "$svc sidecar" "$LOGS/$svc-envoy.log" "$ENVOY" -c "$WORK/$svc.yaml" \
-    --concurrency 1 --disable-hot-restart --log-level warn
+    --concurrency 1 --disable-hot-restart --drain-time-s 5 --drain-strategy immediate --log-level warn
 done
 for svc in web api greeter db; do
   wait_for 60 http_is "http://127.0.0.1:${ENVOY_ADMIN[$svc]}/ready" LIVE ||

@@ -20,11 +20,16 @@ Print the bootstrap a proxy starts with: who it is (node id, service,
 namespace) and how it reaches meshd's xDS server over TLS. Everything else
 (listeners, clusters, certificates) arrives over xDS.
 
---flavor envoy (default) prints an Envoy bootstrap as YAML, for
-  envoy -c FILE. Envoy verifies meshd with the mesh root CA: by default it
-  reads <data-dir>/ca/root-cert.pem at start-up (a relative path is resolved
-  against Envoy's working directory); --inline-ca embeds the root instead, so
-  the bootstrap works on another machine.
+--flavor envoy (default) prints an Envoy bootstrap as YAML. Start Envoy on
+  it with meshd's drain settings, which its first lines repeat:
+    envoy -c FILE --drain-time-s 5 --drain-strategy immediate
+  Without them, a connection opened before an mTLS mode change (plaintext
+  after STRICT) or a tcp service's policy change is served for up to Envoy's
+  default 600 s; --drain-time sets the bound. Envoy verifies meshd with the
+  mesh root CA: by default it reads <data-dir>/ca/root-cert.pem at start-up
+  (a relative path is resolved against Envoy's working directory);
+  --inline-ca embeds the root instead, so the bootstrap works on another
+  machine.
 --flavor grpc prints a proxyless gRPC xDS bootstrap as JSON, for
   GRPC_XDS_BOOTSTRAP=FILE. gRPC reads its identity from --cert-dir
   (cert.pem, key.pem, ca.pem), which "meshctl certs issue" can fill.`
@@ -33,7 +38,7 @@ const bootstrapExamples = `
   # The quickstart's web sidecar (run from the repo root, where meshd runs
   # with --data-dir .meshd):
   meshctl bootstrap --service web --admin-port 15001 -o envoy-configs/web.yaml
-  envoy -c envoy-configs/web.yaml --base-id 1
+  envoy -c envoy-configs/web.yaml --drain-time-s 5 --drain-strategy immediate --base-id 1
 
   # A sidecar on another machine, with meshd at meshd.example:15012 and the
   # root embedded:
@@ -48,7 +53,7 @@ const bootstrapExamples = `
 // Flags that only one flavor uses; giving them to the other is a mistake
 // worth reporting rather than ignoring.
 var (
-	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta", "token-file", "token-ttl", "agent-socket"}
+	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta", "token-file", "token-ttl", "agent-socket", "drain-time"}
 	grpcOnlyFlags  = []string{"cert-dir", "refresh-interval"}
 )
 
@@ -70,6 +75,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "envoy only: meshd's SPIFFE trust `domain`; Envoy accepts only meshd's own identity in it")
 	tokenFile := flags.String("token-file", "", "envoy only: `FILE` with a bootstrap token (meshctl token create); Envoy sends it to meshd, which serves only that token's service. The output then holds a credential and is written with mode 0600")
 	tokenTTL := flags.Duration("token-ttl", 0, "envoy only: instead of --token-file, sign a new bootstrap token for --service valid this long (a Go `DURATION`: 720h) with meshd's token key in --data-dir, and embed it; its id is printed for meshctl token revoke. One command provisions a sidecar (e.g. a container started before its Envoy)")
+	drainTime := flags.Duration("drain-time", bootstrap.DefaultDrainTime, "envoy only: the --drain-time-s to start Envoy with, in whole seconds (`DURATION`: 5s, 45s): how long a connection opened before an mTLS mode or tcp policy change may still be served. Written into the bootstrap (a comment with the command, and node metadata)")
 	agentSocket := flags.String("agent-socket", "", "envoy only: `PATH` of a local mesh-agent's SDS Unix socket; Envoy then takes its certificate and key from the agent (keys never leave the machine)")
 	if code, ok := parseFlags(flags, args, stdout); !ok {
 		return code
@@ -110,6 +116,10 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		usageErrorf(flags, "--admin-port %d is not a TCP port: use 1 to 65535", *adminPort)
 		return exitUsage
 	}
+	if err := bootstrap.CheckDrainTime(*drainTime); err != nil {
+		usageErrorf(flags, "--drain-time: %v", err)
+		return exitUsage
+	}
 	if *caFile == "" {
 		*caFile = rootCertPath(*dataDir)
 	}
@@ -128,7 +138,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		o := bootstrap.EnvoyOptions{
 			NodeID: *nodeID, Service: *service, Namespace: *namespace, XDSAddress: *xdsAddr,
 			AdminPort: uint32(*adminPort), TrustDomain: *trustDomain, Delta: *delta,
-			AgentSocket: *agentSocket,
+			AgentSocket: *agentSocket, DrainTime: *drainTime,
 		}
 		if *tokenFile != "" {
 			tok, err := os.ReadFile(*tokenFile)
@@ -177,6 +187,12 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	fmt.Fprint(stderr, minted)
+	if mesh.Flavor(*flavor) == mesh.FlavorEnvoy && *out != "" && *out != "-" {
+		// Envoy has no bootstrap field for its drain settings: say how to
+		// start it where an operator sees it (with no -o, standard output
+		// is the bootstrap, whose first lines say the same).
+		fmt.Fprintf(stderr, "meshctl bootstrap: wrote %s; start Envoy with: %s\n", *out, bootstrap.EnvoyCommand(*out, *drainTime))
+	}
 	return exitOK
 }
 

@@ -47,6 +47,8 @@ func TestUsageErrors(t *testing.T) {
 		{"cert dir with envoy", []string{"bootstrap", "--service", "web", "--cert-dir", "c"}, []string{"--cert-dir does not apply to --flavor envoy"}},
 		{"admin port out of range", []string{"bootstrap", "--service", "web", "--admin-port", "70000"}, []string{"--admin-port 70000"}},
 		{"stray argument", []string{"bootstrap", "--service", "web", "extra"}, []string{`unexpected argument "extra"`}},
+		{"drain time in milliseconds", []string{"bootstrap", "--service", "web", "--drain-time", "500ms"}, []string{"--drain-time", "whole seconds"}},
+		{"drain time with grpc", []string{"bootstrap", "--service", "hello", "--flavor", "grpc", "--cert-dir", "c", "--drain-time", "5s"}, []string{"--drain-time does not apply to --flavor grpc"}},
 		{"certs without subcommand", []string{"certs"}, []string{"issue"}},
 		{"certs unknown subcommand", []string{"certs", "revoke"}, []string{`unknown subcommand "revoke"`}},
 		{"certs issue without out", []string{"certs", "issue", "--service", "hello"}, []string{"--out is required"}},
@@ -78,7 +80,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		args  []string
 		flags []string
 	}{
-		{[]string{"bootstrap", "-h"}, []string{"service", "namespace", "node-id", "xds-address", "admin-port", "ca-file", "inline-ca", "data-dir", "flavor", "cert-dir", "refresh-interval", "o"}},
+		{[]string{"bootstrap", "-h"}, []string{"service", "namespace", "node-id", "xds-address", "admin-port", "ca-file", "inline-ca", "data-dir", "flavor", "cert-dir", "refresh-interval", "o", "drain-time"}},
 		{[]string{"help", "bootstrap"}, []string{"service", "flavor"}},
 		{[]string{"certs", "issue", "-h"}, []string{"service", "namespace", "service-account", "trust-domain", "data-dir", "out"}},
 		{[]string{"help", "certs", "issue"}, []string{"trust-domain"}},
@@ -153,8 +155,9 @@ func TestBootstrapInlineCA(t *testing.T) {
 	if r.code != exitOK {
 		t.Fatalf("exit code %d; stderr: %s", r.code, r.stderr)
 	}
-	if r.stdout != "" || r.stderr != "" {
-		t.Errorf("with -o and an existing CA, expected no output; stdout %q, stderr %q", r.stdout, r.stderr)
+	// With -o and an existing CA, the only output is how to start Envoy.
+	if want := "meshctl bootstrap: wrote " + out + "; start Envoy with: envoy -c " + out + " --drain-time-s 5 --drain-strategy immediate\n"; r.stdout != "" || r.stderr != want {
+		t.Errorf("stdout %q, stderr %q; want no stdout and stderr %q", r.stdout, r.stderr, want)
 	}
 	data, err := os.ReadFile(out)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/testport"
 	"github.com/meshd/meshd/internal/testwait"
 )
@@ -47,7 +48,10 @@ type Envoy struct {
 // here and wherever the project starts one for users: scripts/demo.sh and
 // examples/quickstart start Envoy with exactly these (e2e
 // TestDemoStartsEnvoyLikeTheTests), so what the tests prove is what users run.
-var SidecarFlags = []string{"--concurrency", "1", "--disable-hot-restart"}
+// They end with the drain settings meshctl bootstrap prints
+// (bootstrap.EnvoyDrainArgs), which bound how long a connection opened
+// before an mTLS mode or tcp policy change is still served.
+var SidecarFlags = append([]string{"--concurrency", "1", "--disable-hot-restart"}, bootstrap.EnvoyDrainArgs(0)...)
 
 // startCount makes --base-id unique per call within this process.
 var startCount atomic.Uint32
@@ -78,7 +82,10 @@ func Start(t testing.TB, configPath string, adminPort uint32) *Envoy {
 	baseID := uint32(os.Getpid())*100 + startCount.Add(1)%100
 	adminPath := filepath.Join(dir, "admin-address")
 	args := append([]string{"-c", configPath, "--admin-address-path", adminPath}, SidecarFlags...)
-	args = append(args, "--base-id", strconv.FormatUint(uint64(baseID), 10), "--log-level", "info")
+	args = append(args, "--base-id", strconv.FormatUint(uint64(baseID), 10), "--log-level", "info",
+		// Access logs (the denial lines tests look for) reach the log
+		// file within 200 ms instead of Envoy's default 10 s.
+		"--file-flush-interval-msec", "200")
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
