@@ -554,3 +554,47 @@ func TestTCPDenyClosesOpenConnection(t *testing.T) {
 	}
 	startTCPSession(t, e.opsDB) // fails the test unless ops reconnects and is echoed
 }
+
+// Every documented way of starting an Envoy sidecar carries the drain
+// flags meshctl bootstrap prints; without them the bounds above are
+// Envoy's 600 s.
+func TestDocumentedEnvoyStartsCarryDrainFlags(t *testing.T) {
+	root, err := envoytest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Join(bootstrap.EnvoyDrainArgs(0), " ")
+	var files []string
+	for _, pattern := range []string{"README.md", "docs/*.md", "scripts/*.sh", "envoy-configs/*.md", "examples/*/*.md", "examples/*/*.sh", "examples/*/systemd/*.service"} {
+		m, err := filepath.Glob(filepath.Join(root, pattern))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, m...)
+	}
+	// A line starts Envoy if it runs an envoy binary on a config with -c
+	// (not --mode validate).
+	starts := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(strings.ReplaceAll(string(b), "\\\n", " "), "\n") {
+			l := strings.Join(strings.Fields(line), " ")
+			if !strings.Contains(l, " -c ") || strings.Contains(l, "--mode validate") ||
+				!(strings.Contains(l, "envoy -c") || strings.Contains(l, `"$ENVOY" -c`) || strings.Contains(l, `install-envoy.sh)" -c`)) {
+				continue
+			}
+			starts++
+			if !strings.Contains(l, want) && !strings.Contains(l, "$drain") {
+				rel, _ := filepath.Rel(root, f)
+				t.Errorf("%s:%d starts Envoy without %q: %s", rel, i+1, want, strings.TrimSpace(line))
+			}
+		}
+	}
+	t.Logf("%d documented Envoy starts, each with %s", starts, want)
+	if starts < 8 {
+		t.Errorf("found only %d lines that start Envoy; this test's patterns are stale", starts)
+	}
+}
