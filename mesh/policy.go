@@ -85,6 +85,10 @@ type Rule struct {
 	// permissions need it (a permission applies only if no earlier one
 	// matched); Istio's YAML has no such field.
 	NotTo []Operation `yaml:"notTo,omitempty" json:"notTo,omitempty"`
+	// NotFrom: the caller must match none of these. A Linkerd decision
+	// denies the callers no authorization allows, which Istio's fields
+	// (each a "not" of one value list) cannot say.
+	NotFrom []Source `yaml:"notFrom,omitempty" json:"notFrom,omitempty"`
 }
 
 // Source describes the caller. Every non-empty field must match; within a
@@ -144,6 +148,9 @@ type PolicySet struct {
 	DefaultMode    MTLSMode              `yaml:"defaultMode,omitempty" json:"defaultMode,omitempty"`
 	Peer           []PeerAuthentication  `yaml:"peer,omitempty" json:"peer,omitempty"`
 	Authorizations []AuthorizationPolicy `yaml:"authorizations,omitempty" json:"authorizations,omitempty"`
+	// Linkerd is the policy written as Linkerd resources, with its
+	// decisions (nil: none, and endpoint labels are not read).
+	Linkerd *LinkerdPolicy `yaml:"linkerd,omitempty" json:"linkerd,omitempty"`
 }
 
 // DefaultRootNamespace is the root namespace unless configured otherwise.
@@ -224,7 +231,8 @@ func (ps *PolicySet) MTLSModeFor(w Workload) MTLSMode {
 }
 
 // AuthorizationsFor returns the authorization policies that apply to w, in
-// canonical order (namespace, name).
+// canonical order (namespace, name): Istio's and Consul's by their
+// selection, and Linkerd's decision for w if it has one.
 func (ps *PolicySet) AuthorizationsFor(w Workload) []*AuthorizationPolicy {
 	var out []*AuthorizationPolicy
 	for i := range ps.Authorizations {
@@ -232,6 +240,9 @@ func (ps *PolicySet) AuthorizationsFor(w Workload) []*AuthorizationPolicy {
 		if ps.authzAppliesTo(a, w) {
 			out = append(out, a)
 		}
+	}
+	if d := ps.LinkerdDecisionFor(w); d != nil {
+		out = append(out, d)
 	}
 	slices.SortFunc(out, func(a, b *AuthorizationPolicy) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))

@@ -94,6 +94,9 @@ func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 			if e.Port == 0 || e.Port > 65535 {
 				v.add(obj, f+".port", "%d is not a port: use 1-65535", e.Port)
 			}
+			if d, ok := e.Labels[DefaultInboundPolicyLabel]; ok && !DefaultInboundPolicy(d).Valid() {
+				v.add(obj, f+".labels."+DefaultInboundPolicyLabel, "unknown default inbound policy %q: use %s", d, joinPolicies(DefaultInboundPolicies))
+			}
 			if !e.Health.valid() {
 				v.add(obj, f+".health", "unknown health %q: use healthy, unhealthy, draining or unknown", e.Health)
 			}
@@ -221,4 +224,12 @@ func loopbackOf(address string) string {
 		return "127.0.0.1"
 	}
 	return "loopback of " + address
+}
+
+func joinPolicies(l []DefaultInboundPolicy) string {
+	s := make([]string, len(l))
+	for i, d := range l {
+		s[i] = string(d)
+	}
+	return strings.Join(s, ", ")
 }

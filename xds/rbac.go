@@ -114,7 +114,7 @@ func ruleHasHTTP(r *mesh.Rule) bool {
 }
 
 func stripHTTP(r mesh.Rule) mesh.Rule {
-	out := mesh.Rule{From: r.From}
+	out := mesh.Rule{From: r.From, NotFrom: r.NotFrom}
 	for _, o := range r.To {
 		out.To = append(out.To, mesh.Operation{Ports: o.Ports, NotPorts: o.NotPorts})
 	}
@@ -128,9 +128,9 @@ func stripHTTP(r mesh.Rule) mesh.Rule {
 	return out
 }
 
-// rulePolicy renders one rule: the request must match a permission (To and
-// request-side conditions) and a principal (From and caller-side
-// conditions). Envoy ORs the lists, so each side is a single AND.
+// rulePolicy renders one rule: the request must match a permission (To,
+// NotTo and request-side conditions) and a principal (From, NotFrom and
+// caller-side conditions). Envoy ORs the lists, so each side is a single AND.
 func rulePolicy(r *mesh.Rule, td string, port uint32) (*rbacv3.Policy, error) {
 	var perms []*rbacv3.Permission
 	var ids []*rbacv3.Principal
@@ -146,15 +146,11 @@ func rulePolicy(r *mesh.Rule, td string, port uint32) (*rbacv3.Policy, error) {
 		perms = append(perms, orPerm(ors))
 	}
 	if len(r.From) > 0 {
-		var ors []*rbacv3.Principal
-		for i := range r.From {
-			p, err := sourcePrincipal(&r.From[i], td)
-			if err != nil {
-				return nil, err
-			}
-			ors = append(ors, p)
+		p, err := anySource(r.From, td)
+		if err != nil {
+			return nil, err
 		}
-		ids = append(ids, orID(ors))
+		ids = append(ids, p)
 	}
 	if len(r.NotTo) > 0 {
 		var ors []*rbacv3.Permission
@@ -166,6 +162,14 @@ func rulePolicy(r *mesh.Rule, td string, port uint32) (*rbacv3.Policy, error) {
 			ors = append(ors, p)
 		}
 		perms = append(perms, &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: orPerm(ors)}})
+	}
+	if len(r.NotFrom) > 0 {
+		// Linkerd decisions: the caller matches none of the sources.
+		p, err := anySource(r.NotFrom, td)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: p}})
 	}
 	for _, c := range r.When {
 		perm, id, err := condition(c, td, port)
@@ -232,6 +236,19 @@ func operationPermission(o *mesh.Operation, workloadPort uint32) (*rbacv3.Permis
 		and = append(and, never())
 	}
 	return andPerm(and), nil
+}
+
+// anySource matches a caller that matches any of sources.
+func anySource(sources []mesh.Source, td string) (*rbacv3.Principal, error) {
+	ors := make([]*rbacv3.Principal, 0, len(sources))
+	for i := range sources {
+		p, err := sourcePrincipal(&sources[i], td)
+		if err != nil {
+			return nil, err
+		}
+		ors = append(ors, p)
+	}
+	return orID(ors), nil
 }
 
 func sourcePrincipal(s *mesh.Source, td string) (*rbacv3.Principal, error) {

@@ -163,11 +163,10 @@ func (t *Translator) GenerationWith(cat *mesh.Catalog, ps *mesh.PolicySet, ov *O
 		g.fullFP[s.Key()] = f.service(s, true)
 		g.shapeFP[s.Key()] = f.service(s, false)
 	}
-	for i := range ps.Authorizations {
-		a := &ps.Authorizations[i]
+	ps.EachAuthorization(func(a *mesh.AuthorizationPolicy) {
 		b, _ := json.Marshal(a) // plain data; map keys sorted
 		g.policyFP[a] = hashString(string(b))
-	}
+	})
 	return g
 }
 
