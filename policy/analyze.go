@@ -55,6 +55,10 @@ type AnalyzeInput struct {
 	// TrustDomain is the mesh's, for checking principals; "" means
 	// mesh.DefaultTrustDomain.
 	TrustDomain string
+	// Policies are the documents Policy was made of, when known: findings
+	// about Linkerd's ServerAuthorizations, AuthorizationPolicies and
+	// MeshTLSAuthentications need them (the set holds only their result).
+	Policies *Policies
 }
 
 // workload is an inbound proxy with what policies see of it.
@@ -70,8 +74,10 @@ func (wl *workload) name() string { return wl.proxy.ID }
 // Analyze looks for policy that loads but will not do what was meant:
 // selectors that select nothing, principals no workload has, several
 // PeerAuthentications competing for one workload, identity rules on
-// workloads that accept plaintext, HTTP-only fields on tcp services, and
-// PERMISSIVE on proxyless gRPC servers (which gRPC cannot serve, an error).
+// workloads that accept plaintext, HTTP-only fields on tcp services,
+// PERMISSIVE on proxyless gRPC servers (which gRPC cannot serve, an error),
+// Linkerd resources that select nothing or compete, and workloads under
+// both Istio's and Linkerd's policies (analyze_linkerd.go).
 // Findings are sorted errors first, then by file and policy.
 func Analyze(in AnalyzeInput) []Finding {
 	a := &analyzer{in: in, td: cmp.Or(in.TrustDomain, mesh.DefaultTrustDomain), grouped: map[groupKey]*group{}}
@@ -99,6 +105,7 @@ func Analyze(in AnalyzeInput) []Finding {
 		a.precedence(wl)
 		a.grpcMode(wl)
 	}
+	a.linkerd()
 	return a.result()
 }
 

@@ -34,7 +34,7 @@ const strictMesh = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n
 
 func analyzeYAML(t *testing.T, policy string, defaultMode mesh.MTLSMode) []string {
 	t.Helper()
-	peers, authzs, err := Parse("p.yaml", []byte(policy))
+	peers, authzs, err := parseIstio("p.yaml", []byte(policy))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestAnalyze(t *testing.T) {
 }
 
 func TestAnalyzeWithoutCatalog(t *testing.T) {
-	peers, authzs, err := Parse("p.yaml", []byte(authz("p", "  rules:\n    - from: [{source: {principals: [other.domain/ns/a/sa/b, cluster.local/ns/x/sa/y]}}]\n")))
+	peers, authzs, err := parseIstio("p.yaml", []byte(authz("p", "  rules:\n    - from: [{source: {principals: [other.domain/ns/a/sa/b, cluster.local/ns/x/sa/y]}}]\n")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -166,3 +166,12 @@ func didYouMean(name string, accepted []string) string {
 	}
 	return "accepted: " + strings.Join(accepted, ", ")
 }
+
+// suggestion is "; did you mean X?" when a likely intended word exists, for
+// messages that list the accepted words already.
+func suggestion(name string, accepted []string) string {
+	if s := suggest(name, accepted); s != "" {
+		return fmt.Sprintf("; did you mean %q?", s)
+	}
+	return ""
+}

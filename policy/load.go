@@ -15,31 +15,75 @@ import (
 )
 
 // Policies is the policy read from a set of files, before the mesh-level
-// settings (root namespace, default mode) make it a mesh.PolicySet.
+// settings (root namespace, default mode, Linkerd's defaults) make it a
+// mesh.PolicySet.
 type Policies struct {
 	// Files are the files read, in the order read (sorted by name).
 	Files          []string
 	Peer           []mesh.PeerAuthentication
 	Authorizations []mesh.AuthorizationPolicy
+	// linkerd holds the Linkerd resources read; SetWith turns them into
+	// the set's Linkerd decisions.
+	linkerd linkerdDocs
+}
+
+// add appends o's documents to p.
+func (p *Policies) add(o *Policies) {
+	p.Peer = append(p.Peer, o.Peer...)
+	p.Authorizations = append(p.Authorizations, o.Authorizations...)
+	p.linkerd.add(&o.linkerd)
+}
+
+// Settings are the mesh-level settings a policy set is completed with.
+type Settings struct {
+	// RootNamespace holds mesh-wide policies; "" means
+	// mesh.DefaultRootNamespace.
+	RootNamespace string
+	// DefaultMode is the mTLS mode no PeerAuthentication sets; "" means
+	// PERMISSIVE.
+	DefaultMode mesh.MTLSMode
+	// TrustDomain is the mesh's, for the identities Linkerd's ServiceAccount
+	// and Namespace references name; "" means mesh.DefaultTrustDomain.
+	TrustDomain string
+	// DefaultInboundPolicy is Linkerd's default inbound policy for ports no
+	// Server selects; "" means all-unauthenticated.
+	DefaultInboundPolicy mesh.DefaultInboundPolicy
+	// ClusterNetworks are the networks of Linkerd's cluster-* policies and
+	// of ServerAuthorizations without networks; nil means
+	// DefaultClusterNetworks.
+	ClusterNetworks []string
 }
 
 // Set returns the mesh.PolicySet these policies form with the given root
-// namespace and default mode; "" means mesh.DefaultRootNamespace and
-// PERMISSIVE. The policies are ordered by namespace and name, so the same
-// files always give the same set.
+// namespace and default mode, and every other setting at its default.
 func (p *Policies) Set(rootNamespace string, defaultMode mesh.MTLSMode) *mesh.PolicySet {
-	if rootNamespace == "" {
-		rootNamespace = mesh.DefaultRootNamespace
+	return p.SetWith(Settings{RootNamespace: rootNamespace, DefaultMode: defaultMode})
+}
+
+// SetWith returns the mesh.PolicySet these policies form with s. The
+// policies are ordered by namespace and name, so the same files always give
+// the same set; Linkerd's resources become one decision policy per Server
+// and one per default inbound policy (linkerd_set.go).
+func (p *Policies) SetWith(s Settings) *mesh.PolicySet {
+	if s.RootNamespace == "" {
+		s.RootNamespace = mesh.DefaultRootNamespace
 	}
-	if defaultMode == "" || defaultMode == mesh.MTLSUnset {
-		defaultMode = mesh.MTLSPermissive
+	if s.DefaultMode == "" || s.DefaultMode == mesh.MTLSUnset {
+		s.DefaultMode = mesh.MTLSPermissive
+	}
+	if s.TrustDomain == "" {
+		s.TrustDomain = mesh.DefaultTrustDomain
+	}
+	if s.ClusterNetworks == nil {
+		s.ClusterNetworks = DefaultClusterNetworks
 	}
 	ps := &mesh.PolicySet{
-		RootNamespace:  rootNamespace,
-		DefaultMode:    defaultMode,
+		RootNamespace:  s.RootNamespace,
+		DefaultMode:    s.DefaultMode,
 		Peer:           slices.Clone(p.Peer),
 		Authorizations: slices.Clone(p.Authorizations),
 	}
+	ps.Linkerd = p.linkerd.set(s)
 	slices.SortStableFunc(ps.Peer, func(a, b mesh.PeerAuthentication) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
@@ -145,7 +189,7 @@ func parseFiles(files []file) (*Policies, error) {
 	var causes []error
 	for _, f := range files {
 		p.Files = append(p.Files, f.path)
-		peers, authzs, err := Parse(f.path, f.data)
+		fp, err := Parse(f.path, f.data)
 		if err != nil {
 			var pe *Error
 			if !errors.As(err, &pe) {
@@ -155,15 +199,18 @@ func parseFiles(files []file) (*Policies, error) {
 			causes = append(causes, pe.Err)
 			continue
 		}
-		p.Peer = append(p.Peer, peers...)
-		p.Authorizations = append(p.Authorizations, authzs...)
+		p.add(fp)
 	}
 	if err := errorOf(problems, causes...); err != nil {
 		return nil, err
 	}
 	// Parse checked duplicates within each file; this finds them across
 	// files, naming both.
-	if err := checkDuplicates(p.Peer, p.Authorizations); err != nil {
+	if err := checkDuplicates(p); err != nil {
+		return nil, err
+	}
+	// References between Linkerd resources may cross files.
+	if err := errorOf(p.linkerd.resolve()); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -27,8 +27,9 @@ const (
 )
 
 var (
-	apiVersions = []string{"security.istio.io/v1", "security.istio.io/v1beta1"}
-	kinds       = []string{kindPeer, kindAuthz}
+	istioVersions = []string{"security.istio.io/v1", "security.istio.io/v1beta1"}
+	// allKinds are the kinds meshd reads, Istio's then Linkerd's.
+	allKinds = []string{kindPeer, kindAuthz, kindServer, kindServerAuthz, kindMeshTLS, kindNetworkAuthn, kindNamespace}
 
 	// otherIstioKinds explains why a known Istio kind is not read here.
 	otherIstioKinds = map[string]string{
@@ -59,16 +60,17 @@ var (
 )
 
 // Parse reads the policy documents in data: YAML documents separated by ---,
-// each a PeerAuthentication or an AuthorizationPolicy. path is used in
-// messages and in the policies' Source ("path:line"). Every problem found is
-// reported, in one *Error; nothing is returned unless the whole file is
-// valid. A file with no document at all wraps ErrEmpty.
-func Parse(path string, data []byte) ([]mesh.PeerAuthentication, []mesh.AuthorizationPolicy, error) {
-	var (
-		peers    []mesh.PeerAuthentication
-		authzs   []mesh.AuthorizationPolicy
-		problems []Problem
-	)
+// each an Istio PeerAuthentication or AuthorizationPolicy, a Linkerd policy
+// resource (Server, ServerAuthorization, AuthorizationPolicy,
+// MeshTLSAuthentication, NetworkAuthentication) or a Namespace carrying
+// Linkerd's default-inbound-policy annotation. path is used in messages and
+// in the policies' Source ("path:line"). Every problem found is reported, in
+// one *Error; nothing is returned unless the whole file is valid. A file
+// with no document at all wraps ErrEmpty. References between Linkerd
+// resources are checked by LoadDir and LoadFiles, which see every file.
+func Parse(path string, data []byte) (*Policies, error) {
+	out := &Policies{Files: []string{path}}
+	var problems []Problem
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	docs := 0
 	for index := 1; ; index++ {
@@ -80,38 +82,34 @@ func Parse(path string, data []byte) ([]mesh.PeerAuthentication, []mesh.Authoriz
 		if err != nil {
 			// Nothing after a syntax error can be trusted.
 			problems = append(problems, syntaxProblem(path, data, err))
-			return nil, nil, errorOf(problems)
+			return nil, errorOf(problems)
 		}
 		if len(root.Content) == 0 || isNull(root.Content[0]) {
 			continue // a stray ---, or a document of comments only
 		}
 		docs++
 		d := &docParser{file: path, policy: fmt.Sprintf("document %d", index)}
-		pa, ap := d.document(root.Content[0])
+		doc := &Policies{}
+		d.document(root.Content[0], doc)
 		// Fields are checked in schema order; read them in file order.
 		slices.SortStableFunc(d.problems, func(a, b Problem) int { return a.Line - b.Line })
 		problems = append(problems, d.problems...)
 		if len(d.problems) > 0 {
 			continue
 		}
-		if pa != nil {
-			peers = append(peers, *pa)
-		}
-		if ap != nil {
-			authzs = append(authzs, *ap)
-		}
+		out.add(doc)
 	}
 	if docs == 0 {
-		return nil, nil, errorOf([]Problem{{File: path, Message: ErrEmpty.Error() +
+		return nil, errorOf([]Problem{{File: path, Message: ErrEmpty.Error() +
 			": delete the file to remove its policies (an empty file is refused because it is usually a write caught half-way, and losing a DENY policy to one would open access)"}}, ErrEmpty)
 	}
 	if err := errorOf(problems); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	if err := checkDuplicates(peers, authzs); err != nil {
-		return nil, nil, err
+	if err := checkDuplicates(out); err != nil {
+		return nil, err
 	}
-	return peers, authzs, nil
+	return out, nil
 }
 
 var syntaxRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -437,87 +435,159 @@ func lookup(n *yaml.Node, keys ...string) string {
 	return n.Value
 }
 
-func (d *docParser) document(root *yaml.Node) (*mesh.PeerAuthentication, *mesh.AuthorizationPolicy) {
+func (d *docParser) document(root *yaml.Node, out *Policies) {
 	root = deref(root)
 	kind := lookup(root, "kind")
+	apiVersion := lookup(root, "apiVersion")
 	name := lookup(root, "metadata", "name")
 	namespace := lookup(root, "metadata", "namespace")
 	if namespace == "" {
 		namespace = mesh.DefaultNamespace
 	}
-	if slices.Contains(kinds, kind) && name != "" {
-		d.policy = kind + " " + namespace + "/" + name
+	linkerd := strings.HasPrefix(apiVersion, linkerdGroup+"/")
+	display := displayKind(kind, linkerd)
+	switch {
+	case kind == kindNamespace && name != "":
+		d.policy = kindNamespace + " " + name
+	case slices.Contains(allKinds, kind) && name != "":
+		d.policy = display + " " + namespace + "/" + name
 	}
 
 	top, ok := d.fields(root, "", "a policy document", []string{"apiVersion", "kind", "metadata", "spec", "status"}, nil)
 	if !ok {
-		return nil, nil
+		return
 	}
 	if e, ok := top["status"]; ok {
 		// Present in `kubectl get -o yaml` output, and meaningless here.
-		d.add(e.key, "status", "status is written by Istio's control plane, not by users: remove it")
+		d.add(e.key, "status", "status is written by the cluster's controllers, not by users: remove it")
 	}
 	source := fmt.Sprintf("%s:%d", d.file, root.Line)
 
-	if e, ok := top["apiVersion"]; !ok {
-		d.add(root, "apiVersion", "apiVersion is required: use %s", strings.Join(apiVersions, " or "))
-	} else if v, ok := d.str(e.val, "apiVersion"); ok && !slices.Contains(apiVersions, v) {
-		d.add(e.val, "apiVersion", "apiVersion %q is not supported: use %s", v, strings.Join(apiVersions, " or "))
-	}
-
 	kindOK := false
 	if e, ok := top["kind"]; !ok {
-		d.add(root, "kind", "kind is required: use %s", strings.Join(kinds, " or "))
+		d.add(root, "kind", "kind is required: use %s", strings.Join(allKinds, ", "))
 	} else if v, ok := d.str(e.val, "kind"); ok {
-		switch why, known := otherIstioKinds[v]; {
-		case slices.Contains(kinds, v):
+		why, otherIstio := otherIstioKinds[v]
+		whyLinkerd, otherLinkerd := otherLinkerdKinds[v]
+		switch {
+		case slices.Contains(allKinds, v):
 			kindOK = true
-		case known:
-			d.unsupported(e.val, "kind", "kind %q is not supported (%s): meshd reads %s", v, why, strings.Join(kinds, " and "))
+		case otherIstio:
+			d.unsupported(e.val, "kind", "kind %q is not supported (%s): meshd reads %s", v, why, strings.Join(allKinds, ", "))
+		case otherLinkerd:
+			d.unsupported(e.val, "kind", "kind %q is not supported (%s): meshd reads %s", v, whyLinkerd, strings.Join(allKinds, ", "))
 		default:
-			d.add(e.val, "kind", "unknown kind %q; %s", v, didYouMean(v, kinds))
+			d.add(e.val, "kind", "unknown kind %q; %s", v, didYouMean(v, allKinds))
 		}
+	}
+	versions := versionsOf(kind)
+	if !kindOK {
+		versions = allVersions
+	}
+	if e, ok := top["apiVersion"]; !ok {
+		d.add(root, "apiVersion", "apiVersion is required: use %s", strings.Join(versions, " or "))
+		kindOK = false
+	} else if v, ok := d.str(e.val, "apiVersion"); ok && !slices.Contains(versions, v) {
+		if kindOK {
+			d.add(e.val, "apiVersion", "apiVersion %q is not supported for kind %s: use %s", v, kind, strings.Join(versions, " or "))
+		} else {
+			d.add(e.val, "apiVersion", "apiVersion %q is not supported: use %s", v, strings.Join(versions, " or "))
+		}
+		kindOK = false
+	} else if !ok {
+		kindOK = false
 	}
 
 	meta, metaOK := top["metadata"]
+	var labels, annotations map[string]string
 	if !metaOK {
 		d.add(root, "metadata", "metadata is required, with at least a name")
 	} else if m, ok := d.fields(meta.val, "metadata", "metadata", []string{"name", "namespace", "labels", "annotations"}, nil); ok {
 		if e, ok := m["name"]; !ok {
 			d.add(meta.key, "metadata.name", "name is required")
-		} else if v, ok := d.str(e.val, "metadata.name"); ok && (!objectNameRE.MatchString(v) || len(v) > 253) {
-			d.add(e.val, "metadata.name", "%q is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", v)
+		} else if v, ok := d.str(e.val, "metadata.name"); ok {
+			if kind == kindNamespace {
+				if err := mesh.ValidName(v); err != nil {
+					d.add(e.val, "metadata.name", "%v", err)
+				}
+			} else if !objectNameRE.MatchString(v) || len(v) > 253 {
+				d.add(e.val, "metadata.name", "%q is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit", v)
+			}
 		}
 		if e, ok := m["namespace"]; ok {
-			if v, ok := d.str(e.val, "metadata.namespace"); ok {
+			if kind == kindNamespace {
+				d.add(e.key, "metadata.namespace", "a Namespace is not in a namespace: remove metadata.namespace")
+			} else if v, ok := d.str(e.val, "metadata.namespace"); ok {
 				if err := mesh.ValidName(v); err != nil {
 					d.add(e.val, "metadata.namespace", "%v", err)
 				}
 			}
 		}
-		for _, f := range []string{"labels", "annotations"} {
-			if e, ok := m[f]; ok && !isNull(e.val) && deref(e.val).Kind != yaml.MappingNode {
-				d.add(e.val, "metadata."+f, "want a mapping of names to strings, got %s", describe(e.val))
-			}
+		if e, ok := m["labels"]; ok {
+			labels = d.stringMap(e.val, "metadata.labels")
+		}
+		if e, ok := m["annotations"]; ok {
+			annotations = d.stringMap(e.val, "metadata.annotations")
 		}
 	}
 	if !kindOK {
-		return nil, nil
+		return
 	}
 	var spec *yaml.Node
 	if e, ok := top["spec"]; ok {
 		spec = e.val
 	}
-	switch kind {
-	case kindPeer:
+	switch {
+	case kind == kindNamespace:
+		if e, ok := top["spec"]; ok {
+			d.add(e.key, "spec", "meshd reads only the %s annotation of a Namespace: remove spec", mesh.DefaultInboundPolicyLabel)
+		}
+		ns := d.namespaceDoc(meta.val, annotations)
+		ns.name, ns.source = name, source
+		out.linkerd.namespaces = append(out.linkerd.namespaces, ns)
+	case linkerd:
+		d.linkerdDocument(kind, apiVersion, linkerdMeta{name: name, namespace: namespace, source: source, labels: labels}, spec, &out.linkerd)
+	case kind == kindPeer:
 		p := &mesh.PeerAuthentication{Name: name, Namespace: namespace, Source: source}
 		d.peerSpec(spec, p)
-		return p, nil
+		out.Peer = append(out.Peer, *p)
 	default:
 		a := &mesh.AuthorizationPolicy{Name: name, Namespace: namespace, Source: source}
 		d.authzSpec(spec, a)
-		return nil, a
+		out.Authorizations = append(out.Authorizations, *a)
 	}
+}
+
+// stringMap reads a mapping of names to strings (metadata labels and
+// annotations).
+func (d *docParser) stringMap(n *yaml.Node, path string) map[string]string {
+	n = deref(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		d.add(n, path, "want a mapping of names to strings, got %s", describe(n))
+		return nil
+	}
+	out := map[string]string{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), n.Content[i+1]
+		if !d.spend(v) {
+			return nil
+		}
+		if k.Kind != yaml.ScalarNode || k.Value == "" {
+			d.add(k, path, "names must be non-empty strings")
+			continue
+		}
+		if _, dup := out[k.Value]; dup {
+			d.add(k, path+"."+k.Value, "%q appears twice: keep one", k.Value)
+			continue
+		}
+		if val, ok := d.str(v, path+"."+k.Value); ok {
+			out[k.Value] = val
+		}
+	}
+	return out
 }
 
 // selector reads spec.selector. An empty one is refused: whether it means
@@ -950,13 +1020,13 @@ func checkPath(s string) error {
 	return nil
 }
 
-// checkDuplicates refuses two policies of one kind with one namespace/name:
-// Istio could not hold both, and which one wins is not something to guess.
-func checkDuplicates(peers []mesh.PeerAuthentication, authzs []mesh.AuthorizationPolicy) error {
+// checkDuplicates refuses two objects of one kind with one namespace/name:
+// Kubernetes could not hold both, and which one wins is not something to
+// guess.
+func checkDuplicates(p *Policies) error {
 	var problems []Problem
 	seen := map[string]string{}
-	check := func(kind, ns, name, source string) {
-		id := kind + " " + ns + "/" + name
+	check := func(id, source string) {
 		if prev, ok := seen[id]; ok {
 			file, line := splitSource(source)
 			problems = append(problems, Problem{File: file, Line: line, Policy: id,
@@ -965,12 +1035,13 @@ func checkDuplicates(peers []mesh.PeerAuthentication, authzs []mesh.Authorizatio
 		}
 		seen[id] = source
 	}
-	for _, p := range peers {
-		check(kindPeer, p.Namespace, p.Name, p.Source)
+	for _, x := range p.Peer {
+		check(kindPeer+" "+x.Namespace+"/"+x.Name, x.Source)
 	}
-	for _, a := range authzs {
-		check(kindAuthz, a.Namespace, a.Name, a.Source)
+	for _, x := range p.Authorizations {
+		check(kindAuthz+" "+x.Namespace+"/"+x.Name, x.Source)
 	}
+	p.linkerd.each(check)
 	return errorOf(problems)
 }
 

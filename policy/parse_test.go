@@ -103,7 +103,7 @@ spec:
 `
 
 func TestParseEveryField(t *testing.T) {
-	peers, authzs, err := Parse("p.yaml", []byte(everyField))
+	peers, authzs, err := parseIstio("p.yaml", []byte(everyField))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,12 +201,12 @@ spec:
 `
 	// The last document's "defaults" key is unknown: check the error, then
 	// parse without it.
-	if _, _, err := Parse("d.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), `d.yaml:20: PeerAuthentication shop/merged: defaults: unknown field "defaults" in a policy document`) {
+	if _, _, err := parseIstio("d.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), `d.yaml:20: PeerAuthentication shop/merged: defaults: unknown field "defaults" in a policy document`) {
 		t.Fatalf("want the unknown defaults field reported, got %v", err)
 	}
 	in = strings.Replace(in, "defaults: &d {mode: STRICT}\n", "", 1)
 	in = strings.Replace(in, "  mtls:\n    <<: *d\n", "  mtls: &d {mode: STRICT}\n  portLevelMtls: null\n", 1)
-	peers, authzs, err := Parse("d.yaml", []byte(in))
+	peers, authzs, err := parseIstio("d.yaml", []byte(in))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ spec:
             <<: *src
             namespaces: [dev]
 `
-	_, authzs, err := Parse("m.yaml", []byte(in))
+	_, authzs, err := parseIstio("m.yaml", []byte(in))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,17 +265,17 @@ func TestParseErrors(t *testing.T) {
 		{"tabs", "kind: x\n\tspec: {}\n", []string{"x.yaml:2: YAML syntax error:", "indent with spaces"}, false},
 		{"empty file", "# nothing\n---\n", []string{"x.yaml: file holds no policy: delete the file to remove its policies"}, false},
 		{"not a mapping", "- a\n", []string{"x.yaml:1: document 1: want a policy document (a mapping of field: value), got a list"}, false},
-		{"missing kind", "apiVersion: security.istio.io/v1\nmetadata: {name: a}\n", []string{"x.yaml:1: document 1: kind: kind is required: use PeerAuthentication or AuthorizationPolicy"}, false},
+		{"missing kind", "apiVersion: security.istio.io/v1\nmetadata: {name: a}\n", []string{"x.yaml:1: document 1: kind: kind is required: use PeerAuthentication, AuthorizationPolicy, Server, ServerAuthorization, MeshTLSAuthentication, NetworkAuthentication, Namespace"}, false},
 		{"unknown kind", "apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: a}\n", []string{`x.yaml:2: document 1: kind: unknown kind "AuthorisationPolicy"; did you mean "AuthorizationPolicy"?`}, false},
 		{"request authentication", "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: a}\n", []string{`x.yaml:2: document 1: kind: kind "RequestAuthentication" is not supported (JWT request authentication is not supported)`}, true},
-		{"api version", "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n", []string{`x.yaml:1: PeerAuthentication default/a: apiVersion: apiVersion "security.istio.io/v1alpha1" is not supported: use security.istio.io/v1 or security.istio.io/v1beta1`}, false},
+		{"api version", "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n", []string{`x.yaml:1: PeerAuthentication default/a: apiVersion: apiVersion "security.istio.io/v1alpha1" is not supported for kind PeerAuthentication: use security.istio.io/v1 or security.istio.io/v1beta1`}, false},
 		{"missing api version", "kind: PeerAuthentication\nmetadata: {name: a}\n", []string{"x.yaml:1: PeerAuthentication default/a: apiVersion: apiVersion is required"}, false},
 		{"missing name", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {namespace: a}\n", []string{"x.yaml:3: document 1: metadata.name: name is required"}, false},
 		{"missing metadata", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n", []string{"x.yaml:1: document 1: metadata: metadata is required"}, false},
 		{"bad name", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: Bad_Name}\n", []string{`x.yaml:3: PeerAuthentication default/Bad_Name: metadata.name: "Bad_Name" is not a valid name`}, false},
 		{"bad namespace", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: Prod}\n", []string{`x.yaml:3: PeerAuthentication Prod/a: metadata.namespace: "Prod" is not a valid name`}, false},
 		{"unknown metadata field", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespce: b}\n", []string{`x.yaml:3: PeerAuthentication default/a: metadata.namespce: unknown field "namespce" in metadata; did you mean "namespace"?`}, false},
-		{"status", peerHeader + "status: {}\n", []string{"x.yaml:4: PeerAuthentication ns/pa: status: status is written by Istio's control plane"}, false},
+		{"status", peerHeader + "status: {}\n", []string{"x.yaml:4: PeerAuthentication ns/pa: status: status is written by the cluster's controllers, not by users: remove it"}, false},
 		{"second document named", peerHeader + "spec: {mtls: {mode: STRICT}}\n---\n" + header + "spec: {action: ALOW}\n", []string{`x.yaml:9: AuthorizationPolicy ns/p: spec.action: unknown action "ALOW": use ALLOW (the default), DENY or AUDIT; did you mean "ALLOW"?`}, false},
 		{"second document unnamed", peerHeader + "---\nkind: PeerAuthentication\n", []string{"x.yaml:5: document 2: apiVersion: apiVersion is required", "x.yaml:5: document 2: metadata: metadata is required"}, false},
 		{"duplicate key", peerHeader + "spec:\n  mtls: {mode: STRICT}\n  mtls: {mode: DISABLE}\n", []string{`x.yaml:6: PeerAuthentication ns/pa: spec.mtls: field "mtls" appears twice in a PeerAuthentication spec (first at line 5): keep one`}, false},
@@ -343,7 +343,7 @@ func TestParseErrors(t *testing.T) {
 		{"when unknown field", header + "spec:\n  rules:\n    - when: [{key: source.ip, value: [x]}]\n", []string{`spec.rules[0].when[0].value: unknown field "value" in a condition; did you mean "values"?`}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			peers, authzs, err := Parse("x.yaml", []byte(c.in))
+			peers, authzs, err := parseIstio("x.yaml", []byte(c.in))
 			if err == nil {
 				t.Fatalf("no error; got %+v %+v", peers, authzs)
 			}
@@ -370,7 +370,7 @@ func TestParseErrors(t *testing.T) {
 // every document, in file order.
 func TestParseReportsEverything(t *testing.T) {
 	in := header + "spec:\n  action: CUSTOM\n  rules:\n    - from: [{source: {principals: [\"\"]}}]\n---\n" + peerHeader + "spec: {mtls: {mode: LOOSE}}\n"
-	_, _, err := Parse("x.yaml", []byte(in))
+	_, _, err := parseIstio("x.yaml", []byte(in))
 	if err == nil {
 		t.Fatal("no error")
 	}
@@ -496,7 +496,7 @@ func TestDocumentedExamplesLoad(t *testing.T) {
 	}
 	for i, b := range blocks {
 		b, _, _ = strings.Cut(b, "```")
-		if _, _, err := Parse("docs/policy.md example", []byte(b)); err != nil {
+		if _, _, err := parseIstio("docs/policy.md example", []byte(b)); err != nil {
 			t.Errorf("example %d: %v", i+1, err)
 		}
 	}
@@ -507,4 +507,13 @@ func TestDocumentedExamplesLoad(t *testing.T) {
 	if len(p.Files) != 2 || len(p.Peer) != 1 || len(p.Authorizations) != 2 {
 		t.Errorf("quickstart policy: %d files, %d peer, %d authz", len(p.Files), len(p.Peer), len(p.Authorizations))
 	}
+}
+
+// parseIstio is Parse for tests of Istio documents: their two lists.
+func parseIstio(path string, data []byte) ([]mesh.PeerAuthentication, []mesh.AuthorizationPolicy, error) {
+	p, err := Parse(path, data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p.Peer, p.Authorizations, nil
 }

@@ -1,12 +1,14 @@
 package policy
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -41,6 +43,8 @@ type Status struct {
 	// being served.
 	PeerAuthentications   int `json:"peerAuthentications"`
 	AuthorizationPolicies int `json:"authorizationPolicies"`
+	// Linkerd counts Linkerd's resources (and Namespace documents) by kind.
+	Linkerd map[string]int `json:"linkerd,omitempty"`
 	// LoadedAt is when the set being served was loaded.
 	LoadedAt time.Time `json:"loadedAt"`
 	// SHA256 identifies the content (file names and bytes) being served.
@@ -65,6 +69,16 @@ type Option func(*Watcher)
 // polling off.
 func WithPollInterval(d time.Duration) Option { return func(w *Watcher) { w.pollInterval = d } }
 
+// WithLinkerd sets what Linkerd's resources are completed with: the mesh's
+// trust domain (for ServiceAccount references), the default inbound policy
+// of ports no Server selects ("" all-unauthenticated) and the cluster
+// networks (nil DefaultClusterNetworks). See Settings.
+func WithLinkerd(trustDomain string, defaultInbound mesh.DefaultInboundPolicy, clusterNetworks []string) Option {
+	return func(w *Watcher) {
+		w.settings.TrustDomain, w.settings.DefaultInboundPolicy, w.settings.ClusterNetworks = trustDomain, defaultInbound, clusterNetworks
+	}
+}
+
 // WithHoldoff sets how long the directory must be quiet after a change
 // before it is read (default DefaultHoldoff).
 func WithHoldoff(d time.Duration) Option { return func(w *Watcher) { w.holdoff = max(d, 0) } }
@@ -74,14 +88,13 @@ func WithHoldoff(d time.Duration) Option { return func(w *Watcher) { w.holdoff =
 // last good set stays in force, because a half-applied edit of security
 // policy may allow what the whole one denies.
 type Watcher struct {
-	dir           string // as configured, for messages
-	abs           string
-	rootNamespace string
-	defaultMode   mesh.MTLSMode
-	logger        *slog.Logger
-	pollInterval  time.Duration
-	holdoff       time.Duration
-	notify        bool // false only in tests of the polling fallback
+	dir          string // as configured, for messages
+	abs          string
+	settings     Settings
+	logger       *slog.Logger
+	pollInterval time.Duration
+	holdoff      time.Duration
+	notify       bool // false only in tests of the polling fallback
 
 	updates chan *mesh.PolicySet
 	running atomic.Bool
@@ -122,15 +135,14 @@ func NewWatcher(dir, rootNamespace string, defaultMode mesh.MTLSMode, logger *sl
 		return nil, fmt.Errorf("%s: resolving policy directory: %w", dir, err)
 	}
 	w := &Watcher{
-		dir:           dir,
-		abs:           abs,
-		rootNamespace: rootNamespace,
-		defaultMode:   defaultMode,
-		logger:        logger,
-		pollInterval:  DefaultPollInterval,
-		holdoff:       DefaultHoldoff,
-		notify:        true,
-		updates:       make(chan *mesh.PolicySet, 1),
+		dir:          dir,
+		abs:          abs,
+		settings:     Settings{RootNamespace: rootNamespace, DefaultMode: defaultMode},
+		logger:       logger,
+		pollInterval: DefaultPollInterval,
+		holdoff:      DefaultHoldoff,
+		notify:       true,
+		updates:      make(chan *mesh.PolicySet, 1),
 	}
 	for _, o := range opts {
 		o(w)
@@ -145,12 +157,12 @@ func NewWatcher(dir, rootNamespace string, defaultMode mesh.MTLSMode, logger *sl
 	}
 	now := time.Now()
 	w.acceptedSum = digest(files)
-	w.current = p.Set(rootNamespace, defaultMode)
+	w.current = p.SetWith(w.settings)
 	w.status = Status{Dir: dir, LoadedAt: now, CheckedAt: now, SHA256: hex.EncodeToString(w.acceptedSum[:])}
 	w.setCounts(p)
 	logger.Info("policy loaded", "dir", dir, "sha256", w.status.SHA256, "files", len(p.Files),
-		"peer_authentications", len(p.Peer), "authorization_policies", len(p.Authorizations),
-		"root_namespace", rootNamespace, "default_mode", defaultMode)
+		"peer_authentications", len(p.Peer), "authorization_policies", len(p.Authorizations), "linkerd", p.LinkerdCounts(),
+		"root_namespace", rootNamespace, "default_mode", defaultMode, "default_inbound_policy", cmp.Or(string(w.settings.DefaultInboundPolicy), string(mesh.DefaultAllUnauthenticated)))
 	return w, nil
 }
 
@@ -160,6 +172,10 @@ func (w *Watcher) setCounts(p *Policies) {
 	w.status.Files = slices.Clone(p.Files)
 	w.status.PeerAuthentications = len(p.Peer)
 	w.status.AuthorizationPolicies = len(p.Authorizations)
+	w.status.Linkerd = p.LinkerdCounts()
+	if len(w.status.Linkerd) == 0 {
+		w.status.Linkerd = nil
+	}
 }
 
 // Current returns the policy set in force: the last content of the
@@ -182,6 +198,7 @@ func (w *Watcher) Status() Status {
 	defer w.mu.Unlock()
 	s := w.status
 	s.Files = slices.Clone(s.Files)
+	s.Linkerd = maps.Clone(s.Linkerd)
 	return s
 }
 
@@ -271,9 +288,9 @@ func (w *Watcher) check(trigger string) {
 	}
 	w.acceptedSum, w.hasRejected = sum, false
 	hash := hex.EncodeToString(sum[:])
-	set := p.Set(w.rootNamespace, w.defaultMode)
+	set := p.SetWith(w.settings)
 	w.logger.Info("policy reloaded", "dir", w.dir, "trigger", trigger, "sha256", hash, "files", len(p.Files),
-		"peer_authentications", len(p.Peer), "authorization_policies", len(p.Authorizations))
+		"peer_authentications", len(p.Peer), "authorization_policies", len(p.Authorizations), "linkerd", p.LinkerdCounts())
 	w.mu.Lock()
 	w.current = set
 	w.status.LoadedAt = now

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -252,5 +253,36 @@ func TestUpdatesKeepsOnlyTheLatest(t *testing.T) {
 	w.publish(second)
 	if got := <-w.Updates(); got != second {
 		t.Errorf("got %q, want the latest set", got.RootNamespace)
+	}
+}
+
+// A watcher completes Linkerd's resources with its settings (trust domain,
+// default inbound policy, cluster networks), counts them in its status,
+// and follows a change of a Linkerd document like any other.
+func TestWatcherLinkerd(t *testing.T) {
+	dir := t.TempDir()
+	server := "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: api, namespace: prod}\nspec: {podSelector: {}, port: 8080}\n"
+	writeFiles(t, dir, map[string]string{"api.yaml": server + "---\napiVersion: policy.linkerd.io/v1beta1\nkind: ServerAuthorization\n" +
+		"metadata: {name: web, namespace: prod}\nspec: {server: {name: api}, client: {meshTLS: {serviceAccounts: [{name: web}]}}}\n"})
+	w, _ := startWatcher(t, dir, WithLinkerd("example.org", mesh.DefaultClusterAuthenticated, []string{"10.0.0.0/8"}))
+	ps := w.Current()
+	if ps.Linkerd == nil || ps.Linkerd.Default != mesh.DefaultClusterAuthenticated || len(ps.Linkerd.Servers) != 1 {
+		t.Fatalf("Linkerd policy %+v", ps.Linkerd)
+	}
+	got := ps.Linkerd.Servers[0].Decision.Rules[0].NotFrom
+	if len(got) != 1 || !slices.Equal(got[0].Principals, []string{"example.org/ns/prod/sa/web"}) || !slices.Equal(got[0].IPBlocks, []string{"10.0.0.0/8"}) {
+		t.Fatalf("decision admits %+v", got)
+	}
+	if st := w.Status(); st.Linkerd["Server"] != 1 || st.Linkerd["ServerAuthorization"] != 1 {
+		t.Fatalf("status counts %v", st.Linkerd)
+	}
+	// Dropping the authorization: the Server now denies everybody.
+	writeFiles(t, dir, map[string]string{"api.yaml": server})
+	waitFor(t, "the reload", func() bool {
+		l := w.Current().Linkerd
+		return len(l.Servers) == 1 && len(l.Servers[0].Decision.Rules) == 1 && len(l.Servers[0].Decision.Rules[0].NotFrom) == 0
+	})
+	if st := w.Status(); st.Linkerd["ServerAuthorization"] != 0 || st.Accepted != 1 {
+		t.Fatalf("status %+v", st)
 	}
 }
