@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/meshd/meshd/discovery/file"
 	"github.com/meshd/meshd/mesh"
@@ -25,8 +28,10 @@ was meant: selectors that select no workload of the catalog, principals and
 namespaces that name no identity of the catalog, several PeerAuthentications
 competing for one workload, port-level modes for ports no workload has,
 identity rules on workloads that accept plaintext (PERMISSIVE or DISABLE),
-HTTP-only fields in rules for tcp services, and methods other than POST for
-gRPC services.
+HTTP-only fields in rules for tcp services, methods other than POST for
+gRPC services, Linkerd Servers and authorizations that select nothing or
+compete, unauthenticated Linkerd clients on STRICT workloads, and workloads
+under both Istio's and Linkerd's authorization (a request must pass both).
 
 Policy comes from --policy-dir (every *.yaml and *.yml in it, as meshd reads
 it) or from the files named as arguments. Without --catalog only the policy's
@@ -66,6 +71,8 @@ func runAnalyze(args []string, stdout, stderr io.Writer) int {
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust `domain` of the mesh, for checking principals; must be meshd's")
 	defaultMode := flags.String("default-mode", string(mesh.MTLSPermissive), "mTLS `MODE` of workloads no PeerAuthentication sets (STRICT, PERMISSIVE or DISABLE); must be meshd's --mtls-mode")
 	flags.StringVar(defaultMode, "mtls-mode", string(mesh.MTLSPermissive), "same as --default-mode, under meshd's name for it")
+	defaultInbound := flags.String("default-inbound-policy", string(mesh.DefaultAllUnauthenticated), "Linkerd default inbound `policy` of workloads no Server selects; must be meshd's --default-inbound-policy")
+	clusterNetworks := flags.String("cluster-networks", strings.Join(policy.DefaultClusterNetworks, ","), "comma-separated cluster `CIDRs` for Linkerd's cluster-* policies; must be meshd's --cluster-networks")
 	output := flags.String("o", "text", "output `FORMAT`: text (one line per finding) or json")
 	flags.StringVar(output, "output", "text", "same as -o")
 	files, code, ok := parseInterleaved(flags, args, stdout)
@@ -98,6 +105,21 @@ func runAnalyze(args []string, stdout, stderr io.Writer) int {
 		usageErrorf(flags, "--default-mode: %v", err)
 		return exitUsage
 	}
+	inbound, err := policy.ParseDefaultInboundPolicy(*defaultInbound)
+	if err != nil {
+		usageErrorf(flags, "--default-inbound-policy: %v", err)
+		return exitUsage
+	}
+	var networks []string
+	for _, n := range strings.Split(*clusterNetworks, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			networks = append(networks, n)
+		}
+	}
+	if err := policy.ParseClusterNetworks(networks); err != nil {
+		usageErrorf(flags, "--cluster-networks: %v", err)
+		return exitUsage
+	}
 
 	var findings []policy.Finding
 	var cat *mesh.Catalog
@@ -125,8 +147,10 @@ func runAnalyze(args []string, stdout, stderr io.Writer) int {
 		findings = append(findings, policy.Analyze(policy.AnalyzeInput{
 			Catalog:     cat,
 			CatalogPath: *catalogPath,
-			Policy:      pols.Set(*rootNamespace, mode),
+			Policy: pols.SetWith(policy.Settings{RootNamespace: *rootNamespace, DefaultMode: mode, TrustDomain: *trustDomain,
+				DefaultInboundPolicy: inbound, ClusterNetworks: networks}),
 			TrustDomain: *trustDomain,
+			Policies:    pols,
 		})...)
 	}
 
@@ -169,6 +193,10 @@ func summary(cat *mesh.Catalog, p *policy.Policies, policyGiven bool) string {
 	if p != nil && policyGiven {
 		s += fmt.Sprintf("; policy: %s, %s, %s", plural(len(p.Files), "file"),
 			plural(len(p.Peer), "PeerAuthentication"), plural(len(p.Authorizations), "AuthorizationPolicy"))
+		counts := p.LinkerdCounts()
+		for _, k := range slices.Sorted(maps.Keys(counts)) {
+			s += ", " + plural(counts[k], k)
+		}
 	}
 	return s
 }
@@ -182,6 +210,8 @@ func plural(n int, word string) string {
 		return fmt.Sprintf("%d proxies", n)
 	case "AuthorizationPolicy":
 		return fmt.Sprintf("%d AuthorizationPolicies", n)
+	case "AuthorizationPolicy.policy.linkerd.io":
+		return fmt.Sprintf("%d AuthorizationPolicies.policy.linkerd.io", n)
 	}
 	return fmt.Sprintf("%d %ss", n, word)
 }

@@ -176,3 +176,48 @@ func TestAnalyzeHelp(t *testing.T) {
 		t.Errorf("analyze is not listed in meshctl help:\n%s", r.stdout)
 	}
 }
+
+// Linkerd's settings reach the analysis: a default inbound policy on a
+// workload that Istio policies also select is reported, Linkerd documents
+// are counted, and bad values are usage errors.
+func TestAnalyzeLinkerd(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "web.yaml"), []byte(`apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: web, namespace: default}
+spec:
+  podSelector: {}
+  port: web
+---
+apiVersion: policy.linkerd.io/v1beta1
+kind: ServerAuthorization
+metadata: {name: web, namespace: default}
+spec:
+  server: {name: web}
+  client: {meshTLS: {identities: ["*"]}}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runArgs("analyze", "--catalog", quickstartCatalog, "--mtls-mode", "STRICT", "--default-inbound-policy", "all-authenticated",
+		"--cluster-networks", "10.0.0.0/8, 127.0.0.0/8", filepath.Join(quickstartPolicy, "api.yaml"), filepath.Join(dir, "web.yaml"))
+	if r.code != exitOK {
+		t.Errorf("exit %d; stdout:\n%s", r.code, r.stdout)
+	}
+	want := "warning: " + quickstartCatalog + `: proxy api.default: Istio (or Consul) authorization (default/api-allow-web, default/api-deny-admin) and Linkerd's default inbound policy all-authenticated both apply: a request must be allowed by both (docs/policy.md, "Istio and Linkerd on one workload")` + "\n"
+	if r.stdout != want {
+		t.Errorf("stdout:\n%s\nwant:\n%s", r.stdout, want)
+	}
+	if !strings.HasSuffix(r.stderr, "policy: 2 files, 0 PeerAuthentications, 2 AuthorizationPolicies, 1 Server, 1 ServerAuthorization\n") {
+		t.Errorf("stderr %q", r.stderr)
+	}
+
+	for _, c := range []struct{ args, want string }{
+		{"--default-inbound-policy=all-authenticate", `--default-inbound-policy: "all-authenticate" is not a default inbound policy: use all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit; did you mean "all-authenticated"?`},
+		{"--cluster-networks=10.0.0.0/8,10.1", `--cluster-networks: "10.1" is not an IP address or CIDR block`},
+	} {
+		r := runArgs("analyze", c.args, filepath.Join(dir, "web.yaml"))
+		if r.code != exitUsage || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: exit %d, stderr %q", c.args, r.code, r.stderr)
+		}
+	}
+}

@@ -51,6 +51,10 @@ type config struct {
 	mtlsMode     string
 	rootNS       string
 	policyDir    string
+	// Linkerd: the default inbound policy of ports no Server selects, and
+	// the networks of the cluster-* policies (docs/policy.md, "Linkerd").
+	defaultInbound  string
+	clusterNetworks string
 	// catalogHoldoff: how long the catalog file must be quiet before it is
 	// read (coalesces the partial writes of one save).
 	catalogHoldoff time.Duration
@@ -119,7 +123,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "check the catalog this often even without file events (safety net for missed events; re-read if its inode, size or times changed); 0 turns polling off")
 	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
 	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
-	fs.StringVar(&c.policyDir, "policy-dir", "", "`directory` of Istio-compatible PeerAuthentication and AuthorizationPolicy YAML files to watch (see docs/policy.md); empty: no policies, only --mtls-mode")
+	fs.StringVar(&c.policyDir, "policy-dir", "", "`directory` of policy YAML files to watch: Istio's PeerAuthentication and AuthorizationPolicy, Linkerd's Server, ServerAuthorization, AuthorizationPolicy, MeshTLSAuthentication and NetworkAuthentication (see docs/policy.md); empty: no policies, only --mtls-mode and --default-inbound-policy")
+	fs.StringVar(&c.defaultInbound, "default-inbound-policy", string(mesh.DefaultAllUnauthenticated), "Linkerd's default inbound `policy` for workloads no Linkerd Server selects: all-unauthenticated (no restriction), all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit; a Namespace document or the endpoint label config.linkerd.io/default-inbound-policy overrides it")
+	fs.StringVar(&c.clusterNetworks, "cluster-networks", strings.Join(policy.DefaultClusterNetworks, ","), "comma-separated `CIDRs` of the cluster: what Linkerd's cluster-* policies and ServerAuthorizations without networks admit")
 	fs.StringVar(&c.caRootCert, "ca-root-cert", "", "`file` with the root certificate of an operator-supplied CA (with --ca-intermediate-cert and --ca-intermediate-key; the root key stays offline). Default: meshd creates its own root and intermediate in --data-dir")
 	fs.StringVar(&c.caInterCert, "ca-intermediate-cert", "", "`file` with the intermediate certificate meshd signs workload certificates with (operator-supplied CA)")
 	fs.StringVar(&c.caInterKey, "ca-intermediate-key", "", "`file` with the intermediate's private key (mode 0600; operator-supplied CA)")
@@ -151,6 +157,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if err := mesh.ValidName(c.rootNS); err != nil {
 		return nil, fmt.Errorf("--root-namespace: %w", err)
+	}
+	if _, err := policy.ParseDefaultInboundPolicy(c.defaultInbound); err != nil {
+		return nil, fmt.Errorf("--default-inbound-policy: %w", err)
+	}
+	if err := policy.ParseClusterNetworks(c.networks()); err != nil {
+		return nil, fmt.Errorf("--cluster-networks: %w", err)
 	}
 	if c.leafTTL < 10*time.Second {
 		return nil, fmt.Errorf("--leaf-ttl %s is too short: certificates are reissued at half their life and proxies need time to receive them; use at least 10s (hours in production)", c.leafTTL)
@@ -280,7 +292,8 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	// proxies to connect get configuration at once.
 	var policies *policy.Watcher
 	if c.policyDir != "" {
-		policies, err = policy.NewWatcher(c.policyDir, c.rootNS, mesh.MTLSMode(c.mtlsMode), log, policy.WithPollInterval(c.pollInterval))
+		policies, err = policy.NewWatcher(c.policyDir, c.rootNS, mesh.MTLSMode(c.mtlsMode), log, policy.WithPollInterval(c.pollInterval),
+			policy.WithLinkerd(c.trustDomain, mesh.DefaultInboundPolicy(c.defaultInbound), c.networks()))
 		if err != nil {
 			return fmt.Errorf("policy: %w", err)
 		}
@@ -288,7 +301,10 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 			func() float64 { return float64(policies.Status().Rejected) })
 		pc.setBase(policies.Current())
 	} else {
-		pc.setBase(&mesh.PolicySet{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode)})
+		// No files, but the default inbound policy (flag or endpoint
+		// labels) still applies.
+		pc.setBase((&policy.Policies{}).SetWith(policy.Settings{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode),
+			TrustDomain: c.trustDomain, DefaultInboundPolicy: mesh.DefaultInboundPolicy(c.defaultInbound), ClusterNetworks: c.networks()}))
 	}
 	var intentions *consul.IntentionsWatcher
 	if c.consulAddr != "" && c.consulIntentions {
@@ -470,4 +486,15 @@ func (f *memoryLimitFlag) apply(log *slog.Logger) {
 	default:
 		log.Info("no soft memory limit (set --memory-limit or GOMEMLIMIT to bound the heap)")
 	}
+}
+
+// networks is --cluster-networks as a list.
+func (c *config) networks() []string {
+	var out []string
+	for _, n := range strings.Split(c.clusterNetworks, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
 }
