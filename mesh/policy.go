@@ -5,9 +5,10 @@ import (
 	"slices"
 )
 
-// Mesh policy in normalised form. Sources (Istio-compatible YAML in package
-// policy, Consul intentions) produce these types; translation consumes them.
-// The semantics are Istio's: see docs/policy.md.
+// Mesh policy in normalised form. Sources (Istio- and Linkerd-compatible YAML
+// in package policy, Consul intentions) produce these types; translation
+// consumes them. The semantics are Istio's; Linkerd's decisions are expressed
+// in them (linkerd.go). See docs/policy.md.
 
 // MTLSMode is a PeerAuthentication mode.
 type MTLSMode string

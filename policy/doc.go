@@ -1,8 +1,10 @@
 // Package policy reads mesh policy written as Istio security resources
 // (PeerAuthentication and AuthorizationPolicy, apiVersion
-// security.istio.io/v1 or v1beta1) from YAML files in a directory, and turns
-// it into mesh.PolicySet, the normalised form translation consumes. See
-// docs/policy.md for the supported subset.
+// security.istio.io/v1 or v1beta1) and as Linkerd's policy resources
+// (policy.linkerd.io Server, ServerAuthorization, AuthorizationPolicy,
+// MeshTLSAuthentication, NetworkAuthentication; Namespace defaults) from YAML
+// files in a directory, and turns it into mesh.PolicySet, the normalised form
+// translation consumes. See docs/policy.md for the supported subset.
 //
 // As with the catalog, parsing is deliberately unforgiving: an unknown field,
 // an unsupported action, condition key or value is an error naming the file,
