@@ -52,6 +52,17 @@ func TestFreshClone(t *testing.T) {
 		}) {
 			t.Fatalf("meshd (%s) not ready with the quickstart's 6 proxies on 127.0.0.1:15014:\n%s", cmdline, r.output())
 		}
+		// Its state went to the default data directory in the user's home,
+		// not into the clone, and it had nothing to warn about.
+		if _, err := os.Stat(filepath.Join(r.home, ".local", "state", "meshd", "ca", "root-cert.pem")); err != nil {
+			t.Errorf("no CA in ~/.local/state/meshd: %v", err)
+		}
+		if out, _ := exec.Command("git", "-C", clone, "status", "--porcelain", "--ignored").Output(); len(out) != 0 {
+			t.Errorf("meshd left files in the clone:\n%s", out)
+		}
+		if strings.Contains(r.output(), "level=WARN") {
+			t.Errorf("meshd warned at start")
+		}
 		// Ctrl-C, as a user stops it.
 		r.signalGroup(t, syscall.SIGINT)
 		r.wait(t, time.Minute)
@@ -202,6 +213,7 @@ type cloneRun struct {
 	cmd    *exec.Cmd
 	marker string // in the environment of the command and everything it starts
 	tmp    string // its TMPDIR
+	home   string // its HOME
 	mu     sync.Mutex
 	out    bytes.Buffer
 	lines  chan string // output lines, closed at the end of the output
@@ -226,13 +238,13 @@ func startIn(t *testing.T, dir string, env []string, args ...string) *cloneRun {
 	t.Helper()
 	b := make([]byte, 8)
 	rand.Read(b)
-	d := &cloneRun{marker: "MESHD_E2E_CLONE_RUN=" + hex.EncodeToString(b), tmp: t.TempDir(),
+	d := &cloneRun{marker: "MESHD_E2E_CLONE_RUN=" + hex.EncodeToString(b), tmp: t.TempDir(), home: t.TempDir(),
 		lines: make(chan string, 1024), done: make(chan struct{})}
 	d.cmd = exec.Command(args[0], args[1:]...)
 	d.cmd.Dir = dir
 	// A new user's HOME, but this machine's Go caches: a fresh HOME would
 	// download and build every module again.
-	d.cmd.Env = append(append(os.Environ(), goCaches(t)...), "HOME="+t.TempDir(), "TMPDIR="+d.tmp, d.marker)
+	d.cmd.Env = append(append(os.Environ(), goCaches(t)...), "HOME="+d.home, "XDG_STATE_HOME=", "TMPDIR="+d.tmp, d.marker)
 	d.cmd.Env = append(d.cmd.Env, env...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw := io.Pipe()
@@ -386,7 +398,7 @@ func TestDemoStartsEnvoyLikeTheTests(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := strings.Join(envoytest.SidecarFlags, " ")
-	for _, f := range []string{"scripts/demo.sh", "examples/quickstart/README.md"} {
+	for _, f := range []string{"scripts/demo.sh", "examples/quickstart/README.md", "envoy-configs/README.md"} {
 		b, err := os.ReadFile(filepath.Join(root, f))
 		if err != nil {
 			t.Fatal(err)
@@ -432,6 +444,34 @@ func TestVersionFlags(t *testing.T) {
 		out, err := exec.Command(filepath.Join(binDir, b), "--version").CombinedOutput()
 		if err != nil || !regexp.MustCompile(`^`+b+` \S+( \(.*\))? go\d`).Match(out) {
 			t.Errorf("%s --version: %v %q", b, err, out)
+		}
+	}
+}
+
+// meshd warns at start when its data directory is open to other users or
+// inside a git work tree, and starts anyway.
+func TestMeshdWarnsAboutExposedDataDir(t *testing.T) {
+	repo := t.TempDir()
+	state := filepath.Join(repo, "deploy", "state")
+	if err := os.MkdirAll(filepath.Join(repo, ".git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(state, 0o755) // whatever the umask
+	m := startMeshd(t, "services:\n  - name: web\n    endpoints: [{address: 127.0.0.1, port: 8080}]\n", "--data-dir", state)
+	m.stop()
+	log, err := os.ReadFile(m.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"level=WARN msg=\"data directory " + state + " has mode 0755",
+		"level=WARN msg=\"data directory " + state + " is inside the git work tree " + repo,
+	} {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("meshd log lacks %q:\n%s", want, log)
 		}
 	}
 }

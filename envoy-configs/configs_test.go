@@ -22,9 +22,10 @@ var update = flag.Bool("update", false, "rewrite the bootstraps in envoy-configs
 
 const (
 	catalogPath = "../examples/quickstart/catalog.yaml"
-	// caFile is relative to the repo root, where the quickstart runs both
-	// meshd (--data-dir .meshd) and the Envoys.
-	caFile = ".meshd/ca/root-cert.pem"
+	// caFile is where meshd keeps its root in the container images and on
+	// the VMs (--data-dir /var/lib/meshd); it names no user's home, and no
+	// place in a checkout.
+	caFile = "/var/lib/meshd/ca/root-cert.pem"
 )
 
 // adminPorts gives each quickstart sidecar its own admin port (they share
@@ -138,20 +139,27 @@ func TestConfigsParseAndValidate(t *testing.T) {
 }
 
 // TestEnvoyAcceptsConfigs runs `envoy --mode validate` on each checked-in
-// file unchanged. Validate mode loads the trusted_ca file, so Envoy runs in
-// a directory laid out like the repo root during the quickstart: with
-// .meshd/ca/root-cert.pem (a generated stand-in root).
+// file. Validate mode loads the trusted_ca file, which the test cannot
+// create at caFile's absolute path: each file is validated with that one
+// path, and nothing else, pointing at a generated stand-in root.
 func TestEnvoyAcceptsConfigs(t *testing.T) {
 	envoytest.Binary(t)
 	root := t.TempDir()
-	envoytest.WriteRootCA(t, root, caFile)
+	standIn := envoytest.WriteRootCA(t, root, "ca/root-cert.pem")
 	for _, p := range sidecars(t) {
 		t.Run(p.Service, func(t *testing.T) {
-			abs, err := filepath.Abs(p.Service + ".yaml")
+			data, err := os.ReadFile(p.Service + ".yaml")
 			if err != nil {
 				t.Fatal(err)
 			}
-			envoytest.ValidateInDir(t, root, abs)
+			if n := bytes.Count(data, []byte("filename: "+caFile+"\n")); n != 1 {
+				t.Fatalf("%s refers to %s %d times, want once (as trusted_ca)", p.Service, caFile, n)
+			}
+			copyPath := filepath.Join(root, p.Service+".yaml")
+			if err := os.WriteFile(copyPath, bytes.Replace(data, []byte(caFile), []byte(standIn), 1), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			envoytest.ValidateInDir(t, root, copyPath)
 		})
 	}
 }

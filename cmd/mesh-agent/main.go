@@ -15,10 +15,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/meshd/meshd/internal/buildinfo"
+	"github.com/meshd/meshd/internal/datadir"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
 )
@@ -58,7 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	fs.StringVar(&c.xdsAddress, "xds-address", "127.0.0.1:15012", "`HOST:PORT` of meshd's xDS server, where its CA service listens (TLS)")
-	fs.StringVar(&c.caFile, "ca-file", ".meshd/ca/root-cert.pem", "`PATH` of the mesh trust bundle to verify meshd with")
+	fs.StringVar(&c.caFile, "ca-file", filepath.Join(datadir.DefaultOr("."), "ca", "root-cert.pem"), "`PATH` of the mesh trust bundle to verify meshd with (default: where a meshd on this machine with the default --data-dir keeps it)")
 	fs.StringVar(&c.tokenFile, "token-file", "", "`FILE` with a bootstrap token for this service (meshctl token create); needed for the first certificate")
 	fs.StringVar(&c.service, "service", "", "catalog name of the workload's service (required)")
 	fs.StringVar(&c.namespace, "namespace", mesh.DefaultNamespace, "namespace of the service")

@@ -35,10 +35,11 @@ namespace) and how it reaches meshd's xDS server over TLS. Everything else
   (cert.pem, key.pem, ca.pem), which "meshctl certs issue" can fill.`
 
 const bootstrapExamples = `
-  # The quickstart's web sidecar (run from the repo root, where meshd runs
-  # with --data-dir .meshd):
-  meshctl bootstrap --service web --admin-port 15001 -o envoy-configs/web.yaml
-  envoy -c envoy-configs/web.yaml --drain-time-s 5 --drain-strategy immediate --base-id 1
+  # The quickstart's web sidecar, meshd running on this machine with its
+  # default --data-dir; a new token inside, so the file is a credential
+  # (mode 0600): keep it out of any repository.
+  meshctl bootstrap --service web --admin-port 15001 --token-ttl 24h -o "$TMPDIR/web.yaml"
+  envoy -c "$TMPDIR/web.yaml" --concurrency 1 --disable-hot-restart --drain-time-s 5 --drain-strategy immediate
 
   # A sidecar on another machine, with meshd at meshd.example:15012 and the
   # root embedded:
@@ -46,8 +47,8 @@ const bootstrapExamples = `
       --xds-address meshd.example:15012 --inline-ca > api.yaml
 
   # A proxyless gRPC server:
-  meshctl certs issue --service hello --out .meshd/certs/hello
-  meshctl bootstrap --flavor grpc --service hello --cert-dir .meshd/certs/hello -o hello.json
+  meshctl certs issue --service hello --out ~/.local/state/meshd/certs/hello
+  meshctl bootstrap --flavor grpc --service hello --cert-dir ~/.local/state/meshd/certs/hello -o hello.json
   GRPC_XDS_BOOTSTRAP=hello.json ./hello-server`
 
 // Flags that only one flavor uses; giving them to the other is a mistake
@@ -66,7 +67,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	adminPort := flags.Uint("admin-port", uint(bootstrap.DefaultAdminPort), "envoy only: `PORT` of Envoy's admin API on 127.0.0.1; give each Envoy on a host its own")
 	caFile := flags.String("ca-file", "", "`PATH` of the mesh root CA PEM the proxy verifies meshd with (default <data-dir>/ca/root-cert.pem)")
 	inlineCA := flags.Bool("inline-ca", false, "envoy only: embed the root CA read from --ca-file in the bootstrap instead of referring to the file")
-	dataDir := flags.String("data-dir", defaultDataDir, "`DIR` where meshd keeps its state; the root CA is DIR/ca/root-cert.pem")
+	dataDir := flags.String("data-dir", defaultDataDir(), "`DIR` where meshd keeps its state; the root CA is DIR/ca/root-cert.pem")
 	flavor := flags.String("flavor", string(mesh.FlavorEnvoy), "`FLAVOR` of proxy: envoy (an Envoy sidecar) or grpc (a proxyless gRPC application)")
 	certDir := flags.String("cert-dir", "", "grpc only (required): `DIR` holding the app's cert.pem, key.pem and ca.pem (see meshctl certs issue)")
 	refresh := flags.String("refresh-interval", bootstrap.DefaultRefreshInterval, "grpc only: how often gRPC re-reads --cert-dir, as a Go `DURATION` (60s, 5m)")
@@ -118,6 +119,9 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := bootstrap.CheckDrainTime(*drainTime); err != nil {
 		usageErrorf(flags, "--drain-time: %v", err)
+		return exitUsage
+	}
+	if (*caFile == "" || *tokenTTL != 0) && !checkDataDir(flags, *dataDir) {
 		return exitUsage
 	}
 	if *caFile == "" {

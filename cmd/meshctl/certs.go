@@ -62,7 +62,7 @@ expires; gRPC picks the new files up on its next refresh.`
 
 const certsIssueExamples = `
   # Identity for the quickstart's proxyless gRPC server hello:
-  meshctl certs issue --service hello --out .meshd/certs/hello
+  meshctl certs issue --service hello --out ~/.local/state/meshd/certs/hello
 
   # A service running as another service account, in namespace shop:
   meshctl certs issue --service cart --namespace shop --service-account cart-v2 \
@@ -74,7 +74,7 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 	namespace := flags.String("namespace", mesh.DefaultNamespace, "namespace of the service")
 	serviceAccount := flags.String("service-account", "", "service account in the SPIFFE ID (default: the service name, as in the catalog)")
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust domain; must be meshd's")
-	dataDir := flags.String("data-dir", defaultDataDir, "`DIR` where meshd keeps its state, including the CA (DIR/ca)")
+	dataDir := flags.String("data-dir", defaultDataDir(), "`DIR` where meshd keeps its state, including the CA (DIR/ca)")
 	out := flags.String("out", "", "`DIR` to write cert.pem, key.pem and ca.pem into (required; created 0700 if missing)")
 	if code, ok := parseFlags(flags, args, stdout); !ok {
 		return code
@@ -97,6 +97,9 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
+	if !checkDataDir(flags, *dataDir) {
+		return exitUsage
+	}
 	ca, err := sds.LoadOrCreate(sds.Options{
 		DataDir:     *dataDir,
 		TrustDomain: *trustDomain,

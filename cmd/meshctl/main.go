@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/meshd/meshd/internal/datadir"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -24,12 +25,24 @@ const (
 
 // Defaults shared by several subcommands.
 const (
-	// defaultDataDir is where meshd keeps its state in the quickstart
-	// (meshd --data-dir .meshd).
-	defaultDataDir = ".meshd"
 	// defaultTrustDomain must match meshd's own default trust domain.
 	defaultTrustDomain = mesh.DefaultTrustDomain
 )
+
+// defaultDataDir is where meshd keeps its state unless told otherwise
+// ($XDG_STATE_HOME/meshd, else ~/.local/state/meshd: internal/datadir, the
+// same function meshd uses), or "" if there is no such place (no HOME):
+// then the commands that need it ask for --data-dir.
+func defaultDataDir() string { return datadir.DefaultOr("") }
+
+// checkDataDir reports an empty --data-dir (no default could be found).
+func checkDataDir(fs *flagSet, dir string) bool {
+	if dir == "" {
+		usageErrorf(fs, "--data-dir is required here: neither XDG_STATE_HOME nor HOME is set, so there is no default (meshd's is $XDG_STATE_HOME/meshd or ~/.local/state/meshd)")
+		return false
+	}
+	return true
+}
 
 // rootCertPath is where meshd's CA keeps its root certificate: the layout
 // sds.LoadOrCreate uses (<data-dir>/ca/root-cert.pem). TestRootCertPathMatchesSDS

@@ -119,12 +119,16 @@ func TestVersion(t *testing.T) {
 }
 
 func TestBootstrapEnvoyDefault(t *testing.T) {
-	t.Chdir(t.TempDir()) // no .meshd here: expect a warning, not a failure
+	// The default data directory, as meshd's: $XDG_STATE_HOME/meshd. No
+	// CA there yet: expect a warning, not a failure.
+	state := t.TempDir()
+	t.Setenv("XDG_STATE_HOME", state)
+	caFile := filepath.Join(state, "meshd", "ca", "root-cert.pem")
 	r := runArgs("bootstrap", "--service", "web")
 	if r.code != exitOK {
 		t.Fatalf("exit code %d; stderr: %s", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stderr, "warning: CA file .meshd/ca/root-cert.pem") {
+	if !strings.Contains(r.stderr, "warning: CA file "+caFile) {
 		t.Errorf("no warning about the missing CA file; stderr: %s", r.stderr)
 	}
 	b, err := envoytest.ParseBootstrapYAML([]byte(r.stdout))
@@ -134,11 +138,32 @@ func TestBootstrapEnvoyDefault(t *testing.T) {
 	if got := b.GetNode().GetId(); got != "web.default" {
 		t.Errorf("node id %q, want web.default", got)
 	}
-	if !strings.Contains(r.stdout, "filename: .meshd/ca/root-cert.pem") {
+	if !strings.Contains(r.stdout, "filename: "+caFile) {
 		t.Errorf("trusted_ca is not the default data dir's root:\n%s", r.stdout)
 	}
 	if got := b.GetAdmin().GetAddress().GetSocketAddress().GetPortValue(); got != 9901 {
 		t.Errorf("admin port %d, want 9901", got)
+	}
+}
+
+// Without HOME and XDG_STATE_HOME there is no default data directory: the
+// commands that need one say so instead of using the working directory.
+func TestNoDefaultDataDir(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "")
+	for _, args := range [][]string{
+		{"bootstrap", "--service", "web"},
+		{"token", "create", "--service", "web"},
+		{"certs", "issue", "--service", "hello", "--out", t.TempDir()},
+	} {
+		r := runArgs(args...)
+		if r.code != exitUsage || !strings.Contains(r.stderr, "--data-dir is required here") {
+			t.Errorf("meshctl %v: code %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
+	// An explicit --ca-file needs no data directory.
+	if r := runArgs("bootstrap", "--service", "web", "--ca-file", "/etc/meshd/root-cert.pem"); r.code != exitOK {
+		t.Errorf("bootstrap --ca-file: code %d, stderr %q", r.code, r.stderr)
 	}
 }
 

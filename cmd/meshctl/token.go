@@ -77,7 +77,7 @@ func runTokenCreate(args []string, stdout, stderr io.Writer) int {
 	namespace := flags.String("namespace", mesh.DefaultNamespace, "namespace of the service")
 	ttl := flags.Duration("ttl", 30*24*time.Hour, "how long the token is valid, as a Go `DURATION` (720h, 90m)")
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust domain; must be meshd's")
-	dataDir := flags.String("data-dir", defaultDataDir, "`DIR` where meshd keeps its state (the token key is DIR/tokens/signing-key.pem)")
+	dataDir := flags.String("data-dir", defaultDataDir(), "`DIR` where meshd keeps its state (the token key is DIR/tokens/signing-key.pem)")
 	out := flags.String("o", "", "write the token to `FILE` (mode 0600) instead of standard output")
 	if code, ok := parseFlags(flags, args, stdout); !ok {
 		return code
@@ -88,6 +88,9 @@ func runTokenCreate(args []string, stdout, stderr io.Writer) int {
 	}
 	if *ttl <= 0 {
 		usageErrorf(flags, "--ttl %s must be positive, e.g. 720h", *ttl)
+		return exitUsage
+	}
+	if !checkDataDir(flags, *dataDir) {
 		return exitUsage
 	}
 	ta, ok := openTokens(*dataDir, *trustDomain, stderr, "meshctl token create")
@@ -125,12 +128,15 @@ func runTokenRevoke(args []string, stdout, stderr io.Writer) int {
 	tokenFile := flags.String("token-file", "", "`FILE` holding the token to revoke")
 	id := flags.String("id", "", "`ID` of the token to revoke")
 	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust domain; must be meshd's")
-	dataDir := flags.String("data-dir", defaultDataDir, "`DIR` where meshd keeps its state")
+	dataDir := flags.String("data-dir", defaultDataDir(), "`DIR` where meshd keeps its state")
 	if code, ok := parseFlags(flags, args, stdout); !ok {
 		return code
 	}
 	if (*tokenFile == "") == (*id == "") {
 		usageErrorf(flags, "give exactly one of --token-file and --id")
+		return exitUsage
+	}
+	if !checkDataDir(flags, *dataDir) {
 		return exitUsage
 	}
 	ta, ok := openTokens(*dataDir, *trustDomain, stderr, "meshctl token revoke")

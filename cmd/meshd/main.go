@@ -26,6 +26,7 @@ import (
 
 	"github.com/meshd/meshd/discovery/consul"
 	"github.com/meshd/meshd/internal/buildinfo"
+	"github.com/meshd/meshd/internal/datadir"
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
@@ -85,7 +86,7 @@ gRPC configuration (mTLS between SPIFFE identities) and serves it over xDS
 Usage:
   meshd --catalog FILE [flags]
 
-Example (the quickstart, from the repository root):
+Example (the quickstart, from the repository root; state in ~/.local/state/meshd):
   meshd --catalog examples/quickstart/catalog.yaml
 
 Flags:
@@ -110,7 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.consulIntentions, "consul-intentions", true, "with --consul-address: enforce Consul's service-intentions config entries as authorization (docs/consul.md)")
 	fs.StringVar(&c.consulDefaultIntention, "consul-default-intention", "allow", "what a request no Consul intention matches gets: allow (Consul without ACLs) or deny (Consul's ACL default-deny)")
 	fs.DurationVar(&c.consulSyncTimeout, "consul-sync-timeout", 30*time.Second, "at start, give up if Consul provides no catalog within this time")
-	fs.StringVar(&c.dataDir, "data-dir", ".meshd", "`directory` for meshd's state: the CA's root certificate and key (ca/, mode 0700)")
+	fs.StringVar(&c.dataDir, "data-dir", datadir.DefaultOr(""), "`directory` for meshd's state: the CA's keys and certificates (ca/) and the token signing key (tokens/), mode 0700. Default $XDG_STATE_HOME/meshd, else ~/.local/state/meshd: outside the working directory, where nothing started there can publish the keys; meshd warns if it is open to other users or inside a git work tree")
 	fs.StringVar(&c.trustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh: identities are spiffe://<domain>/ns/<ns>/sa/<sa>")
 	fs.StringVar(&c.xdsListen, "xds-listen", "127.0.0.1:15012", "`address` of the xDS gRPC server (TLS). Use 0.0.0.0:15012 to serve other hosts")
 	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:15014", "`address` of the admin HTTP server (health, metrics, debug); keep it on loopback or a private network")
@@ -142,6 +143,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: meshd takes only flags (see meshd -h)", fs.Arg(0))
+	}
+	if c.dataDir == "" {
+		return nil, errors.New("--data-dir is required: neither XDG_STATE_HOME nor HOME is set, so there is no default")
 	}
 	if c.catalog == "" && c.consulAddr == "" {
 		return nil, errors.New("--catalog is required (or --consul-address): point it at a catalog file, e.g. --catalog examples/quickstart/catalog.yaml")
@@ -253,6 +257,10 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	tokens, err := sds.LoadOrCreateTokens(c.dataDir, c.trustDomain, false, nil)
 	if err != nil {
 		return fmt.Errorf("bootstrap tokens: %w", err)
+	}
+	// The keys are in place now; say so if others could reach them.
+	for _, w := range datadir.Check(c.dataDir) {
+		log.Warn(w)
 	}
 	m := metrics.New()
 	ctx, cancel := context.WithCancel(ctx)

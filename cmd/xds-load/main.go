@@ -33,7 +33,7 @@ Start meshd on a generated catalog and run every phase:
 
 Drive a meshd that is already running (churn edits its catalog file):
   xds-load --xds-address 127.0.0.1:15012 --admin-address 127.0.0.1:15014 \
-    --catalog-file catalog.yaml --ca-file .meshd/ca/root-cert.pem
+    --catalog-file catalog.yaml --ca-file ~/.local/state/meshd/ca/root-cert.pem
 
 Drive another control plane (generic mode, no catalog):
   xds-load --xds-address istiod:15010 --plaintext --proxies 1000 \
