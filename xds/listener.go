@@ -5,7 +5,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -151,7 +150,7 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 		// Denials are logged with the RBAC rule that caused them
 		// (rbac_access_denied_matched_policy[<ns>/<policy>/rule-<n>]),
 		// so "which policy denied this?" is answered from Envoy's log.
-		al, err := deniedAccessLog()
+		al, err := deniedHTTPAccessLog()
 		if err != nil {
 			return nil, nil, err
 		}
@@ -177,31 +176,15 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 	if err != nil {
 		return nil, nil, err
 	}
-	tcp, err := tcpProxyFilter(stat, cluster)
+	denied, err := deniedTCPAccessLog()
+	if err != nil {
+		return nil, nil, err
+	}
+	tcp, err := tcpProxyFilter(stat, cluster, denied)
 	if err != nil {
 		return nil, nil, err
 	}
 	return append(filters, tcp), []Ref{{TypeURL: resourcev3.ClusterType, Name: cluster}}, nil
-}
-
-// deniedAccessLog logs 403 responses to Envoy's stdout with the response
-// details, the caller's SPIFFE ID and the request line.
-func deniedAccessLog() (*accesslogv3.AccessLog, error) {
-	cfg, err := anyOf(&streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
-		Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
-			InlineString: DeniedLogPrefix + " %START_TIME% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% authority=%REQ(:AUTHORITY)%\n",
-		}}},
-	}}})
-	if err != nil {
-		return nil, err
-	}
-	return &accesslogv3.AccessLog{
-		Name: "envoy.access_loggers.stdout",
-		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{StatusCodeFilter: &accesslogv3.StatusCodeFilter{
-			Comparison: &accesslogv3.ComparisonFilter{Op: accesslogv3.ComparisonFilter_EQ, Value: &corev3.RuntimeUInt32{DefaultValue: 403, RuntimeKey: "meshd.denied_log_status"}},
-		}}},
-		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg},
-	}, nil
 }
 
 func dedupRefs(refs []Ref) []Ref {
@@ -234,7 +217,7 @@ func buildEnvoyOutboundListener(up *mesh.Service, u *mesh.Upstream) (*Resource, 
 		ref = Ref{TypeURL: resourcev3.RouteType, Name: route}
 	} else {
 		cluster := OutboundClusterName(up.Key())
-		filter, err = tcpProxyFilter(stat, cluster)
+		filter, err = tcpProxyFilter(stat, cluster, nil)
 		ref = Ref{TypeURL: resourcev3.ClusterType, Name: cluster}
 	}
 	if err != nil {
@@ -346,11 +329,15 @@ func rdsHCM(stat, route string) (*hcmv3.HttpConnectionManager, error) {
 	}, nil
 }
 
-func tcpProxyFilter(stat, cluster string) (*listenerv3.Filter, error) {
-	return networkFilter(filterTCPProxy, &tcpproxyv3.TcpProxy{
+func tcpProxyFilter(stat, cluster string, accessLog *accesslogv3.AccessLog) (*listenerv3.Filter, error) {
+	tp := &tcpproxyv3.TcpProxy{
 		StatPrefix:       stat,
 		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
-	})
+	}
+	if accessLog != nil {
+		tp.AccessLog = []*accesslogv3.AccessLog{accessLog}
+	}
+	return networkFilter(filterTCPProxy, tp)
 }
 
 func networkFilter(name string, m proto.Message) (*listenerv3.Filter, error) {

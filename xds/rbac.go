@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	auditstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/rbac/audit_loggers/stream/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -40,8 +42,9 @@ import (
 // the rule that caused it.
 
 const (
-	filterRBACNetwork = "envoy.filters.network.rbac"
-	auditStatPrefix   = "audit_"
+	filterRBACNetwork     = "envoy.filters.network.rbac"
+	auditStatPrefix       = "audit_"
+	grpcStdoutAuditLogger = "envoy.rbac.audit_loggers.stream"
 )
 
 // RBACPolicyName names the Envoy RBAC policy rendered from rule n of p.
@@ -591,8 +594,16 @@ func (s *rbacSets) perRouteRBAC() (map[string]*anypb.Any, error) {
 // grpcServerFilters renders the HTTP filters (DENY, ALLOW) of a proxyless
 // gRPC server's listener, in the shape gRPC accepts. gRPC ignores shadow
 // rules, so AUDIT is not rendered. gRPC closes a server's connections when
-// its listener changes, so policies stay in the listener there.
+// its listener changes, so policies stay in the listener there. Each
+// filter asks gRPC to log its denials (gRFC A59 audit logging, gRPC's
+// stdout logger): the server application's standard output gets a JSON
+// line {"grpc_audit_log": {...}} with the method, the caller's SPIFFE ID
+// and matched_rule, the DENY rule (empty when no ALLOW rule matched).
 func (s *rbacSets) grpcServerFilters() ([]*hcmv3.HttpFilter, error) {
+	logDenials, err := grpcDenialAudit()
+	if err != nil {
+		return nil, err
+	}
 	var out []*hcmv3.HttpFilter
 	mk := func(name string, cfg *rbachttpv3.RBAC) error {
 		a, err := anyOf(cfg)
@@ -603,19 +614,42 @@ func (s *rbacSets) grpcServerFilters() ([]*hcmv3.HttpFilter, error) {
 		return nil
 	}
 	if len(s.deny) > 0 {
-		if err := mk(RBACFilterDeny, &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.deny}}); err != nil {
+		if err := mk(RBACFilterDeny, &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.deny, AuditLoggingOptions: logDenials}}); err != nil {
 			return nil, err
 		}
 	}
 	if s.hasAllow {
-		if err := mk(RBACFilterAllow, &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: s.allow}}); err != nil {
+		if err := mk(RBACFilterAllow, &rbachttpv3.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: s.allow, AuditLoggingOptions: logDenials}}); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
 }
 
-// networkFilters renders network RBAC filters for tcp services.
+// grpcDenialAudit makes gRPC log every denial with its stdout audit logger
+// (the StdoutAuditLog type selects it; gRPC ignores the name).
+func grpcDenialAudit() (*rbacv3.RBAC_AuditLoggingOptions, error) {
+	stdout, err := anyOf(&auditstreamv3.StdoutAuditLog{})
+	if err != nil {
+		return nil, err
+	}
+	return &rbacv3.RBAC_AuditLoggingOptions{
+		AuditCondition: rbacv3.RBAC_AuditLoggingOptions_ON_DENY,
+		LoggerConfigs: []*rbacv3.RBAC_AuditLoggingOptions_AuditLoggerConfig{{
+			AuditLogger: &corev3.TypedExtensionConfig{Name: grpcStdoutAuditLogger, TypedConfig: stdout},
+		}},
+	}, nil
+}
+
+// networkFilters renders network RBAC filters for tcp services: one DENY
+// filter per DENY rule, then the ALLOW filter, then AUDIT. Envoy's network
+// RBAC has no per-rule stats, but a chain of DENY filters denies exactly
+// what one DENY filter with all the rules denies, so one filter per rule,
+// with the rule in its stat prefix (NetworkRBACStatPrefix), counts each
+// rule's denials: <stat>.deny.policy.<ns>/<policy>/rule-<n>.rbac.denied.
+// The filters run in rule-name order, the order in which one filter's
+// engine would have tried them. A tcp listener changes with its policies
+// anyway (there is no per-request configuration to carry them).
 func (s *rbacSets) networkFilters(stat string) ([]*listenerv3.Filter, error) {
 	var out []*listenerv3.Filter
 	mk := func(cfg *rbacnetv3.RBAC) error {
@@ -626,18 +660,19 @@ func (s *rbacSets) networkFilters(stat string) ([]*listenerv3.Filter, error) {
 		out = append(out, f)
 		return nil
 	}
-	if len(s.deny) > 0 {
-		if err := mk(&rbacnetv3.RBAC{StatPrefix: stat + ".deny.", Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.deny}}); err != nil {
+	for _, rule := range slices.Sorted(maps.Keys(s.deny)) {
+		if err := mk(&rbacnetv3.RBAC{StatPrefix: NetworkRBACStatPrefix(stat, RBACStatDeny, rule),
+			Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: map[string]*rbacv3.Policy{rule: s.deny[rule]}}}); err != nil {
 			return nil, err
 		}
 	}
 	if s.hasAllow {
-		if err := mk(&rbacnetv3.RBAC{StatPrefix: stat + ".allow.", Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: s.allow}}); err != nil {
+		if err := mk(&rbacnetv3.RBAC{StatPrefix: NetworkRBACStatPrefix(stat, RBACStatAllow, ""), Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: s.allow}}); err != nil {
 			return nil, err
 		}
 	}
 	if s.hasAudit {
-		if err := mk(&rbacnetv3.RBAC{StatPrefix: stat + ".audit.", ShadowRules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.audit},
+		if err := mk(&rbacnetv3.RBAC{StatPrefix: NetworkRBACStatPrefix(stat, RBACStatAudit, ""), ShadowRules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: s.audit},
 			ShadowRulesStatPrefix: auditStatPrefix}); err != nil {
 			return nil, err
 		}
