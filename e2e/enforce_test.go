@@ -3,12 +3,14 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/xds"
 )
 
 // Enforcement in motion (issue 11): a policy or mTLS change governs
@@ -494,16 +497,6 @@ func tcpRefused(port uint32) error {
 	return nil
 }
 
-const dbDenyWeb = `apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: db-deny-web, namespace: default}
-spec:
-  selector: {matchLabels: {app: db}}
-  action: DENY
-  rules:
-    - from: [{source: {principals: ["cluster.local/ns/default/sa/web"]}}]
-`
-
 // A tcp service has no per-request check: a new DENY replaces the sidecar's
 // filter chain, and the connection of the identity it denies is closed
 // when the drain time ends. New connections of that identity are refused;
@@ -531,7 +524,7 @@ func TestTCPDenyClosesOpenConnection(t *testing.T) {
 	ops := startTCPSession(t, e.opsDB)
 	before := e.m.version(t, "db.default", "Listener")
 
-	e.writePolicy(t, "STRICT", dbDenyWeb)
+	e.writePolicy(t, "STRICT", denyWeb("db"))
 	acked, _ := e.m.waitApplied(t, "db.default", "Listener", before)
 
 	select {
@@ -545,6 +538,11 @@ func TestTCPDenyClosesOpenConnection(t *testing.T) {
 	}
 	if err := tcpRefused(e.webDB); err != nil {
 		t.Errorf("web's new connection to db after the DENY: %v", err)
+	}
+	// The refusal is logged and counted under the rule.
+	waitLogLine(t, e.dbEnvoy, " tcp rbac_access_denied_matched_policy[default/db-deny-web/rule-0] peer=spiffe://cluster.local/ns/default/sa/web")
+	if got := deniedCounters(t, e.dbEnvoy); got["inbound_mtls.db.default.deny.policy.default/db-deny-web/rule-0.rbac.denied"] < 1 {
+		t.Errorf("db sidecar: no denial counted for default/db-deny-web/rule-0; its denied counters: %v", got)
 	}
 	select {
 	case at := <-ops.ended:
@@ -596,5 +594,409 @@ func TestDocumentedEnvoyStartsCarryDrainFlags(t *testing.T) {
 	t.Logf("%d documented Envoy starts, each with %s", starts, want)
 	if starts < 8 {
 		t.Errorf("found only %d lines that start Envoy; this test's patterns are stale", starts)
+	}
+}
+
+// denyWeb is a DENY policy <svc>-deny-web for web on each service given;
+// allowOnly allows only the principals given on api and greeter.
+func denyWeb(svcs ...string) string {
+	var b strings.Builder
+	for i, svc := range svcs {
+		if i > 0 {
+			b.WriteString("---\n")
+		}
+		fmt.Fprintf(&b, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %s-deny-web, namespace: default}
+spec:
+  selector: {matchLabels: {app: %s}}
+  action: DENY
+  rules:
+    - from: [{source: {principals: ["cluster.local/ns/default/sa/web"]}}]
+`, svc, svc)
+	}
+	return b.String()
+}
+
+func allowOnly(principals ...string) string {
+	var b strings.Builder
+	for i, svc := range []string{"api", "greeter"} {
+		if i > 0 {
+			b.WriteString("---\n")
+		}
+		fmt.Fprintf(&b, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: %s-allow, namespace: default}
+spec:
+  selector: {matchLabels: {app: %s}}
+  action: ALLOW
+  rules:
+    - from: [{source: {principals: ["%s"]}}]
+`, svc, svc, strings.Join(principals, `", "`))
+	}
+	return b.String()
+}
+
+// checkAfterChange: of the calls started after the change was ACKed, the
+// second at the latest has the wanted outcome, and so do the ones after.
+func checkAfterChange(t *testing.T, c *caller, acked time.Time, want string) {
+	t.Helper()
+	calls := c.after(t, acked, 4)
+	for i, r := range calls[1:] {
+		if r.outcome != want {
+			t.Errorf("%s: call %d after the ACK was %q, want %q (calls after the ACK: %v)", c.name, i+2, r.outcome, want, outcomes(calls))
+		}
+	}
+	t.Logf("%s: first calls after the ACK: %v", c.name, outcomes(calls))
+}
+
+func outcomes(calls []callRecord) []string {
+	var out []string
+	for _, r := range calls {
+		out = append(out, r.outcome)
+	}
+	return out
+}
+
+// deniedCounters reads what docs/operations.md's "Which policy denied this
+// request?" tells operators to read: the sidecar's rbac stats whose name
+// ends in "denied", by name.
+func deniedCounters(t testing.TB, e *envoytest.Envoy) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	for _, line := range strings.Split(e.AdminGET(t, "/stats?filter=rbac"), "\n") {
+		name, value, ok := strings.Cut(line, ": ")
+		if !ok || !strings.HasSuffix(name, "denied") {
+			continue
+		}
+		var n int64
+		fmt.Sscan(value, &n)
+		out[name] = n
+	}
+	return out
+}
+
+// waitLogLine waits until the sidecar's standard output has a line that
+// starts with the denial prefix and contains every part.
+func waitLogLine(t testing.TB, e *envoytest.Envoy, parts ...string) string {
+	t.Helper()
+	var found string
+	eventually(t, 10*time.Second, func() error {
+		for _, line := range strings.Split(e.Log(), "\n") {
+			ok := strings.HasPrefix(line, xds.DeniedLogPrefix)
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				found = line
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s line with %q in the sidecar's output", xds.DeniedLogPrefix, parts)
+	})
+	return found
+}
+
+// An authorization change reaches connections that are open: a keep-alive
+// HTTP client and a gRPC client of web, each on one connection calling
+// every 100 ms through web's sidecar, are denied by the second call after
+// the DENY is ACKed and allowed again by the second call after it is
+// removed; the same for an ALLOW narrowed to ops and widened again. ops,
+// whom no policy denies, never fails. No caller's sidecar opens a new
+// connection (the policies are route updates; the listener never changes),
+// and every denial is logged and counted under its rule.
+func TestPolicyReachesOpenConnections(t *testing.T) {
+	e := startEnforceMesh(t, "STRICT", "")
+	webHTTP, opsHTTP := keepAliveClient(), keepAliveClient()
+	webGRPC, opsGRPC := grpcClient(t, e.webGreeter), grpcClient(t, e.opsGreeter)
+	webURL := fmt.Sprintf("http://127.0.0.1:%d/items", e.webAPI)
+	opsURL := fmt.Sprintf("http://127.0.0.1:%d/items", e.opsAPI)
+	eventually(t, 20*time.Second, func() error {
+		for _, r := range []callRecord{httpCall(webHTTP, webURL), httpCall(opsHTTP, opsURL), grpcCall(webGRPC), grpcCall(opsGRPC)} {
+			if r.outcome != "ok" {
+				return fmt.Errorf("mesh not up yet: %s", r.outcome)
+			}
+		}
+		return nil
+	})
+	callers := map[string]*caller{
+		"web http": startCaller(t, "web http", 100*time.Millisecond, func() callRecord { return httpCall(webHTTP, webURL) }),
+		"ops http": startCaller(t, "ops http", 100*time.Millisecond, func() callRecord { return httpCall(opsHTTP, opsURL) }),
+		"web grpc": startCaller(t, "web grpc", 100*time.Millisecond, func() callRecord { return grpcCall(webGRPC) }),
+		"ops grpc": startCaller(t, "ops grpc", 100*time.Millisecond, func() callRecord { return grpcCall(opsGRPC) }),
+	}
+	// The connections each caller's sidecar holds to api and greeter.
+	upstreamConns := func() map[string]int64 {
+		out := map[string]int64{}
+		for name, s := range map[string]*envoytest.Envoy{"web": e.webEnvoy, "ops": e.opsEnvoy} {
+			for _, svc := range []string{"api", "greeter"} {
+				n, _ := s.Stat(t, "cluster.outbound|"+svc+".default.upstream_cx_total")
+				out[name+"→"+svc] = n
+			}
+		}
+		return out
+	}
+	callers["web http"].after(t, time.Now(), 2)
+	connsBefore := upstreamConns()
+	listeners := map[string]string{"api.default": e.m.version(t, "api.default", "Listener"), "greeter.default": e.m.version(t, "greeter.default", "Listener")}
+
+	phases := []struct {
+		name, docs, web string
+	}{
+		{"DENY web", denyWeb("api", "greeter"), "denied"},
+		{"DENY removed", "", "ok"},
+		{"ALLOW narrowed to ops", allowOnly("cluster.local/ns/default/sa/ops"), "denied"},
+		{"ALLOW widened to web and ops", allowOnly("cluster.local/ns/default/sa/web", "cluster.local/ns/default/sa/ops"), "ok"},
+	}
+	for _, ph := range phases {
+		routes := map[string]string{"api.default": e.m.version(t, "api.default", "RouteConfiguration"), "greeter.default": e.m.version(t, "greeter.default", "RouteConfiguration")}
+		e.writePolicy(t, "STRICT", ph.docs)
+		ackAPI, _ := e.m.waitApplied(t, "api.default", "RouteConfiguration", routes["api.default"])
+		ackGreeter, _ := e.m.waitApplied(t, "greeter.default", "RouteConfiguration", routes["greeter.default"])
+		t.Logf("phase %q: route ACKed by api and greeter", ph.name)
+		checkAfterChange(t, callers["web http"], ackAPI, ph.web)
+		checkAfterChange(t, callers["web grpc"], ackGreeter, ph.web)
+	}
+	// Let the allowed callers run a little longer, then stop everyone.
+	callers["ops http"].after(t, time.Now(), 3)
+	for _, c := range callers {
+		c.stop()
+	}
+	for id, v := range listeners {
+		if now := e.m.version(t, id, "Listener"); now != v {
+			t.Errorf("%s's listener changed (%s → %s): a policy change must only update the route", id, v, now)
+		}
+	}
+	if after := upstreamConns(); fmt.Sprint(after) != fmt.Sprint(connsBefore) {
+		t.Errorf("caller sidecars' upstream connections went from %v to %v: the policy changes should have reached the open connections", connsBefore, after)
+	}
+	for name, c := range callers {
+		calls := c.all()
+		var bad []string
+		for _, r := range calls {
+			if (strings.HasPrefix(name, "ops") && r.outcome != "ok") || (r.outcome != "ok" && r.outcome != "denied") {
+				bad = append(bad, r.start.Format("15:04:05.000")+" "+r.outcome)
+			}
+		}
+		if len(bad) > 0 {
+			t.Errorf("%s: %d of %d calls failed: %v", name, len(bad), len(calls), bad)
+		}
+		if strings.HasSuffix(name, "http") {
+			for _, r := range calls {
+				if r.conn != calls[0].conn {
+					t.Errorf("%s changed connections (%s, then %s)", name, calls[0].conn, r.conn)
+					break
+				}
+			}
+		}
+		t.Logf("%s: %d calls", name, len(calls))
+	}
+
+	// Every denial is visible: a log line naming the rule and a counter per
+	// rule (DENY) or for the ALLOW filter (no ALLOW rule matched).
+	waitLogLine(t, e.apiEnvoy, " 403 rbac_access_denied_matched_policy[default/api-deny-web/rule-0] peer=spiffe://cluster.local/ns/default/sa/web GET /items")
+	waitLogLine(t, e.apiEnvoy, " 403 rbac_access_denied_matched_policy[none] peer=spiffe://cluster.local/ns/default/sa/web GET /items")
+	waitLogLine(t, e.greeterEnvoy, " 200 rbac_access_denied_matched_policy[default/greeter-deny-web/rule-0] peer=spiffe://cluster.local/ns/default/sa/web POST /grpc.testing.TestService/UnaryCall", "grpc-status=7")
+	waitLogLine(t, e.greeterEnvoy, " 200 rbac_access_denied_matched_policy[none] peer=spiffe://cluster.local/ns/default/sa/web", "grpc-status=7")
+	for svc, s := range map[string]*envoytest.Envoy{"api": e.apiEnvoy, "greeter": e.greeterEnvoy} {
+		got := deniedCounters(t, s)
+		for _, name := range []string{
+			"http.inbound_mtls." + svc + ".default.rbac.deny.policy.default/" + svc + "-deny-web/rule-0.denied",
+			"http.inbound_mtls." + svc + ".default.rbac.allow.denied",
+		} {
+			if got[name] < 1 {
+				t.Errorf("%s sidecar: %s = %d; its denied counters: %v", svc, name, got[name], got)
+			}
+		}
+		if got["http.inbound_mtls."+svc+".default.rbac.deny.denied"] != got["http.inbound_mtls."+svc+".default.rbac.deny.policy.default/"+svc+"-deny-web/rule-0.denied"] {
+			t.Errorf("%s sidecar: the DENY filter's count and its only rule's differ: %v", svc, got)
+		}
+	}
+}
+
+// proxylessChildEnv names the bootstrap file of the proxyless gRPC server
+// that TestProxylessServerProcess runs when this test binary is started as
+// a helper process (its port in proxylessChildPortEnv).
+const (
+	proxylessChildEnv     = "MESHD_E2E_PROXYLESS_SERVER_BOOTSTRAP"
+	proxylessChildPortEnv = "MESHD_E2E_PROXYLESS_SERVER_PORT"
+)
+
+// TestProxylessServerProcess is not a test: it is the proxyless gRPC
+// server of TestProxylessPolicyReachesOpenConnection, in a process of its
+// own so that what gRPC writes to standard output (its audit log) can be
+// read as an operator would. It prints SERVING when meshd's listener is in
+// force and stops when its standard input closes.
+func TestProxylessServerProcess(t *testing.T) {
+	path := os.Getenv(proxylessChildEnv)
+	if path == "" {
+		t.Skip("a helper process of TestProxylessPolicyReachesOpenConnection")
+	}
+	boot, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving := make(chan error, 8)
+	srv, err := newProxylessServer(string(boot), "greeter-1", serving)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv(proxylessChildPortEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	go func() {
+		for err := range serving {
+			if err == nil {
+				fmt.Println("SERVING")
+			} else {
+				fmt.Println("NOT SERVING:", err)
+			}
+		}
+	}()
+	io.Copy(io.Discard, os.Stdin)
+	srv.Stop()
+}
+
+// startProxylessServerProcess runs the greeter's proxyless server for node
+// greeter-1 in a helper process and returns its standard output.
+func startProxylessServerProcess(t *testing.T, m *meshd, port uint32) *logWatcher {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "greeter-1.json")
+	if err := os.WriteFile(path, []byte(proxylessServerBootstrap(t, m, "greeter-1")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestProxylessServerProcess$")
+	cmd.Env = append(os.Environ(), proxylessChildEnv+"="+path, proxylessChildPortEnv+"="+fmt.Sprint(port))
+	out := &logWatcher{}
+	cmd.Stdout, cmd.Stderr = out, out
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		stdin.Close() // the helper stops when its input ends
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill() // our own child, by PID
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("proxyless server output:\n%s", out.String())
+		}
+	})
+	eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(out.String(), "SERVING\n") {
+			return fmt.Errorf("the proxyless server is not serving: %s", out.String())
+		}
+		return nil
+	})
+	return out
+}
+
+// auditEvents are gRPC's audit log lines in a process's output.
+func auditEvents(out string) []map[string]any {
+	var events []map[string]any
+	for _, line := range strings.Split(out, "\n") {
+		var doc struct {
+			Event map[string]any `json:"grpc_audit_log"`
+		}
+		if json.Unmarshal([]byte(line), &doc) == nil && doc.Event != nil {
+			events = append(events, doc.Event)
+		}
+	}
+	return events
+}
+
+// A proxyless gRPC server closes its connections when its listener
+// changes, so a policy change reaches a client that keeps calling: the
+// second call after the server ACKs a DENY is denied, the second after the
+// DENY is removed succeeds (the same for an ALLOW narrowed and widened), an
+// allowed caller never fails, and each denial is in gRPC's audit log on the
+// server's standard output, with the rule.
+func TestProxylessPolicyReachesOpenConnection(t *testing.T) {
+	port := envoytest.FreePort(t)
+	policyDir := t.TempDir()
+	writeGRPCPolicies(t, policyDir, "STRICT", "")
+	m := startMeshd(t, grpcPolicyCatalog(port), "--policy-dir", policyDir)
+	out := startProxylessServerProcess(t, m, port)
+	web := newCaller(t, m, "web", "web", "default", "web-1")
+	ops := newCaller(t, m, "ops", "ops", "default", "ops-1")
+	eventually(t, 20*time.Second, func() error {
+		for _, c := range []testgrpc.TestServiceClient{web, ops} {
+			if r := grpcCall(c); r.outcome != "ok" {
+				return fmt.Errorf("not up yet: %s", r.outcome)
+			}
+		}
+		return nil
+	})
+	webCalls := startCaller(t, "web (proxyless)", 100*time.Millisecond, func() callRecord { return grpcCall(web) })
+	opsCalls := startCaller(t, "ops (proxyless)", 100*time.Millisecond, func() callRecord { return grpcCall(ops) })
+	allowOps := `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: greeter-allow, namespace: default}
+spec:
+  selector: {matchLabels: {app: greeter}}
+  rules:
+    - from: [{source: {principals: [%s]}}]
+`
+	for _, ph := range []struct{ name, docs, web string }{
+		{"DENY web", denyWeb("greeter"), "denied"},
+		{"DENY removed", "", "ok"},
+		{"ALLOW narrowed to ops", fmt.Sprintf(allowOps, `"cluster.local/ns/default/sa/ops"`), "denied"},
+		{"ALLOW widened to web and ops", fmt.Sprintf(allowOps, `"cluster.local/ns/default/sa/ops", "cluster.local/ns/default/sa/web"`), "ok"},
+	} {
+		before := m.version(t, "greeter-1", "Listener")
+		writeGRPCPolicies(t, policyDir, "STRICT", ph.docs)
+		acked, _ := m.waitApplied(t, "greeter-1", "Listener", before)
+		t.Logf("phase %q: ACKed by the proxyless server", ph.name)
+		checkAfterChange(t, webCalls, acked, ph.web)
+	}
+	opsCalls.after(t, time.Now(), 3)
+	webCalls.stop()
+	opsCalls.stop()
+	for _, r := range opsCalls.all() {
+		if r.outcome != "ok" {
+			t.Errorf("ops (allowed throughout) failed at %s: %s", r.start.Format("15:04:05.000"), r.outcome)
+		}
+	}
+	for _, r := range webCalls.all() {
+		if r.outcome != "ok" && r.outcome != "denied" {
+			t.Errorf("web failed (neither allowed nor denied) at %s: %s", r.start.Format("15:04:05.000"), r.outcome)
+		}
+	}
+
+	// gRPC's audit log: a DENY names its rule; a missing ALLOW match has
+	// no rule.
+	found := map[string]bool{}
+	eventually(t, 5*time.Second, func() error {
+		for _, ev := range auditEvents(out.String()) {
+			if ev["authorized"] == false && ev["principal"] == "spiffe://cluster.local/ns/default/sa/web" && ev["rpc_method"] == "/grpc.testing.TestService/UnaryCall" {
+				found[fmt.Sprint(ev["matched_rule"])] = true
+			}
+		}
+		if !found["default/greeter-deny-web/rule-0"] || !found[""] {
+			return fmt.Errorf("audit log lacks web's denials by default/greeter-deny-web/rule-0 and by no ALLOW rule (found %v)", found)
+		}
+		return nil
+	})
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Contains(line, "greeter-deny-web") {
+			t.Logf("the proxyless server's audit log: %s", line)
+			break
+		}
+	}
+	for _, ev := range auditEvents(out.String()) {
+		if ev["principal"] == "spiffe://cluster.local/ns/default/sa/ops" {
+			t.Errorf("an allowed call was audit-logged: %v", ev)
+			break
+		}
 	}
 }

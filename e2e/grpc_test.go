@@ -46,26 +46,11 @@ func (g *greeterServer) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest
 // startProxylessServer runs a gRPC-Go xDS server configured only by meshd.
 func startProxylessServer(t *testing.T, m *meshd, nodeID string, port uint32) {
 	t.Helper()
-	certDir := filepath.Join(m.dir, "certs-"+nodeID)
-	m.meshctl("certs", "issue", "--service", "greeter", "--data-dir", m.dataDir, "--out", certDir)
-	boot := m.meshctl("bootstrap", "--flavor", "grpc", "--service", "greeter", "--node-id", nodeID,
-		"--xds-address", m.xdsAddr, "--data-dir", m.dataDir, "--cert-dir", certDir)
 	serving := make(chan error, 8)
-	srv, err := xds.NewGRPCServer(
-		grpc.Creds(mustServerCreds(t)),
-		xds.BootstrapContentsForTesting([]byte(boot)),
-		xds.ServingModeCallback(func(_ net.Addr, args xds.ServingModeChangeArgs) {
-			if args.Mode == connectivity.ServingModeServing {
-				serving <- nil
-			} else {
-				serving <- fmt.Errorf("not serving: %v", args.Err)
-			}
-		}),
-	)
+	srv, err := newProxylessServer(proxylessServerBootstrap(t, m, nodeID), nodeID, serving)
 	if err != nil {
 		t.Fatal(err)
 	}
-	testgrpc.RegisterTestServiceServer(srv, &greeterServer{name: nodeID})
 	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +69,41 @@ func startProxylessServer(t *testing.T, m *meshd, nodeID string, port uint32) {
 			t.Fatalf("%s never reached SERVING with meshd's listener", nodeID)
 		}
 	}
+}
+
+// proxylessServerBootstrap issues the greeter's certificates for nodeID and
+// returns its gRPC xDS bootstrap.
+func proxylessServerBootstrap(t testing.TB, m *meshd, nodeID string) string {
+	t.Helper()
+	certDir := filepath.Join(m.dir, "certs-"+nodeID)
+	m.meshctl("certs", "issue", "--service", "greeter", "--data-dir", m.dataDir, "--out", certDir)
+	return m.meshctl("bootstrap", "--flavor", "grpc", "--service", "greeter", "--node-id", nodeID,
+		"--xds-address", m.xdsAddr, "--data-dir", m.dataDir, "--cert-dir", certDir)
+}
+
+// newProxylessServer is a greeter gRPC-Go xDS server on bootstrap that
+// reports each serving mode change on serving (nil: SERVING).
+func newProxylessServer(bootstrap, name string, serving chan<- error) (*xds.GRPCServer, error) {
+	fallback, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := xds.NewGRPCServer(
+		grpc.Creds(fallback),
+		xds.BootstrapContentsForTesting([]byte(bootstrap)),
+		xds.ServingModeCallback(func(_ net.Addr, args xds.ServingModeChangeArgs) {
+			if args.Mode == connectivity.ServingModeServing {
+				serving <- nil
+			} else {
+				serving <- fmt.Errorf("not serving: %v", args.Err)
+			}
+		}),
+	)
+	if err != nil {
+		return nil, err
+	}
+	testgrpc.RegisterTestServiceServer(srv, &greeterServer{name: name})
+	return srv, nil
 }
 
 func mustServerCreds(t *testing.T) credentials.TransportCredentials {
