@@ -73,6 +73,15 @@ func Run(ctx context.Context, src Source, o Options) error {
 	} else if poll <= 0 {
 		poll = o.FallbackPoll
 	}
+	return l.run(ctx, events, errs, poll)
+}
+
+// run is the loop proper, fed by the file-system events and errors (nil
+// channels without them) and polling every poll (never if 0). It is
+// separate from Run so that its timing is tested with testing/synctest and
+// events the test sends.
+func (l *loop) run(ctx context.Context, events <-chan fsnotify.Event, errs <-chan error, poll time.Duration) error {
+	src, o := l.src, l.o
 	var tick <-chan time.Time
 	if poll > 0 {
 		t := time.NewTicker(poll)
