@@ -243,21 +243,36 @@ func (a *agent) serveSDS(ctx context.Context, path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("--sds-socket %s: remove stale socket: %w", path, err)
 	}
-	lis, err := net.Listen("unix", path)
+	// Only this user (Envoy runs as the workload's user) may connect: the
+	// socket hands out the private key. It is bound under a temporary name
+	// and renamed into place once it is 0600, so that the socket path never
+	// exists with the umask's mode (an e2e test saw 0755 in between).
+	tmp := path + ".new"
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("--sds-socket %s: remove stale socket: %w", tmp, err)
+	}
+	lis, err := net.Listen("unix", tmp)
 	if err != nil {
 		return fmt.Errorf("--sds-socket %s: %w", path, err)
 	}
-	// Only this user (Envoy runs as the workload's user) may connect: the
-	// socket hands out the private key.
-	if err := os.Chmod(path, 0o600); err != nil {
+	// The listener would unlink tmp on close, a name gone after the rename.
+	lis.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		lis.Close()
+		os.Remove(tmp)
 		return fmt.Errorf("--sds-socket %s: chmod: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		lis.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("--sds-socket %s: %w", path, err)
 	}
 	gs := grpc.NewServer()
 	secretservice.RegisterSecretDiscoveryServiceServer(gs, serverv3.NewServer(ctx, a.cache, nil))
 	go func() {
 		<-ctx.Done()
 		gs.Stop()
+		os.Remove(path)
 	}()
 	a.log.Info("serving SDS to the local Envoy", "socket", path)
 	return gs.Serve(lis)
