@@ -12,12 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 )
-
-// waitTimeout bounds every wait: generous, because the machine running the
-// tests may be busy; a passing test never waits this long.
-const waitTimeout = 5 * time.Second
 
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -60,37 +57,20 @@ func startWatcher(t *testing.T, dir string, opts ...Option) (*Watcher, *syncBuff
 			if err != nil {
 				t.Errorf("Run returned %v after cancel", err)
 			}
-		case <-time.After(waitTimeout):
+		case <-time.After(testwait.Timeout):
 			t.Error("Run did not return after its context was cancelled")
 		}
 		if t.Failed() {
 			t.Logf("watcher logs:\n%s", logs.String())
 		}
 	})
-	waitFor(t, "the first check", func() bool { return w.Status().CheckedAt.After(loaded) })
+	testwait.For(t, testwait.Timeout, "the first check", func() bool { return w.Status().CheckedAt.After(loaded) })
 	return w, logs
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func nextUpdate(t *testing.T, w *Watcher) *mesh.PolicySet {
 	t.Helper()
-	select {
-	case ps := <-w.Updates():
-		return ps
-	case <-time.After(waitTimeout):
-		t.Fatalf("no update within %v; status %+v", waitTimeout, w.Status())
-	}
-	return nil
+	return testwait.Recv(t, w.Updates(), testwait.Timeout, "policy update")
 }
 
 func principalOf(ps *mesh.PolicySet, name string) string {
@@ -135,7 +115,7 @@ func testWatcherLifecycle(t *testing.T, opts ...Option) {
 
 	// A bad edit keeps the previous set in force and is visible.
 	replace(t, a, allowYAML("a", "cluster.local/ns/prod/sa/v3")+"  action: CUSTOM\n")
-	waitFor(t, "the bad edit to be rejected", func() bool { return w.Status().Rejected == 1 })
+	testwait.For(t, testwait.Timeout, "the bad edit to be rejected", func() bool { return w.Status().Rejected == 1 })
 	st := w.Status()
 	if !strings.Contains(st.LastError, "a.yaml:7: AuthorizationPolicy prod/a: spec.action: CUSTOM (external authorization) is not supported") {
 		t.Errorf("status LastError = %q", st.LastError)
@@ -177,10 +157,13 @@ func testWatcherLifecycle(t *testing.T, opts ...Option) {
 		t.Fatalf("after removing b.yaml: %+v", ps.Authorizations)
 	}
 
-	// Files that are not policy do not matter.
+	// Files that are not policy do not matter. Rewriting a.yaml unchanged
+	// afterwards makes the watcher read the directory (events arrive in
+	// order), so once it has, the files above were seen too.
 	writeFiles(t, dir, map[string]string{"README.md": "x", ".a.yaml.swp": "garbage: ["})
 	before := w.Status()
-	time.Sleep(300 * time.Millisecond)
+	replace(t, a, allowYAML("a", "cluster.local/ns/prod/sa/v4"))
+	testwait.For(t, testwait.Timeout, "the directory to be read again", func() bool { return w.Status().CheckedAt.After(before.CheckedAt) })
 	if st := w.Status(); st.LastError != "" || st.Accepted != before.Accepted || st.Rejected != before.Rejected {
 		t.Errorf("non-policy files changed the status: %+v", st)
 	}
@@ -205,7 +188,7 @@ func TestWatcherDirectoryRemoved(t *testing.T) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the missing directory in the status", func() bool {
+	testwait.For(t, testwait.Timeout, "the missing directory in the status", func() bool {
 		return strings.Contains(w.Status().LastError, "cannot read policy directory")
 	})
 	if principalOf(w.Current(), "a") != "cluster.local/ns/prod/sa/v1" {
@@ -218,7 +201,7 @@ func TestWatcherDirectoryRemoved(t *testing.T) {
 	if got := principalOf(nextUpdate(t, w), "a"); got != "cluster.local/ns/prod/sa/v5" {
 		t.Fatalf("after the directory came back: %q", got)
 	}
-	waitFor(t, "the error to clear", func() bool { return w.Status().LastError == "" })
+	testwait.For(t, testwait.Timeout, "the error to clear", func() bool { return w.Status().LastError == "" })
 }
 
 func TestNewWatcherRefusesBadInput(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/meshd/meshd/internal/consultest"
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -55,11 +56,7 @@ func runWatcher(t *testing.T, a *consultest.Agent, o Options) *Watcher {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	select {
-	case <-w.Synced():
-	case <-time.After(15 * time.Second):
-		t.Fatalf("no first catalog from Consul in 15s; status: %+v", w.Status())
-	}
+	testwait.Recv(t, w.Synced(), testwait.Timeout, "first catalog from Consul")
 	return w
 }
 
@@ -92,19 +89,10 @@ func waitCatalog(t *testing.T, w *Watcher, what string, ok func(*mesh.Catalog) b
 	if c := w.Current(); c != nil && ok(c) {
 		return c
 	}
-	timeout := time.After(15 * time.Second)
-	for {
-		select {
-		case c := <-w.Updates():
-			if ok(c) {
-				return c
-			}
-		case <-timeout:
-			c := w.Current()
-			t.Fatalf("timed out waiting for %s; serving web=%v api=%v proxies=%v; status %+v",
-				what, endpoints(c, "web"), endpoints(c, "api"), proxyIDs(c), w.Status())
-		}
-	}
+	return testwait.RecvUntil(t, w.Updates(), testwait.Timeout, what, ok, func() string {
+		c := w.Current()
+		return fmt.Sprintf("serving web=%v api=%v proxies=%v; status %+v", endpoints(c, "web"), endpoints(c, "api"), proxyIDs(c), w.Status())
+	})
 }
 
 func equal(want ...string) func([]string) bool {
@@ -218,13 +206,12 @@ func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Register("db-1", "db", 18085, 21005, bad)
-	deadline := time.Now().Add(15 * time.Second)
-	for w.Status().CatalogError == "" {
-		if time.Now().After(deadline) {
-			t.Fatalf("bad meta was not reported; status %+v", w.Status())
+	testwait.Until(t, testwait.Timeout, func() error {
+		if st := w.Status(); st.CatalogError == "" {
+			return fmt.Errorf("bad meta not reported; status %+v", st)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	st := w.Status()
 	for _, want := range []string{`consul service "db"`, "db-1 on node meshd-test", `meta "meshd-protocol"`, `"htpp"`, "http, http2, grpc or tcp"} {
 		if !strings.Contains(st.CatalogError, want) {
@@ -246,21 +233,19 @@ func TestWatcherRejectsBadMetaAndKeepsServing(t *testing.T) {
 	})
 	// Instances that disagree are an error too, naming both.
 	a.Register("db-2", "db", 18086, 21006, map[string]string{MetaProtocol: "http"})
-	deadline = time.Now().Add(15 * time.Second)
-	for !strings.Contains(w.Status().CatalogError, "instances disagree") {
-		if time.Now().After(deadline) {
-			t.Fatalf("disagreeing instances were not reported; status %+v", w.Status())
+	testwait.Until(t, testwait.Timeout, func() error {
+		if st := w.Status(); !strings.Contains(st.CatalogError, "instances disagree") {
+			return fmt.Errorf("disagreeing instances not reported; status %+v", st)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	a.Deregister("db-2")
-	deadline = time.Now().Add(15 * time.Second)
-	for w.Status().CatalogError != "" {
-		if time.Now().After(deadline) {
-			t.Fatalf("catalog error not cleared after the fix: %q", w.Status().CatalogError)
+	testwait.Until(t, testwait.Timeout, func() error {
+		if e := w.Status().CatalogError; e != "" {
+			return fmt.Errorf("catalog error not cleared after the fix: %q", e)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
@@ -287,13 +272,14 @@ func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
 	default:
 	}
 	a.Stop()
-	deadline := time.Now().Add(15 * time.Second)
-	for st := w.Status(); st.Errors < 3 || st.SyncAge == 0; st = w.Status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("stopped agent not reflected in status: %+v", st)
+	// Wait until the watcher has failed to reach Consul several times and
+	// has been out of sync for a second.
+	testwait.Until(t, testwait.Timeout, func() error {
+		if st := w.Status(); st.Errors < 3 || st.SyncAge < time.Second {
+			return fmt.Errorf("stopped agent not reflected in status: %+v", st)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	// Consul has been down for a while: nothing may have been emitted.
 	select {
 	case got := <-w.Updates():
@@ -302,7 +288,7 @@ func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
 		j1, _ := json.Marshal(c.Services())
 		j2, _ := json.Marshal(got.Services())
 		t.Fatalf("a catalog was emitted while Consul was down: web=%v %s %s\n%s\n%s", endpoints(got, "web"), h1, h2, j1, j2)
-	case <-time.After(time.Second):
+	default:
 	}
 	if w.Current() != c {
 		t.Fatal("the served catalog changed while Consul was down")
@@ -322,13 +308,12 @@ func TestWatcherKeepsCatalogWhileConsulIsDownAndResyncs(t *testing.T) {
 	waitCatalog(t, w, "resync after restart", func(c *mesh.Catalog) bool {
 		return equal("127.0.0.1:21000", "127.0.0.1:21003")(endpoints(c, "web")) && len(endpoints(c, "api")) == 1
 	})
-	deadline = time.Now().Add(10 * time.Second)
-	for st = w.Status(); st.SyncAge != 0 || st.LastError != ""; st = w.Status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("status did not recover: %+v", st)
+	testwait.Until(t, testwait.Timeout, func() error {
+		if st = w.Status(); st.SyncAge != 0 || st.LastError != "" {
+			return fmt.Errorf("status did not recover: %+v", st)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if st.IndexResets == 0 {
 		t.Errorf("restarted agent's lower index was not seen as a reset: %+v", st)
 	}

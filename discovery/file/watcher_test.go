@@ -16,12 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 )
-
-// waitTimeout bounds every wait: generous, because the machine running the
-// tests may be busy; a passing test never waits this long.
-const waitTimeout = 5 * time.Second
 
 // catalogYAML is a small valid catalog whose api endpoint address varies, so
 // that each version is recognisable in an update.
@@ -110,7 +107,7 @@ func startWatcher(t *testing.T, path string, opts ...Option) (*Watcher, *syncBuf
 			if err != nil {
 				t.Errorf("Run returned %v, want nil after cancel", err)
 			}
-		case <-time.After(waitTimeout):
+		case <-time.After(testwait.Timeout):
 			t.Error("Run did not return after its context was cancelled")
 		}
 		if t.Failed() {
@@ -121,34 +118,16 @@ func startWatcher(t *testing.T, path string, opts ...Option) (*Watcher, *syncBuf
 	return w, logs
 }
 
-// waitFor polls cond until it holds or the wait times out.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitChecked waits until the watcher has read the file after since.
 func waitChecked(t *testing.T, w *Watcher, since time.Time) {
 	t.Helper()
-	waitFor(t, "the watcher to read the file", func() bool { return w.Status().CheckedAt.After(since) })
+	testwait.For(t, testwait.Timeout, "the watcher to read the file", func() bool { return w.Status().CheckedAt.After(since) })
 }
 
 // nextUpdate waits for an update and returns it.
 func nextUpdate(t *testing.T, w *Watcher) *mesh.Catalog {
 	t.Helper()
-	select {
-	case c := <-w.Updates():
-		return c
-	case <-time.After(waitTimeout):
-		t.Fatalf("no update within %v", waitTimeout)
-		return nil
-	}
+	return testwait.Recv(t, w.Updates(), testwait.Timeout, "catalog update")
 }
 
 func assertNoUpdate(t *testing.T, w *Watcher) {
@@ -200,7 +179,7 @@ func TestWatcherKeepsPreviousCatalogOnInvalidEdit(t *testing.T) {
 	before := w.Current()
 
 	writeFile(t, path, strings.Replace(catalogYAML("10.0.0.2"), "protocol: http", "prot: http", 1))
-	waitFor(t, "the bad edit to be rejected", func() bool { return w.Status().Rejected == 1 })
+	testwait.For(t, testwait.Timeout, "the bad edit to be rejected", func() bool { return w.Status().Rejected == 1 })
 	st := w.Status()
 	wantErr := path + `: line 3: unknown field "prot" in service (services[0]); did you mean "protocol"?`
 	if !strings.Contains(st.LastError, wantErr) {
@@ -265,7 +244,7 @@ func TestWatcherSeesRenameIntoPlace(t *testing.T) {
 // holdoff (partial writes).
 func TestWatcherRenameSkipsHoldoff(t *testing.T) {
 	t.Parallel()
-	const holdoff = 2 * time.Second // well inside waitTimeout
+	const holdoff = 2 * time.Second // well inside testwait.Timeout
 	path := newCatalogFile(t, catalogYAML("10.0.0.1"))
 	w, _ := startWatcher(t, path, noPoll, WithHoldoff(holdoff))
 
@@ -310,7 +289,7 @@ func TestWatcherPartialWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Let the watcher read the half-written file before finishing it.
-	waitFor(t, "the half-written file to be rejected", func() bool { return w.Status().Rejected >= 1 })
+	testwait.For(t, testwait.Timeout, "the half-written file to be rejected", func() bool { return w.Status().Rejected >= 1 })
 	if w.Current() != before {
 		t.Fatal("a half-written file replaced the catalog")
 	}
@@ -348,7 +327,7 @@ func TestWatcherDeleteAndRecreate(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the deletion to be noticed", func() bool {
+	testwait.For(t, testwait.Timeout, "the deletion to be noticed", func() bool {
 		return strings.Contains(w.Status().LastError, "no such file or directory")
 	})
 	if w.Current() != before {
@@ -361,13 +340,13 @@ func TestWatcherDeleteAndRecreate(t *testing.T) {
 
 	// Back with the content being served: nothing to deliver, error cleared.
 	writeFile(t, path, catalogYAML("10.0.0.1"))
-	waitFor(t, "the restored file to clear the error", func() bool { return w.Status().LastError == "" })
+	testwait.For(t, testwait.Timeout, "the restored file to clear the error", func() bool { return w.Status().LastError == "" })
 	assertNoUpdate(t, w)
 
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the second deletion to be noticed", func() bool { return w.Status().LastError != "" })
+	testwait.For(t, testwait.Timeout, "the second deletion to be noticed", func() bool { return w.Status().LastError != "" })
 	writeFile(t, path, catalogYAML("10.0.0.2"))
 	if got := apiAddr(nextUpdate(t, w)); got != "10.0.0.2" {
 		t.Errorf("update has api at %s, want 10.0.0.2", got)
@@ -484,10 +463,12 @@ func TestWatcherPollReadsOnlyChangedFiles(t *testing.T) {
 		w.notify = false
 		w.readFile = func(p string) ([]byte, error) { reads.Add(1); return os.ReadFile(p) }
 	}
-	w, _ := startWatcher(t, path, WithPollInterval(10*time.Millisecond), countReads)
+	const interval = 10 * time.Millisecond
+	w, _ := startWatcher(t, path, WithPollInterval(interval), countReads)
 	// The first poll reads once (the start-up load is not counted), then
-	// the file is known.
-	time.Sleep(200 * time.Millisecond)
+	// the file is known. Wait for the watcher's own record of 20 polls.
+	t0 := w.Status().CheckedAt
+	testwait.For(t, testwait.Timeout, "20 polls", func() bool { return w.Status().CheckedAt.Sub(t0) >= 20*interval })
 	if n := reads.Load(); n != 1 {
 		t.Fatalf("%d reads in 20 polls of an unchanged file, want 1", n)
 	}
@@ -541,11 +522,7 @@ func TestWatcherUpdatesKeepsOnlyTheLatest(t *testing.T) {
 		w.publish(newer)
 		close(done)
 	}()
-	select {
-	case <-done:
-	case <-time.After(waitTimeout):
-		t.Fatal("publish blocked with nobody reading")
-	}
+	testwait.Recv(t, done, testwait.Timeout, "return from publish with nobody reading (it must not block)")
 	if got := <-w.Updates(); got != newer {
 		t.Errorf("received the api at %s, want the newer catalog", apiAddr(got))
 	}
