@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 // flow runs one request every interval in the background until stopped,
@@ -13,7 +15,7 @@ import (
 // mode switch, a policy edit) fails none of the requests that should work.
 type flow struct {
 	ok, failed atomic.Int64
-	lastErr    atomic.Value
+	firstErr   atomic.Value
 	stopc      chan struct{}
 	wg         sync.WaitGroup
 }
@@ -31,7 +33,7 @@ func startFlow(interval time.Duration, request func() error) *flow {
 			}
 			if err := request(); err != nil {
 				f.failed.Add(1)
-				f.lastErr.Store(err.Error())
+				f.firstErr.CompareAndSwap(nil, err.Error())
 			} else {
 				f.ok.Add(1)
 			}
@@ -41,14 +43,28 @@ func startFlow(interval time.Duration, request func() error) *flow {
 	return f
 }
 
+// waitMore waits until n more requests have succeeded, so that a phase of
+// a test is known to have carried traffic.
+func (f *flow) waitMore(t *testing.T, n int64) {
+	t.Helper()
+	want := f.ok.Load() + n
+	testwait.Until(t, testwait.Timeout, func() error {
+		if ok := f.ok.Load(); ok < want {
+			return fmt.Errorf("%d of %d more requests succeeded so far, %d failed (first error: %v)", ok+n-want, n, f.failed.Load(), f.firstErr.Load())
+		}
+		return nil
+	})
+}
+
 // stop ends the flow and fails the test unless every request succeeded and
 // at least min ran.
 func (f *flow) stop(t *testing.T, min int64) {
 	t.Helper()
 	close(f.stopc)
 	f.wg.Wait()
+	t.Logf("flow: %d requests succeeded, %d failed", f.ok.Load(), f.failed.Load())
 	if f.failed.Load() != 0 || f.ok.Load() < min {
-		t.Fatalf("%d requests succeeded, %d failed (last error: %v); want none failed and at least %d", f.ok.Load(), f.failed.Load(), f.lastErr.Load(), min)
+		t.Fatalf("%d requests succeeded, %d failed (first error: %v); want none failed and at least %d", f.ok.Load(), f.failed.Load(), f.firstErr.Load(), min)
 	}
 }
 

@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -258,7 +257,14 @@ func TestXDSAuthentication(t *testing.T) {
 	})
 	t.Run("expired, revoked and tampered tokens are refused", func(t *testing.T) {
 		_, short := m.token(t, "web", "1s")
-		time.Sleep(1100 * time.Millisecond)
+		// Refused once meshd's clock has passed the expiry.
+		eventually(t, 15*time.Second, func() error {
+			_, err := adsFirst(cc, short, "web.default", resourcev3.ListenerType)
+			if status.Code(err) != codes.Unauthenticated {
+				return fmt.Errorf("token not expired yet: %v", err)
+			}
+			return nil
+		})
 		_, err := adsFirst(cc, short, "web.default", resourcev3.ListenerType)
 		wantStatus(t, "expired", err, codes.Unauthenticated, "expired")
 
@@ -422,43 +428,20 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 	})
 
 	// The load: a new client connection per request, every 20 ms.
-	var okN, failN atomic.Int64
-	var firstErr atomic.Value
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			resp, err := client.Get(url)
-			if err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					err = fmt.Errorf("status %d", resp.StatusCode)
-				}
-			}
-			if err != nil {
-				failN.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			} else {
-				okN.Add(1)
-			}
-			time.Sleep(20 * time.Millisecond)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	f := startFlow(20*time.Millisecond, func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
 		}
-	}()
-	defer func() {
-		close(stop)
-		<-done
-		t.Logf("requests during rotations: %d ok, %d failed", okN.Load(), failN.Load())
-		if failN.Load() > 0 {
-			t.Errorf("%d requests failed during rotation; first: %v", failN.Load(), firstErr.Load())
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
 		}
-	}()
+		return nil
+	})
+	defer f.stop(t, 1)
 
 	// apiCertIs waits until api's Envoy presents a certificate other than
 	// prev and meshd's CA agrees it is the current one; a fresh handshake
@@ -551,7 +534,7 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 		t.Errorf("meshctl ca status after the rotation:\n%s", status)
 	}
 	// Traffic still flows after the old root is gone.
-	time.Sleep(time.Second)
+	f.waitMore(t, 20)
 }
 
 // agentEnvoyConfig is a static Envoy whose only listener terminates mTLS
@@ -679,8 +662,6 @@ func TestMeshAgent(t *testing.T) {
 	env.WaitReady(t, 30*time.Second)
 
 	url := fmt.Sprintf("https://127.0.0.1:%d/", port)
-	var okN, failN atomic.Int64
-	var firstErr atomic.Value
 	var clientMu sync.Mutex
 	client := newMTLSClient(t, m)
 	eventually(t, 15*time.Second, func() error {
@@ -691,43 +672,22 @@ func TestMeshAgent(t *testing.T) {
 		resp.Body.Close()
 		return nil
 	})
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			clientMu.Lock()
-			c := client.client
-			clientMu.Unlock()
-			resp, err := c.Get(url)
-			if err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || string(b) != "agent-ok" {
-					err = fmt.Errorf("status %d %q", resp.StatusCode, b)
-				}
-			}
-			if err != nil {
-				failN.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			} else {
-				okN.Add(1)
-			}
-			time.Sleep(20 * time.Millisecond)
+	f := startFlow(20*time.Millisecond, func() error {
+		clientMu.Lock()
+		c := client.client
+		clientMu.Unlock()
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
 		}
-	}()
-	defer func() {
-		close(stop)
-		<-done
-		t.Logf("requests through the agent-fed Envoy: %d ok, %d failed", okN.Load(), failN.Load())
-		if failN.Load() > 0 {
-			t.Errorf("%d requests failed; first: %v", failN.Load(), firstErr.Load())
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "agent-ok" {
+			return fmt.Errorf("status %d %q", resp.StatusCode, b)
 		}
-	}()
+		return nil
+	})
+	defer f.stop(t, 1)
 
 	fileSerial := func() string {
 		b, err := os.ReadFile(filepath.Join(certDir, "cert.pem"))
@@ -801,7 +761,7 @@ func TestMeshAgent(t *testing.T) {
 		return nil
 	})
 	t.Logf("root rotation: agent leaf %s → %s under root %s", s3, s4, newRoot)
-	time.Sleep(time.Second)
+	f.waitMore(t, 20) // requests still succeed after the old root is gone
 
 	// The key never left the agent: meshd's log has no key, and the key
 	// file's public key is the certificate's.
@@ -936,37 +896,13 @@ func TestProxylessGRPCWithAgentRotation(t *testing.T) {
 		return nil
 	})
 
-	var okN, failN atomic.Int64
-	var firstErr atomic.Value
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
-			_, _, err := call(rctx, client)
-			rcancel()
-			if err != nil {
-				failN.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			} else {
-				okN.Add(1)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	defer func() {
-		close(stop)
-		<-done
-		t.Logf("RPCs during rotations: %d ok, %d failed", okN.Load(), failN.Load())
-		if failN.Load() > 0 {
-			t.Errorf("%d RPCs failed; first: %v", failN.Load(), firstErr.Load())
-		}
-	}()
+	f := startFlow(20*time.Millisecond, func() error {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer rcancel()
+		_, _, err := call(rctx, client)
+		return err
+	})
+	defer f.stop(t, 1)
 
 	// next waits for the server's agent to write a new certificate and for
 	// the gRPC server to serve it on a fresh handshake.
@@ -1018,7 +954,7 @@ func TestProxylessGRPCWithAgentRotation(t *testing.T) {
 		})
 	}
 	t.Logf("root rotation: greeter leaf %s → %s, new root %s", s3, s4, short(newRoot))
-	time.Sleep(2 * time.Second)
+	f.waitMore(t, 20) // RPCs still succeed after the old root is gone
 }
 
 func short(s string) string {

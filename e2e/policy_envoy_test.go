@@ -238,7 +238,7 @@ func TestEnvoyPolicy(t *testing.T) {
 
 	t.Run("PERMISSIVE to STRICT while requests flow", func(t *testing.T) {
 		f := startFlow(10*time.Millisecond, httpOK(web+"/api/flow"))
-		time.Sleep(300 * time.Millisecond)
+		f.waitMore(t, 10)
 		writePolicies(t, policyDir, "STRICT", "DISABLE")
 		eventually(t, 15*time.Second, func() error {
 			if _, err := do("GET", plain+"/public", nil); err == nil {
@@ -246,7 +246,7 @@ func TestEnvoyPolicy(t *testing.T) {
 			}
 			return nil
 		})
-		time.Sleep(300 * time.Millisecond)
+		f.waitMore(t, 10)
 		f.stop(t, 20)
 		m.assertAllACKed("api.default", "web.default")
 	})
@@ -256,7 +256,7 @@ func TestEnvoyPolicy(t *testing.T) {
 	t.Run("DISABLE to STRICT and back while requests flow", func(t *testing.T) {
 		f := startFlow(10*time.Millisecond, httpOK(fmt.Sprintf("http://127.0.0.1:%d/flow", p.webToLegacy)))
 		direct := fmt.Sprintf("http://127.0.0.1:%d/direct", p.legacy.public)
-		time.Sleep(200 * time.Millisecond)
+		f.waitMore(t, 10)
 		writePolicies(t, policyDir, "STRICT", "STRICT")
 		eventually(t, 20*time.Second, func() error {
 			if _, err := do("GET", direct, nil); err == nil {
@@ -285,7 +285,7 @@ func TestEnvoyPolicy(t *testing.T) {
 			}
 			return nil
 		})
-		time.Sleep(200 * time.Millisecond)
+		f.waitMore(t, 10)
 		f.stop(t, 20)
 	})
 }

@@ -193,10 +193,11 @@ func TestGRPCPolicyMatrix(t *testing.T) {
 
 	// web's UnaryCall is allowed in phases 0, 1 and 3: it runs throughout
 	// those switches and must never fail.
-	cases := 0
-	for i, ph := range grpcPhases {
-		writeGRPCPolicies(t, policyDir, "STRICT", ph.docs)
-		// The policy is in force once a probe with a known outcome flips.
+	// A phase is in force once every caller, method and header gets the
+	// outcome the phase gives it.
+	inForce := func(i int) {
+		t.Helper()
+		ph := grpcPhases[i]
 		eventually(t, 15*time.Second, func() error {
 			for _, c := range callers {
 				for _, method := range []string{"EmptyCall", "UnaryCall"} {
@@ -210,6 +211,11 @@ func TestGRPCPolicyMatrix(t *testing.T) {
 			}
 			return nil
 		})
+	}
+	cases := 0
+	for i, ph := range grpcPhases {
+		writeGRPCPolicies(t, policyDir, "STRICT", ph.docs)
+		inForce(i)
 		for _, c := range callers {
 			for _, method := range []string{"EmptyCall", "UnaryCall"} {
 				for _, h := range headers {
@@ -235,7 +241,8 @@ func TestGRPCPolicyMatrix(t *testing.T) {
 		f := startFlow(5*time.Millisecond, func() error { return invoke(ctx, callers[0].client, "UnaryCall", nil) })
 		for _, i := range []int{0, 1, 3, 1, 0} {
 			writeGRPCPolicies(t, policyDir, "STRICT", grpcPhases[i].docs)
-			time.Sleep(400 * time.Millisecond)
+			inForce(i)
+			f.waitMore(t, 10) // some calls in each phase, not only across the switch
 		}
 		f.stop(t, 50)
 	})
