@@ -261,7 +261,7 @@ func TestWatcherLinkerd(t *testing.T) {
 	}
 	// Dropping the authorization: the Server now denies everybody.
 	writeFiles(t, dir, map[string]string{"api.yaml": server})
-	waitFor(t, "the reload", func() bool {
+	testwait.For(t, testwait.Timeout, "the reload", func() bool {
 		l := w.Current().Linkerd
 		return len(l.Servers) == 1 && len(l.Servers[0].Decision.Rules) == 1 && len(l.Servers[0].Decision.Rules[0].NotFrom) == 0
 	})
