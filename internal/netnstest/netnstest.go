@@ -107,10 +107,11 @@ func (n *Network) ip(args ...string) {
 }
 
 // AddHost creates a namespace called name with addr on the segment and
-// loopback up.
+// loopback up. With the zero addr, the host has loopback only (a
+// container without a network).
 func (n *Network) AddHost(name string, addr netip.Addr) *Host {
 	n.t.Helper()
-	if !n.subnet.Contains(addr) {
+	if addr.IsValid() && !n.subnet.Contains(addr) {
 		n.t.Fatalf("host %s: %s is not in the network's subnet %s", name, addr, n.subnet)
 	}
 	n.mu.Lock()
@@ -120,6 +121,10 @@ func (n *Network) AddHost(name string, addr netip.Addr) *Host {
 	n.mu.Unlock()
 	port := "p" + strconv.Itoa(idx) // the switch side; names are per namespace
 	n.ip("netns", "add", h.NS)
+	if !addr.IsValid() {
+		n.ip("-n", h.NS, "link", "set", "lo", "up")
+		return h
+	}
 	n.ip("-n", n.sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS)
 	n.ip("-n", n.sw, "link", "set", port, "master", "br0", "up")
 	n.ip("-n", h.NS, "addr", "add", netip.PrefixFrom(addr, n.subnet.Bits()).String(), "dev", "eth0")

@@ -121,6 +121,14 @@ func TestHostsTalkAndCleanUp(t *testing.T) {
 		if out, _ := exec.Command("ip", "-o", "-4", "addr", "show").Output(); strings.Contains(string(out), "10.250.7.") {
 			t.Fatalf("the machine's own namespace got an address of the segment:\n%s", out)
 		}
+		// A host without an address has loopback only.
+		iso := nw.AddHost("isolated", netip.Addr{})
+		if _, err := ask(ctx, iso, "10.250.7.10:7000"); err == nil {
+			t.Fatal("a host without an address reached the segment")
+		}
+		if out := iso.MustRun(t, 10*time.Second, "ip", "-o", "link", "show"); strings.Contains(out, "eth0") || !strings.Contains(out, "lo:") {
+			t.Fatalf("links of a host without an address:\n%s", out)
+		}
 		if !strings.Contains(nsList(t), a.NS) {
 			t.Fatalf("namespace %s not listed", a.NS)
 		}
