@@ -35,14 +35,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, c := range []string{"meshd", "meshctl", "mesh-agent"} {
+	for c, pkg := range map[string]string{"meshd": "../cmd/meshd", "meshctl": "../cmd/meshctl", "mesh-agent": "../cmd/mesh-agent", "demoapp": "../examples/demoapp"} {
 		args := []string{"build", "-o", filepath.Join(dir, c)}
 		if raceEnabled {
 			// go test -race ./e2e: the binaries under test run with the
 			// race detector too (each meshd's log is checked at exit).
 			args = append(args, "-race")
 		}
-		cmd := exec.Command("go", append(args, "../cmd/"+c)...)
+		cmd := exec.Command("go", append(args, pkg)...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building", c, ":", err)

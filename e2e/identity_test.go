@@ -325,6 +325,12 @@ func normSerial(s string) string {
 
 func envoyCertFor(t *testing.T, e *envoytest.Envoy, spiffeID string) (envoyCert, error) {
 	t.Helper()
+	return parseEnvoyCert(e.AdminGET(t, "/certs"), spiffeID)
+}
+
+// parseEnvoyCert finds the certificate for spiffeID in Envoy's /certs
+// answer.
+func parseEnvoyCert(certsJSON, spiffeID string) (envoyCert, error) {
 	var doc struct {
 		Certificates []struct {
 			CACert []struct {
@@ -338,7 +344,7 @@ func envoyCertFor(t *testing.T, e *envoytest.Envoy, spiffeID string) (envoyCert,
 			} `json:"cert_chain"`
 		} `json:"certificates"`
 	}
-	if err := json.Unmarshal([]byte(e.AdminGET(t, "/certs")), &doc); err != nil {
+	if err := json.Unmarshal([]byte(certsJSON), &doc); err != nil {
 		return envoyCert{}, err
 	}
 	for _, c := range doc.Certificates {

@@ -22,6 +22,27 @@ if [[ -z "${CONSUL_BIN:-}" ]]; then
   export PATH="$PWD/.tools/bin:$PATH"
 fi
 
+# Debian tools some tests need (installed when missing, as root with apt):
+#   docker-compose  validates examples/lab/docker-compose.yaml without a
+#                   Docker engine (docker-compose config);
+# Without apt (or root) the tests that need one are skipped, and this says so.
+need_deb() { # COMMAND PACKAGE SKIP_VARIABLE WHY
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    echo "test.sh: installing $2 (apt-get install -y $2): $4" >&2
+    if [[ -z "${apt_updated:-}" ]]; then
+      apt-get update -qq >/dev/null
+      apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    command -v "$1" >/dev/null 2>&1 || { echo "test.sh: $2 installed but $1 is not on PATH" >&2; exit 1; }
+  else
+    echo "test.sh: $1 is missing and cannot be installed here (needs apt-get as root): skipping the tests that need it ($3=1): $4" >&2
+    export "$3=1"
+  fi
+}
+need_deb docker-compose docker-compose MESHD_ALLOW_NO_COMPOSE "validating examples/lab/docker-compose.yaml"
+
 # Hidden directories (.venv, .tools, .meshd, .git) hold no code of ours.
 unformatted="$(find . -path './.*' -prune -o -name '*.go' -type f -print0 | xargs -0 --no-run-if-empty gofmt -l)"
 if [[ -n "$unformatted" ]]; then
