@@ -57,6 +57,10 @@ type Host struct {
 	NS string
 	// Addr is the host's address on the segment.
 	Addr netip.Addr
+	// Hostname, if set before the host runs anything, is the host name its
+	// processes see (each runs in a UTS namespace of its own with this
+	// name), as on a VM of that name.
+	Hostname string
 
 	net   *Network
 	mu    sync.Mutex
@@ -193,7 +197,12 @@ func sweepStale(t testing.TB) {
 // Command is cmd run inside the host's namespace (`ip netns exec NS ...`).
 // ip execs the program, so the process's pid is the program's own.
 func (h *Host) Command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, name}, args...)...)
+	argv := append([]string{"netns", "exec", h.NS}, name)
+	if h.Hostname != "" {
+		// unshare and sh exec in turn: the pid is still the program's.
+		argv = append([]string{"netns", "exec", h.NS, "unshare", "--uts", "sh", "-c", `hostname "$0" && exec "$@"`, h.Hostname}, name)
+	}
+	cmd := exec.Command("ip", append(argv, args...)...)
 	// If the test binary dies, its processes die with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd

@@ -121,6 +121,14 @@ func TestHostsTalkAndCleanUp(t *testing.T) {
 		if out, _ := exec.Command("ip", "-o", "-4", "addr", "show").Output(); strings.Contains(string(out), "10.250.7.") {
 			t.Fatalf("the machine's own namespace got an address of the segment:\n%s", out)
 		}
+		// A host name of its own, for every command of the host.
+		b.Hostname = "vm-b"
+		if out := b.MustRun(t, 10*time.Second, "hostname"); out != "vm-b\n" {
+			t.Fatalf("hostname in b: %q", out)
+		}
+		if h, _ := os.Hostname(); h == "vm-b" {
+			t.Fatal("the machine's own host name changed")
+		}
 		// A host without an address has loopback only.
 		iso := nw.AddHost("isolated", netip.Addr{})
 		if _, err := ask(ctx, iso, "10.250.7.10:7000"); err == nil {
