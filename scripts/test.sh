@@ -23,8 +23,10 @@ if [[ -z "${CONSUL_BIN:-}" ]]; then
 fi
 
 # Debian tools some tests need (installed when missing, as root with apt):
-#   docker-compose  validates examples/lab/docker-compose.yaml without a
-#                   Docker engine (docker-compose config);
+#   docker-compose    validates examples/lab/docker-compose.yaml without a
+#                     Docker engine (docker-compose config);
+#   systemd-analyze   verifies examples/consul-vm's units offline (systemd's
+#                     package; it is not started, PID 1 stays as it is).
 # Without apt (or root) the tests that need one are skipped, and this says so.
 need_deb() { # COMMAND PACKAGE SKIP_VARIABLE WHY
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -42,6 +44,7 @@ need_deb() { # COMMAND PACKAGE SKIP_VARIABLE WHY
   fi
 }
 need_deb docker-compose docker-compose MESHD_ALLOW_NO_COMPOSE "validating examples/lab/docker-compose.yaml"
+need_deb systemd-analyze systemd MESHD_ALLOW_NO_SYSTEMD_ANALYZE "verifying examples/consul-vm's systemd units"
 
 # Hidden directories (.venv, .tools, .meshd, .git) hold no code of ours.
 unformatted="$(find . -path './.*' -prune -o -name '*.go' -type f -print0 | xargs -0 --no-run-if-empty gofmt -l)"

@@ -3,6 +3,7 @@ package consul
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"testing"
@@ -12,9 +13,9 @@ import (
 )
 
 // TestExampleRegistrations loads examples/consul-vm's Consul registrations
-// into a real agent and checks what meshd makes of them, so the example in
-// docs/consul.md cannot drift from the mapping. Each file is loaded alone:
-// on one test node both sidecars would claim port 15001 on one address.
+// into a real agent, both on one node as on the example's vm1, and checks
+// what meshd makes of them, so the example cannot drift from the mapping.
+// (e2e/consulvm_test.go runs the whole example.)
 func TestExampleRegistrations(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
 	dir := filepath.Join(filepath.Dir(file), "..", "..", "examples", "consul-vm", "consul")
@@ -25,50 +26,41 @@ func TestExampleRegistrations(t *testing.T) {
 		}
 		return string(b)
 	}
-	t.Run("web", func(t *testing.T) {
-		a := consultest.Start(t, read("web.hcl"))
-		w := runWatcher(t, a, Options{})
-		// The agent registers services from its configuration shortly after
-		// it starts, possibly after the watcher's first catalog.
-		// The agent syncs the application and its sidecar one by one.
-		c := waitCatalog(t, w, "web and its sidecar", func(c *mesh.Catalog) bool {
-			s := c.Service(mesh.ServiceKey{Namespace: "default", Name: "web"})
-			return c.Proxy("web-vm1") != nil && s != nil && s.Protocol == mesh.ProtocolHTTP
-		})
-		web := c.Service(mesh.ServiceKey{Namespace: "default", Name: "web"})
-		if web == nil || web.Protocol != mesh.ProtocolHTTP || web.ServiceAccount != "web" {
-			t.Fatalf("web = %+v, want an http service with account web", web)
-		}
-		// The example's checks probe 10.0.0.10 and the app, absent here:
-		// web has no healthy endpoint, but its sidecar is configured.
-		if len(web.Endpoints) != 0 {
-			t.Errorf("web endpoints = %v, want none (its checks cannot pass in the test)", web.Endpoints)
-		}
-		p := c.Proxy("web-vm1")
-		if p == nil {
-			t.Fatalf("no proxy web-vm1; proxies %v", proxyIDs(c))
-		}
-		if p.PublicPort != 15001 || p.AppPort != 8080 ||
-			!slices.Equal(p.Upstreams, []mesh.Upstream{{Service: "api", Namespace: "default", LocalPort: 9001}}) {
-			t.Errorf("web-vm1 = %+v, want public 15001, app 8080, upstream api on 9001", p)
-		}
-		if api := c.Service(mesh.ServiceKey{Namespace: "default", Name: "api"}); api == nil || len(api.Endpoints) != 0 {
-			t.Errorf("api = %+v, want an endpoint-less service standing in for the upstream", api)
-		}
+	// One configuration file holds one "service" block but any number of
+	// "services" blocks, which Consul reads the same way.
+	asServices := func(hcl string) string {
+		return regexp.MustCompile(`(?m)^service \{`).ReplaceAllString(hcl, "services {")
+	}
+	a := consultest.Start(t, asServices(read("web.hcl"))+"\n"+asServices(read("api.hcl")))
+	w := runWatcher(t, a, Options{})
+	// The agent registers services from its configuration shortly after it
+	// starts, possibly after the watcher's first catalog, and syncs the
+	// applications and their sidecars one by one. Proxy ids are the
+	// default, "<consul node>/<sidecar id>".
+	webID, apiID := "meshd-test/web-sidecar-proxy", "meshd-test/api-sidecar-proxy"
+	c := waitCatalog(t, w, "web, api and their sidecars", func(c *mesh.Catalog) bool {
+		s := c.Service(mesh.ServiceKey{Namespace: "default", Name: "api"})
+		return c.Proxy(webID) != nil && c.Proxy(apiID) != nil && s != nil && s.Protocol == mesh.ProtocolHTTP
 	})
-	t.Run("api", func(t *testing.T) {
-		a := consultest.Start(t, read("api.hcl"))
-		w := runWatcher(t, a, Options{})
-		c := waitCatalog(t, w, "api and its sidecar", func(c *mesh.Catalog) bool {
-			s := c.Service(mesh.ServiceKey{Namespace: "default", Name: "api"})
-			return c.Proxy("api-vm2") != nil && s != nil && s.ServiceAccount == "api-server"
-		})
-		api := c.Service(mesh.ServiceKey{Namespace: "default", Name: "api"})
-		if api == nil || api.Protocol != mesh.ProtocolHTTP || api.ServiceAccount != "api-server" {
-			t.Fatalf("api = %+v, want an http service with account api-server", api)
+	for _, name := range []string{"web", "api"} {
+		s := c.Service(mesh.ServiceKey{Namespace: "default", Name: name})
+		if s == nil || s.Protocol != mesh.ProtocolHTTP || s.ServiceAccount != name {
+			t.Errorf("%s = %+v, want an http service with account %s", name, s, name)
+			continue
 		}
-		if p := c.Proxy("api-vm2"); p == nil || p.PublicPort != 15001 || p.AppPort != 8080 || len(p.Upstreams) != 0 {
-			t.Errorf("api-vm2 = %+v, want public 15001, app 8080, no upstreams", p)
+		// The example's checks probe Envoy's admin API and the app,
+		// absent here: no healthy endpoint, but the sidecars are
+		// configured.
+		if len(s.Endpoints) != 0 {
+			t.Errorf("%s endpoints = %v, want none (its checks cannot pass in the test)", name, s.Endpoints)
 		}
-	})
+	}
+	web, api := c.Proxy(webID), c.Proxy(apiID)
+	if web.PublicPort != 15001 || web.AppPort != 8080 || web.SDS != mesh.SDSAgent ||
+		!slices.Equal(web.Upstreams, []mesh.Upstream{{Service: "api", Namespace: "default", LocalPort: 9001}}) {
+		t.Errorf("%s = %+v, want public 15001, app 8080, SDS from the agent, upstream api on 9001", webID, web)
+	}
+	if api.PublicPort != 15002 || api.AppPort != 8081 || api.SDS != mesh.SDSAgent || len(api.Upstreams) != 0 {
+		t.Errorf("%s = %+v, want public 15002, app 8081, SDS from the agent, no upstreams", apiID, api)
+	}
 }

@@ -1,6 +1,7 @@
-# Consul registration of "web" on vm1 (10.0.0.10), with its meshd sidecar.
-# Put it in the Consul agent's config dir (e.g. /etc/consul.d/) and run
-# `consul reload`. Keys meshd reads are explained in docs/consul.md.
+# "web" and its meshd sidecar, registered with the local Consul agent of the
+# VM that runs it (vm1): copy to /etc/consul.d/web.hcl, then
+# `consul validate /etc/consul.d && consul reload`. Keys meshd reads are
+# explained in docs/consul.md.
 service {
   id   = "web"
   name = "web"
@@ -21,12 +22,15 @@ service {
 
   connect {
     sidecar_service {
-      # Envoy's public (mTLS) port: this is web's endpoint in the mesh.
+      # Envoy's public (mTLS) port on the VM's address: web's endpoint in
+      # the mesh.
       port = 15001
-      # meshd's node id for this Envoy (default "<consul node>/web-sidecar-proxy").
       meta = {
-        meshd-proxy-id = "web-vm1"
+        # Envoy takes its certificate from the mesh-agent on this VM
+        # (meshctl bootstrap --agent-socket): the key never leaves the VM.
+        meshd-sds = "agent"
       }
+      # meshd's node id for this Envoy is "<consul node>/web-sidecar-proxy".
       proxy {
         local_service_port = 8080 # where Envoy finds the app on 127.0.0.1
         upstreams = [
@@ -36,14 +40,16 @@ service {
           },
         ]
       }
-      # Replaces Consul's default checks (a TCP check of port 15001 and an
-      # alias of "web"): the sidecar is healthy when Envoy's public port
-      # accepts connections and the app is healthy.
+      # Replaces Consul's default checks (a TCP check of port 15001 on the
+      # node address, and an alias of "web"): the sidecar is healthy when
+      # Envoy is ready (it has its configuration and certificate; its admin
+      # API is 127.0.0.1:19001, from provision.sh) and the app is healthy.
       checks = [
         {
-          name     = "envoy public port"
-          tcp      = "10.0.0.10:15001"
-          interval = "10s"
+          name     = "envoy is ready"
+          http     = "http://127.0.0.1:19001/ready"
+          interval = "5s"
+          timeout  = "2s"
         },
         {
           name          = "web is healthy"
