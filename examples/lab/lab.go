@@ -48,10 +48,11 @@ const (
 const (
 	EnvoyImage  = "envoyproxy/envoy:v1.40.0"
 	ConsulImage = "hashicorp/consul:1.16.3"
-	// MeshdTarget and DemoappTarget are stages of the repository's
-	// Dockerfile.
-	MeshdTarget   = "meshd"
-	DemoappTarget = "demoapp"
+	// ToolsTarget is the stage of the repository's Dockerfile with meshd,
+	// meshctl and demoapp (and mesh-agent) on PATH and no entrypoint: the
+	// command lines below run as they are, and `docker compose exec meshd
+	// meshctl ...` finds meshctl.
+	ToolsTarget = "all"
 	// ImageUser is the non-root user of the repository's images. The
 	// bootstraps meshctl writes (mode 0600: they hold a token) must be
 	// readable by Envoy, so Envoy runs as the same user.
@@ -176,8 +177,13 @@ const (
 	consulData     = "/consul/data"
 	consulServices = "/consul/lab"
 	envoyDir       = "/etc/envoy"
-	// BootstrapPath is each sidecar's bootstrap, written by its
-	// bootstrap container.
+	// provisionDir is where a bootstrap container writes: a directory of
+	// the image owned by its user, so that the volume mounted there
+	// starts with that owner (Docker copies it) and meshctl may write.
+	provisionDir = "/run/meshd"
+	// BootstrapPath is each sidecar's bootstrap as its Envoy reads it
+	// (the bootstrap container wrote it to provisionDir of the same
+	// volume).
 	BootstrapPath = envoyDir + "/bootstrap.yaml"
 )
 
@@ -202,7 +208,7 @@ func Containers() []Container {
 			Mounts: []Mount{{Source: "consul-data", Target: consulData}, {Source: "./consul", Target: consulServices, ReadOnly: true}},
 		},
 		{
-			Name: "meshd", Build: MeshdTarget, Addr: MeshdAddr,
+			Name: "meshd", Build: ToolsTarget, Addr: MeshdAddr,
 			Argv: []string{"meshd", "--data-dir", meshdData,
 				"--consul-address", hostPort(ConsulAddr, ConsulHTTPPort),
 				"--policy-dir", meshdPolicy,
@@ -222,18 +228,18 @@ func Containers() []Container {
 		}
 		cs = append(cs,
 			Container{
-				Name: BootstrapContainer(in.ID), Build: MeshdTarget, NoNetwork: true, OneShot: true,
+				Name: BootstrapContainer(in.ID), Build: ToolsTarget, NoNetwork: true, OneShot: true,
 				// One command: a new token for this service only, embedded
 				// with the root CA in the sidecar's bootstrap.
 				Argv: []string{"meshctl", "bootstrap", "--data-dir", meshdData,
 					"--service", in.Service, "--node-id", in.ID, "--token-ttl", TokenTTL, "--inline-ca",
 					"--xds-address", hostPort(MeshdAddr, XDSPort), "--admin-port", fmt.Sprint(EnvoyAdminPort),
-					"-o", BootstrapPath},
-				Mounts:    []Mount{{Source: "meshd-data", Target: meshdData, ReadOnly: true}, {Source: envoyVolume(in.ID), Target: envoyDir}},
+					"-o", provisionDir + "/bootstrap.yaml"},
+				Mounts:    []Mount{{Source: "meshd-data", Target: meshdData, ReadOnly: true}, {Source: envoyVolume(in.ID), Target: provisionDir}},
 				DependsOn: []Dependency{{"meshd", Healthy}},
 			},
 			Container{
-				Name: in.ID, Build: DemoappTarget, Addr: in.Addr,
+				Name: in.ID, Build: ToolsTarget, Addr: in.Addr,
 				Argv: app,
 			},
 			Container{

@@ -37,7 +37,6 @@ type composeService struct {
 	Image       string                       `yaml:"image,omitempty"`
 	Build       *composeBuild                `yaml:"build,omitempty"`
 	User        string                       `yaml:"user,omitempty"`
-	Entrypoint  []string                     `yaml:"entrypoint,omitempty,flow"`
 	Command     []string                     `yaml:"command"`
 	NetworkMode string                       `yaml:"network_mode,omitempty"`
 	Networks    map[string]composeAddress    `yaml:"networks,omitempty"`
@@ -89,10 +88,7 @@ func ComposeYAML() ([]byte, error) {
 	for _, c := range Containers() {
 		s := composeService{Image: c.Image, User: c.User, Command: c.Argv, Restart: "unless-stopped"}
 		if c.Build != "" {
-			// The repository's images start the program named by the
-			// entrypoint; the command is its arguments.
 			s.Build = &composeBuild{Context: "../..", Target: c.Build}
-			s.Entrypoint, s.Command = c.Argv[:1], c.Argv[1:]
 		}
 		switch {
 		case c.NoNetwork:
