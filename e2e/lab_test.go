@@ -374,6 +374,18 @@ func TestLabWalkthrough(t *testing.T) {
 		if len(answeredBy(out)) != 1 {
 			t.Errorf("no payments instance answered:\n%s", out)
 		}
+		// Both payments instances are in orders' endpoints once Consul's
+		// checks of their sidecars pass.
+		eventually(t, 60*time.Second, func() error {
+			out, err := r.exec(lab.StepCalls)
+			if err != nil {
+				return fmt.Errorf("%v\n%s", err, out)
+			}
+			if got := answeredBy(out); !slices.Equal(got, []string{"payments-1", "payments-2"}) {
+				return fmt.Errorf("answered by %v", got)
+			}
+			return nil
+		})
 	})
 
 	t.Run("plaintext refused under STRICT", func(t *testing.T) {
@@ -419,13 +431,16 @@ func TestLabWalkthrough(t *testing.T) {
 
 	t.Run("rotation with no failed request", func(t *testing.T) {
 		before := map[string]string{}
-		for _, in := range lab.Instances {
-			s, err := r.presented(in.ID)
-			if err != nil {
-				t.Fatal(err)
+		eventually(t, 30*time.Second, func() error {
+			for _, in := range lab.Instances {
+				s, err := r.presented(in.ID)
+				if err != nil {
+					return err
+				}
+				before[in.ID] = s
 			}
-			before[in.ID] = s
-		}
+			return nil
+		})
 		gen := r.caStatus().Signing.Generation
 		load := r.start("load-rotation", lab.StepLoad)
 		// calls waits until n more calls have reached payments.

@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/meshd/meshd/bootstrap"
 )
 
 // The lab network. Its addresses exist only inside the lab (a compose
@@ -67,10 +69,12 @@ const TrustDomain = "cluster.local"
 const TokenTTL = "720h"
 
 // EnvoyFlags are the flags every sidecar's Envoy runs with, after
-// `-c BOOTSTRAP`. --disable-hot-restart: a container (or namespace)
-// runs one Envoy, which is never hot-restarted, and without it Envoys
-// sharing /dev/shm (the namespace run) collide on its shared memory.
-var EnvoyFlags = []string{"--disable-hot-restart", "--log-level", "info"}
+// `-c BOOTSTRAP`: the drain settings `meshctl bootstrap` prints (so a
+// policy or mode change reaches open connections within seconds), and
+// --disable-hot-restart: a container (or namespace) runs one Envoy, which
+// is never hot-restarted, and without it Envoys sharing /dev/shm (the
+// namespace run) collide on its shared memory.
+var EnvoyFlags = append(bootstrap.EnvoyDrainArgs(0), "--disable-hot-restart", "--log-level", "info")
 
 // Instance is one running copy of a service: an application and its
 // sidecar on an address of their own.
