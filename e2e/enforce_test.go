@@ -92,6 +92,11 @@ func (e *enforceMesh) writePolicy(t testing.TB, mode, docs string) time.Time {
 // startEnforceMesh starts meshd, the apps and the five sidecars with the
 // policy mode and documents given.
 func startEnforceMesh(t testing.TB, mode, docs string) *enforceMesh {
+	return startEnforceMeshWith(t, mode, docs)
+}
+
+// startEnforceMeshWith is startEnforceMesh with more meshd flags.
+func startEnforceMeshWith(t testing.TB, mode, docs string, meshdArgs ...string) *enforceMesh {
 	envoytest.Binary(t)
 	e := &enforceMesh{api: ports(t), greeter: ports(t), db: ports(t),
 		webAdmin: envoytest.FreePort(t), opsAdmin: envoytest.FreePort(t),
@@ -99,7 +104,7 @@ func startEnforceMesh(t testing.TB, mode, docs string) *enforceMesh {
 		opsAPI: envoytest.FreePort(t), opsGreeter: envoytest.FreePort(t), opsDB: envoytest.FreePort(t),
 		policyDir: t.TempDir()}
 	e.writePolicy(t, mode, docs)
-	e.m = startMeshd(t, e.catalog(), "--policy-dir", e.policyDir)
+	e.m = startMeshd(t, e.catalog(), append([]string{"--policy-dir", e.policyDir}, meshdArgs...)...)
 	startHTTPApp(t, "api", e.api.app)
 	startLineEcho(t, e.db.app)
 	startGRPCApp(t, e.greeter.app)
