@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -106,13 +105,7 @@ func do(method, url string, header map[string]string) (int, error) {
 
 func writePolicies(t *testing.T, dir, mode, legacyMode string) {
 	t.Helper()
-	tmp := filepath.Join(dir, ".policies.tmp")
-	if err := os.WriteFile(tmp, []byte(fmt.Sprintf(apiPolicies, mode, legacyMode)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "policies.yaml")); err != nil {
-		t.Fatal(err)
-	}
+	writePolicyFile(t, dir, fmt.Sprintf(apiPolicies, mode, legacyMode))
 }
 
 func TestEnvoyPolicy(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -168,13 +167,7 @@ func writeGRPCPolicies(t *testing.T, dir, mode, docs string) {
 	if docs != "" {
 		content += "---\n" + docs
 	}
-	tmp := filepath.Join(dir, ".tmp")
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "policies.yaml")); err != nil {
-		t.Fatal(err)
-	}
+	writePolicyFile(t, dir, content)
 }
 
 func TestGRPCPolicyMatrix(t *testing.T) {
