@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/meshd/meshd/internal/suggest"
 )
 
 // docsHint ends messages about the shape of a document so that whoever typed
@@ -98,70 +100,10 @@ func errorOf(problems []Problem, causes ...error) error {
 	return &Error{Problems: problems, Err: errors.Join(causes...)}
 }
 
-// suggest returns the word the user most likely meant, or "": the same word
-// in another case or separator style (ipblocks, ip_blocks), a prefix (prin),
-// or a typo within a small edit distance (principles). The same heuristic as
-// the catalog's, so both files feel alike.
-func suggest(name string, words []string) string {
-	norm := func(s string) string {
-		return strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(s))
-	}
-	n := norm(name)
-	for _, f := range words {
-		if norm(f) == n {
-			return f
-		}
-	}
-	if len(n) >= 3 {
-		for _, f := range words {
-			if strings.HasPrefix(norm(f), n) {
-				return f
-			}
-		}
-	}
-	best, bestDist := "", 3
-	if len(n) < 5 {
-		bestDist = 2
-	}
-	for _, f := range words {
-		if d := editDistance(n, norm(f)); d < bestDist {
-			best, bestDist = f, d
-		}
-	}
-	return best
-}
-
-// editDistance is the optimal-string-alignment distance: Levenshtein plus
-// the swap of two neighbouring letters ("form" for "from"), the commonest
-// typo of all.
-func editDistance(a, b string) int {
-	d := make([][]int, len(a)+1)
-	for i := range d {
-		d[i] = make([]int, len(b)+1)
-		d[i][0] = i
-	}
-	for j := range d[0] {
-		d[0][j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
-			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
-				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
-			}
-		}
-	}
-	return d[len(a)][len(b)]
-}
-
 // didYouMean renders the hint for an unknown word: the likely intended one,
 // or the whole list.
 func didYouMean(name string, accepted []string) string {
-	if s := suggest(name, accepted); s != "" {
+	if s := suggest.Closest(name, accepted); s != "" {
 		return fmt.Sprintf("did you mean %q?", s)
 	}
 	return "accepted: " + strings.Join(accepted, ", ")
@@ -170,7 +112,7 @@ func didYouMean(name string, accepted []string) string {
 // suggestion is "; did you mean X?" when a likely intended word exists, for
 // messages that list the accepted words already.
 func suggestion(name string, accepted []string) string {
-	if s := suggest(name, accepted); s != "" {
+	if s := suggest.Closest(name, accepted); s != "" {
 		return fmt.Sprintf("; did you mean %q?", s)
 	}
 	return ""

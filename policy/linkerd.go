@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/suggest"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -881,7 +882,7 @@ func (d *docParser) namespaceDoc(meta *yaml.Node, annotations map[string]string)
 			ns.def = d.defaultPolicy(at(k), "metadata.annotations."+k)
 			continue
 		}
-		if s := suggest(k, []string{mesh.DefaultInboundPolicyLabel}); s != "" {
+		if s := suggest.Closest(k, []string{mesh.DefaultInboundPolicyLabel}); s != "" {
 			d.add(at(k), "metadata.annotations."+k, "unknown annotation %q; did you mean %q?", k, s)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/meshd/meshd/internal/suggest"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -114,7 +115,7 @@ func (l *linkerdDocs) resolve() []Problem {
 				continue
 			}
 			msg := fmt.Sprintf("%s %s/%s is not defined in the policy files: define it, or fix the name or namespace", r.kind, r.namespace, r.name)
-			if s := suggest(r.namespace+"/"+r.name, have); s != "" {
+			if s := suggest.Closest(r.namespace+"/"+r.name, have); s != "" {
 				msg += fmt.Sprintf("; did you mean %s?", s)
 			}
 			out = append(out, Problem{File: a.file, Line: r.line, Policy: kindLinkerdAuthz + " " + a.namespace + "/" + a.name, Field: r.field, Message: msg})

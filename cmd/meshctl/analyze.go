@@ -1,14 +1,14 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/discovery/file"
 	"github.com/meshd/meshd/mesh"
@@ -63,125 +63,120 @@ type analyzeReport struct {
 	Warnings int              `json:"warnings"`
 }
 
-func runAnalyze(args []string, stdout, stderr io.Writer) int {
-	flags := newFlagSet("meshctl analyze", analyzeDescription, analyzeExamples, stderr)
-	catalogPath := flags.String("catalog", "", "catalog `FILE` to check, and to check the policy against")
-	policyDir := flags.String("policy-dir", "", "`DIR` of policy files, read as meshd reads it (or name policy files as arguments)")
-	rootNamespace := flags.String("root-namespace", mesh.DefaultRootNamespace, "`NAMESPACE` whose policies apply mesh-wide; must be meshd's")
-	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust `domain` of the mesh, for checking principals; must be meshd's")
-	defaultMode := flags.String("default-mode", string(mesh.MTLSPermissive), "mTLS `MODE` of workloads no PeerAuthentication sets (STRICT, PERMISSIVE or DISABLE); must be meshd's --mtls-mode")
-	flags.StringVar(defaultMode, "mtls-mode", string(mesh.MTLSPermissive), "same as --default-mode, under meshd's name for it")
-	defaultInbound := flags.String("default-inbound-policy", string(mesh.DefaultAllUnauthenticated), "Linkerd default inbound `policy` of workloads no Server selects; must be meshd's --default-inbound-policy")
-	clusterNetworks := flags.String("cluster-networks", strings.Join(policy.DefaultClusterNetworks, ","), "comma-separated cluster `CIDRs` for Linkerd's cluster-* policies; must be meshd's --cluster-networks")
-	output := flags.String("o", "text", "output `FORMAT`: text (one line per finding) or json")
-	flags.StringVar(output, "output", "text", "same as -o")
-	files, code, ok := parseInterleaved(flags, args, stdout)
-	if !ok {
-		return code
+func newAnalyzeCmd() *cobra.Command {
+	var catalogPath, policyDir, rootNamespace, trustDomain, defaultMode, defaultInbound, clusterNetworks string
+	cmd := &cobra.Command{
+		Use:     "analyze [--catalog FILE] [--policy-dir DIR | POLICY-FILE...] [flags]",
+		Short:   "check a catalog and mesh policy offline: errors and likely mistakes",
+		Long:    strings.TrimSpace(analyzeDescription),
+		Example: strings.Trim(analyzeExamples, "\n"),
+		Args:    cobra.ArbitraryArgs,
 	}
-
-	if *output != "text" && *output != "json" {
-		usageErrorf(flags, "-o %q: use text or json", *output)
-		return exitUsage
-	}
-	if *policyDir != "" && len(files) > 0 {
-		usageErrorf(flags, "give --policy-dir or policy files, not both")
-		return exitUsage
-	}
-	if *catalogPath == "" && *policyDir == "" && len(files) == 0 {
-		usageErrorf(flags, "nothing to analyze: give --catalog, --policy-dir or policy files")
-		return exitUsage
-	}
-	if err := mesh.ValidName(*rootNamespace); err != nil {
-		usageErrorf(flags, "--root-namespace: %v", err)
-		return exitUsage
-	}
-	if err := mesh.ValidTrustDomain(*trustDomain); err != nil {
-		usageErrorf(flags, "--trust-domain: %v", err)
-		return exitUsage
-	}
-	mode, err := policy.ParseMode(*defaultMode)
-	if err != nil {
-		usageErrorf(flags, "--default-mode: %v", err)
-		return exitUsage
-	}
-	inbound, err := policy.ParseDefaultInboundPolicy(*defaultInbound)
-	if err != nil {
-		usageErrorf(flags, "--default-inbound-policy: %v", err)
-		return exitUsage
-	}
-	var networks []string
-	for _, n := range strings.Split(*clusterNetworks, ",") {
-		if n = strings.TrimSpace(n); n != "" {
-			networks = append(networks, n)
+	fs := cmd.Flags()
+	fs.StringVar(&catalogPath, "catalog", "", "catalog `FILE` to check, and to check the policy against")
+	fs.StringVar(&policyDir, "policy-dir", "", "`DIR` of policy files, read as meshd reads it (or name policy files as arguments)")
+	fs.StringVar(&rootNamespace, "root-namespace", mesh.DefaultRootNamespace, "`NAMESPACE` whose policies apply mesh-wide; must be meshd's")
+	fs.StringVar(&trustDomain, "trust-domain", defaultTrustDomain, "SPIFFE trust `domain` of the mesh, for checking principals; must be meshd's")
+	fs.StringVar(&defaultMode, "mtls-mode", string(mesh.MTLSPermissive), "mTLS `MODE` of workloads no PeerAuthentication sets (STRICT, PERMISSIVE or DISABLE); must be meshd's --mtls-mode")
+	fs.StringVar(&defaultMode, "default-mode", string(mesh.MTLSPermissive), "same as --mtls-mode")
+	fs.StringVar(&defaultInbound, "default-inbound-policy", string(mesh.DefaultAllUnauthenticated), "Linkerd default inbound `policy` of workloads no Server selects; must be meshd's --default-inbound-policy")
+	fs.StringVar(&clusterNetworks, "cluster-networks", strings.Join(policy.DefaultClusterNetworks, ","), "comma-separated cluster `CIDRs` for Linkerd's cluster-* policies; must be meshd's --cluster-networks")
+	output := addOutputFlag(cmd, formatText, formatJSON, formatYAML)
+	_ = cmd.MarkFlagFilename("catalog", "yaml", "yml", "json")
+	_ = cmd.MarkFlagDirname("policy-dir")
+	_ = cmd.RegisterFlagCompletionFunc("mtls-mode", cobra.FixedCompletions([]string{"STRICT", "PERMISSIVE", "DISABLE"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RunE = func(cmd *cobra.Command, files []string) error {
+		stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+		if policyDir != "" && len(files) > 0 {
+			return usageErrorf("give --policy-dir or policy files, not both")
 		}
-	}
-	if err := policy.ParseClusterNetworks(networks); err != nil {
-		usageErrorf(flags, "--cluster-networks: %v", err)
-		return exitUsage
-	}
-
-	var findings []policy.Finding
-	var cat *mesh.Catalog
-	if *catalogPath != "" {
-		cat, err = file.Load(*catalogPath)
+		if catalogPath == "" && policyDir == "" && len(files) == 0 {
+			return usageErrorf("nothing to analyze: give --catalog, --policy-dir or policy files")
+		}
+		if err := mesh.ValidName(rootNamespace); err != nil {
+			return usageErrorf("--root-namespace: %v", err)
+		}
+		if err := mesh.ValidTrustDomain(trustDomain); err != nil {
+			return usageErrorf("--trust-domain: %v", err)
+		}
+		mode, err := policy.ParseMode(defaultMode)
 		if err != nil {
-			findings = append(findings, catalogFindings(*catalogPath, err)...)
+			return usageErrorf("--mtls-mode: %v", err)
 		}
-	}
-	var pols *policy.Policies
-	switch {
-	case *policyDir != "":
-		pols, err = policy.LoadDir(*policyDir)
-	case len(files) > 0:
-		pols, err = policy.LoadFiles(files)
-	default:
-		pols = &policy.Policies{}
-	}
-	if err != nil {
-		findings = append(findings, policyFindings(err)...)
-	}
-	// Analysis needs valid policy; a bad catalog only limits it to the
-	// checks that need none, so policy mistakes are still all reported.
-	if pols != nil {
-		findings = append(findings, policy.Analyze(policy.AnalyzeInput{
-			Catalog:     cat,
-			CatalogPath: *catalogPath,
-			Policy: pols.SetWith(policy.Settings{RootNamespace: *rootNamespace, DefaultMode: mode, TrustDomain: *trustDomain,
-				DefaultInboundPolicy: inbound, ClusterNetworks: networks}),
-			TrustDomain: *trustDomain,
-			Policies:    pols,
-		})...)
-	}
+		inbound, err := policy.ParseDefaultInboundPolicy(defaultInbound)
+		if err != nil {
+			return usageErrorf("--default-inbound-policy: %v", err)
+		}
+		var networks []string
+		for _, n := range strings.Split(clusterNetworks, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				networks = append(networks, n)
+			}
+		}
+		if err := policy.ParseClusterNetworks(networks); err != nil {
+			return usageErrorf("--cluster-networks: %v", err)
+		}
 
-	report := analyzeReport{Findings: findings}
-	if report.Findings == nil {
-		report.Findings = []policy.Finding{}
-	}
-	for _, f := range findings {
-		if f.Severity == policy.SeverityError {
-			report.Errors++
-		} else {
-			report.Warnings++
+		var findings []policy.Finding
+		var cat *mesh.Catalog
+		if catalogPath != "" {
+			cat, err = file.Load(catalogPath)
+			if err != nil {
+				findings = append(findings, catalogFindings(catalogPath, err)...)
+			}
 		}
-	}
-	if *output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(report); err != nil {
-			fmt.Fprintf(stderr, "meshctl analyze: writing output: %v\n", err)
-			return exitError
+		var pols *policy.Policies
+		switch {
+		case policyDir != "":
+			pols, err = policy.LoadDir(policyDir)
+		case len(files) > 0:
+			pols, err = policy.LoadFiles(files)
+		default:
+			pols = &policy.Policies{}
 		}
-	} else {
+		if err != nil {
+			findings = append(findings, policyFindings(err)...)
+		}
+		// Analysis needs valid policy; a bad catalog only limits it to the
+		// checks that need none, so policy mistakes are still all reported.
+		if pols != nil {
+			findings = append(findings, policy.Analyze(policy.AnalyzeInput{
+				Catalog:     cat,
+				CatalogPath: catalogPath,
+				Policy: pols.SetWith(policy.Settings{RootNamespace: rootNamespace, DefaultMode: mode, TrustDomain: trustDomain,
+					DefaultInboundPolicy: inbound, ClusterNetworks: networks}),
+				TrustDomain: trustDomain,
+				Policies:    pols,
+			})...)
+		}
+
+		report := analyzeReport{Findings: findings}
+		if report.Findings == nil {
+			report.Findings = []policy.Finding{}
+		}
 		for _, f := range findings {
-			fmt.Fprintln(stdout, f.String())
+			if f.Severity == policy.SeverityError {
+				report.Errors++
+			} else {
+				report.Warnings++
+			}
 		}
-		fmt.Fprintf(stderr, "meshctl analyze: %s, %s%s\n", plural(report.Errors, "error"), plural(report.Warnings, "warning"), summary(cat, pols, *policyDir != "" || len(files) > 0))
+		err = output.print(stdout, report, func(w io.Writer) error {
+			for _, f := range findings {
+				fmt.Fprintln(w, f.String())
+			}
+			_, err := fmt.Fprintf(stderr, "meshctl analyze: %s, %s%s\n", plural(report.Errors, "error"), plural(report.Warnings, "warning"), summary(cat, pols, policyDir != "" || len(files) > 0))
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("writing output: %w", err)
+		}
+		if report.Errors > 0 {
+			return exitStatus(exitError)
+		}
+		return nil
 	}
-	if report.Errors > 0 {
-		return exitError
-	}
-	return exitOK
+	return cmd
 }
 
 // summary says what was analyzed, so "0 errors" cannot hide an empty input.
@@ -248,38 +243,4 @@ func policyFindings(err error) []policy.Finding {
 		out = append(out, policy.Finding{Severity: policy.SeverityError, File: p.Location(), Policy: p.Policy, Field: p.Field, Message: p.Message})
 	}
 	return out
-}
-
-// parseInterleaved parses flags that may come before, between or after the
-// positional arguments (meshctl analyze --catalog c.yaml a.yaml -o json
-// b.yaml), which the flag package alone stops at. Everything after "--" is
-// positional.
-func parseInterleaved(fs *flagSet, args []string, stdout io.Writer) (positional []string, code int, ok bool) {
-	for _, a := range args {
-		if a == "--" {
-			break
-		}
-		if a == "-h" || a == "-help" || a == "--help" {
-			fs.help(stdout)
-			return nil, exitOK, false
-		}
-	}
-	rest := args
-	for {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, exitOK, false
-			}
-			return nil, exitUsage, false
-		}
-		left := fs.Args()
-		if len(left) == 0 {
-			return positional, exitOK, true
-		}
-		if consumed := len(rest) - len(left); consumed > 0 && rest[consumed-1] == "--" {
-			return append(positional, left...), exitOK, true
-		}
-		positional = append(positional, left[0])
-		rest = left[1:]
-	}
 }

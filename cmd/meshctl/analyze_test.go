@@ -142,15 +142,17 @@ func TestAnalyzeUsage(t *testing.T) {
 	}{
 		{"nothing", nil, "nothing to analyze"},
 		{"dir and files", []string{"--policy-dir", "d", "a.yaml"}, "give --policy-dir or policy files, not both"},
-		{"output", []string{"--catalog", "c", "-o", "xml"}, `-o "xml": use text or json`},
-		{"default mode", []string{"--catalog", "c", "--default-mode", "UNSET"}, `--default-mode: "UNSET" is not a default mTLS mode`},
+		{"output", []string{"--catalog", "c", "-o", "xml"}, `invalid argument "xml" for "-o, --output" flag: use text, json, yaml`},
+		{"output typo", []string{"--catalog", "c", "-o", "jsno"}, `did you mean json?`},
+		{"default mode", []string{"--catalog", "c", "--default-mode", "UNSET"}, `--mtls-mode: "UNSET" is not a default mTLS mode`},
 		{"root namespace", []string{"--catalog", "c", "--root-namespace", "Istio_System"}, "--root-namespace:"},
 		{"trust domain", []string{"--catalog", "c", "--trust-domain", "Example.org"}, "--trust-domain:"},
-		{"unknown flag", []string{"--polcy-dir", "d"}, "-polcy-dir"},
+		{"unknown flag", []string{"--polcy-dir", "d"}, "unknown flag: --polcy-dir; did you mean --policy-dir?"},
+		{"single dash", []string{"-catalog", "c"}, "unknown flag -catalog: long flags take two dashes, --catalog"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := runArgs(append([]string{"analyze"}, c.args...)...)
-			if r.code != exitUsage || r.stdout != "" || !strings.Contains(r.stderr, c.want) || !strings.Contains(r.stderr, "meshctl analyze -h") {
+			if r.code != exitUsage || r.stdout != "" || !strings.Contains(r.stderr, c.want) || !strings.Contains(r.stderr, "Run 'meshctl analyze --help' for usage.") {
 				t.Errorf("exit %d, stdout %q, stderr %q; want exit 2 and %q", r.code, r.stdout, r.stderr, c.want)
 			}
 		})
@@ -163,10 +165,8 @@ func TestAnalyzeHelp(t *testing.T) {
 		if r.code != exitOK {
 			t.Fatalf("%v: exit %d", args, r.code)
 		}
-		for _, f := range []string{"catalog", "policy-dir", "root-namespace", "trust-domain", "default-mode", "mtls-mode", "o", "output"} {
-			if !strings.Contains(r.stdout, "  -"+f+" ") {
-				t.Errorf("%v: help does not explain -%s", args, f)
-			}
+		for _, f := range []string{"catalog", "policy-dir", "root-namespace", "trust-domain", "default-mode", "mtls-mode", "output"} {
+			checkHelpExplains(t, r.stdout, f)
 		}
 		if !strings.Contains(r.stdout, "Examples:") || !strings.Contains(r.stdout, "plaintext") {
 			t.Errorf("%v: help lacks examples or the description:\n%s", args, r.stdout)

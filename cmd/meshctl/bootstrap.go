@@ -8,8 +8,12 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"sort"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/mesh"
@@ -58,74 +62,93 @@ var (
 	grpcOnlyFlags  = []string{"cert-dir", "refresh-interval"}
 )
 
-func runBootstrap(args []string, stdout, stderr io.Writer) int {
-	flags := newFlagSet("meshctl bootstrap", bootstrapDescription, bootstrapExamples, stderr)
-	service := flags.String("service", "", "catalog name of the service this proxy fronts (required)")
-	namespace := flags.String("namespace", mesh.DefaultNamespace, "namespace of the service")
-	nodeID := flags.String("node-id", "", "xDS node id; must match the proxy's id in the catalog (default SERVICE.NAMESPACE, the catalog's default)")
-	xdsAddr := flags.String("xds-address", bootstrap.DefaultXDSAddress, "`HOST:PORT` of meshd's xDS server (TLS); a DNS name is also sent as SNI")
-	adminPort := flags.Uint("admin-port", uint(bootstrap.DefaultAdminPort), "envoy only: `PORT` of Envoy's admin API on 127.0.0.1; give each Envoy on a host its own")
-	caFile := flags.String("ca-file", "", "`PATH` of the mesh root CA PEM the proxy verifies meshd with (default <data-dir>/ca/root-cert.pem)")
-	inlineCA := flags.Bool("inline-ca", false, "envoy only: embed the root CA read from --ca-file in the bootstrap instead of referring to the file")
-	dataDir := flags.String("data-dir", defaultDataDir(), "`DIR` where meshd keeps its state; the root CA is DIR/ca/root-cert.pem")
-	flavor := flags.String("flavor", string(mesh.FlavorEnvoy), "`FLAVOR` of proxy: envoy (an Envoy sidecar) or grpc (a proxyless gRPC application)")
-	certDir := flags.String("cert-dir", "", "grpc only (required): `DIR` holding the app's cert.pem, key.pem and ca.pem (see meshctl certs issue)")
-	refresh := flags.String("refresh-interval", bootstrap.DefaultRefreshInterval, "grpc only: how often gRPC re-reads --cert-dir, as a Go `DURATION` (60s, 5m)")
-	out := flags.String("o", "", "write to `FILE` instead of standard output")
-	delta := flags.Bool("delta", false, "envoy only: use incremental (delta) xDS instead of state-of-the-world")
-	trustDomain := flags.String("trust-domain", defaultTrustDomain, "envoy only: meshd's SPIFFE trust `domain`; Envoy accepts only meshd's own identity in it")
-	tokenFile := flags.String("token-file", "", "envoy only: `FILE` with a bootstrap token (meshctl token create); Envoy sends it to meshd, which serves only that token's service. The output then holds a credential and is written with mode 0600")
-	tokenTTL := flags.Duration("token-ttl", 0, "envoy only: instead of --token-file, sign a new bootstrap token for --service valid this long (a Go `DURATION`: 720h) with meshd's token key in --data-dir, and embed it; its id is printed for meshctl token revoke. One command provisions a sidecar (e.g. a container started before its Envoy)")
-	drainTime := flags.Duration("drain-time", bootstrap.DefaultDrainTime, "envoy only: the --drain-time-s to start Envoy with, in whole seconds (`DURATION`: 5s, 45s): how long a connection opened before an mTLS mode or tcp policy change may still be served. Written into the bootstrap (a comment with the command, and node metadata)")
-	agentSocket := flags.String("agent-socket", "", "envoy only: `PATH` of a local mesh-agent's SDS Unix socket; Envoy then takes its certificate and key from the agent (keys never leave the machine)")
-	if code, ok := parseFlags(flags, args, stdout); !ok {
-		return code
-	}
+type bootstrapFlags struct {
+	service, namespace, nodeID, xdsAddr  string
+	adminPort                            uint
+	caFile, dataDir, flavor, certDir     string
+	refresh, out, trustDomain, tokenFile string
+	agentSocket                          string
+	inlineCA, delta                      bool
+	tokenTTL, drainTime                  time.Duration
+}
 
-	if *service == "" {
-		usageErrorf(flags, "--service is required: name the catalog service this proxy fronts, e.g. --service web")
-		return exitUsage
+func newBootstrapCmd() *cobra.Command {
+	var f bootstrapFlags
+	cmd := &cobra.Command{
+		Use:     "bootstrap --service NAME [flags]",
+		Short:   "print the bootstrap an Envoy sidecar or a proxyless gRPC app needs to reach meshd",
+		Long:    strings.TrimSpace(bootstrapDescription),
+		Example: strings.Trim(bootstrapExamples, "\n"),
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBootstrap(cmd, &f)
+		},
 	}
-	given := setFlags(flags)
+	fs := cmd.Flags()
+	fs.StringVar(&f.service, "service", "", "catalog name of the service this proxy fronts (required)")
+	fs.StringVar(&f.namespace, "namespace", mesh.DefaultNamespace, "namespace of the service")
+	fs.StringVar(&f.nodeID, "node-id", "", "xDS node id; must match the proxy's id in the catalog (default SERVICE.NAMESPACE, the catalog's default)")
+	fs.StringVar(&f.xdsAddr, "xds-address", bootstrap.DefaultXDSAddress, "`HOST:PORT` of meshd's xDS server (TLS); a DNS name is also sent as SNI")
+	fs.UintVar(&f.adminPort, "admin-port", uint(bootstrap.DefaultAdminPort), "envoy only: `PORT` of Envoy's admin API on 127.0.0.1; give each Envoy on a host its own")
+	fs.StringVar(&f.caFile, "ca-file", "", "`PATH` of the mesh root CA PEM the proxy verifies meshd with (default <data-dir>/ca/root-cert.pem)")
+	fs.BoolVar(&f.inlineCA, "inline-ca", false, "envoy only: embed the root CA read from --ca-file in the bootstrap instead of referring to the file")
+	dataDirFlag(fs, &f.dataDir, "`DIR` where meshd keeps its state; the root CA is DIR/ca/root-cert.pem")
+	fs.StringVar(&f.flavor, "flavor", string(mesh.FlavorEnvoy), "`FLAVOR` of proxy: envoy (an Envoy sidecar) or grpc (a proxyless gRPC application)")
+	fs.StringVar(&f.certDir, "cert-dir", "", "grpc only (required): `DIR` holding the app's cert.pem, key.pem and ca.pem (see meshctl certs issue)")
+	fs.StringVar(&f.refresh, "refresh-interval", bootstrap.DefaultRefreshInterval, "grpc only: how often gRPC re-reads --cert-dir, as a Go `DURATION` (60s, 5m)")
+	fs.StringVarP(&f.out, "output", "o", "", "write to `FILE` instead of standard output")
+	fs.BoolVar(&f.delta, "delta", false, "envoy only: use incremental (delta) xDS instead of state-of-the-world")
+	fs.StringVar(&f.trustDomain, "trust-domain", defaultTrustDomain, "envoy only: meshd's SPIFFE trust `domain`; Envoy accepts only meshd's own identity in it")
+	fs.StringVar(&f.tokenFile, "token-file", "", "envoy only: `FILE` with a bootstrap token (meshctl token create); Envoy sends it to meshd, which serves only that token's service. The output then holds a credential and is written with mode 0600")
+	fs.DurationVar(&f.tokenTTL, "token-ttl", 0, "envoy only: instead of --token-file, sign a new bootstrap token for --service valid this long (a Go `DURATION`: 720h) with meshd's token key in --data-dir, and embed it; its id is printed for meshctl token revoke. One command provisions a sidecar (e.g. a container started before its Envoy)")
+	fs.DurationVar(&f.drainTime, "drain-time", bootstrap.DefaultDrainTime, "envoy only: the --drain-time-s to start Envoy with, in whole seconds (`DURATION`: 5s, 45s): how long a connection opened before an mTLS mode or tcp policy change may still be served. Written into the bootstrap (a comment with the command, and node metadata)")
+	fs.StringVar(&f.agentSocket, "agent-socket", "", "envoy only: `PATH` of a local mesh-agent's SDS Unix socket; Envoy then takes its certificate and key from the agent (keys never leave the machine)")
+	_ = cmd.RegisterFlagCompletionFunc("flavor", cobra.FixedCompletions([]string{string(mesh.FlavorEnvoy), string(mesh.FlavorGRPC)}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.MarkFlagDirname("cert-dir")
+	_ = cmd.MarkFlagDirname("data-dir")
+	return cmd
+}
+
+func runBootstrap(cmd *cobra.Command, f *bootstrapFlags) error {
+	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	if f.service == "" {
+		return usageErrorf("--service is required: name the catalog service this proxy fronts, e.g. --service web")
+	}
+	given := setFlags(cmd)
 	var wrongFlavor []string
-	switch mesh.Flavor(*flavor) {
+	switch mesh.Flavor(f.flavor) {
 	case mesh.FlavorEnvoy:
 		wrongFlavor = intersect(given, grpcOnlyFlags)
 	case mesh.FlavorGRPC:
 		wrongFlavor = intersect(given, envoyOnlyFlags)
 	default:
-		usageErrorf(flags, "--flavor %q is not supported: use envoy or grpc", *flavor)
-		return exitUsage
+		return usageErrorf("--flavor %q is not supported: use envoy or grpc", f.flavor)
 	}
 	if len(wrongFlavor) > 0 {
-		usageErrorf(flags, "--%s does not apply to --flavor %s", wrongFlavor[0], *flavor)
-		return exitUsage
+		return usageErrorf("--%s does not apply to --flavor %s", wrongFlavor[0], f.flavor)
 	}
-	if mesh.Flavor(*flavor) == mesh.FlavorGRPC && *certDir == "" {
-		usageErrorf(flags, "--cert-dir is required with --flavor grpc: gRPC reads its certificate from files; create them with `meshctl certs issue --service %s --out DIR` and pass --cert-dir DIR", *service)
-		return exitUsage
+	if mesh.Flavor(f.flavor) == mesh.FlavorGRPC && f.certDir == "" {
+		return usageErrorf("--cert-dir is required with --flavor grpc: gRPC reads its certificate from files; create them with `meshctl certs issue --service %s --out DIR` and pass --cert-dir DIR", f.service)
 	}
-	if *tokenFile != "" && *tokenTTL != 0 {
-		usageErrorf(flags, "--token-file and --token-ttl exclude each other: embed an existing token or sign a new one")
-		return exitUsage
+	if f.tokenFile != "" && f.tokenTTL != 0 {
+		return usageErrorf("--token-file and --token-ttl exclude each other: embed an existing token or sign a new one")
 	}
-	if *tokenTTL < 0 {
-		usageErrorf(flags, "--token-ttl %s must be positive, e.g. 720h", *tokenTTL)
-		return exitUsage
+	if f.tokenTTL < 0 {
+		return usageErrorf("--token-ttl %s must be positive, e.g. 720h", f.tokenTTL)
 	}
-	if *adminPort == 0 || *adminPort > 65535 {
-		usageErrorf(flags, "--admin-port %d is not a TCP port: use 1 to 65535", *adminPort)
-		return exitUsage
+	if f.adminPort == 0 || f.adminPort > 65535 {
+		return usageErrorf("--admin-port %d is not a TCP port: use 1 to 65535", f.adminPort)
 	}
-	if err := bootstrap.CheckDrainTime(*drainTime); err != nil {
-		usageErrorf(flags, "--drain-time: %v", err)
-		return exitUsage
+	if err := bootstrap.CheckDrainTime(f.drainTime); err != nil {
+		return usageErrorf("--drain-time: %v", err)
 	}
-	if (*caFile == "" || *tokenTTL != 0) && !checkDataDir(flags, *dataDir) {
-		return exitUsage
+	if f.caFile == "" || f.tokenTTL != 0 {
+		if err := checkDataDir(f.dataDir); err != nil {
+			return err
+		}
 	}
-	if *caFile == "" {
-		*caFile = rootCertPath(*dataDir)
+	if f.caFile == "" {
+		f.caFile = rootCertPath(f.dataDir)
 	}
 
 	var (
@@ -133,71 +156,75 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		err    error
 		minted string // what to print about a token signed here
 	)
-	if mesh.Flavor(*flavor) == mesh.FlavorGRPC {
+	if mesh.Flavor(f.flavor) == mesh.FlavorGRPC {
 		data, err = bootstrap.GRPC(bootstrap.GRPCOptions{
-			NodeID: *nodeID, Service: *service, Namespace: *namespace, XDSAddress: *xdsAddr,
-			CAFile: *caFile, CertDir: *certDir, RefreshInterval: *refresh,
+			NodeID: f.nodeID, Service: f.service, Namespace: f.namespace, XDSAddress: f.xdsAddr,
+			CAFile: f.caFile, CertDir: f.certDir, RefreshInterval: f.refresh,
 		})
 	} else {
 		o := bootstrap.EnvoyOptions{
-			NodeID: *nodeID, Service: *service, Namespace: *namespace, XDSAddress: *xdsAddr,
-			AdminPort: uint32(*adminPort), TrustDomain: *trustDomain, Delta: *delta,
-			AgentSocket: *agentSocket, DrainTime: *drainTime,
+			NodeID: f.nodeID, Service: f.service, Namespace: f.namespace, XDSAddress: f.xdsAddr,
+			AdminPort: uint32(f.adminPort), TrustDomain: f.trustDomain, Delta: f.delta,
+			AgentSocket: f.agentSocket, DrainTime: f.drainTime,
 		}
-		if *tokenFile != "" {
-			tok, err := os.ReadFile(*tokenFile)
+		if f.tokenFile != "" {
+			tok, err := os.ReadFile(f.tokenFile)
 			if err != nil {
-				fmt.Fprintf(stderr, "meshctl bootstrap: reading the token: %v (create one with meshctl token create --service %s -o FILE)\n", err, *service)
-				return exitError
+				return fmt.Errorf("reading the token: %w (create one with meshctl token create --service %s -o FILE)", err, f.service)
 			}
 			o.Token = strings.TrimSpace(string(tok))
 		}
-		if *inlineCA {
-			o.CAPEM, err = readRootPEM(*caFile)
-			if err != nil {
-				fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
-				return exitError
+		if f.inlineCA {
+			if o.CAPEM, err = readRootPEM(f.caFile); err != nil {
+				return err
 			}
 		} else {
-			o.CAFile = *caFile
-			warnIfMissing(stderr, *caFile)
+			o.CAFile = f.caFile
+			warnIfMissing(stderr, f.caFile)
 		}
 		// Signed last, so that a mistake above mints no token.
-		if *tokenTTL > 0 {
-			ta, ok := openTokens(*dataDir, *trustDomain, stderr, "meshctl bootstrap")
-			if !ok {
-				return exitError
-			}
-			tok, claims, err := ta.Create(*namespace, *service, *tokenTTL)
+		if f.tokenTTL > 0 {
+			ta, err := openTokens(f.dataDir, f.trustDomain)
 			if err != nil {
-				fmt.Fprintf(stderr, "meshctl bootstrap: signing a token: %v\n", err)
-				return exitError
+				return err
+			}
+			tok, claims, err := ta.Create(f.namespace, f.service, f.tokenTTL)
+			if err != nil {
+				return fmt.Errorf("signing a token: %w", err)
 			}
 			o.Token = string(tok)
+			recordToken(ta, claims, stderr)
 			minted = fmt.Sprintf("token %s for %s/%s, valid until %s, embedded in the bootstrap\n", claims.ID, claims.Namespace, claims.Service, claims.Expires.Format(time.RFC3339))
 		}
 		data, err = bootstrap.EnvoyYAML(o)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
-		return exitError
+		return err
 	}
 	perm := os.FileMode(0o644)
-	if *tokenFile != "" || *tokenTTL > 0 {
+	if f.tokenFile != "" || f.tokenTTL > 0 {
 		perm = 0o600 // the bootstrap carries the token
 	}
-	if err := writeOutput(*out, data, stdout, perm); err != nil {
-		fmt.Fprintf(stderr, "meshctl bootstrap: %v\n", err)
-		return exitError
+	if err := writeOutput(f.out, data, stdout, perm); err != nil {
+		return err
 	}
 	fmt.Fprint(stderr, minted)
-	if mesh.Flavor(*flavor) == mesh.FlavorEnvoy && *out != "" && *out != "-" {
+	if mesh.Flavor(f.flavor) == mesh.FlavorEnvoy && f.out != "" && f.out != "-" {
 		// Envoy has no bootstrap field for its drain settings: say how to
 		// start it where an operator sees it (with no -o, standard output
 		// is the bootstrap, whose first lines say the same).
-		fmt.Fprintf(stderr, "meshctl bootstrap: wrote %s; start Envoy with: %s\n", *out, bootstrap.EnvoyCommand(*out, *drainTime))
+		fmt.Fprintf(stderr, "meshctl bootstrap: wrote %s; start Envoy with: %s\n", f.out, bootstrap.EnvoyCommand(f.out, f.drainTime))
 	}
-	return exitOK
+	return nil
+}
+
+// setFlags lists the flags given on the command line (as opposed to
+// defaults), sorted.
+func setFlags(cmd *cobra.Command) []string {
+	var names []string
+	cmd.Flags().Visit(func(f *pflag.Flag) { names = append(names, f.Name) })
+	sort.Strings(names)
+	return names
 }
 
 // readRootPEM reads the root CA to embed and checks it holds a certificate,

@@ -1,100 +1,47 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
-	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/internal/adminclient"
 	"github.com/meshd/meshd/sds"
 )
 
-// defaultAdminAddress is meshd's default --admin-listen.
-const defaultAdminAddress = "127.0.0.1:15014"
-
-func runCA(args []string, stdout, stderr io.Writer) int {
-	usage := func(w io.Writer) {
-		fmt.Fprint(w, `Usage: meshctl ca <subcommand> [flags]
-
-Subcommands:
-  status               show the signing root and intermediate, the trusted
-                       roots, rotation progress and every issued identity
-  rotate-root          start a root rotation (new root and intermediate)
-  rotate-intermediate  start an intermediate rotation under the same root
-
-All talk to meshd's admin API (--admin-address). Rotations advance on their
+func newCACmd() *cobra.Command {
+	return group("ca", "mesh CA status and rotation (status, rotate-root, rotate-intermediate)",
+		`All talk to meshd's admin API (--admin-address). Rotations advance on their
 own: the new root is trusted first, leaves move to the new chain once every
 connected proxy has ACKed it, and the old root leaves the bundle when no
-leaf under it can still be valid. Follow them with meshctl ca status.
-`)
-	}
-	if len(args) == 0 {
-		usage(stderr)
-		return exitUsage
-	}
-	switch args[0] {
-	case "status":
-		return runCAStatus(args[1:], stdout, stderr)
-	case "rotate-root":
-		return runCARotate("root", args[1:], stdout, stderr)
-	case "rotate-intermediate":
-		return runCARotate("intermediate", args[1:], stdout, stderr)
-	case "-h", "-help", "--help", "help":
-		usage(stdout)
-		return exitOK
-	}
-	fmt.Fprintf(stderr, "meshctl ca: unknown subcommand %q\n\n", args[0])
-	usage(stderr)
-	return exitUsage
+leaf under it can still be valid. Follow them with meshctl ca status.`,
+		newCAStatusCmd(), newCARotateCmd("root"), newCARotateCmd("intermediate"))
 }
 
-func adminCall(method, addr, path string) (sds.Status, error) {
-	var st sds.Status
-	req, err := http.NewRequest(method, "http://"+addr+path, nil)
-	if err != nil {
-		return st, err
+func newCAStatusCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "status [flags]",
+		Short:   "show the signing root and intermediate, the trusted roots, rotation progress and every issued identity",
+		Long:    "Show meshd's CA: signing chain, trusted roots, rotation progress and issued identities (GET /ca/status).",
+		Example: "  meshctl ca status\n  meshctl ca status -o json",
+		Args:    noArgs,
 	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		return st, fmt.Errorf("%w (is meshd running with --admin-listen %s?)", err, addr)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return st, err
-	}
-	if resp.StatusCode/100 != 2 {
-		return st, fmt.Errorf("meshd answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, fmt.Errorf("decoding meshd's answer: %w", err)
-	}
-	return st, nil
-}
-
-func runCAStatus(args []string, stdout, stderr io.Writer) int {
-	flags := newFlagSet("meshctl ca status", "Show meshd's CA: signing chain, trusted roots, rotation progress and issued identities.", "  meshctl ca status\n  meshctl ca status --json", stderr)
-	addr := flags.String("admin-address", defaultAdminAddress, "`HOST:PORT` of meshd's admin API")
-	asJSON := flags.Bool("json", false, "print meshd's JSON instead of a table")
-	if code, ok := parseFlags(flags, args, stdout); !ok {
-		return code
-	}
-	st, err := adminCall(http.MethodGet, *addr, "/ca/status")
-	if err != nil {
-		fmt.Fprintf(stderr, "meshctl ca status: %v\n", err)
-		return exitError
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(st)
-		return exitOK
-	}
-	printStatus(stdout, st)
-	return exitOK
+	output := addOutputFlag(cmd, formatTable, formatJSON, formatYAML)
+	asJSON := cmd.Flags().Bool("json", false, "print meshd's JSON (as -o json)")
+	_ = cmd.Flags().MarkDeprecated("json", "use -o json")
+	return withAdmin(cmd, func(cmd *cobra.Command, c *adminclient.Client, _ []string) error {
+		var st sds.Status
+		if err := c.GetJSON(cmd.Context(), "/ca/status", nil, &st); err != nil {
+			return err
+		}
+		if *asJSON {
+			output.value = formatJSON
+		}
+		return output.print(cmd.OutOrStdout(), st, func(w io.Writer) error { return printStatus(w, st) })
+	})
 }
 
 func short(fp string) string {
@@ -104,7 +51,7 @@ func short(fp string) string {
 	return fp
 }
 
-func printStatus(w io.Writer, st sds.Status) {
+func printStatus(w io.Writer, st sds.Status) error {
 	fmt.Fprintf(w, "trust domain:  %s\n", st.TrustDomain)
 	keyNote := ""
 	if k := st.SigningRoot.RootKeyAvail; k != nil && !*k {
@@ -133,29 +80,32 @@ func printStatus(w io.Writer, st sds.Status) {
 	}
 	fmt.Fprintf(w, "identities:    %d\n", len(st.Leaves))
 	if len(st.Leaves) > 0 {
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  SPIFFE ID\tSERIAL\tNOT AFTER\tISSUER")
+		t := newTable(w, "  SPIFFE ID", "SERIAL", "NOT AFTER", "ISSUER")
 		for _, l := range st.Leaves {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", l.SPIFFEID, l.Serial, l.NotAfter.Format(time.RFC3339), l.Generation)
+			t.row("  "+l.SPIFFEID, l.Serial, l.NotAfter.Format(time.RFC3339), l.Generation)
 		}
-		_ = tw.Flush()
+		return t.flush()
 	}
+	return nil
 }
 
-func runCARotate(kind string, args []string, stdout, stderr io.Writer) int {
-	name := "meshctl ca rotate-" + kind
-	desc := "Start a " + kind + " rotation in the running meshd (POST /ca/rotate-" + kind + "). It proceeds on its own; watch it with meshctl ca status."
-	flags := newFlagSet(name, desc, "  "+name+"\n  meshctl ca status", stderr)
-	addr := flags.String("admin-address", defaultAdminAddress, "`HOST:PORT` of meshd's admin API")
-	if code, ok := parseFlags(flags, args, stdout); !ok {
-		return code
+func newCARotateCmd(kind string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "rotate-" + kind + " [flags]",
+		Short:   "start a " + kind + " rotation",
+		Long:    "Start a " + kind + " rotation in the running meshd (POST /ca/rotate-" + kind + "). It proceeds on its own; watch it with meshctl ca status.",
+		Example: "  meshctl ca rotate-" + kind + "\n  meshctl ca status",
+		Args:    noArgs,
 	}
-	st, err := adminCall(http.MethodPost, *addr, "/ca/rotate-"+kind)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		return exitError
-	}
-	fmt.Fprintf(stdout, "%s rotation started\n", kind)
-	printStatus(stdout, st)
-	return exitOK
+	output := addOutputFlag(cmd, formatTable, formatJSON, formatYAML)
+	return withAdmin(cmd, func(cmd *cobra.Command, c *adminclient.Client, _ []string) error {
+		var st sds.Status
+		if err := c.PostJSON(cmd.Context(), "/ca/rotate-"+kind, nil, &st); err != nil {
+			return err
+		}
+		return output.print(cmd.OutOrStdout(), st, func(w io.Writer) error {
+			fmt.Fprintf(w, "%s rotation started\n", kind)
+			return printStatus(w, st)
+		})
+	})
 }

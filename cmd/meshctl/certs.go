@@ -6,45 +6,22 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net/http"
 	"path/filepath"
-	"text/tabwriter"
+	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/internal/adminclient"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
 )
 
-func runCerts(args []string, stdout, stderr io.Writer) int {
-	usage := func(w io.Writer) {
-		fmt.Fprint(w, `Usage: meshctl certs <subcommand> [flags]
-
-Subcommands:
-  list    the identities meshd has issued certificates for: serial, expiry
-          and issuer chain (asks meshd's admin API)
-  issue   write a workload certificate, key and trust bundle to a directory
-          (development only: it signs with the CA key in the data directory)
-
-Run "meshctl certs <subcommand> -h" for its flags.
-`)
-	}
-	if len(args) == 0 {
-		usage(stderr)
-		return exitUsage
-	}
-	switch args[0] {
-	case "issue":
-		return runCertsIssue(args[1:], stdout, stderr)
-	case "list":
-		return runCertsList(args[1:], stdout, stderr)
-	case "-h", "-help", "--help", "help":
-		usage(stdout)
-		return exitOK
-	}
-	fmt.Fprintf(stderr, "meshctl certs: unknown subcommand %q\n\n", args[0])
-	usage(stderr)
-	return exitUsage
+func newCertsCmd() *cobra.Command {
+	return group("certs", "workload certificates: list what meshd issued, issue one for development",
+		"list asks a running meshd for the identities it has issued certificates for;\nissue signs one with the CA key in the data directory (development only).",
+		newCertsListCmd(), newCertsIssueCmd())
 }
 
 const certsIssueDescription = `
@@ -53,12 +30,14 @@ Issue a certificate for a service's identity and write cert.pem, key.pem
 gRPC app's file_watcher certificate provider reads (see meshctl bootstrap
 --flavor grpc --cert-dir).
 
-DEVELOPMENT ONLY, until the node agent exists: meshctl opens meshd's CA in
---data-dir and signs with its private key, so it needs read access to that
-key, and whoever can run it can mint any identity. It never creates a CA:
-start meshd once with the same --data-dir first. The certificate is
-short-lived (24h) and is not renewed: run the command again before it
-expires; gRPC picks the new files up on its next refresh.`
+DEVELOPMENT ONLY: meshctl opens meshd's CA in --data-dir and signs with its
+private key, so it needs read access to that key, and whoever can run it
+can mint any identity. In production run mesh-agent on the workload's host
+instead (mesh-agent --cert-dir DIR): it keeps the key on the host, gets it
+signed by meshd with a bootstrap token, and renews it. This command never
+creates a CA: start meshd once with the same --data-dir first. The
+certificate is short-lived (24h) and is not renewed: run the command again
+before it expires; gRPC picks the new files up on its next refresh.`
 
 const certsIssueExamples = `
   # Identity for the quickstart's proxyless gRPC server hello:
@@ -68,109 +47,156 @@ const certsIssueExamples = `
   meshctl certs issue --service cart --namespace shop --service-account cart-v2 \
       --trust-domain example.org --data-dir /var/lib/meshd --out /run/cart/certs`
 
-func runCertsIssue(args []string, stdout, stderr io.Writer) int {
-	flags := newFlagSet("meshctl certs issue", certsIssueDescription, certsIssueExamples, stderr)
-	service := flags.String("service", "", "catalog name of the service (required); also its DNS SANs")
-	namespace := flags.String("namespace", mesh.DefaultNamespace, "namespace of the service")
-	serviceAccount := flags.String("service-account", "", "service account in the SPIFFE ID (default: the service name, as in the catalog)")
-	trustDomain := flags.String("trust-domain", defaultTrustDomain, "SPIFFE trust domain; must be meshd's")
-	dataDir := flags.String("data-dir", defaultDataDir(), "`DIR` where meshd keeps its state, including the CA (DIR/ca)")
-	out := flags.String("out", "", "`DIR` to write cert.pem, key.pem and ca.pem into (required; created 0700 if missing)")
-	if code, ok := parseFlags(flags, args, stdout); !ok {
-		return code
+func newCertsIssueCmd() *cobra.Command {
+	var service, namespace, serviceAccount, trustDomain, dataDir, out string
+	cmd := &cobra.Command{
+		Use:     "issue --service NAME --out DIR [flags]",
+		Short:   "write a workload certificate, key and trust bundle to a directory (development only)",
+		Long:    strings.TrimSpace(certsIssueDescription),
+		Example: strings.Trim(certsIssueExamples, "\n"),
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if service == "" {
+				return usageErrorf("--service is required, e.g. --service hello")
+			}
+			if out == "" {
+				return usageErrorf("--out is required: name the directory the app's bootstrap --cert-dir points at")
+			}
+			if serviceAccount == "" {
+				serviceAccount = service
+			}
+			for _, c := range []struct{ flag, value string }{{"service", service}, {"namespace", namespace}, {"service-account", serviceAccount}} {
+				if err := mesh.ValidName(c.value); err != nil {
+					return usageErrorf("--%s: %v", c.flag, err)
+				}
+			}
+			if err := checkDataDir(dataDir); err != nil {
+				return err
+			}
+			ca, err := sds.LoadOrCreate(sds.Options{
+				DataDir:     dataDir,
+				TrustDomain: trustDomain,
+				NoCreate:    true,
+				Logger:      slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+			})
+			if err != nil {
+				if errors.Is(err, fs.ErrPermission) {
+					return fmt.Errorf("opening the CA in %s: %w; this command needs read access to the CA key: run it as the user meshd runs as", dataDir, err)
+				}
+				return fmt.Errorf("opening the CA in %s: %w", dataDir, err)
+			}
+			key := mesh.ServiceKey{Namespace: namespace, Name: service}
+			id := mesh.Identity{TrustDomain: trustDomain, Namespace: namespace, ServiceAccount: serviceAccount}
+			leaf, err := ca.IssueLeaf(id, xds.DNSNames(key, trustDomain))
+			if err != nil {
+				return fmt.Errorf("issuing a certificate for %s: %w", id.SPIFFEID(), err)
+			}
+			if err := sds.WriteFiles(out, leaf, ca.RootCertPEM()); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s, %s and %s for %s (valid until %s; run again before then)\n",
+				filepath.Join(out, sds.CertFileName), filepath.Join(out, sds.KeyFileName), filepath.Join(out, sds.BundleFileName),
+				id.SPIFFEID(), leaf.NotAfter.UTC().Format(time.RFC3339))
+			return nil
+		},
 	}
-	if *service == "" {
-		usageErrorf(flags, "--service is required, e.g. --service hello")
-		return exitUsage
-	}
-	if *out == "" {
-		usageErrorf(flags, "--out is required: name the directory the app's bootstrap --cert-dir points at")
-		return exitUsage
-	}
-	if *serviceAccount == "" {
-		*serviceAccount = *service
-	}
-	for _, c := range []struct{ flag, value string }{{"service", *service}, {"namespace", *namespace}, {"service-account", *serviceAccount}} {
-		if err := mesh.ValidName(c.value); err != nil {
-			usageErrorf(flags, "--%s: %v", c.flag, err)
-			return exitUsage
-		}
-	}
+	f := cmd.Flags()
+	f.StringVar(&service, "service", "", "catalog name of the service (required); also its DNS SANs")
+	f.StringVar(&namespace, "namespace", mesh.DefaultNamespace, "namespace of the service")
+	f.StringVar(&serviceAccount, "service-account", "", "service account in the SPIFFE ID (default: the service name, as in the catalog)")
+	f.StringVar(&trustDomain, "trust-domain", defaultTrustDomain, "SPIFFE trust domain; must be meshd's")
+	dataDirFlag(f, &dataDir, "`DIR` where meshd keeps its state, including the CA (DIR/ca)")
+	f.StringVar(&out, "out", "", "`DIR` to write cert.pem, key.pem and ca.pem into (required; created 0700 if missing)")
+	_ = cmd.MarkFlagDirname("out")
+	return cmd
+}
 
-	if !checkDataDir(flags, *dataDir) {
-		return exitUsage
+// certRow is one identity of meshctl certs list -o json.
+type certRow struct {
+	SPIFFEID   string    `json:"spiffeId"`
+	Serial     string    `json:"serial"`
+	NotBefore  time.Time `json:"notBefore"`
+	NotAfter   time.Time `json:"notAfter"`
+	Generation string    `json:"generation"`
+	// Chain is what the leaf was issued under, leaf's issuer first; empty
+	// when its generation is no longer trusted.
+	Chain   []chainLink `json:"chain"`
+	Trusted bool        `json:"trusted"`
+}
+
+type chainLink struct {
+	Kind     string    `json:"kind"` // intermediate or root
+	Subject  string    `json:"subject,omitempty"`
+	Serial   string    `json:"serial,omitempty"`
+	SHA256   string    `json:"sha256,omitempty"`
+	NotAfter time.Time `json:"notAfter"`
+}
+
+func newCertsListCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "list [flags]",
+		Short:   "the identities meshd has issued certificates for: serial, expiry and issuer chain",
+		Long:    "List the workload identities meshd has certificates for: SPIFFE ID, serial,\nvalidity and the chain each was issued under (intermediate, then root).\nAsks meshd's admin API (GET /ca/status).",
+		Example: "  meshctl certs list\n  meshctl certs list -o json\n  meshctl certs list --admin-address http://10.0.0.5:15014",
+		Args:    noArgs,
 	}
-	ca, err := sds.LoadOrCreate(sds.Options{
-		DataDir:     *dataDir,
-		TrustDomain: *trustDomain,
-		NoCreate:    true,
-		Logger:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	output := addOutputFlag(cmd, formatTable, formatJSON, formatYAML)
+	return withAdmin(cmd, func(cmd *cobra.Command, c *adminclient.Client, _ []string) error {
+		var st sds.Status
+		if err := c.GetJSON(cmd.Context(), "/ca/status", nil, &st); err != nil {
+			return err
+		}
+		rows := certRows(st)
+		return output.print(cmd.OutOrStdout(), rows, func(w io.Writer) error { return printCerts(w, rows) })
 	})
-	if err != nil {
-		fmt.Fprintf(stderr, "meshctl certs issue: opening the CA in %s: %v\n", *dataDir, err)
-		if errors.Is(err, fs.ErrPermission) {
-			fmt.Fprintln(stderr, "meshctl certs issue: this command needs read access to the CA key; run it as the user meshd runs as")
+}
+
+// certRows joins each leaf to the chain of its generation.
+func certRows(st sds.Status) []certRow {
+	chains := map[string][]chainLink{}
+	if g := st.Signing.Generation; g != "" {
+		chains[g] = []chainLink{
+			{Kind: "intermediate", Subject: st.Signing.Subject, Serial: st.Signing.Serial, NotAfter: st.Signing.NotAfter},
+			{Kind: "root", Subject: st.SigningRoot.Subject, SHA256: st.SigningRoot.SHA256, NotAfter: st.SigningRoot.NotAfter},
 		}
-		return exitError
-	}
-	key := mesh.ServiceKey{Namespace: *namespace, Name: *service}
-	id := mesh.Identity{TrustDomain: *trustDomain, Namespace: *namespace, ServiceAccount: *serviceAccount}
-	leaf, err := ca.IssueLeaf(id, xds.DNSNames(key, *trustDomain))
-	if err != nil {
-		fmt.Fprintf(stderr, "meshctl certs issue: issuing a certificate for %s: %v\n", id.SPIFFEID(), err)
-		return exitError
-	}
-	if err := sds.WriteFiles(*out, leaf, ca.RootCertPEM()); err != nil {
-		fmt.Fprintf(stderr, "meshctl certs issue: %v\n", err)
-		return exitError
-	}
-	fmt.Fprintf(stdout, "wrote %s, %s and %s for %s (valid until %s; run again before then)\n",
-		filepath.Join(*out, sds.CertFileName), filepath.Join(*out, sds.KeyFileName), filepath.Join(*out, sds.BundleFileName),
-		id.SPIFFEID(), leaf.NotAfter.UTC().Format(time.RFC3339))
-	return exitOK
-}
-
-func runCertsList(args []string, stdout, stderr io.Writer) int {
-	flags := newFlagSet("meshctl certs list", "List the workload identities meshd has certificates for: SPIFFE ID, serial,\nvalidity and the chain each was issued under (intermediate, then root).",
-		"  meshctl certs list\n  meshctl certs list --admin-address 10.0.0.5:15014", stderr)
-	addr := flags.String("admin-address", defaultAdminAddress, "`HOST:PORT` of meshd's admin API")
-	if code, ok := parseFlags(flags, args, stdout); !ok {
-		return code
-	}
-	st, err := adminCall(http.MethodGet, *addr, "/ca/status")
-	if err != nil {
-		fmt.Fprintf(stderr, "meshctl certs list: %v\n", err)
-		return exitError
-	}
-	printCerts(stdout, st)
-	return exitOK
-}
-
-// printCerts shows each identity's certificate with its issuer chain. The
-// chain is named by generation: the intermediate and root of that
-// generation, as listed by meshctl ca status.
-func printCerts(w io.Writer, st sds.Status) {
-	chain := map[string]string{}
-	if st.Signing.Generation != "" {
-		chain[st.Signing.Generation] = fmt.Sprintf("intermediate %s (serial %s) -> root sha256 %s", st.Signing.Subject, st.Signing.Serial, short(st.SigningRoot.SHA256))
 	}
 	for _, r := range st.TrustedRoots {
-		if _, ok := chain[r.Generation]; !ok {
-			chain[r.Generation] = "root sha256 " + short(r.SHA256)
+		if _, ok := chains[r.Generation]; !ok {
+			chains[r.Generation] = []chainLink{{Kind: "root", Subject: r.Subject, SHA256: r.SHA256, NotAfter: r.NotAfter}}
 		}
 	}
-	if len(st.Leaves) == 0 {
-		fmt.Fprintln(w, "no identities issued yet (meshd issues a certificate when it first renders a proxy of that identity)")
-		return
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SPIFFE ID\tSERIAL\tNOT BEFORE\tNOT AFTER\tISSUED UNDER")
+	rows := []certRow{}
 	for _, l := range st.Leaves {
-		issuer := chain[l.Generation]
-		if issuer == "" {
-			issuer = l.Generation + " (no longer trusted)"
+		chain, ok := chains[l.Generation]
+		if chain == nil {
+			chain = []chainLink{}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.SPIFFEID, l.Serial, l.NotBefore.Format(time.RFC3339), l.NotAfter.Format(time.RFC3339), issuer)
+		rows = append(rows, certRow{SPIFFEID: l.SPIFFEID, Serial: l.Serial, NotBefore: l.NotBefore, NotAfter: l.NotAfter,
+			Generation: l.Generation, Chain: chain, Trusted: ok})
 	}
-	_ = tw.Flush()
+	return rows
+}
+
+// printCerts shows each identity's certificate with its issuer chain.
+func printCerts(w io.Writer, rows []certRow) error {
+	if len(rows) == 0 {
+		_, err := fmt.Fprintln(w, "no identities issued yet (meshd issues a certificate when it first renders a proxy of that identity)")
+		return err
+	}
+	t := newTable(w, "SPIFFE ID", "SERIAL", "NOT BEFORE", "NOT AFTER", "ISSUED UNDER")
+	for _, r := range rows {
+		var issuer []string
+		for _, c := range r.Chain {
+			if c.Kind == "intermediate" {
+				issuer = append(issuer, fmt.Sprintf("intermediate %s (serial %s)", c.Subject, c.Serial))
+			} else {
+				issuer = append(issuer, "root sha256 "+short(c.SHA256))
+			}
+		}
+		if !r.Trusted {
+			issuer = []string{r.Generation + " (no longer trusted)"}
+		}
+		t.row(r.SPIFFEID, r.Serial, r.NotBefore.Format(time.RFC3339), r.NotAfter.Format(time.RFC3339), strings.Join(issuer, " -> "))
+	}
+	return t.flush()
 }

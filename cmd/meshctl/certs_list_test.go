@@ -49,11 +49,11 @@ func TestCertsListShowsIdentitiesWithChain(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, got)
 		}
 	}
-	// meshd unreachable: a clear error, exit 1.
+	// meshd unreachable: a clear error, exit 3.
 	srv.Close()
 	out.Reset()
 	errb.Reset()
-	if code := run([]string{"certs", "list", "--admin-address", strings.TrimPrefix(srv.URL, "http://")}, &out, &errb); code != exitError || errb.Len() == 0 {
+	if code := run([]string{"certs", "list", "--admin-address", strings.TrimPrefix(srv.URL, "http://")}, &out, &errb); code != exitUnreachable || errb.Len() == 0 {
 		t.Fatalf("unreachable meshd: code %d, stderr %q", code, errb.String())
 	}
 }

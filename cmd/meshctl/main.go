@@ -1,26 +1,22 @@
-// Command meshctl is meshd's operator CLI. This file holds only argument
-// parsing and wiring; what meshctl renders is decided in package bootstrap
-// (and sds for certificates).
+// Command meshctl is meshd's operator CLI. This file holds the command tree
+// and how errors become exit codes; each command's flags and output are in
+// its own file, what it renders in the packages it calls (bootstrap, sds,
+// policy, internal/adminclient for a running meshd).
 package main
 
 import (
-	"flag"
+	"context"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
-	"sort"
-	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/internal/datadir"
 	"github.com/meshd/meshd/mesh"
-)
-
-// Exit codes.
-const (
-	exitOK    = 0
-	exitError = 1 // the command ran and failed
-	exitUsage = 2 // the command line was wrong
 )
 
 // Defaults shared by several subcommands.
@@ -36,12 +32,11 @@ const (
 func defaultDataDir() string { return datadir.DefaultOr("") }
 
 // checkDataDir reports an empty --data-dir (no default could be found).
-func checkDataDir(fs *flagSet, dir string) bool {
+func checkDataDir(dir string) error {
 	if dir == "" {
-		usageErrorf(fs, "--data-dir is required here: neither XDG_STATE_HOME nor HOME is set, so there is no default (meshd's is $XDG_STATE_HOME/meshd or ~/.local/state/meshd)")
-		return false
+		return usageErrorf("--data-dir is required here: neither XDG_STATE_HOME nor HOME is set, so there is no default (meshd's is $XDG_STATE_HOME/meshd or ~/.local/state/meshd)")
 	}
-	return true
+	return nil
 }
 
 // rootCertPath is where meshd's CA keeps its root certificate: the layout
@@ -51,151 +46,99 @@ func rootCertPath(dataDir string) string {
 	return filepath.Join(dataDir, "ca", "root-cert.pem")
 }
 
-type command struct {
-	name    string
-	summary string
-	run     func(args []string, stdout, stderr io.Writer) int
-}
+const rootLong = `meshctl is the command-line tool for meshd, an Envoy xDS control plane.
 
-func commands() []command {
-	return []command{
-		{"bootstrap", "print the bootstrap an Envoy sidecar or a proxyless gRPC app needs to reach meshd", runBootstrap},
-		{"certs", "certificate helpers for development (certs issue)", runCerts},
-		{"analyze", "check a catalog and mesh policy offline: errors and likely mistakes", runAnalyze},
-		{"token", "bootstrap tokens that authenticate proxies to meshd (token create, token revoke)", runToken},
-		{"ca", "mesh CA status and rotation (ca status, ca rotate-root, ca rotate-intermediate)", runCA},
-		{"version", "print meshctl's version", runVersion},
-		{"help", "explain a command: meshctl help <command>", runHelp},
+Some commands work on files (bootstrap, token, certs issue, analyze: they
+need meshd's --data-dir or the catalog and policy files); the others ask a
+running meshd through its admin API (--admin-address, default
+127.0.0.1:15014).
+
+Exit status: 0 success; 1 the command ran and failed (or found problems);
+2 the command line was wrong; 3 meshd's admin API could not be reached;
+4 meshd refused the request's credentials.`
+
+// newRoot builds the command tree.
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "meshctl",
+		Short: "the command-line tool for meshd",
+		Long:  rootLong,
+		// Commands print their own errors with the command's path, and
+		// usage only after a command-line mistake (main.go: report).
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// Not cobra's own version flag: meshctl --version prints exactly
+		// what meshctl version prints.
+		Args: cobra.ArbitraryArgs,
+		RunE: groupRun,
 	}
+	root.Flags().Bool("version", false, "print meshctl's version (as meshctl version)")
+	root.SetFlagErrorFunc(flagError)
+	root.AddCommand(
+		newBootstrapCmd(),
+		newTokenCmd(),
+		newCertsCmd(),
+		newCACmd(),
+		newAnalyzeCmd(),
+		newVersionCmd(),
+	)
+	root.SetHelpCommand(newHelpCmd())
+	root.CompletionOptions.HiddenDefaultCmd = false
+	return root
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := runContext(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 // run is main without the process: tests call it with their own writers.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		printUsage(stderr)
-		return exitUsage
-	}
-	name := args[0]
-	switch name {
-	case "-h", "-help", "--help":
-		printUsage(stdout)
-		return exitOK
-	case "-version", "--version":
-		return runVersion(args[1:], stdout, stderr)
-	}
-	for _, c := range commands() {
-		if c.name == name {
-			return c.run(args[1:], stdout, stderr)
-		}
-	}
-	fmt.Fprintf(stderr, "meshctl: unknown command %q\n\n", name)
-	printUsage(stderr)
-	return exitUsage
+	return runContext(context.Background(), args, stdout, stderr)
 }
 
-func printUsage(w io.Writer) {
-	fmt.Fprint(w, `meshctl is the command-line tool for meshd, an Envoy xDS control plane.
-
-Usage:
-  meshctl <command> [flags]
-
-Commands:
-`)
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRoot()
+	root.SetArgs(normalizeArgs(args))
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err != nil {
+		return report(cmd, err, stderr)
 	}
-	fmt.Fprint(w, `
-Run "meshctl <command> -h" (or "meshctl help <command>") for a command's flags and examples.
-`)
+	return exitOK
 }
 
-func runHelp(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		printUsage(stdout)
-		return exitOK
-	}
-	if len(args) > 1 && args[0] == "certs" {
-		return runCerts(append(args[1:], "-h"), stdout, stderr)
-	}
-	if len(args) > 1 && args[0] == "token" {
-		return runToken(append(args[1:], "-h"), stdout, stderr)
-	}
-	if len(args) > 1 && args[0] == "ca" {
-		return runCA(append(args[1:], "-h"), stdout, stderr)
-	}
-	for _, c := range commands() {
-		if c.name == args[0] && c.name != "help" {
-			return c.run([]string{"-h"}, stdout, stderr)
-		}
-	}
-	fmt.Fprintf(stderr, "meshctl help: unknown command %q\n\n", args[0])
-	printUsage(stderr)
-	return exitUsage
-}
-
-// flagSet is a subcommand's flags plus its full help text.
-type flagSet struct {
-	*flag.FlagSet
-	help func(w io.Writer)
-}
-
-// newFlagSet makes a subcommand's flag set. Its -h output (to stdout) is the
-// description, the flags and the examples; after a mistake only the mistake
-// and a pointer to -h are printed (to stderr), so the message is not buried
-// under the whole manual.
-func newFlagSet(name, description, examples string, stderr io.Writer) *flagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	f := &flagSet{FlagSet: fs}
-	f.help = func(w io.Writer) {
-		fmt.Fprintf(w, "Usage: %s [flags]\n\n%s\n\nFlags:\n", name, strings.TrimSpace(description))
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(stderr)
-		fmt.Fprintf(w, "\nExamples:\n%s\n", strings.Trim(examples, "\n"))
-	}
-	fs.Usage = func() { fmt.Fprintf(fs.Output(), "Run '%s -h' for every flag, with examples.\n", name) }
-	return f
-}
-
-// parseFlags parses args; ok is false when the caller should return code
-// (0 after -h, 2 after a usage error).
-func parseFlags(fs *flagSet, args []string, stdout io.Writer) (code int, ok bool) {
-	for _, a := range args {
+// normalizeArgs accepts Go's single-dash spellings of help (-help), which
+// the flag package meshctl used before taught people.
+func normalizeArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
 		if a == "--" {
+			copy(out[i:], args[i:])
 			break
 		}
-		if a == "-h" || a == "-help" || a == "--help" {
-			fs.help(stdout)
-			return exitOK, false
+		if a == "-help" {
+			a = "--help"
 		}
+		out[i] = a
 	}
-	if err := fs.Parse(args); err != nil {
-		// flag has already printed the error and the pointer to -h.
-		return exitUsage, false
-	}
-	if fs.NArg() > 0 {
-		usageErrorf(fs, "unexpected argument %q: %s takes only flags", fs.Arg(0), fs.Name())
-		return exitUsage, false
-	}
-	return exitOK, true
+	return out
 }
 
-// usageErrorf reports a command-line mistake and where to find help.
-func usageErrorf(fs *flagSet, format string, args ...any) {
-	fmt.Fprintf(fs.Output(), "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
-	fs.Usage()
-}
-
-// setFlags lists the flags given on the command line (as opposed to
-// defaults), sorted.
-func setFlags(fs *flagSet) []string {
-	var names []string
-	fs.Visit(func(f *flag.Flag) { names = append(names, f.Name) })
-	sort.Strings(names)
-	return names
+// report prints err for cmd and returns the exit status it stands for.
+func report(cmd *cobra.Command, err error, stderr io.Writer) int {
+	if cmd == nil {
+		cmd = &cobra.Command{Use: "meshctl"}
+	}
+	code := exitCodeOf(err)
+	if msg := errorMessage(err); msg != "" {
+		fmt.Fprintf(stderr, "%s: %s\n", cmd.CommandPath(), msg)
+	}
+	if code == exitUsage && !isSilent(err) {
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+	}
+	return code
 }

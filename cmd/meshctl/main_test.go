@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -36,10 +37,16 @@ func TestUsageErrors(t *testing.T) {
 		args       []string
 		wantStderr []string
 	}{
-		{"no command", nil, []string{"Commands:", "bootstrap", "certs", "version"}},
-		{"unknown command", []string{"frobnicate"}, []string{`unknown command "frobnicate"`, "Commands:"}},
-		{"unknown flag", []string{"bootstrap", "--bogus"}, []string{"-bogus", "meshctl bootstrap -h"}},
-		{"missing service", []string{"bootstrap"}, []string{"--service is required", "meshctl bootstrap -h"}},
+		{"no command", nil, []string{"Commands:", "bootstrap", "certs", "version", "completion"}},
+		{"unknown command", []string{"frobnicate"}, []string{`unknown command "frobnicate"; commands: analyze, bootstrap,`, "meshctl --help"}},
+		{"mistyped command", []string{"bootstarp"}, []string{`meshctl: unknown command "bootstarp"; did you mean "bootstrap"?`}},
+		{"mistyped subcommand", []string{"ca", "stauts"}, []string{`meshctl ca: unknown command "stauts"; did you mean "status"?`, "meshctl ca --help"}},
+		{"unknown flag", []string{"bootstrap", "--bogus"}, []string{"unknown flag: --bogus", "meshctl bootstrap --help"}},
+		{"mistyped flag", []string{"bootstrap", "--servce", "web"}, []string{"unknown flag: --servce; did you mean --service?"}},
+		{"single-dash flag", []string{"bootstrap", "-service", "web"}, []string{"unknown flag -service: long flags take two dashes, --service"}},
+		{"mistyped output format", []string{"certs", "list", "-o", "jsn"}, []string{"did you mean json?"}},
+		{"bad admin address", []string{"certs", "list", "--admin-address", "ftp://x"}, []string{`scheme "ftp" is not supported`}},
+		{"missing service", []string{"bootstrap"}, []string{"--service is required", "meshctl bootstrap --help"}},
 		{"bad flavor", []string{"bootstrap", "--service", "web", "--flavor", "nginx"}, []string{`--flavor "nginx"`, "envoy or grpc"}},
 		{"grpc needs cert dir", []string{"bootstrap", "--service", "hello", "--flavor", "grpc"}, []string{"--cert-dir is required", "meshctl certs issue --service hello"}},
 		{"admin port with grpc", []string{"bootstrap", "--service", "hello", "--flavor", "grpc", "--cert-dir", "c", "--admin-port", "1"}, []string{"--admin-port does not apply to --flavor grpc"}},
@@ -50,11 +57,12 @@ func TestUsageErrors(t *testing.T) {
 		{"drain time in milliseconds", []string{"bootstrap", "--service", "web", "--drain-time", "500ms"}, []string{"--drain-time", "whole seconds"}},
 		{"drain time with grpc", []string{"bootstrap", "--service", "hello", "--flavor", "grpc", "--cert-dir", "c", "--drain-time", "5s"}, []string{"--drain-time does not apply to --flavor grpc"}},
 		{"certs without subcommand", []string{"certs"}, []string{"issue"}},
-		{"certs unknown subcommand", []string{"certs", "revoke"}, []string{`unknown subcommand "revoke"`}},
+		{"certs unknown subcommand", []string{"certs", "revoke"}, []string{`unknown command "revoke"`}},
 		{"certs issue without out", []string{"certs", "issue", "--service", "hello"}, []string{"--out is required"}},
 		{"certs issue without service", []string{"certs", "issue", "--out", "x"}, []string{"--service is required"}},
 		{"certs issue bad name", []string{"certs", "issue", "--service", "Hello", "--out", "x"}, []string{"--service", "not a valid name"}},
 		{"help unknown", []string{"help", "nope"}, []string{`unknown command "nope"`}},
+		{"help unknown subcommand", []string{"help", "ca", "rotate-roo"}, []string{`unknown command "rotate-roo"; did you mean "rotate-root"?`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := runArgs(c.args...)
@@ -80,7 +88,8 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		args  []string
 		flags []string
 	}{
-		{[]string{"bootstrap", "-h"}, []string{"service", "namespace", "node-id", "xds-address", "admin-port", "ca-file", "inline-ca", "data-dir", "flavor", "cert-dir", "refresh-interval", "o", "drain-time"}},
+		{[]string{"bootstrap", "-h"}, []string{"service", "namespace", "node-id", "xds-address", "admin-port", "ca-file", "inline-ca", "data-dir", "flavor", "cert-dir", "refresh-interval", "output", "drain-time"}},
+		{[]string{"bootstrap", "-help"}, []string{"service"}},
 		{[]string{"help", "bootstrap"}, []string{"service", "flavor"}},
 		{[]string{"certs", "issue", "-h"}, []string{"service", "namespace", "service-account", "trust-domain", "data-dir", "out"}},
 		{[]string{"help", "certs", "issue"}, []string{"trust-domain"}},
@@ -95,9 +104,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 				t.Errorf("help has no examples:\n%s", r.stdout)
 			}
 			for _, f := range c.flags {
-				if !strings.Contains(r.stdout, "  -"+f+" ") && !strings.Contains(r.stdout, "  -"+f+"\n") {
-					t.Errorf("help does not explain -%s:\n%s", f, r.stdout)
-				}
+				checkHelpExplains(t, r.stdout, f)
 			}
 		})
 	}
@@ -106,6 +113,16 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	}
 	if r := runArgs("certs", "issue", "-h"); !strings.Contains(r.stdout, "DEVELOPMENT ONLY") {
 		t.Errorf("certs issue help does not say it is for development only:\n%s", r.stdout)
+	}
+}
+
+// checkHelpExplains fails unless help lists --flag (possibly after its
+// one-letter form) with a description.
+func checkHelpExplains(t *testing.T, help, flag string) {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^\s+(-[a-z], )?--` + regexp.QuoteMeta(flag) + `( \S+)?\s{2,}\S`)
+	if !re.MatchString(help) {
+		t.Errorf("help does not explain --%s:\n%s", flag, help)
 	}
 }
 

@@ -169,7 +169,7 @@ func TestCAStatusAndRotate(t *testing.T) {
 		t.Errorf("second rotate-root: %d %s", r.code, r.stderr)
 	}
 	r = runArgs("ca", "status", "--admin-address", "127.0.0.1:1")
-	if r.code != exitError || !strings.Contains(r.stderr, "is meshd running") {
+	if r.code != exitUnreachable || !strings.Contains(r.stderr, "is meshd running") {
 		t.Errorf("no meshd: %d %s", r.code, r.stderr)
 	}
 }
