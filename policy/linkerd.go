@@ -855,8 +855,13 @@ func (d *docParser) networkAuthnSpec(spec *yaml.Node, n *linkerdNetworkAuthn) {
 	}
 }
 
+// requireIdentityAnnotation is Linkerd's per-port "identity required"
+// setting, which meshd does not implement.
+const requireIdentityAnnotation = "config.linkerd.io/proxy-require-identity-inbound-ports"
+
 // namespaceDoc reads a Namespace document: its default inbound policy
-// annotation. Other annotations are ignored, except misspellings of that one.
+// annotation. Other annotations are ignored, except misspellings of that
+// one and the security setting meshd does not implement.
 func (d *docParser) namespaceDoc(meta *yaml.Node, annotations map[string]string) *linkerdNamespace {
 	ns := &linkerdNamespace{}
 	var node *yaml.Node
@@ -880,6 +885,12 @@ func (d *docParser) namespaceDoc(meta *yaml.Node, annotations map[string]string)
 	for _, k := range sortedKeys(annotations) {
 		if k == mesh.DefaultInboundPolicyLabel {
 			ns.def = d.defaultPolicy(at(k), "metadata.annotations."+k)
+			continue
+		}
+		if k == requireIdentityAnnotation {
+			// Ignoring it would admit callers without identity that the
+			// namespace meant to refuse.
+			d.unsupported(at(k), "metadata.annotations."+k, "%s is not supported: require identities with a Server and its authorizations, or with the default inbound policy all-authenticated", k)
 			continue
 		}
 		if s := suggest.Closest(k, []string{mesh.DefaultInboundPolicyLabel}); s != "" {
