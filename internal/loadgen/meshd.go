@@ -64,9 +64,12 @@ func (m *Meshd) Start(ctx context.Context) error {
 	// Not CommandContext: a cancelled run must still stop meshd with
 	// SIGTERM and collect it, which Stop does.
 	m.cmd = exec.Command(m.Binary, args...)
-	started := startline.New()
-	out := io.MultiWriter(logf, started)
-	m.cmd.Stdout, m.cmd.Stderr = out, out
+	m.cmd.Stdout, m.cmd.Stderr = logf, logf
+	logStart, err := logf.Seek(0, io.SeekEnd) // a restart appends
+	if err != nil {
+		logf.Close()
+		return fmt.Errorf("meshd log: %w", err)
+	}
 	if err := m.cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("starting meshd %s: %w", m.Binary, err)
@@ -76,16 +79,11 @@ func (m *Meshd) Start(ctx context.Context) error {
 	cmd := m.cmd
 	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
 	deadline := time.Now().Add(60 * time.Second)
-	select {
-	case <-started.Started():
-		m.XDSAddr, m.AdminAddr = started.Addrs()
-	case <-done:
-		return fmt.Errorf("meshd exited during start-up; see %s", m.LogPath)
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(time.Until(deadline)):
-		return errors.New("meshd did not log its start line within 60s; see " + m.LogPath)
+	xds, adminAddr, err := startline.Wait(ctx, m.LogPath, logStart, done, time.Until(deadline))
+	if err != nil {
+		return err
 	}
+	m.XDSAddr, m.AdminAddr = xds, adminAddr
 	admin := NewAdmin(m.AdminAddr)
 	for time.Now().Before(deadline) {
 		select {

@@ -1,9 +1,13 @@
 // Package startline learns the addresses a meshd process bound from its
-// "meshd started" log line, as the process writes it. Whoever starts meshd
-// (the e2e tests, xds-load) passes --xds-listen 127.0.0.1:0 and
-// --admin-listen 127.0.0.1:0, so the kernel picks free ports and no port
-// is chosen, released and raced for, then tees meshd's output through a
-// Watcher and waits for Started.
+// "meshd started" log line. Whoever starts meshd (the e2e tests, xds-load)
+// passes --xds-listen 127.0.0.1:0 and --admin-listen 127.0.0.1:0, so the
+// kernel picks free ports and no port is chosen, released and raced for,
+// then waits for the line with Wait.
+//
+// meshd's output goes straight to its log file (the file is its stdout and
+// stderr), never through a pipe the starter copies: tests read that file
+// right after an action and must find every line meshd wrote before it.
+// So the line is looked for in the file.
 //
 // The line is meshd's (cmd/meshd logs it once both listeners are bound):
 //
@@ -16,71 +20,66 @@ package startline
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strings"
-	"sync"
+	"time"
 )
 
 // Message is the log message that carries the bound addresses.
 const Message = "meshd started"
 
-// Watcher is an io.Writer for a meshd process's output (stdout and stderr
-// together) that notices the start line. It is safe for concurrent writes.
-type Watcher struct {
-	mu         sync.Mutex
-	partial    []byte // an unfinished last line
-	xds, admin string
-	started    chan struct{}
-}
-
-// New returns a Watcher that has seen nothing yet.
-func New() *Watcher { return &Watcher{started: make(chan struct{})} }
-
-// Write scans p for complete lines; it never fails, so meshd's output keeps
-// flowing to the other writers it is teed to.
-func (w *Watcher) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.xds != "" {
-		return len(p), nil // found already: nothing more to learn
-	}
-	w.partial = append(w.partial, p...)
+// Wait reads the log file at path until it holds the start line (after
+// offset: a restarted meshd appends to its log), and returns the addresses.
+// It gives up when exited is closed (the process ended), when ctx is done,
+// or after timeout.
+func Wait(ctx context.Context, path string, offset int64, exited <-chan struct{}, timeout time.Duration) (xds, admin string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	poll := time.Millisecond
 	for {
-		i := bytes.IndexByte(w.partial, '\n')
-		if i < 0 {
-			break
+		b, err := os.ReadFile(path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", "", fmt.Errorf("reading meshd's log: %w", err)
 		}
-		line := w.partial[:i]
-		w.partial = w.partial[i+1:]
-		if xds, admin, ok := Parse(line); ok {
-			w.xds, w.admin = xds, admin
-			w.partial = nil
-			close(w.started)
-			break
+		if int64(len(b)) > offset {
+			if xds, admin, ok := Scan(b[offset:]); ok {
+				return xds, admin, nil
+			}
+		}
+		select {
+		case <-exited:
+			return "", "", fmt.Errorf("meshd exited before logging %q; see %s", Message, path)
+		case <-ctx.Done():
+			return "", "", fmt.Errorf("meshd did not log %q within %v: %w; see %s", Message, timeout, ctx.Err(), path)
+		case <-time.After(poll):
+			poll = min(2*poll, 50*time.Millisecond)
 		}
 	}
-	// A line longer than any meshd writes at start: drop it rather than
-	// grow without bound.
-	if len(w.partial) > 1<<16 {
-		w.partial = nil
-	}
-	return len(p), nil
 }
 
-// Started is closed once the start line has been seen.
-func (w *Watcher) Started() <-chan struct{} { return w.started }
-
-// Addrs returns the xDS and admin addresses (host:port) from the start
-// line, or empty strings before Started is closed.
-func (w *Watcher) Addrs() (xds, admin string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.xds, w.admin
+// Scan returns the addresses from the first start line among the complete
+// lines of log (an unfinished last line is not read: it may be cut short).
+func Scan(log []byte) (xds, admin string, ok bool) {
+	for {
+		i := bytes.IndexByte(log, '\n')
+		if i < 0 {
+			return "", "", false
+		}
+		if xds, admin, ok := Parse(log[:i]); ok {
+			return xds, admin, true
+		}
+		log = log[i+1:]
+	}
 }
 
 // Parse reads the addresses from one line of meshd's log, text or JSON; ok
-// is false for any other line, or if either address is not host:port.
+// is false for any other line, or if either address is not host:port with
+// a port other than 0.
 func Parse(line []byte) (xds, admin string, ok bool) {
 	line = bytes.TrimSpace(line)
 	if len(line) > 0 && line[0] == '{' {
