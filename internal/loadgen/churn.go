@@ -256,9 +256,10 @@ const policyFile = "xds-load-churn.yaml"
 
 // policy adds (then, with add false, removes) a namespace-wide Istio
 // AuthorizationPolicy in the namespace of the first proxy: a DENY rule for
-// a principal no workload has, which changes the RBAC filter of the inbound
-// listener of every sidecar in that namespace and nothing else. The
-// principal names the round, so every round is a new policy.
+// a principal no workload has, which changes the RBAC of every sidecar in
+// that namespace (in its inbound route for HTTP services, in its inbound
+// listener for tcp ones) and nothing else. The principal names the round,
+// so every round is a new policy.
 func (ch *churner) policy(add bool) (*Change, error) {
 	if len(ch.cat.Proxies) == 0 {
 		return nil, errors.New("churn policy: the catalog has no proxies")
@@ -304,16 +305,18 @@ spec:
 	return c, nil
 }
 
-// inboundMentions reports whether a proxy's inbound listener (its RBAC
-// filter) names s.
+// inboundMentions reports whether a proxy's inbound listener or route
+// (where its RBAC is) names s.
 func inboundMentions(p *Proxy, s string) bool {
-	for name, e := range p.state[resourcev3.ListenerType] {
-		if !strings.HasPrefix(name, "inbound|") || e.msg == nil {
-			continue
-		}
-		b, err := proto.Marshal(e.msg)
-		if err == nil && bytes.Contains(b, []byte(s)) {
-			return true
+	for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType} {
+		for name, e := range p.state[typ] {
+			if !strings.HasPrefix(name, "inbound|") || e.msg == nil {
+				continue
+			}
+			b, err := proto.Marshal(e.msg)
+			if err == nil && bytes.Contains(b, []byte(s)) {
+				return true
+			}
 		}
 	}
 	return false
