@@ -973,3 +973,109 @@ func short(s string) string {
 	}
 	return s
 }
+
+// TestSecondMeshdRefusesDataDir: a second meshd started on a running
+// meshd's data directory exits at once and names the holder's pid; the
+// first keeps serving (issue 13: two CAs on one directory would rotate,
+// retire and clean up each other's generations).
+func TestSecondMeshdRefusesDataDir(t *testing.T) {
+	m := startMeshd(t, greeterCatalog([]uint32{envoytest.FreePort(t)}, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	second := exec.CommandContext(ctx, filepath.Join(binDir, "meshd"), "--catalog", m.catalogPath, "--data-dir", m.dataDir,
+		"--xds-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
+	out, err := second.CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("second meshd on the same data directory did not exit with an error (%v, context %v):\n%s", err, ctx.Err(), out)
+	}
+	want := fmt.Sprintf("held by process %d", m.cmd.Process.Pid)
+	if !strings.Contains(string(out), want) || !strings.Contains(string(out), sds.LockFileName) {
+		t.Fatalf("second meshd's error does not say %q and name the lock file:\n%s", want, out)
+	}
+	t.Logf("second meshd: %s", bytes.TrimSpace(out))
+	if st := m.caStatus(t); st.Phase != sds.PhaseIdle {
+		t.Errorf("first meshd after the refused start: phase %s", st.Phase)
+	}
+}
+
+// TestRotationAbortAndNextRotation, through the real meshd and meshctl: a
+// finished root rotation leaves its old root retiring without blocking the
+// next rotation; a rotation held by a proxy that has not ACKed the new
+// bundle is aborted; the state survives a restart of meshd (issue 13).
+func TestRotationAbortAndNextRotation(t *testing.T) {
+	e := newIdentityMesh(t)
+	m := startMeshd(t, e.catalog(), "--leaf-ttl", "1h")
+	addr := []string{"--admin-address", m.adminAddr}
+	waitPhase := func(phase string, retiring int) sds.Status {
+		t.Helper()
+		var st sds.Status
+		eventually(t, 30*time.Second, func() error {
+			st = m.caStatus(t)
+			if st.Phase != phase || len(st.Retiring) != retiring {
+				return fmt.Errorf("phase %s with %d retiring, want %s with %d", st.Phase, len(st.Retiring), phase, retiring)
+			}
+			return nil
+		})
+		return st
+	}
+	firstRoot := m.caStatus(t).SigningRoot.SHA256
+	m.runMeshctl(append([]string{"ca", "rotate-root"}, addr...)...)
+	// No proxy is connected: the switch and the end of the rotation follow
+	// at once; the old root stays trusted for its leaves (1 h).
+	st := waitPhase(sds.PhaseRetiring, 1)
+	if len(st.TrustedRoots) != 2 || st.Retiring[0].RootSHA256 != firstRoot || st.SigningRoot.SHA256 == firstRoot {
+		t.Fatalf("after the root rotation: %+v", st)
+	}
+	// The next rotation is not blocked by the retiring root.
+	out := m.runMeshctl(append([]string{"ca", "rotate-intermediate"}, addr...)...)
+	if !strings.Contains(out, "intermediate rotation started") || !strings.Contains(out, "retiring:      root sha256 "+firstRoot[:16]) {
+		t.Fatalf("rotate-intermediate while a root retires:\n%s", out)
+	}
+	st = waitPhase(sds.PhaseRetiring, 1)
+	secondRoot := st.SigningRoot.SHA256
+
+	// A proxy that takes the bundle and does not ACK holds a root rotation
+	// in propagating; the operator aborts it.
+	cc := xdsClient(t, m, false)
+	_, webTok := m.token(t, "web", "1h")
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+webTok))
+	defer cancel()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "web.default"}, TypeUrl: resourcev3.SecretType, ResourceNames: []string{"ROOTCA"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	out = m.runMeshctl(append([]string{"ca", "rotate-root"}, addr...)...)
+	thirdGen := ""
+	eventually(t, 30*time.Second, func() error {
+		st := m.caStatus(t)
+		if st.Rotation == nil || st.Rotation.Phase != sds.PhasePropagating || !slices.Contains(st.Rotation.PendingProxies, "web.default") {
+			return fmt.Errorf("rotation %+v, want propagating and waiting for web.default", st.Rotation)
+		}
+		thirdGen = st.Rotation.To
+		return nil
+	})
+	out = m.runMeshctl(append([]string{"ca", "rotate-root", "--abort"}, addr...)...)
+	if !strings.Contains(out, "root rotation aborted") || !strings.Contains(out, "rotation:      none") || !strings.Contains(out, "trust bundle:  2 root(s)") {
+		t.Fatalf("rotate-root --abort:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(m.dataDir, "ca", thirdGen)); !os.IsNotExist(err) {
+		t.Errorf("the aborted generation's directory (keys) is still there: %v", err)
+	}
+	if _, errOut, err := m.tryMeshctl(append([]string{"ca", "rotate-root", "--abort"}, addr...)...); err == nil || !strings.Contains(errOut, "no CA rotation is in progress") {
+		t.Errorf("abort with nothing in progress: %v %s", err, errOut)
+	}
+	cancel()
+	// meshd restarts into the same state.
+	m.stop()
+	m.start("--leaf-ttl", "1h")
+	st = waitPhase(sds.PhaseRetiring, 1)
+	if st.SigningRoot.SHA256 != secondRoot || len(st.TrustedRoots) != 2 || st.Retiring[0].RootSHA256 != firstRoot {
+		t.Fatalf("after a restart: %+v", st)
+	}
+}

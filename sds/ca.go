@@ -13,10 +13,10 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
-	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -27,7 +27,10 @@ import (
 //	state.json           which generation signs, which are trusted, rotation
 //	gen-<id>/            one root + intermediate (keys 0600; the root key is
 //	                     absent when the operator keeps it offline)
-//	retired/gen-<id>/    generations whose rotation has completed
+//	retired/gen-<id>/    generations that left the state: certificates
+//	                     only, kept for audit
+//
+// and DataDir/meshd.lock, the lock a running meshd holds (lock.go).
 const (
 	caDirName    = "ca"
 	rootCertFile = "root-cert.pem" // the bundle
@@ -143,6 +146,9 @@ type caState struct {
 	// proxies bootstrapped before a rotation trust only that root.
 	Trusted  []string  `json:"trusted"`
 	Rotation *rotation `json:"rotation,omitempty"`
+	// Retiring are trusted generations that no longer sign and leave the
+	// bundle once every leaf they signed has expired (rotation.go).
+	Retiring []retiringGen `json:"retiring,omitempty"`
 }
 
 // Authority is meshd's certificate authority: root → intermediate → leaf
@@ -155,6 +161,15 @@ type caState struct {
 type Authority struct {
 	opts Options
 	log  *slog.Logger
+	lock *dataDirLock // nil when opened NoCreate
+
+	// tx serializes state transitions (rotate, abort, advance) end to end,
+	// files included; mu guards the in-memory state and is held only
+	// briefly (and across state.json's save, see commitLocked).
+	tx sync.Mutex
+	// fileMu orders rewrites of the bundle file, so the last one written
+	// is the latest bundle.
+	fileMu sync.Mutex
 
 	mu    sync.Mutex
 	gens  map[string]*generation
@@ -174,8 +189,13 @@ type Authority struct {
 // friends). Every loaded certificate is checked (key matches, CA bits,
 // validity now, trust domain, intermediate signed by root) so that a broken
 // or swapped CA fails at startup rather than at the first handshake.
-func LoadOrCreate(opts Options) (*Authority, error) {
-	opts, err := opts.withDefaults()
+//
+// Unless NoCreate is set it takes the data directory's lock (a second meshd
+// on the same directory fails here, naming the holder's pid) and removes
+// what an interrupted CA change left behind (durable.go). The lock is held
+// until Close or the end of the process.
+func LoadOrCreate(opts Options) (_ *Authority, err error) {
+	opts, err = opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
@@ -186,6 +206,18 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 		leafNotAfter: map[string]time.Time{},
 		leaves:       map[string]*Leaf{},
 		inflight:     map[string]*flight{},
+	}
+	if !opts.NoCreate {
+		lock, err := lockDataDir(opts.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		a.lock = lock
+		defer func() {
+			if err != nil {
+				lock.release()
+			}
+		}()
 	}
 	dir := a.caDir()
 	statePath := filepath.Join(dir, stateFile)
@@ -199,31 +231,15 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 		if err := a.loadState(statePath); err != nil {
 			return nil, err
 		}
+		if !opts.NoCreate {
+			if err := a.cleanup(); err != nil {
+				return nil, err
+			}
+		}
 	case opts.NoCreate:
 		return nil, fmt.Errorf("no CA in %s: start meshd once with this data directory to create it, or point --data-dir at meshd's", dir)
 	default:
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("CA: create directory %s: %w (check that the data directory is writable)", dir, err)
-		}
-		// MkdirAll is subject to the umask and leaves existing directories
-		// alone; the directory holds CA keys, so make it private.
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("CA: chmod 700 %s: %w", dir, err)
-		}
-		var g *generation
-		if opts.RootCertFile == "" {
-			if g, err = a.createFirstGeneration(); err != nil {
-				return nil, err
-			}
-			created = true
-		} else {
-			if g, err = a.importExternal(); err != nil {
-				return nil, err
-			}
-		}
-		a.gens[g.id] = g
-		a.state = caState{Version: 1, Signing: g.id, Trusted: []string{g.id}}
-		if err := a.saveStateLocked(); err != nil {
+		if created, err = a.firstStart(); err != nil {
 			return nil, err
 		}
 	}
@@ -238,15 +254,14 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 			if a.state.Rotation != nil {
 				return nil, fmt.Errorf("CA: a rotation to %s is in progress; finish it (meshctl ca status) before supplying another CA", a.state.Rotation.To)
 			}
-			a.mu.Lock()
-			err = a.beginRotationLocked(g)
-			a.mu.Unlock()
-			if err != nil {
+			if err := a.beginRotation(g); err != nil {
 				return nil, err
 			}
 		}
 	}
+	a.mu.Lock()
 	a.rebuildBundleLocked()
+	a.mu.Unlock()
 	if !opts.NoCreate {
 		if err := a.writeBundleFile(); err != nil {
 			return nil, err
@@ -266,7 +281,7 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 		"root_key_offline", sg.rootKey == nil,
 		"intermediate_not_after", sg.inter.NotAfter.UTC(),
 		"trusted_roots", len(a.trustedRootsLocked()),
-		"rotation", a.state.Rotation.phaseName())
+		"rotation", a.state.phaseName())
 	if left := sg.inter.NotAfter.Sub(opts.Clock()); left < caExpiryWarning {
 		a.log.Warn("signing intermediate expires soon; leaf certificates are shortened to end with it: rotate it with `meshctl ca rotate-intermediate`",
 			"not_after", sg.inter.NotAfter.UTC(), "remaining", left.Round(time.Minute))
@@ -274,43 +289,93 @@ func LoadOrCreate(opts Options) (*Authority, error) {
 	return a, nil
 }
 
+// Close releases the data directory's lock (held since LoadOrCreate). The
+// Authority must not change the CA afterwards.
+func (a *Authority) Close() error {
+	a.lock.release()
+	a.lock = nil
+	return nil
+}
+
+// firstStart creates (or imports, or adopts) the first generation: its
+// files first, then state.json naming it, then — adoption only — the
+// pre-intermediate root key is removed, now that a durable state names the
+// generation holding it. It reports whether meshd minted the CA itself.
+func (a *Authority) firstStart() (bool, error) {
+	if err := mkdirDurable(a.caDir()); err != nil {
+		return false, err
+	}
+	// No state: every generation directory is a leftover of an earlier
+	// first start that did not finish.
+	if err := a.cleanup(); err != nil {
+		return false, err
+	}
+	var (
+		g       *generation
+		adopted bool
+		err     error
+	)
+	if a.opts.RootCertFile == "" {
+		if g, adopted, err = a.createFirstGeneration(); err != nil {
+			return false, err
+		}
+	} else if g, err = a.importExternal(); err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	err = a.commitLocked(caState{Version: 1, Signing: g.id, Trusted: []string{g.id}}, g)
+	a.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	if adopted {
+		legacyKey := filepath.Join(a.caDir(), legacyRootKeyFile)
+		if err := durably("remove legacy root key", func() error {
+			if err := os.Remove(legacyKey); err != nil {
+				return err
+			}
+			return syncDir(a.caDir())
+		}); err != nil {
+			return false, fmt.Errorf("CA: remove migrated %s: %w", legacyKey, err)
+		}
+		a.log.Info("adopted the existing root CA and created an intermediate under it", "root_sha256", g.rootFP)
+	}
+	return a.opts.RootCertFile == "" && !adopted, nil
+}
+
 // createFirstGeneration creates the first root and intermediate, adopting a
 // root left by meshd before intermediates existed (ca/root-cert.pem with
-// ca/root-key.pem) so upgrading keeps every proxy's trust.
-func (a *Authority) createFirstGeneration() (*generation, error) {
+// ca/root-key.pem) so upgrading keeps every proxy's trust. The caller
+// removes the old key file once the state names the new generation.
+func (a *Authority) createFirstGeneration() (g *generation, adopted bool, err error) {
 	dir := a.caDir()
 	legacyKey := filepath.Join(dir, legacyRootKeyFile)
 	ok, err := exists(legacyKey)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !ok {
-		return a.createGeneration(nil, nil)
+		g, err := a.createGeneration(nil, nil)
+		return g, false, err
 	}
 	root, err := readCertFile(filepath.Join(dir, rootCertFile))
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	key, err := readKeyFile(legacyKey)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !keyMatches(key, root) {
-		return nil, fmt.Errorf("CA: key in %s does not match the certificate in %s: restore the matching pair from backup", legacyKey, filepath.Join(dir, rootCertFile))
+		return nil, false, fmt.Errorf("CA: key in %s does not match the certificate in %s: restore the matching pair from backup", legacyKey, filepath.Join(dir, rootCertFile))
 	}
 	if err := checkCA(root, "root", a.opts.TrustDomain, a.opts.Clock()); err != nil {
-		return nil, fmt.Errorf("CA: %s: %w", filepath.Join(dir, rootCertFile), err)
+		return nil, false, fmt.Errorf("CA: %s: %w", filepath.Join(dir, rootCertFile), err)
 	}
-	g, err := a.createGeneration(root, key)
-	if err != nil {
-		return nil, err
+	if g, err = a.createGeneration(root, key); err != nil {
+		return nil, false, err
 	}
-	// The key now lives in the generation directory.
-	if err := os.Remove(legacyKey); err != nil {
-		return nil, fmt.Errorf("CA: remove migrated %s: %w", legacyKey, err)
-	}
-	a.log.Info("adopted the existing root CA and created an intermediate under it", "root_sha256", g.rootFP)
-	return g, nil
+	return g, true, nil
 }
 
 // importExternal loads the operator's CA and stores a copy (without any root
@@ -346,6 +411,11 @@ func (a *Authority) loadState(path string) error {
 	if st.Rotation != nil {
 		ids = append(ids, st.Rotation.From, st.Rotation.To)
 	}
+	for _, rg := range st.Retiring {
+		if !slices.Contains(st.Trusted, rg.Gen) || rg.Gen == st.Signing {
+			return fmt.Errorf("CA: %s: retiring generation %s must be trusted and not signing: restore it from backup", path, rg.Gen)
+		}
+	}
 	for _, id := range ids {
 		if _, ok := a.gens[id]; ok || id == "" {
 			continue
@@ -357,22 +427,6 @@ func (a *Authority) loadState(path string) error {
 		a.gens[id] = g
 	}
 	a.state = st
-	return nil
-}
-
-// saveStateLocked writes state.json atomically; callers hold a.mu (or own a
-// not yet shared Authority).
-func (a *Authority) saveStateLocked() error {
-	if a.opts.NoCreate {
-		return errors.New("CA opened read-only (NoCreate): only meshd changes the CA; use the admin API (meshctl ca ...)")
-	}
-	b, err := json.MarshalIndent(a.state, "", "  ")
-	if err != nil {
-		return fmt.Errorf("CA: encode state: %w", err)
-	}
-	if err := atomicfile.Write(filepath.Join(a.caDir(), stateFile), append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("CA: %w", err)
-	}
 	return nil
 }
 
@@ -404,6 +458,8 @@ func (a *Authority) rebuildBundleLocked() {
 // writeBundleFile keeps DataDir/ca/root-cert.pem equal to the bundle, so
 // bootstraps generated now trust every root in use.
 func (a *Authority) writeBundleFile() error {
+	a.fileMu.Lock()
+	defer a.fileMu.Unlock()
 	a.mu.Lock()
 	b := bytes.Clone(a.bundlePEM)
 	a.mu.Unlock()
@@ -411,10 +467,7 @@ func (a *Authority) writeBundleFile() error {
 	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
 		return nil
 	}
-	if err := atomicfile.Write(path, b, 0o644); err != nil {
-		return fmt.Errorf("CA: trust bundle: %w", err)
-	}
-	return nil
+	return writeDurable(path, b, 0o644)
 }
 
 // parseKeyPEM accepts PKCS#8 (what meshd writes) and SEC 1 EC keys (what
@@ -465,18 +518,26 @@ func randomSerial() (*big.Int, error) {
 
 // signing returns the generation that signs workload leaves.
 func (a *Authority) signing() *generation {
+	g, _ := a.signingNow()
+	return g
+}
+
+// signingNow returns the signing generation and the time, read together
+// under a.mu: a leaf is issued with this pair, so a switch (which holds
+// a.mu) knows that no leaf of the old generation starts later than it.
+func (a *Authority) signingNow() (*generation, time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.gens[a.state.Signing]
+	return a.gens[a.state.Signing], a.opts.Clock()
 }
 
 // serverGen returns the generation that signs meshd's own xDS certificate:
 // the oldest trusted one, since proxies bootstrapped before a root rotation
-// verify meshd against the root they were started with.
-func (a *Authority) serverGen() *generation {
+// verify meshd against the root they were started with; and the time.
+func (a *Authority) serverGen() (*generation, time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.gens[a.state.Trusted[0]]
+	return a.gens[a.state.Trusted[0]], a.opts.Clock()
 }
 
 // RootCertPEM returns the trust bundle: every trusted root as concatenated

@@ -76,7 +76,8 @@ func (a *Authority) SignCSR(csrPEM []byte, id mesh.Identity, allowedDNS []string
 	if len(dns) > 0 {
 		cn = dns[0]
 	}
-	iss, err := a.issue(a.signing(), issueRequest{
+	g, now := a.signingNow()
+	iss, err := a.issue(g, now, issueRequest{
 		uri:  want,
 		cn:   cn,
 		dns:  dns,

@@ -19,8 +19,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"time"
-
-	"github.com/meshd/meshd/internal/atomicfile"
 )
 
 // File names inside a generation directory (DataDir/ca/gen-<id>/).
@@ -33,6 +31,7 @@ const (
 	// restart without the flags still refuses to replace the operator's PKI
 	// with a root of meshd's own.
 	genExternalFile = "operator-supplied"
+	externalMarker  = "supplied with --ca-root-cert/--ca-intermediate-cert/--ca-intermediate-key\n"
 )
 
 // generation is one signing hierarchy: a root and the intermediate that
@@ -237,15 +236,13 @@ func (a *Authority) createGeneration(root *x509.Certificate, rootKey crypto.Sign
 
 func (a *Authority) genDir(id string) string { return filepath.Join(a.caDir(), id) }
 
-// saveGeneration writes a generation's files, keys first (0600) so an
-// interrupted write leaves a key without a certificate, never the reverse.
+// saveGeneration writes a generation's files into a new gen-<id> directory,
+// each durably, before any state names the generation: a crash part way
+// leaves a directory nothing names, which the next start removes.
 func (a *Authority) saveGeneration(g *generation) error {
 	dir := a.genDir(g.id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("CA: create %s: %w (check that the data directory is writable)", dir, err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("CA: chmod 700 %s: %w", dir, err)
+	if err := mkdirDurable(dir); err != nil {
+		return err
 	}
 	type file struct {
 		name string
@@ -267,11 +264,11 @@ func (a *Authority) saveGeneration(g *generation) error {
 	files = append(files, file{genInterKeyFile, ib, 0o600},
 		file{genRootCertFile, g.rootPEM, 0o644}, file{genInterCertFile, g.interPEM, 0o644})
 	if g.external {
-		files = append(files, file{genExternalFile, []byte("supplied with --ca-root-cert/--ca-intermediate-cert/--ca-intermediate-key\n"), 0o644})
+		files = append(files, file{genExternalFile, []byte(externalMarker), 0o644})
 	}
 	for _, f := range files {
-		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
-			return fmt.Errorf("CA: %w", err)
+		if err := writeDurable(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+			return err
 		}
 	}
 	return nil

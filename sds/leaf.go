@@ -99,7 +99,8 @@ func (a *Authority) IssueLeaf(id mesh.Identity, dnsNames []string) (*Leaf, error
 	if len(dns) > 0 {
 		cn = dns[0]
 	}
-	iss, err := a.issue(a.signing(), issueRequest{
+	g, now := a.signingNow()
+	iss, err := a.issue(g, now, issueRequest{
 		uri:  id.SPIFFEID(),
 		cn:   cn,
 		dns:  dns,
@@ -112,13 +113,13 @@ func (a *Authority) IssueLeaf(id mesh.Identity, dnsNames []string) (*Leaf, error
 	return iss.leaf, nil
 }
 
-// issue mints, signs with g's intermediate and verifies one leaf certificate.
-func (a *Authority) issue(g *generation, req issueRequest) (*issued, error) {
+// issue mints, signs with g's intermediate and verifies one leaf certificate
+// valid from now (read with g: signingNow, serverGen).
+func (a *Authority) issue(g *generation, now time.Time, req issueRequest) (*issued, error) {
 	uri, err := url.Parse(req.uri)
 	if err != nil {
 		return nil, fmt.Errorf("parse URI SAN %q: %w", req.uri, err)
 	}
-	now := a.opts.Clock()
 	// In deterministic mode the validity window starts at the epoch, not
 	// now, so that every replica computes the same one.
 	deterministic := a.opts.DeterministicLeaves && req.pub == nil

@@ -4,15 +4,36 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"time"
 )
 
-// Rotation phases. A root rotation walks all three; an intermediate rotation
-// under the same root skips propagating, because the bundle does not change.
+// CA rotation: an explicit state machine over caState, persisted in
+// state.json. docs/identity.md has the table; in short:
+//
+//	idle ──RotateRoot──────────► propagating ──bundle ACKed──► reissuing
+//	idle ──RotateIntermediate──────────────────────────────► reissuing
+//	propagating ──Abort──► idle (the new generation is deleted)
+//	reissuing ──Abort──► reissuing back to the old generation (rollback)
+//	reissuing ──no cached leaf of the old generation, bundle ACKed──► idle,
+//	    the old generation retired at once when its root stays trusted
+//	    through the new one (intermediate rotation), else retiring
+//	retiring ──its leaves' latest possible expiry──► retired
+//
+// A retiring generation no longer signs workload leaves; its root stays in
+// the bundle until every leaf it may have signed has expired. It does not
+// block the next rotation: the bundle may then hold more than two roots.
+//
+// Every transition writes what the new state needs first (generation files,
+// retired certificates), then state.json, and removes what the old state
+// needed only after that (generation directories): a crash at any point
+// leaves a data directory whose state.json names only complete generations,
+// and startup (cleanup) removes what no state names.
+
+// Rotation phases. A root rotation walks propagating then reissuing; an
+// intermediate rotation under the same root starts in reissuing, because
+// the bundle does not change.
 const (
 	// PhasePropagating: the bundle carries the old and the new root; leaves
 	// are still signed by the old generation. It ends when every connected
@@ -20,13 +41,20 @@ const (
 	// rejects a leaf from the new chain.
 	PhasePropagating = "propagating"
 	// PhaseReissuing: the new generation signs; every cached leaf is
-	// reissued at once. It ends when no leaf from the old generation can
-	// still be valid (its latest NotAfter has passed) and every connected
-	// proxy still has the new root.
+	// reissued at once. It ends when no cached leaf is from the old
+	// generation and every connected proxy has the new root.
 	PhaseReissuing = "reissuing"
-	// PhaseIdle is reported when no rotation is in progress.
+	// PhaseRetiring is reported when no rotation runs but an old root is
+	// still trusted until the leaves it signed have expired.
+	PhaseRetiring = "retiring"
+	// PhaseIdle is reported when no rotation is in progress and no old
+	// root is waiting to leave the bundle.
 	PhaseIdle = "idle"
 )
+
+// maxTrustedRoots bounds the bundle: root rotations faster than leaves
+// expire would otherwise grow it without limit.
+const maxTrustedRoots = 4
 
 // rotation is the persisted state of a rotation in progress.
 type rotation struct {
@@ -39,13 +67,39 @@ type rotation struct {
 	// OldLeavesValidUntil is when the last leaf the old generation signed
 	// expires; set when signing switches.
 	OldLeavesValidUntil time.Time `json:"oldLeavesValidUntil,omitzero"`
+	// Aborted is set when an abort in the reissuing phase turned the
+	// rotation around: From is then the generation that was new.
+	Aborted time.Time `json:"aborted,omitzero"`
 }
 
-func (r *rotation) phaseName() string {
-	if r == nil {
-		return PhaseIdle
+// retiringGen is a generation that no longer signs and leaves the bundle at
+// Until (the latest expiry of any leaf it signed).
+type retiringGen struct {
+	Gen   string    `json:"gen"`
+	Until time.Time `json:"until"`
+}
+
+func (s caState) phaseName() string {
+	switch {
+	case s.Rotation != nil:
+		return s.Rotation.Phase
+	case len(s.Retiring) > 0:
+		return PhaseRetiring
 	}
-	return r.Phase
+	return PhaseIdle
+}
+
+// clone deep-copies s, so that a transition builds the next state without
+// touching the one in force until it is durable.
+func (s caState) clone() caState {
+	c := s
+	c.Trusted = slices.Clone(s.Trusted)
+	c.Retiring = slices.Clone(s.Retiring)
+	if s.Rotation != nil {
+		r := *s.Rotation
+		c.Rotation = &r
+	}
+	return c
 }
 
 // BundleGate tells the rotation whether proxies have the new trust bundle.
@@ -60,16 +114,20 @@ type BundleGate interface {
 }
 
 // ErrRotationInProgress is returned when a rotation is asked for while one runs.
-var ErrRotationInProgress = errors.New("a CA rotation is already in progress: wait for it to finish (meshctl ca status)")
+var ErrRotationInProgress = errors.New("a CA rotation is already in progress: wait for it to finish (meshctl ca status) or abort it (meshctl ca rotate-root --abort / rotate-intermediate --abort)")
+
+// ErrNoRotation is returned by AbortRotation when there is nothing to abort.
+var ErrNoRotation = errors.New("no CA rotation is in progress")
+
+// ErrAbortRefused is returned by AbortRotation when the rotation in
+// progress cannot be aborted as asked (another kind, or already rolling back).
+var ErrAbortRefused = errors.New("abort refused")
 
 // RotateRoot starts a root rotation: a new root and intermediate are created
 // and the new root joins the bundle. Advance moves it on.
 func (a *Authority) RotateRoot() error {
-	a.mu.Lock()
-	busy := a.state.Rotation != nil
-	a.mu.Unlock()
-	if busy {
-		return ErrRotationInProgress
+	if err := a.checkCanRotate(); err != nil {
+		return err
 	}
 	if a.signing().external {
 		return errors.New("the CA is supplied by the operator: rotate it by starting meshd with the new --ca-root-cert, --ca-intermediate-cert and --ca-intermediate-key")
@@ -78,164 +136,347 @@ func (a *Authority) RotateRoot() error {
 	if err != nil {
 		return fmt.Errorf("root rotation: %w", err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.beginRotationLocked(g)
+	return a.beginRotation(g)
 }
 
 // RotateIntermediate starts an intermediate rotation under the current root
 // (which needs the root key). Leaves are reissued under the new intermediate
-// at once; the old intermediate is retired when its leaves have expired.
+// at once; the old intermediate is retired once none of its leaves is cached.
 func (a *Authority) RotateIntermediate() error {
-	a.mu.Lock()
-	busy := a.state.Rotation != nil
-	a.mu.Unlock()
-	if busy {
-		return ErrRotationInProgress
+	if err := a.checkCanRotate(); err != nil {
+		return err
 	}
 	cur := a.signing()
 	g, err := a.createGeneration(cur.root, cur.rootKey)
 	if err != nil {
 		return fmt.Errorf("intermediate rotation: %w", err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.beginRotationLocked(g)
+	return a.beginRotation(g)
 }
 
-// beginRotationLocked makes g trusted and records the rotation towards it.
+// checkCanRotate refuses early, before a generation is minted for nothing.
+func (a *Authority) checkCanRotate() error {
+	if a.opts.NoCreate {
+		return errors.New("CA opened read-only (NoCreate): only meshd changes the CA; use the admin API (meshctl ca ...)")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state.Rotation != nil {
+		return ErrRotationInProgress
+	}
+	return nil
+}
+
+// beginRotation makes g (already durably on disk) trusted and records the
+// rotation towards it. If the rotation cannot begin, g's files are removed:
+// no state names them.
+func (a *Authority) beginRotation(g *generation) error {
+	a.tx.Lock()
+	defer a.tx.Unlock()
+	a.mu.Lock()
+	err := a.beginRotationLocked(g)
+	a.mu.Unlock()
+	if err != nil {
+		a.removeGeneration(g.id, "rotation did not begin")
+		return err
+	}
+	return a.writeBundleFile()
+}
+
+// beginRotationLocked records a rotation from the signing generation to g.
 func (a *Authority) beginRotationLocked(g *generation) error {
 	if a.state.Rotation != nil {
 		return ErrRotationInProgress
 	}
 	from := a.gens[a.state.Signing]
-	a.gens[g.id] = g
 	r := &rotation{Kind: "root", Phase: PhasePropagating, From: from.id, To: g.id, Started: a.opts.Clock()}
 	if g.rootFP == from.rootFP {
 		r.Kind = "intermediate"
+	} else if n := len(a.trustedRootsLocked()); n >= maxTrustedRoots {
+		return fmt.Errorf("%d roots are already trusted (old ones stay until their leaves expire; see meshctl ca status): wait for one to retire before rotating the root again", n)
 	}
-	a.state.Rotation = r
-	if !slices.Contains(a.state.Trusted, g.id) {
-		a.state.Trusted = append(a.state.Trusted, g.id)
+	next := a.state.clone()
+	next.Rotation = r
+	if !slices.Contains(next.Trusted, g.id) {
+		next.Trusted = append(next.Trusted, g.id)
 	}
 	if r.Kind == "intermediate" {
 		// Peers already trust the root: nothing to propagate.
-		a.switchLocked()
+		a.switchTo(&next, a.opts.Clock())
 	}
-	a.rebuildBundleLocked()
-	if err := a.saveStateLocked(); err != nil {
+	if err := a.commitLocked(next, g); err != nil {
 		return err
 	}
 	a.log.Info("CA rotation started", "kind", r.Kind, "phase", r.Phase, "from", r.From, "to", r.To,
 		"new_root_sha256", g.rootFP, "new_intermediate_sha256", g.interFP)
-	if !a.opts.NoCreate {
-		a.mu.Unlock()
-		err := a.writeBundleFile()
-		a.mu.Lock()
-		return err
-	}
 	return nil
 }
 
-// switchLocked makes the new generation sign. No leaf from the old one is
-// issued afterwards, so the latest NotAfter it ever gave out is known: the
-// larger of what this process issued and now+LeafTTL (a conservative bound
-// that also covers leaves issued before a restart, capped at the old
-// intermediate's own expiry).
-func (a *Authority) switchLocked() {
-	r := a.state.Rotation
-	now := a.opts.Clock()
-	old := a.gens[r.From]
-	until := now.Add(a.opts.LeafTTL)
-	if until.After(old.inter.NotAfter) {
-		until = old.inter.NotAfter
-	}
-	if t := a.leafNotAfter[r.From]; t.After(until) {
-		until = t
-	}
-	r.Phase, r.Switched, r.OldLeavesValidUntil = PhaseReissuing, now, until
-	a.state.Signing = r.To
+// switchTo makes next's rotation target sign. No leaf from the old
+// generation is issued afterwards (callers hold a.mu across the state save,
+// and issuance reads its generation and clock under a.mu), so the latest
+// NotAfter it ever gave out is known: the larger of what this process
+// issued and now+LeafTTL (a bound that also covers leaves issued before a
+// restart), capped at the old intermediate's own expiry.
+func (a *Authority) switchTo(next *caState, now time.Time) {
+	r := next.Rotation
+	r.Phase, r.Switched = PhaseReissuing, now
+	r.OldLeavesValidUntil = a.leavesValidUntilLocked(r.From, now)
+	next.Signing = r.To
 }
 
-// Advance moves a rotation on as far as the gate and the clock allow and
-// reports whether anything changed (the caller then re-publishes, so the
-// new bundle or reissued leaves reach proxies). gate nil means no proxy is
-// connected.
-func (a *Authority) Advance(gate BundleGate) (bool, error) {
+// leavesValidUntilLocked bounds the expiry of every leaf generation id has
+// signed, assuming it signs none after now.
+func (a *Authority) leavesValidUntilLocked(id string, now time.Time) time.Time {
+	until := now.Add(a.opts.LeafTTL)
+	if g := a.gens[id]; g != nil && until.After(g.inter.NotAfter) {
+		until = g.inter.NotAfter
+	}
+	if t := a.leafNotAfter[id]; t.After(until) {
+		until = t
+	}
+	return until
+}
+
+// commitLocked makes next durable (state.json) and then the state in force.
+// added are generations next names that a.gens does not hold yet; their
+// files must already be durable. Callers hold a.mu: the save is short (one
+// small file) and transitions are rare, and holding it is what makes
+// switchTo's bound exact.
+func (a *Authority) commitLocked(next caState, added ...*generation) error {
+	if err := a.saveState(next); err != nil {
+		return err
+	}
+	a.state = next
+	for _, g := range added {
+		a.gens[g.id] = g
+	}
+	a.rebuildBundleLocked()
+	return nil
+}
+
+// AbortRotation abandons the rotation in progress; kind ("root" or
+// "intermediate") must name it, so that `meshctl ca rotate-root --abort`
+// cannot abort an intermediate rotation by mistake.
+//
+// In the propagating phase nothing was signed by the new generation: it
+// leaves the bundle and its files are deleted. In the reissuing phase leaves
+// of the new generation are out there, so the rotation is turned around:
+// the old generation signs again, every cached leaf is reissued under it,
+// and the new generation then retires like any old one (its root stays in
+// the bundle until its leaves have expired).
+func (a *Authority) AbortRotation(kind string) error {
+	if a.opts.NoCreate {
+		return errors.New("CA opened read-only (NoCreate): only meshd changes the CA; use the admin API (meshctl ca ...)")
+	}
+	a.tx.Lock()
+	defer a.tx.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	r := a.state.Rotation
-	if r == nil {
+	switch {
+	case r == nil:
+		a.mu.Unlock()
+		return ErrNoRotation
+	case r.Kind != kind:
+		a.mu.Unlock()
+		return fmt.Errorf("%w: the rotation in progress is a %s rotation: use meshctl ca rotate-%s --abort", ErrAbortRefused, r.Kind, r.Kind)
+	case !r.Aborted.IsZero():
+		a.mu.Unlock()
+		return fmt.Errorf("%w: the %s rotation is already being rolled back to %s; it finishes on its own", ErrAbortRefused, r.Kind, r.To)
+	}
+	now := a.opts.Clock()
+	next := a.state.clone()
+	var drop string
+	if r.Phase == PhasePropagating {
+		next.Rotation = nil
+		next.Trusted = slices.DeleteFunc(next.Trusted, func(id string) bool { return id == r.To })
+		drop = r.To
+	} else {
+		// Turned around: the old generation is the target and signs again
+		// at once (every proxy has its root: it never left the bundle).
+		next.Rotation = &rotation{Kind: r.Kind, From: r.To, To: r.From, Started: r.Started, Aborted: now}
+		a.switchTo(&next, now)
+	}
+	if err := a.commitLocked(next); err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	if drop != "" {
+		delete(a.gens, drop)
+		delete(a.leafNotAfter, drop)
+	}
+	a.mu.Unlock()
+	if drop != "" {
+		a.log.Info("CA rotation aborted before anything was signed by the new generation; it is deleted", "kind", kind, "deleted", drop, "signing", r.From)
+		a.removeGeneration(drop, "aborted rotation")
+	} else {
+		a.log.Info("CA rotation aborted after the switch: rolling back; the new generation retires once its leaves are replaced",
+			"kind", kind, "signing", r.From, "retiring", r.To)
+	}
+	return a.writeBundleFile()
+}
+
+// Advance moves a rotation on as far as the gate and the clock allow, and
+// retires old generations whose leaves have all expired. It reports whether
+// anything changed (the caller then re-publishes, so the new bundle or
+// reissued leaves reach proxies). gate nil means no proxy is connected.
+func (a *Authority) Advance(gate BundleGate) (bool, error) {
+	if a.opts.NoCreate {
 		return false, nil
 	}
-	to := a.gens[r.To]
-	acked := func() (bool, []string) {
-		if gate == nil {
-			return true, nil
-		}
-		return gate.BundleAcked(to.rootFP)
+	a.tx.Lock()
+	defer a.tx.Unlock()
+	changed, err := a.advanceRotation(gate)
+	if err != nil {
+		return changed, err
 	}
-	changed := false
+	retired, err := a.retireDue()
+	return changed || retired, err
+}
+
+func (a *Authority) advanceRotation(gate BundleGate) (bool, error) {
+	a.mu.Lock()
+	r := a.state.Rotation
+	if r == nil {
+		a.mu.Unlock()
+		return false, nil
+	}
+	toRoot := a.gens[r.To].rootFP
+	a.mu.Unlock()
+	// The gate (the xDS server's ACK record) is asked without holding a.mu:
+	// no lock of ours is held while calling into another package. The
+	// state cannot change meanwhile: every transition holds a.tx.
+	acked, pending := true, []string(nil)
+	if gate != nil {
+		acked, pending = gate.BundleAcked(toRoot)
+	}
+	a.mu.Lock()
 	if r.Phase == PhasePropagating {
-		ok, pending := acked()
-		if !ok {
+		if !acked {
+			a.mu.Unlock()
 			a.log.Debug("root rotation waits for proxies to ACK the new bundle", "pending", pending)
 			return false, nil
 		}
-		a.switchLocked()
-		changed = true
-		a.log.Info("CA rotation: every connected proxy has the new root; new leaves are signed by the new generation",
-			"to", r.To, "old_leaves_valid_until", r.OldLeavesValidUntil.UTC())
-	}
-	if r.Phase == PhaseReissuing {
-		now := a.opts.Clock()
-		ok, pending := acked()
-		stale := a.staleLeavesLocked()
-		if now.Before(r.OldLeavesValidUntil) || !ok || stale > 0 {
-			if changed {
-				return true, a.saveStateLocked()
-			}
-			a.log.Debug("CA rotation waits", "old_leaves_valid_until", r.OldLeavesValidUntil.UTC(), "pending_proxies", pending, "stale_leaves", stale)
-			return false, nil
-		}
-		a.completeLocked()
-		changed = true
-	}
-	if err := a.saveStateLocked(); err != nil {
-		return changed, err
-	}
-	if !a.opts.NoCreate {
+		next := a.state.clone()
+		a.switchTo(&next, a.opts.Clock())
+		err := a.commitLocked(next)
 		a.mu.Unlock()
-		err := a.writeBundleFile()
-		a.mu.Lock()
-		return changed, err
+		if err != nil {
+			return false, err
+		}
+		a.log.Info("CA rotation: every connected proxy has the new root; new leaves are signed by the new generation",
+			"to", r.To, "old_leaves_valid_until", next.Rotation.OldLeavesValidUntil.UTC())
+		return true, nil
 	}
-	return changed, nil
+	stale := a.staleLeavesLocked()
+	if !acked || stale > 0 {
+		a.mu.Unlock()
+		a.log.Debug("CA rotation waits", "pending_proxies", pending, "stale_leaves", stale)
+		return false, nil
+	}
+	return a.finishLocked()
 }
 
-// completeLocked drops the old generation from the bundle and retires its
-// files.
-func (a *Authority) completeLocked() {
+// finishLocked ends a rotation whose new generation signs every cached leaf:
+// the old generation retires now if its root stays trusted through another
+// generation, else it starts retiring. Called with a.mu held; unlocks it.
+func (a *Authority) finishLocked() (bool, error) {
 	r := a.state.Rotation
-	a.state.Trusted = slices.DeleteFunc(a.state.Trusted, func(id string) bool { return id == r.From })
-	a.state.Rotation = nil
-	a.rebuildBundleLocked()
-	delete(a.leafNotAfter, r.From)
-	// Keep the retired generation's certificates for audit, but not its keys:
-	// nothing may sign with them again.
-	src := a.genDir(r.From)
-	dst := filepath.Join(a.caDir(), retiredDir, r.From)
-	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err == nil {
-		_ = os.Remove(filepath.Join(src, genInterKeyFile))
-		if a.gens[r.To].rootFP != a.gens[r.From].rootFP {
-			_ = os.Remove(filepath.Join(src, genRootKeyFile))
-		}
-		if err := os.Rename(src, dst); err != nil {
-			a.log.Warn("could not move the retired CA generation aside", "from", src, "to", dst, "err", err)
+	old := a.gens[r.From]
+	next := a.state.clone()
+	next.Rotation = nil
+	shared := false
+	for _, id := range next.Trusted {
+		if g := a.gens[id]; id != old.id && g != nil && g.rootFP == old.rootFP {
+			shared = true
 		}
 	}
-	delete(a.gens, r.From)
-	a.log.Info("CA rotation complete: the old generation left the trust bundle", "kind", r.Kind, "retired", r.From, "signing", r.To)
+	if shared {
+		a.mu.Unlock()
+		// Retire below writes files first; the rotation must not look
+		// finished before that, so the state goes through retire's commit.
+		if err := a.retire(old.id, func(s *caState) { s.Rotation = nil }); err != nil {
+			return false, err
+		}
+		a.log.Info("CA rotation complete; the old intermediate is retired (its root stays trusted)", "kind", r.Kind, "retired", old.id, "signing", r.To)
+		return true, a.writeBundleFile()
+	}
+	next.Retiring = append(next.Retiring, retiringGen{Gen: old.id, Until: r.OldLeavesValidUntil})
+	err := a.commitLocked(next)
+	a.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	a.log.Info("CA rotation complete; the old root stays in the bundle until its leaves have expired", "kind", r.Kind,
+		"retiring", old.id, "until", r.OldLeavesValidUntil.UTC(), "signing", r.To)
+	return true, nil
+}
+
+// retireDue retires every retiring generation whose leaves have all expired.
+func (a *Authority) retireDue() (bool, error) {
+	changed := false
+	for {
+		a.mu.Lock()
+		now := a.opts.Clock()
+		due := ""
+		for _, rg := range a.state.Retiring {
+			if !now.Before(rg.Until) {
+				due = rg.Gen
+				break
+			}
+		}
+		a.mu.Unlock()
+		if due == "" {
+			break
+		}
+		if err := a.retire(due, nil); err != nil {
+			return changed, err
+		}
+		changed = true
+		a.log.Info("CA generation retired: its root left the trust bundle (no leaf it signed is still valid)", "retired", due)
+	}
+	if changed {
+		return true, a.writeBundleFile()
+	}
+	return false, nil
+}
+
+// retire moves generation id out of the state: its certificates are kept
+// in retired/ (durably, first), the state without it is saved, and only
+// then its directory — keys included — is deleted. mod, if set, changes the
+// next state further in the same commit.
+func (a *Authority) retire(id string, mod func(*caState)) error {
+	a.mu.Lock()
+	g := a.gens[id]
+	a.mu.Unlock()
+	if g == nil {
+		return fmt.Errorf("CA: retire %s: unknown generation", id)
+	}
+	if err := a.saveRetired(g); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	next := a.state.clone()
+	next.Trusted = slices.DeleteFunc(next.Trusted, func(t string) bool { return t == id })
+	next.Retiring = slices.DeleteFunc(next.Retiring, func(rg retiringGen) bool { return rg.Gen == id })
+	if mod != nil {
+		mod(&next)
+	}
+	if next.Signing == id || len(next.Trusted) == 0 || (next.Rotation != nil && (next.Rotation.From == id || next.Rotation.To == id)) {
+		a.mu.Unlock()
+		return fmt.Errorf("CA: internal error: generation %s is still in use and cannot retire", id)
+	}
+	err := a.commitLocked(next)
+	if err == nil {
+		delete(a.gens, id)
+		delete(a.leafNotAfter, id)
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	a.removeGeneration(id, "retired")
+	return nil
 }
 
 // staleLeavesLocked counts cached leaves not signed by the signing generation.
@@ -321,19 +562,30 @@ type RotationStatus struct {
 	Started             time.Time `json:"started"`
 	Switched            time.Time `json:"switched,omitzero"`
 	OldLeavesValidUntil time.Time `json:"oldLeavesValidUntil,omitzero"`
-	PendingProxies      []string  `json:"pendingProxies,omitempty"`
-	StaleLeaves         int       `json:"staleLeaves"`
+	// Aborted: the rotation was aborted after the switch and is rolling
+	// back to To.
+	Aborted        time.Time `json:"aborted,omitzero"`
+	PendingProxies []string  `json:"pendingProxies,omitempty"`
+	StaleLeaves    int       `json:"staleLeaves"`
+}
+
+// RetiringStatus is an old root still trusted until its leaves expire.
+type RetiringStatus struct {
+	Generation string    `json:"generation"`
+	RootSHA256 string    `json:"rootSha256"`
+	Until      time.Time `json:"until"`
 }
 
 // Status is what `meshctl ca status` and `meshctl certs` show.
 type Status struct {
-	TrustDomain  string          `json:"trustDomain"`
-	Phase        string          `json:"phase"`
-	Signing      CertInfo        `json:"signingIntermediate"`
-	SigningRoot  CertInfo        `json:"signingRoot"`
-	TrustedRoots []CertInfo      `json:"trustedRoots"`
-	Rotation     *RotationStatus `json:"rotation,omitempty"`
-	Leaves       []CertInfo      `json:"leaves"`
+	TrustDomain  string           `json:"trustDomain"`
+	Phase        string           `json:"phase"`
+	Signing      CertInfo         `json:"signingIntermediate"`
+	SigningRoot  CertInfo         `json:"signingRoot"`
+	TrustedRoots []CertInfo       `json:"trustedRoots"`
+	Rotation     *RotationStatus  `json:"rotation,omitempty"`
+	Retiring     []RetiringStatus `json:"retiring,omitempty"`
+	Leaves       []CertInfo       `json:"leaves"`
 }
 
 func caInfo(g *generation, root bool) CertInfo {
@@ -350,14 +602,24 @@ func caInfo(g *generation, root bool) CertInfo {
 	return ci
 }
 
-// Status reports the CA's generations, rotation progress and cached leaves.
+// Status reports the CA's generations, rotation progress and cached leaves;
+// gate, if not nil, fills in the proxies a rotation waits for.
 func (a *Authority) Status(gate BundleGate) Status {
+	st, toRoot := a.status()
+	if gate != nil && st.Rotation != nil {
+		// Outside a.mu: the gate belongs to the xDS server.
+		_, st.Rotation.PendingProxies = gate.BundleAcked(toRoot)
+	}
+	return st
+}
+
+func (a *Authority) status() (st Status, toRoot string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	sg := a.gens[a.state.Signing]
-	st := Status{
+	st = Status{
 		TrustDomain: a.opts.TrustDomain,
-		Phase:       a.state.Rotation.phaseName(),
+		Phase:       a.state.phaseName(),
 		Signing:     caInfo(sg, false),
 		SigningRoot: caInfo(sg, true),
 	}
@@ -366,16 +628,21 @@ func (a *Authority) Status(gate BundleGate) Status {
 	}
 	if r := a.state.Rotation; r != nil {
 		rs := &RotationStatus{Kind: r.Kind, Phase: r.Phase, From: r.From, To: r.To, Started: r.Started.UTC(),
-			Switched: r.Switched, OldLeavesValidUntil: r.OldLeavesValidUntil, StaleLeaves: a.staleLeavesLocked()}
-		if gate != nil {
-			_, rs.PendingProxies = gate.BundleAcked(a.gens[r.To].rootFP)
-		}
+			Switched: r.Switched, OldLeavesValidUntil: r.OldLeavesValidUntil, Aborted: r.Aborted, StaleLeaves: a.staleLeavesLocked()}
+		toRoot = a.gens[r.To].rootFP
 		st.Rotation = rs
+	}
+	for _, rg := range a.state.Retiring {
+		rs := RetiringStatus{Generation: rg.Gen, Until: rg.Until.UTC()}
+		if g := a.gens[rg.Gen]; g != nil {
+			rs.RootSHA256 = g.rootFP
+		}
+		st.Retiring = append(st.Retiring, rs)
 	}
 	for id, l := range a.leaves {
 		st.Leaves = append(st.Leaves, CertInfo{SPIFFEID: id, Serial: l.Serial.Text(16),
 			NotBefore: l.NotBefore.UTC(), NotAfter: l.NotAfter.UTC(), Generation: l.gen})
 	}
 	sort.Slice(st.Leaves, func(i, j int) bool { return st.Leaves[i].SPIFFEID < st.Leaves[j].SPIFFEID })
-	return st
+	return st, toRoot
 }

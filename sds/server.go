@@ -135,8 +135,8 @@ type serverCert struct {
 func (s *serverCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.a.opts.Clock()
-	if now.Before(s.renewAt) && s.gen == s.a.serverGen().id {
+	g, now := s.a.serverGen()
+	if now.Before(s.renewAt) && s.gen == g.id {
 		return s.cert, nil
 	}
 	if err := s.renewLocked(); err != nil {
@@ -153,8 +153,8 @@ func (s *serverCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 }
 
 func (s *serverCert) renewLocked() error {
-	g := s.a.serverGen()
-	iss, err := s.a.issue(g, s.req)
+	g, now := s.a.serverGen()
+	iss, err := s.a.issue(g, now, s.req)
 	if err != nil {
 		return fmt.Errorf("issue server certificate: %w", err)
 	}

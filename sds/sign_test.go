@@ -211,7 +211,7 @@ func TestIssuedLeafMatchesExpectation(t *testing.T) {
 				switch {
 				case tc.server:
 					var iss *issued
-					iss, err = ca.issue(g, issueRequest{uri: want.uri, cn: "meshd.example", dns: want.dns,
+					iss, err = ca.issue(g, now, issueRequest{uri: want.uri, cn: "meshd.example", dns: want.dns,
 						ips: []net.IP{net.ParseIP("10.1.2.3"), net.ParseIP("::1"), net.ParseIP("127.0.0.1")}, ekus: want.ekus})
 					if err == nil {
 						l = iss.leaf

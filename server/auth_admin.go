@@ -15,11 +15,13 @@ type CAAdmin interface {
 	Status(gate sds.BundleGate) sds.Status
 	RotateRoot() error
 	RotateIntermediate() error
+	AbortRotation(kind string) error
 }
 
-// registerCA adds the CA endpoints: GET /ca/status, POST /ca/rotate-root and
-// POST /ca/rotate-intermediate (what `meshctl ca ...` calls). Rotations only
-// start here; the CA's rotation loop moves them on as proxies ACK.
+// registerCA adds the CA endpoints: GET /ca/status, POST /ca/rotate-root,
+// POST /ca/rotate-intermediate and their /abort variants (what `meshctl ca
+// ...` calls). Rotations only start or abort here; the CA's rotation loop
+// moves them on as proxies ACK.
 func (a *Admin) registerCA(mux *http.ServeMux) {
 	if a.CA == nil {
 		return
@@ -31,7 +33,7 @@ func (a *Admin) registerCA(mux *http.ServeMux) {
 		return func(w http.ResponseWriter, _ *http.Request) {
 			if err := f(); err != nil {
 				code := http.StatusInternalServerError
-				if errors.Is(err, sds.ErrRotationInProgress) {
+				if errors.Is(err, sds.ErrRotationInProgress) || errors.Is(err, sds.ErrNoRotation) || errors.Is(err, sds.ErrAbortRefused) {
 					code = http.StatusConflict
 				}
 				a.Logger.Error("CA rotation request failed", "kind", kind, "err", err)
@@ -47,6 +49,9 @@ func (a *Admin) registerCA(mux *http.ServeMux) {
 	}
 	mux.HandleFunc("POST /ca/rotate-root", rotate("root", a.CA.RotateRoot))
 	mux.HandleFunc("POST /ca/rotate-intermediate", rotate("intermediate", a.CA.RotateIntermediate))
+	for _, kind := range []string{"root", "intermediate"} {
+		mux.HandleFunc("POST /ca/rotate-"+kind+"/abort", rotate(kind+" abort", func() error { return a.CA.AbortRotation(kind) }))
+	}
 }
 
 func (a *Admin) caGate() sds.BundleGate {

@@ -16,8 +16,12 @@ func newCACmd() *cobra.Command {
 	return group("ca", "mesh CA status and rotation (status, rotate-root, rotate-intermediate)",
 		`All talk to meshd's admin API (--admin-address). Rotations advance on their
 own: the new root is trusted first, leaves move to the new chain once every
-connected proxy has ACKed it, and the old root leaves the bundle when no
-leaf under it can still be valid. Follow them with meshctl ca status.`,
+connected proxy has ACKed it, and the rotation is over once no cached leaf
+is from the old chain; the next one may then start. An old root stays in
+the bundle (retiring) until no leaf under it can still be valid.
+rotate-root --abort and rotate-intermediate --abort abandon the rotation in
+progress. Follow them with meshctl ca status; docs/identity.md has the
+state table.`,
 		newCAStatusCmd(), newCARotateCmd("root"), newCARotateCmd("intermediate"))
 }
 
@@ -65,6 +69,9 @@ func printStatus(w io.Writer, st sds.Status) error {
 	}
 	if r := st.Rotation; r != nil {
 		fmt.Fprintf(w, "rotation:      %s rotation, phase %s (started %s)\n", r.Kind, r.Phase, r.Started.Format(time.RFC3339))
+		if !r.Aborted.IsZero() {
+			fmt.Fprintf(w, "  aborted %s: rolling back to %s; %s retires once no cached leaf is from it\n", r.Aborted.Format(time.RFC3339), r.To, r.From)
+		}
 		switch r.Phase {
 		case sds.PhasePropagating:
 			fmt.Fprintf(w, "  waiting for %d proxy(ies) to ACK the new bundle: %s\n", len(r.PendingProxies), strings.Join(r.PendingProxies, ", "))
@@ -77,6 +84,9 @@ func printStatus(w io.Writer, st sds.Status) error {
 		}
 	} else {
 		fmt.Fprintf(w, "rotation:      none\n")
+	}
+	for _, rg := range st.Retiring {
+		fmt.Fprintf(w, "retiring:      root sha256 %s (%s) leaves the bundle at %s, when its last leaf has expired\n", short(rg.RootSHA256), rg.Generation, rg.Until.Format(time.RFC3339))
 	}
 	fmt.Fprintf(w, "identities:    %d\n", len(st.Leaves))
 	if len(st.Leaves) > 0 {
@@ -91,20 +101,27 @@ func printStatus(w io.Writer, st sds.Status) error {
 
 func newCARotateCmd(kind string) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:     "rotate-" + kind + " [flags]",
-		Short:   "start a " + kind + " rotation",
-		Long:    "Start a " + kind + " rotation in the running meshd (POST /ca/rotate-" + kind + "). It proceeds on its own; watch it with meshctl ca status.",
-		Example: "  meshctl ca rotate-" + kind + "\n  meshctl ca status",
+		Use:   "rotate-" + kind + " [flags]",
+		Short: "start a " + kind + " rotation (--abort: abandon the one in progress)",
+		Long: "Start a " + kind + " rotation in the running meshd (POST /ca/rotate-" + kind + "). It proceeds on its own; watch it with meshctl ca status.\n\n" +
+			"With --abort, abandon the " + kind + " rotation in progress (POST /ca/rotate-" + kind + "/abort): before the switch the new generation is deleted; " +
+			"after it, signing returns to the old generation, every leaf is reissued under it, and the new root stays trusted until its leaves have expired.",
+		Example: "  meshctl ca rotate-" + kind + "\n  meshctl ca rotate-" + kind + " --abort\n  meshctl ca status",
 		Args:    noArgs,
 	}
 	output := addOutputFlag(cmd, formatTable, formatJSON, formatYAML)
+	abort := cmd.Flags().Bool("abort", false, "abandon the "+kind+" rotation in progress instead of starting one")
 	return withAdmin(cmd, func(cmd *cobra.Command, c *adminclient.Client, _ []string) error {
+		path, done := "/ca/rotate-"+kind, "started"
+		if *abort {
+			path, done = path+"/abort", "aborted"
+		}
 		var st sds.Status
-		if err := c.PostJSON(cmd.Context(), "/ca/rotate-"+kind, nil, &st); err != nil {
+		if err := c.PostJSON(cmd.Context(), path, nil, &st); err != nil {
 			return err
 		}
 		return output.print(cmd.OutOrStdout(), st, func(w io.Writer) error {
-			fmt.Fprintf(w, "%s rotation started\n", kind)
+			fmt.Fprintf(w, "%s rotation %s\n", kind, done)
 			return printStatus(w, st)
 		})
 	})

@@ -168,6 +168,40 @@ func TestCAStatusAndRotate(t *testing.T) {
 	if r.code != exitError || !strings.Contains(r.stderr, "409") {
 		t.Errorf("second rotate-root: %d %s", r.code, r.stderr)
 	}
+	// Abort: the kind must match; then the bundle is back to one root.
+	r = runArgs("ca", "rotate-intermediate", "--abort", "--admin-address", addr)
+	if r.code != exitError || !strings.Contains(r.stderr, "409") || !strings.Contains(r.stderr, "rotate-root --abort") {
+		t.Errorf("rotate-intermediate --abort during a root rotation: %d %s", r.code, r.stderr)
+	}
+	r = runArgs("ca", "rotate-root", "--abort", "--admin-address", addr)
+	if r.code != exitOK || !strings.Contains(r.stdout, "root rotation aborted") || !strings.Contains(r.stdout, "rotation:      none") || !strings.Contains(r.stdout, "trust bundle:  1 root(s)") {
+		t.Fatalf("ca rotate-root --abort: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = runArgs("ca", "rotate-root", "--abort", "--admin-address", addr)
+	if r.code != exitError || !strings.Contains(r.stderr, "no CA rotation is in progress") {
+		t.Errorf("abort with nothing running: %d %s", r.code, r.stderr)
+	}
+	// After the switch an abort rolls back.
+	if r = runArgs("ca", "rotate-root", "--admin-address", addr); r.code != exitOK {
+		t.Fatalf("rotate-root: %d %s", r.code, r.stderr)
+	}
+	if _, err := ca.Advance(nil); err != nil {
+		t.Fatal(err)
+	}
+	r = runArgs("ca", "rotate-root", "--abort", "--admin-address", addr)
+	if r.code != exitOK || !strings.Contains(r.stdout, "rolling back to") {
+		t.Fatalf("abort after the switch: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := ca.Leaf(sdsTestID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Advance(nil); err != nil {
+		t.Fatal(err)
+	}
+	r = runArgs("ca", "status", "--admin-address", addr)
+	if r.code != exitOK || !strings.Contains(r.stdout, "rotation:      none") || !strings.Contains(r.stdout, "retiring:      root sha256") {
+		t.Errorf("status after the rollback: %d\n%s", r.code, r.stdout)
+	}
 	r = runArgs("ca", "status", "--admin-address", "127.0.0.1:1")
 	if r.code != exitUnreachable || !strings.Contains(r.stderr, "is meshd running") {
 		t.Errorf("no meshd: %d %s", r.code, r.stderr)
