@@ -15,6 +15,7 @@ import (
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/discovery/file"
 	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -42,7 +43,7 @@ var adminPorts = map[string]uint32{
 // services in adminPorts.
 func sidecars(t *testing.T) []*mesh.Proxy {
 	t.Helper()
-	cat, err := file.Load(catalogPath)
+	cat, err := file.Load(catalogPath, inputfile.DefaultMaxSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +168,7 @@ func TestEnvoyAcceptsConfigs(t *testing.T) {
 // TestAdminPortsDoNotCollide keeps the admin ports clear of every port the
 // quickstart catalog uses, since everything runs on one host.
 func TestAdminPortsDoNotCollide(t *testing.T) {
-	cat, err := file.Load(catalogPath)
+	cat, err := file.Load(catalogPath, inputfile.DefaultMaxSize)
 	if err != nil {
 		t.Fatal(err)
 	}

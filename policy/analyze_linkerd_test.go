@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -16,7 +17,7 @@ func analyzeLinkerd(t *testing.T, policy string, defaultMode mesh.MTLSMode, inbo
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"p.yaml": policy})
 	path := filepath.Join(dir, "p.yaml")
-	p, err := LoadFiles([]string{path})
+	p, err := LoadFiles([]string{path}, inputfile.DefaultMaxSize)
 	if err != nil {
 		t.Fatal(err)
 	}

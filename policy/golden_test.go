@@ -12,6 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -33,7 +34,7 @@ func TestGolden(t *testing.T) {
 		name := strings.TrimSuffix(filepath.Base(in), ".yaml")
 		t.Run(name, func(t *testing.T) {
 			settings := goldenSettings(t, in)
-			p, err := LoadFiles([]string{in})
+			p, err := LoadFiles([]string{in}, inputfile.DefaultMaxSize)
 			var out string
 			var got []byte
 			if err != nil {

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/meshd/meshd/internal/inputfile"
+	"github.com/meshd/meshd/internal/yamlkeys"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -123,8 +125,8 @@ type file struct {
 }
 
 // readDir reads every policy file of dir (not its subdirectories), sorted by
-// name.
-func readDir(dir string) ([]file, error) {
+// name, holding at most maxSize bytes together (see readFiles).
+func readDir(dir string, maxSize int64) ([]file, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		var pe *fs.PathError
@@ -140,29 +142,50 @@ func readDir(dir string) ([]file, error) {
 		}
 		p := filepath.Join(dir, e.Name())
 		// Symlinks are followed (a Kubernetes ConfigMap volume is made of
-		// them); directories named *.yaml are not files.
+		// them); directories named *.yaml are not files. Anything else
+		// that is not a regular file (a named pipe, a device) is refused
+		// by readFiles, which rejects the whole set.
 		if info, err := os.Stat(p); err == nil && info.IsDir() {
 			continue
 		}
 		paths = append(paths, p)
 	}
 	slices.Sort(paths)
-	return readFiles(paths)
+	return readFiles(paths, maxSize)
 }
 
-func readFiles(paths []string) ([]file, error) {
+// readFiles reads the files at paths, which must be regular files (or
+// symlinks to them) holding at most maxSize bytes together: they are one
+// policy set, held in memory and parsed together, so the limit bounds the
+// set (internal/inputfile).
+func readFiles(paths []string, maxSize int64) ([]file, error) {
 	var out []file
 	var errs []error
+	left := maxSize
 	for _, p := range paths {
-		data, err := os.ReadFile(p)
+		data, err := inputfile.Read(p, left)
 		if err != nil {
 			var pe *fs.PathError
 			if errors.As(err, &pe) {
 				err = pe.Err
 			}
+			var se *inputfile.SizeError
+			if errors.As(err, &se) {
+				switch {
+				case se.Size > maxSize:
+					// Too large alone: say so, with the whole limit.
+					err = &inputfile.SizeError{Size: se.Size, Limit: maxSize}
+				case left < maxSize:
+					err = fmt.Errorf("%w: with the files before it, the policy files hold more than %s, the limit for all of them together (--max-file-size)",
+						inputfile.ErrTooLarge, inputfile.FormatSize(maxSize))
+				}
+				// The files after it would only be over the limit too.
+				return nil, errors.Join(append(errs, fmt.Errorf("%s: cannot read policy file: %w", p, err))...)
+			}
 			errs = append(errs, fmt.Errorf("%s: cannot read policy file: %w", p, err))
 			continue
 		}
+		left -= int64(len(data))
 		out = append(out, file{p, data})
 	}
 	return out, errors.Join(errs...)
@@ -189,6 +212,10 @@ func parseFiles(files []file) (*Policies, error) {
 	var causes []error
 	for _, f := range files {
 		p.Files = append(p.Files, f.path)
+		if kp := keyProblems(f.path, f.data); kp != nil {
+			problems = append(problems, kp...)
+			continue
+		}
 		fp, err := Parse(f.path, f.data)
 		if err != nil {
 			var pe *Error
@@ -216,13 +243,42 @@ func parseFiles(files []file) (*Policies, error) {
 	return p, nil
 }
 
+// keyProblems refuses, before a file is parsed, a YAML mapping with more
+// than yamlkeys.MaxKeys keys or more repeated keys than are worth listing
+// (internal/yamlkeys): the policy parser is linear, but it reports each
+// unknown or repeated key, and a 64,000-key mapping made it spend 15 s and
+// write a 12 MB error. A few repeated keys are left to Parse, which names
+// the policy and field.
+func keyProblems(path string, data []byte) []Problem {
+	r := yamlkeys.Check(data, yamlkeys.MaxKeys)
+	if !r.Costly() {
+		return nil
+	}
+	var out []Problem
+	for _, m := range r.Large {
+		out = append(out, Problem{File: path, Line: m.Line, Message: fmt.Sprintf(
+			"too many keys in one mapping: %d, more than the %d a mapping may have; %s", m.Keys, yamlkeys.MaxKeys, docsHint)})
+	}
+	for _, d := range r.Duplicates {
+		out = append(out, Problem{File: path, Line: d.Line, Message: fmt.Sprintf(
+			"key %q appears twice in one mapping (first at line %d): keep one", d.Key, d.FirstLine)})
+	}
+	slices.SortStableFunc(out, func(a, b Problem) int { return cmp.Compare(a.Line, b.Line) })
+	if more := r.LargeCount + r.DuplicateCount - len(out); more > 0 {
+		out = append(out, Problem{File: path, Message: fmt.Sprintf("and %d more problems not shown: fix these first", more)})
+	}
+	return out
+}
+
 // LoadDir reads every *.yaml and *.yml file in dir (not its
 // subdirectories; hidden files are skipped) in name order. Any problem in
 // any file rejects the whole directory: a policy set with one file missing
 // could allow what that file denied. An empty directory is valid (no
-// policy). Errors list every problem, each starting with its file.
-func LoadDir(dir string) (*Policies, error) {
-	files, err := readDir(dir)
+// policy). The files must be regular files (or symlinks to them) holding at
+// most maxSize bytes together (inputfile.DefaultMaxSize is the usual
+// limit). Errors list every problem, each starting with its file.
+func LoadDir(dir string, maxSize int64) (*Policies, error) {
+	files, err := readDir(dir, maxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -230,8 +286,8 @@ func LoadDir(dir string) (*Policies, error) {
 }
 
 // LoadFiles reads the given files, as LoadDir does a directory's.
-func LoadFiles(paths []string) (*Policies, error) {
-	files, err := readFiles(paths)
+func LoadFiles(paths []string, maxSize int64) (*Policies, error) {
+	files, err := readFiles(paths, maxSize)
 	if err != nil {
 		return nil, err
 	}

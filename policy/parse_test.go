@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -413,7 +414,7 @@ func TestLoadDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeFiles(t, filepath.Join(dir, "sub.yaml"), map[string]string{"c.yaml": "garbage: ["})
-	p, err := LoadDir(dir)
+	p, err := LoadDir(dir, inputfile.DefaultMaxSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +441,7 @@ func TestLoadDir(t *testing.T) {
 	writeFiles(t, dir, map[string]string{
 		"c.yaml": policyYAML("AuthorizationPolicy", "ns", "b"),
 	})
-	_, err = LoadDir(dir)
+	_, err = LoadDir(dir, inputfile.DefaultMaxSize)
 	if err == nil || !strings.Contains(err.Error(), "AuthorizationPolicy ns/b: defined twice, at "+filepath.Join(dir, "b.yaml")+":1 and at "+filepath.Join(dir, "c.yaml")+":1") {
 		t.Errorf("duplicate across files: %v", err)
 	}
@@ -448,7 +449,7 @@ func TestLoadDir(t *testing.T) {
 		"c.yaml": policyYAML("AuthorizationPolicy", "ns", "c") + "spec: {action: CUSTOM}\n",
 		"d.yaml": "",
 	})
-	_, err = LoadDir(dir)
+	_, err = LoadDir(dir, inputfile.DefaultMaxSize)
 	for _, w := range []string{filepath.Join(dir, "c.yaml") + ":4: AuthorizationPolicy ns/c: spec.action: CUSTOM", filepath.Join(dir, "d.yaml") + ": file holds no policy"} {
 		if err == nil || !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q: %v", w, err)
@@ -460,13 +461,13 @@ func TestLoadDir(t *testing.T) {
 
 	// An empty directory is no policy; a missing one is an error.
 	empty := t.TempDir()
-	if p, err := LoadDir(empty); err != nil || len(p.Peer)+len(p.Authorizations) != 0 {
+	if p, err := LoadDir(empty, inputfile.DefaultMaxSize); err != nil || len(p.Peer)+len(p.Authorizations) != 0 {
 		t.Errorf("empty directory: %+v, %v", p, err)
 	}
-	if _, err := LoadDir(filepath.Join(empty, "missing")); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "missing: cannot read policy directory") {
+	if _, err := LoadDir(filepath.Join(empty, "missing"), inputfile.DefaultMaxSize); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "missing: cannot read policy directory") {
 		t.Errorf("missing directory: %v", err)
 	}
-	if _, err := LoadFiles([]string{filepath.Join(empty, "nope.yaml")}); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "nope.yaml: cannot read policy file") {
+	if _, err := LoadFiles([]string{filepath.Join(empty, "nope.yaml")}, inputfile.DefaultMaxSize); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "nope.yaml: cannot read policy file") {
 		t.Errorf("missing file: %v", err)
 	}
 }
@@ -502,11 +503,11 @@ func TestDocumentedExamplesLoad(t *testing.T) {
 		b, _, _ = strings.Cut(b, "```")
 		path := filepath.Join(dir, fmt.Sprintf("example-%d.yaml", i+1))
 		writeFiles(t, dir, map[string]string{filepath.Base(path): b})
-		if _, err := LoadFiles([]string{path}); err != nil {
+		if _, err := LoadFiles([]string{path}, inputfile.DefaultMaxSize); err != nil {
 			t.Errorf("example %d: %v", i+1, err)
 		}
 	}
-	p, err := LoadDir(filepath.Join("..", "examples", "quickstart", "policy"))
+	p, err := LoadDir(filepath.Join("..", "examples", "quickstart", "policy"), inputfile.DefaultMaxSize)
 	if err != nil {
 		t.Fatal(err)
 	}

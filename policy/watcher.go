@@ -17,6 +17,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/internal/watchloop"
 	"github.com/meshd/meshd/mesh"
 )
@@ -56,7 +57,8 @@ type Status struct {
 	LastError string `json:"lastError"`
 	// Accepted counts reloads that replaced the set after the initial load;
 	// Rejected counts distinct contents that were refused (re-reading the
-	// same bad content does not count again).
+	// same bad content does not count again), and distinct refusals to read
+	// a file: too large, or not a regular file.
 	Accepted uint64 `json:"accepted"`
 	Rejected uint64 `json:"rejected"`
 }
@@ -83,6 +85,11 @@ func WithLinkerd(trustDomain string, defaultInbound mesh.DefaultInboundPolicy, c
 // before it is read (default DefaultHoldoff).
 func WithHoldoff(d time.Duration) Option { return func(w *Watcher) { w.holdoff = max(d, 0) } }
 
+// WithMaxSize sets how many bytes the policy files may hold together
+// (default inputfile.DefaultMaxSize); more are refused without being read
+// in full.
+func WithMaxSize(n int64) Option { return func(w *Watcher) { w.maxSize = n } }
+
 // Watcher serves the policy in a directory and follows its changes. A change
 // that does not load is logged, shown in Status and otherwise ignored: the
 // last good set stays in force, because a half-applied edit of security
@@ -95,6 +102,7 @@ type Watcher struct {
 	pollInterval time.Duration
 	holdoff      time.Duration
 	notify       bool // false only in tests of the polling fallback
+	maxSize      int64
 
 	updates chan *mesh.PolicySet
 	running atomic.Bool
@@ -142,12 +150,13 @@ func NewWatcher(dir, rootNamespace string, defaultMode mesh.MTLSMode, logger *sl
 		pollInterval: DefaultPollInterval,
 		holdoff:      DefaultHoldoff,
 		notify:       true,
+		maxSize:      inputfile.DefaultMaxSize,
 		updates:      make(chan *mesh.PolicySet, 1),
 	}
 	for _, o := range opts {
 		o(w)
 	}
-	files, err := readDir(dir)
+	files, err := readDir(dir, w.maxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -235,21 +244,27 @@ func (s *source) Dirs() []string { return []string{s.abs} }
 // check reads the directory and, if it holds a new valid policy set, puts
 // it in force and publishes it.
 func (w *Watcher) check(trigger string) {
-	files, err := readDir(w.dir)
+	files, err := readDir(w.dir, w.maxSize)
 	now := time.Now()
 	if err != nil {
 		msg := err.Error()
 		// Logged once: polling would otherwise repeat it every few seconds.
 		// Logged before the status changes, so that whoever sees the status
-		// can find the log line.
+		// can find the log line. A file refused for what it is (too large,
+		// a pipe, a device) counts as a rejection, once.
+		refused := false
 		if msg != w.readErr {
 			w.readErr = msg
+			refused = inputfile.Refused(err)
 			w.logger.Warn("cannot read the policy directory; the previous policy stays in force",
 				"dir", w.dir, "trigger", trigger, "error", msg)
 		}
 		w.mu.Lock()
 		w.status.CheckedAt = now
 		w.status.LastError = msg
+		if refused {
+			w.status.Rejected++
+		}
 		w.mu.Unlock()
 		return
 	}

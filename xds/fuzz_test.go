@@ -2,8 +2,10 @@ package xds
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"gopkg.in/yaml.v3"
@@ -28,6 +30,19 @@ func FuzzTranslate(f *testing.F) {
 			f.Fatal(err)
 		}
 		f.Add(b)
+		if strings.HasSuffix(s, "quickstart/catalog.yaml") {
+			// An endpoint with as many labels as a catalog may give it
+			// (256, internal/yamlkeys; issue 13).
+			var labels []string
+			for i := range 256 {
+				labels = append(labels, fmt.Sprintf("k%d: v%d", i, i))
+			}
+			many := bytes.Replace(b, []byte("labels: {version: v1}"), []byte("labels: {"+strings.Join(labels, ", ")+"}"), 1)
+			if bytes.Equal(many, b) {
+				f.Fatal("the quickstart catalog has no labels to replace")
+			}
+			f.Add(many)
+		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var in goldenInput

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
 )
@@ -81,6 +82,8 @@ func newAnalyzeCmd() *cobra.Command {
 	fs.StringVar(&defaultMode, "default-mode", string(mesh.MTLSPermissive), "same as --mtls-mode")
 	fs.StringVar(&defaultInbound, "default-inbound-policy", string(mesh.DefaultAllUnauthenticated), "Linkerd default inbound `policy` of workloads no Server selects; must be meshd's --default-inbound-policy")
 	fs.StringVar(&clusterNetworks, "cluster-networks", strings.Join(policy.DefaultClusterNetworks, ","), "comma-separated cluster `CIDRs` for Linkerd's cluster-* policies; must be meshd's --cluster-networks")
+	maxSize := inputfile.Size(inputfile.DefaultMaxSize)
+	fs.Var(&maxSize, "max-file-size", "largest catalog file, and most bytes the policy files may hold together, as meshd's --max-file-size (`SIZE`: bytes, or with B, KiB, MiB, GiB)")
 	output := addOutputFlag(cmd, formatText, formatJSON, formatYAML)
 	_ = cmd.MarkFlagFilename("catalog", "yaml", "yml", "json")
 	_ = cmd.MarkFlagDirname("policy-dir")
@@ -120,7 +123,7 @@ func newAnalyzeCmd() *cobra.Command {
 		var findings []policy.Finding
 		var cat *mesh.Catalog
 		if catalogPath != "" {
-			cat, err = file.Load(catalogPath)
+			cat, err = file.Load(catalogPath, int64(maxSize))
 			if err != nil {
 				findings = append(findings, catalogFindings(catalogPath, err)...)
 			}
@@ -128,9 +131,9 @@ func newAnalyzeCmd() *cobra.Command {
 		var pols *policy.Policies
 		switch {
 		case policyDir != "":
-			pols, err = policy.LoadDir(policyDir)
+			pols, err = policy.LoadDir(policyDir, int64(maxSize))
 		case len(files) > 0:
-			pols, err = policy.LoadFiles(files)
+			pols, err = policy.LoadFiles(files, int64(maxSize))
 		default:
 			pols = &policy.Policies{}
 		}

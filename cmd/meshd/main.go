@@ -27,6 +27,7 @@ import (
 	"github.com/meshd/meshd/discovery/consul"
 	"github.com/meshd/meshd/internal/buildinfo"
 	"github.com/meshd/meshd/internal/datadir"
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
@@ -75,6 +76,9 @@ type config struct {
 	memoryLimit memoryLimitFlag
 	// version: print the build (internal/buildinfo) and exit.
 	version bool
+	// maxFileSize bounds the catalog file and the policy files together
+	// (--max-file-size; internal/inputfile).
+	maxFileSize inputfile.Size
 }
 
 const usage = `meshd — an Envoy xDS control plane with a built-in mesh CA.
@@ -93,7 +97,7 @@ Flags:
 `
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
-	c := &config{}
+	c := &config{maxFileSize: inputfile.Size(inputfile.DefaultMaxSize)}
 	fs := flag.NewFlagSet("meshd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -132,6 +136,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.caInterKey, "ca-intermediate-key", "", "`file` with the intermediate's private key (mode 0600; operator-supplied CA)")
 	fs.BoolVar(&c.insecureXDS, "insecure-xds", false, "DEVELOPMENT ONLY: serve xDS in plaintext without authenticating proxies; any client can fetch any proxy's configuration and certificates")
 	fs.Var(&c.memoryLimit, "memory-limit", "soft memory `limit` for the Go runtime (debug.SetMemoryLimit), in bytes or with a unit: B, KiB, MiB, GiB, TiB (e.g. 900MiB); the garbage collector works harder as the heap nears it instead of letting RSS follow GOGC's goal. 0 or off: no limit. Default: GOMEMLIMIT if set, otherwise no limit")
+	fs.Var(&c.maxFileSize, "max-file-size", "largest catalog file meshd reads, and the most bytes the --policy-dir files may hold together (`size`: bytes, or with B, KiB, MiB, GiB); a larger one is refused without being read and the last good catalog or policy keeps serving. Non-regular files (pipes, devices) are always refused")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.BoolVar(&c.version, "version", false, "print meshd's version, the commit it was built from and the Go version, and exit")
@@ -301,7 +306,7 @@ func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, a
 	var policies *policy.Watcher
 	if c.policyDir != "" {
 		policies, err = policy.NewWatcher(c.policyDir, c.rootNS, mesh.MTLSMode(c.mtlsMode), log, policy.WithPollInterval(c.pollInterval),
-			policy.WithLinkerd(c.trustDomain, mesh.DefaultInboundPolicy(c.defaultInbound), c.networks()))
+			policy.WithLinkerd(c.trustDomain, mesh.DefaultInboundPolicy(c.defaultInbound), c.networks()), policy.WithMaxSize(int64(c.maxFileSize)))
 		if err != nil {
 			return fmt.Errorf("policy: %w", err)
 		}
@@ -441,12 +446,6 @@ type memoryLimitFlag struct {
 	set   bool
 }
 
-// memoryUnits are GOMEMLIMIT's suffixes, so one spelling works for both.
-var memoryUnits = []struct {
-	suffix string
-	mult   int64
-}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
-
 func (f *memoryLimitFlag) String() string {
 	if f == nil || !f.set {
 		return ""
@@ -455,23 +454,16 @@ func (f *memoryLimitFlag) String() string {
 }
 
 func (f *memoryLimitFlag) Set(s string) error {
-	s = strings.TrimSpace(s)
-	if s == "off" || s == "0" {
+	if strings.TrimSpace(s) == "off" {
 		f.bytes, f.set = 0, true
 		return nil
 	}
-	num, mult := s, int64(1)
-	for _, u := range memoryUnits {
-		if n, ok := strings.CutSuffix(s, u.suffix); ok {
-			num, mult = strings.TrimSpace(n), u.mult
-			break
-		}
+	// GOMEMLIMIT's spelling, which the size flags share.
+	n, err := inputfile.ParseSize(s)
+	if err != nil {
+		return fmt.Errorf("%w, or 0 for no limit", err)
 	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > math.MaxInt64/mult {
-		return fmt.Errorf("%q: use a byte count with an optional unit B, KiB, MiB, GiB or TiB (e.g. 900MiB), or 0 for no limit", s)
-	}
-	f.bytes, f.set = n*mult, true
+	f.bytes, f.set = n, true
 	return nil
 }
 

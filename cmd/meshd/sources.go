@@ -78,7 +78,8 @@ func startSources(ctx context.Context, c *config, log *slog.Logger, m *metrics.M
 	var fw *file.Watcher
 	var cw *consul.Watcher
 	if c.catalog != "" {
-		w, err := file.NewWatcher(c.catalog, log, file.WithPollInterval(c.pollInterval), file.WithHoldoff(c.catalogHoldoff))
+		w, err := file.NewWatcher(c.catalog, log, file.WithPollInterval(c.pollInterval), file.WithHoldoff(c.catalogHoldoff),
+			file.WithMaxSize(int64(c.maxFileSize)))
 		if err != nil {
 			return nil, nil, fmt.Errorf("catalog: %w", err)
 		}

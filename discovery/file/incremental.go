@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/yamlkeys"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -47,7 +48,9 @@ import (
 //     keys, comments and blank lines outside items) are harmless.
 //
 // These tests refuse some valid files (an '&' in a comment, a flow list),
-// which then simply take the full parse. A new or changed item is decoded as
+// which then simply take the full parse. So does an item holding a mapping
+// with too many or repeated keys, which yaml.v3's repeated-key check must
+// not see (keys.go). A new or changed item is decoded as
 // the only item of a one-key document, with the same strictness as the full
 // parse (KnownFields, duplicate keys refused); if any item fails to decode
 // alone, or the catalog does not validate, the full parse runs and reports.
@@ -183,14 +186,27 @@ func reuseOrDecode[T any](items [][]byte, prev map[string]T, decode func([]byte)
 	return next, out, nil
 }
 
+// maxCheckedItem is the largest item whose keys decodeItem checks closely
+// when the quick look is not sure of them; items are rarely over a few
+// hundred bytes.
+const maxCheckedItem = 64 << 10
+
 // decodeItem decodes one item's text as the only item of a document with one
 // top-level key (prefix), as strictly as decodeYAML decodes a whole file.
 // prefix puts the item in the same context as in the file: a block sequence
 // at the item's column, the value of a key at column 0.
 func (p *incremental) decodeItem(prefix string, text []byte) (document, error) {
-	p.decoded++
 	buf := make([]byte, 0, len(prefix)+len(text))
 	buf = append(append(buf, prefix...), text...)
+	// yaml.v3 must not see a mapping with too many or repeated keys
+	// (keys.go). A large item the quick look is not sure of is left to the
+	// full parse, which checks the whole file once, and explains; checking
+	// it here too would double the cost of refusing a hostile file.
+	if !yamlkeys.Quick(buf, yamlkeys.MaxKeys) &&
+		(len(buf) > maxCheckedItem || yamlkeys.Check(buf, yamlkeys.MaxKeys).Costly()) {
+		return document{}, fmt.Errorf("%w: an item with a mapping of too many or repeated keys, or a large item not sure not to have one", errNotIncremental)
+	}
+	p.decoded++
 	dec := yaml.NewDecoder(bytes.NewReader(buf))
 	dec.KnownFields(true)
 	var doc document

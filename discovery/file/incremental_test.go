@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshd/meshd/internal/yamlkeys"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -336,6 +337,10 @@ func FuzzIncremental(f *testing.F) {
 		f.Add([]byte(incBase), []byte(tc.data))
 		f.Add([]byte(tc.data), []byte(incBase))
 	}
+	// Issue 13's shapes, small: an item with a mapping over the key limit,
+	// and one repeating a key many times.
+	f.Add([]byte(incBase), labelsCatalog(yamlkeys.MaxKeys+1))
+	f.Add(labelsCatalog(3), []byte(strings.Repeat("services:\n", 60)))
 	f.Fuzz(func(t *testing.T, before, data []byte) {
 		if len(before)+len(data) > 8<<10 {
 			// See FuzzIncrementalEdits: large broken files only slow the

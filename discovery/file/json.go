@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/meshd/meshd/internal/yamlkeys"
 )
 
 // The JSON fast path.
@@ -32,7 +34,9 @@ import (
 // disagree:
 //
 //   - a key that appears twice in one object (encoding/json keeps the last,
-//     yaml.v3 refuses the file);
+//     yaml.v3 refuses the file), and an object with more keys than a
+//     mapping may have (yamlkeys.MaxKeys; the YAML path refuses it, see
+//     keys.go, and reports it in linear time);
 //   - a key that matches a field only when case is ignored ("Name", which
 //     encoding/json matches to name, even with DisallowUnknownFields);
 //   - null (yaml.v3 drops a null list item where encoding/json keeps a zero
@@ -252,6 +256,26 @@ func (c *checker) fail(why string) error {
 	return fmt.Errorf("%w: offset %d: %s", errNotPlainJSON, c.pos, why)
 }
 
+// repeatedKeyError is checkJSON's refusal of a key repeated in one object.
+// Unlike its other refusals, it is certain to be the YAML path's too (YAML
+// refuses a repeated key however it is written), so Parse reports it at
+// once (repeatedKeyProblem) rather than have the YAML path decode the whole
+// file to find it: on a 5 MB catalog that saves about a second.
+type repeatedKeyError struct {
+	key    string
+	offset int // of the repeated key's opening quote
+}
+
+func (e *repeatedKeyError) Error() string {
+	return fmt.Sprintf("%v: offset %d: duplicate key %q", errNotPlainJSON, e.offset, e.key)
+}
+
+func (e *repeatedKeyError) Unwrap() error { return errNotPlainJSON }
+
+func (c *checker) repeated(key string, start int) error {
+	return &repeatedKeyError{key: key, offset: start}
+}
+
 // skipSpace skips JSON whitespace inside the top-level object, where YAML's
 // flow style allows tabs too.
 func (c *checker) skipSpace() {
@@ -311,6 +335,7 @@ func (c *checker) object(s *schema, depth int) error {
 		seen  uint64              // struct fields seen, by index
 		keys0 = len(c.keys)       // this map's keys are c.keys[keys0:]
 		set   map[string]struct{} // replaces the linear search in a large map
+		n     int                 // keys of a map so far
 	)
 	defer func() { c.keys = c.keys[:keys0] }()
 	c.skipSpace()
@@ -364,23 +389,26 @@ func (c *checker) object(s *schema, depth int) error {
 				return c.fail(fmt.Sprintf("unknown field %q", key))
 			}
 			if seen&(1<<i) != 0 {
-				return c.fail(fmt.Sprintf("duplicate key %q", key))
+				return c.repeated(string(key), start)
 			}
 			seen |= 1 << i
 			vs = s.fields[i].schema
 		case kindMap:
+			if n++; n > yamlkeys.MaxKeys {
+				return c.fail("too many keys")
+			}
 			// Label maps are small, so a linear search beats hashing
 			// until one is not.
 			k := string(key)
 			if set != nil {
 				if _, dup := set[k]; dup {
-					return c.fail(fmt.Sprintf("duplicate key %q", k))
+					return c.repeated(k, start)
 				}
 				set[k] = struct{}{}
 			} else {
 				for _, prev := range c.keys[keys0:] {
 					if prev == k {
-						return c.fail(fmt.Sprintf("duplicate key %q", k))
+						return c.repeated(k, start)
 					}
 				}
 				c.keys = append(c.keys, k)

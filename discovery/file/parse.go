@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"strings"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -77,11 +77,15 @@ func (e *ParseError) Error() string {
 // errors.As(err, &mesh.ValidationErrors{}).
 func (e *ParseError) Unwrap() error { return e.Err }
 
-// Load reads and parses the catalog file at path. A file that cannot be read
-// gives "path: cannot read catalog: why", wrapping the cause so that
-// errors.Is(err, fs.ErrNotExist) works; anything else is Parse's error.
-func Load(path string) (*mesh.Catalog, error) {
-	data, err := readFile(path)
+// Load reads and parses the catalog file at path, which must be a regular
+// file (or a symlink to one) of at most maxSize bytes (see
+// internal/inputfile; inputfile.DefaultMaxSize is the usual limit). A file
+// that cannot be read, or is refused, gives "path: cannot read catalog:
+// why", wrapping the cause so that errors.Is(err, fs.ErrNotExist) and
+// errors.Is(err, inputfile.ErrTooLarge) work; anything else is Parse's
+// error.
+func Load(path string, maxSize int64) (*mesh.Catalog, error) {
+	data, err := readFile(path, maxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -90,8 +94,8 @@ func Load(path string) (*mesh.Catalog, error) {
 
 // readFile reads path, reporting failures as "path: cannot read catalog: why"
 // so that, like every other catalog error, the message starts with the path.
-func readFile(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
+func readFile(path string, maxSize int64) ([]byte, error) {
+	data, err := inputfile.Read(path, maxSize)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
@@ -113,7 +117,9 @@ func readFile(path string) ([]byte, error) {
 //   - validation problems are one line each, e.g.
 //     `catalog.yaml: services[1] "web.default": field endpoints[0].port: 0 is not a port: use 1-65535`;
 //   - an empty file, or one with only comments or only `---`, is ErrEmpty;
-//   - more than one YAML document is ErrMultipleDocuments.
+//   - more than one YAML document is ErrMultipleDocuments;
+//   - a mapping with more than yamlkeys.MaxKeys keys is ErrTooManyKeys
+//     (keys.go).
 //
 // Every error is a *ParseError.
 //
@@ -122,14 +128,23 @@ func readFile(path string) ([]byte, error) {
 // yaml.v3 on a large catalog (see json.go). That path only ever returns a
 // catalog the YAML path would have returned for the same bytes; whenever it
 // cannot be sure, or finds anything wrong, the bytes go to the YAML path,
-// so a JSON file gets exactly the errors, line numbers and names a YAML
-// file gets.
+// so a JSON file gets the errors, line numbers and names a YAML file gets.
+// The exception is a key repeated in one object, which both paths refuse:
+// the JSON path reports it itself, worded as the YAML path does, without
+// the YAML path's other problems.
 func Parse(path string, data []byte) (*mesh.Catalog, error) {
 	if looksLikeJSON(data) {
-		if doc, err := decodeJSON(data); err == nil && !doc.empty() {
+		doc, err := decodeJSON(data)
+		if err == nil && !doc.empty() {
 			if cat, err := mesh.NewCatalog(doc.Services, doc.Proxies); err == nil {
 				return cat, nil
 			}
+		}
+		var rk *repeatedKeyError
+		if errors.As(err, &rk) {
+			// The one refusal the YAML path is certain to share: say it
+			// now, in its words.
+			return nil, &ParseError{Path: path, Problems: []Problem{repeatedKeyProblem(data, rk)}, Err: rk}
 		}
 		// Whatever went wrong (a syntax error, an unknown or repeated
 		// field, a wrong type, a validation problem), the YAML path reads
@@ -166,6 +181,9 @@ func parseYAML(path string, data []byte) (*mesh.Catalog, error) {
 
 // decodeYAML decodes data strictly, reporting every problem it can find.
 func decodeYAML(path string, data []byte) (document, error) {
+	if err := checkKeys(path, data); err != nil {
+		return document{}, err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	// A misspelt field would otherwise be dropped silently, and the mesh
 	// would quietly differ from what the operator wrote.

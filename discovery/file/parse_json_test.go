@@ -12,6 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/yamlkeys"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -534,8 +535,21 @@ func FuzzParseJSON(f *testing.F) {
 		f.Add([]byte(in))
 	}
 	f.Add([]byte(jsonService + "\n}\n"))
+	// Issue 13's shapes, small: a label map one key over the limit, and
+	// one with a repeated key after many.
+	f.Add(labelsCatalogJSONKeys(yamlkeys.MaxKeys+1, false))
+	f.Add(labelsCatalogJSONKeys(40, true))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		jdoc, err := decodeJSON(data)
+		var rk *repeatedKeyError
+		if errors.As(err, &rk) {
+			// The JSON path reports this one itself: it must be right
+			// that the YAML path refuses the file too.
+			if _, yerr := decodeYAML("f", data); yerr == nil {
+				t.Fatalf("the fast path reported a repeated key %q the YAML path accepts:\n%q", rk.key, data)
+			}
+			return
+		}
 		if err != nil {
 			return
 		}
@@ -604,6 +618,23 @@ func BenchmarkCheckJSONM(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := checkJSON(j); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCheckKeysM is the check every YAML parse now starts with
+// (keys.go): mapping sizes and repeated keys, in one pass over the lines of
+// a block-style catalog such as M.
+func BenchmarkCheckKeysM(b *testing.B) {
+	y, _ := mCatalogs(b)
+	if !yamlkeys.Quick(y, yamlkeys.MaxKeys) {
+		b.Fatal("the quick pass is not sure of the M catalog")
+	}
+	b.SetBytes(int64(len(y)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := checkKeys("catalog", y); err != nil {
 			b.Fatal(err)
 		}
 	}

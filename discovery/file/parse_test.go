@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -252,11 +253,11 @@ func TestParseValidationErrorUnwraps(t *testing.T) {
 }
 
 func TestLoad(t *testing.T) {
-	if _, err := Load("testdata/valid.yaml"); err != nil {
+	if _, err := Load("testdata/valid.yaml", inputfile.DefaultMaxSize); err != nil {
 		t.Errorf("Load(valid) = %v", err)
 	}
 	missing := filepath.Join(t.TempDir(), "nope.yaml")
-	_, err := Load(missing)
+	_, err := Load(missing, inputfile.DefaultMaxSize)
 	if err == nil || !strings.HasPrefix(err.Error(), missing+": cannot read catalog: ") || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Load(missing) = %v, want %q prefix wrapping fs.ErrNotExist", err, missing+": cannot read catalog: ")
 	}
@@ -264,7 +265,7 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("services:\n  - name: web\n    prot: http\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(bad); err == nil || !strings.HasPrefix(err.Error(), bad+": line 3: unknown field") {
+	if _, err := Load(bad, inputfile.DefaultMaxSize); err == nil || !strings.HasPrefix(err.Error(), bad+": line 3: unknown field") {
 		t.Errorf("Load(bad) = %v", err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/internal/watchloop"
 	"github.com/meshd/meshd/mesh"
 )
@@ -46,7 +46,9 @@ type Status struct {
 	LastError string `json:"lastError"`
 	// Accepted counts reloads that replaced the catalog after the initial
 	// load; Rejected counts distinct file contents that failed to parse or
-	// validate (re-reading the same bad content does not count again).
+	// validate (re-reading the same bad content does not count again), and
+	// distinct refusals to read what is at the path: a file over the size
+	// limit, or not a regular file.
 	Accepted uint64 `json:"accepted"`
 	Rejected uint64 `json:"rejected"`
 }
@@ -63,6 +65,10 @@ func WithPollInterval(d time.Duration) Option { return func(w *Watcher) { w.poll
 // is read (default DefaultHoldoff).
 func WithHoldoff(d time.Duration) Option { return func(w *Watcher) { w.holdoff = max(d, 0) } }
 
+// WithMaxSize sets the largest catalog file read, in bytes (default
+// inputfile.DefaultMaxSize); a larger one is refused without being read.
+func WithMaxSize(n int64) Option { return func(w *Watcher) { w.maxSize = n } }
+
 // Watcher serves the catalog in one file and follows its changes. A change
 // that does not parse or validate is logged, counted and otherwise ignored:
 // the last good catalog stays in place, because a proxy configured from a
@@ -74,7 +80,8 @@ type Watcher struct {
 	pollInterval time.Duration
 	holdoff      time.Duration
 	notify       bool // false only in tests of the polling fallback
-	readFile     func(string) ([]byte, error)
+	maxSize      int64
+	readFile     func(path string, maxSize int64) ([]byte, error)
 
 	updates chan *mesh.Catalog
 	running atomic.Bool
@@ -114,7 +121,8 @@ func NewWatcher(path string, logger *slog.Logger, opts ...Option) (*Watcher, err
 		abs:          abs,
 		logger:       logger,
 		pollInterval: DefaultPollInterval,
-		readFile:     os.ReadFile,
+		maxSize:      inputfile.DefaultMaxSize,
+		readFile:     inputfile.Read,
 		holdoff:      DefaultHoldoff,
 		notify:       true,
 		updates:      make(chan *mesh.Catalog, 1),
@@ -122,7 +130,7 @@ func NewWatcher(path string, logger *slog.Logger, opts ...Option) (*Watcher, err
 	for _, o := range opts {
 		o(w)
 	}
-	data, err := readFile(path)
+	data, err := readFile(path, w.maxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +258,7 @@ func (w *Watcher) check(trigger string) {
 		w.mu.Unlock()
 		return
 	}
-	data, err := w.readFile(w.abs)
+	data, err := w.readFile(w.abs, w.maxSize)
 	now := time.Now()
 	w.read = fileState{}
 	if err == nil && statOK {
@@ -265,12 +273,20 @@ func (w *Watcher) check(trigger string) {
 		// Logged once: the poll would otherwise repeat it every few seconds.
 		// Logged before the status changes, so that whoever sees the status
 		// can find the log line.
+		refused := false
 		if msg != w.readErr {
 			w.readErr = msg
-			if errors.Is(err, fs.ErrNotExist) {
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
 				w.logger.Warn("catalog file is missing; still serving the previous catalog until it reappears",
 					"path", w.path, "trigger", trigger)
-			} else {
+			case inputfile.Refused(err):
+				// Too large, or a pipe, a device, a directory: not a
+				// catalog, and counted as a rejection (the metric), once.
+				refused = true
+				w.logger.Warn("catalog file refused; still serving the previous catalog",
+					"path", w.path, "trigger", trigger, "error", msg)
+			default:
 				w.logger.Warn("cannot read the catalog file; still serving the previous catalog",
 					"path", w.path, "trigger", trigger, "error", msg)
 			}
@@ -278,6 +294,9 @@ func (w *Watcher) check(trigger string) {
 		w.mu.Lock()
 		w.status.CheckedAt = now
 		w.status.LastError = msg
+		if refused {
+			w.status.Rejected++
+		}
 		w.mu.Unlock()
 		return
 	}

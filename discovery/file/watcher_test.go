@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 )
@@ -461,7 +462,7 @@ func TestWatcherPollReadsOnlyChangedFiles(t *testing.T) {
 	var reads atomic.Int64
 	countReads := func(w *Watcher) {
 		w.notify = false
-		w.readFile = func(p string) ([]byte, error) { reads.Add(1); return os.ReadFile(p) }
+		w.readFile = func(p string, n int64) ([]byte, error) { reads.Add(1); return inputfile.Read(p, n) }
 	}
 	const interval = 10 * time.Millisecond
 	w, _ := startWatcher(t, path, WithPollInterval(interval), countReads)

@@ -1,6 +1,7 @@
 package file
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"reflect"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -159,18 +161,12 @@ func explainTypeError(sites []site, e string) Problem {
 	}
 	if m := duplicateRE.FindStringSubmatch(e); m != nil {
 		line, _ := strconv.Atoi(m[1])
+		first, _ := strconv.Atoi(m[3])
 		name, err := strconv.Unquote(m[2])
 		if err != nil {
 			name = m[2]
 		}
-		in := ""
-		for _, s := range sites {
-			if s.key != nil && s.key.Line == line && s.key.Value == name {
-				in = " " + describeObject(s.parentType, s.parentPath)
-				break
-			}
-		}
-		return Problem{Line: line, Message: fmt.Sprintf("field %q appears twice%s (first at line %s): keep one", name, in, m[3])}
+		return duplicateProblem(sites, line, name, first)
 	}
 	// A message this code does not know: better yaml.v3's words than none.
 	if line, rest, ok := strings.Cut(e, ": "); ok {
@@ -179,6 +175,56 @@ func explainTypeError(sites []site, e string) Problem {
 		}
 	}
 	return Problem{Message: e + "; " + docsHint}
+}
+
+// duplicateProblem explains a key that appears twice in one mapping, at
+// line and first at firstLine.
+func duplicateProblem(sites []site, line int, name string, firstLine int) Problem {
+	in := ""
+	for _, s := range sites {
+		if s.key != nil && s.key.Line == line && s.key.Value == name {
+			in = " " + describeObject(s.parentType, s.parentPath)
+			break
+		}
+	}
+	return Problem{Line: line, Message: repeatedMessage(name, in, firstLine)}
+}
+
+func repeatedMessage(name, in string, firstLine int) string {
+	return fmt.Sprintf("field %q appears twice%s (first at line %d): keep one", name, in, firstLine)
+}
+
+// repeatedKeyProblem explains the JSON path's repeated key. Its offset gives
+// the key's line and column, which tell it from a key of the same name in
+// another object on the same line (JSON catalogs often hold one object per
+// line).
+func repeatedKeyProblem(data []byte, e *repeatedKeyError) Problem {
+	before := data[:e.offset]
+	line := bytes.Count(before, []byte{'\n'}) + 1
+	// yaml.v3 counts columns in characters, from 1.
+	col := utf8.RuneCount(before[bytes.LastIndexByte(before, '\n')+1:]) + 1
+	sites := walkSites(data)
+	for _, s := range sites {
+		if s.key == nil || s.key.Line != line || s.key.Column != col || s.key.Value != e.key {
+			continue
+		}
+		first := line
+		for _, f := range sites {
+			// Sites are in document order: the first key of that name in
+			// the same object is where it first appears.
+			if f.key != nil && f.key.Value == e.key && f.parentPath == s.parentPath && f.parentType == s.parentType {
+				first = f.key.Line
+				break
+			}
+		}
+		in := ""
+		if d := describeObject(s.parentType, s.parentPath); d != "" {
+			in = " " + d
+		}
+		return Problem{Line: line, Message: repeatedMessage(e.key, in, first)}
+	}
+	// Past what walkSites looks at (a very large file): the line alone.
+	return Problem{Line: line, Message: fmt.Sprintf("field %q appears twice in one object: keep one", e.key)}
 }
 
 func unknownFieldMessage(name string, t reflect.Type, goType, where string) string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshd/meshd/internal/costtest"
 	"github.com/meshd/meshd/internal/race"
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 // Keys is a block mapping of n keys "k0: v" … at the given indentation, one
@@ -130,12 +131,7 @@ func Refuse(t *testing.T, c Case, w Watcher) {
 	use := costtest.Measure(func() {
 		start := time.Now()
 		c.Put()
-		for w.Rejected() == rejected {
-			if time.Since(start) > Wait {
-				t.Fatalf("%s: not refused after %v", c.Name, Wait)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		testwait.For(t, Wait, c.Name+" to be refused", func() bool { return w.Rejected() != rejected })
 		took = time.Since(start)
 	})
 	t.Logf("%s: refused in %v (%v of CPU), heap +%.1f MiB at most, %.1f MiB allocated", c.Name, took.Round(time.Millisecond),

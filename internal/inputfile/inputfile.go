@@ -209,6 +209,9 @@ type Size int64
 
 func (s *Size) String() string { return FormatSize(int64(*s)) }
 
+// Type names the value in help texts that show one (spf13/pflag).
+func (s *Size) Type() string { return "size" }
+
 func (s *Size) Set(v string) error {
 	n, err := ParseSize(v)
 	if err == nil && n == 0 {

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
@@ -375,7 +376,7 @@ func checkPolicyChurn(t *testing.T, dir string, change *Change) {
 	if err := change.Apply(context.Background()); err != nil {
 		t.Fatalf("policy churn: %v", err)
 	}
-	ps, err := policy.LoadDir(dir)
+	ps, err := policy.LoadDir(dir, inputfile.DefaultMaxSize)
 	if err != nil {
 		t.Fatalf("meshd refuses the churn's policy: %v", err)
 	}

@@ -1,0 +1,38 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/meshd/meshd/internal/inputfile"
+)
+
+func TestMaxFileSizeFlag(t *testing.T) {
+	c, err := parseFlags([]string{"--catalog", "c.yaml"}, io.Discard)
+	if err != nil || int64(c.maxFileSize) != inputfile.DefaultMaxSize {
+		t.Fatalf("default: %v, %v; want %d", err, c, inputfile.DefaultMaxSize)
+	}
+	c, err = parseFlags([]string{"--catalog", "c.yaml", "--max-file-size", "64MiB"}, io.Discard)
+	if err != nil || c.maxFileSize != 64<<20 {
+		t.Fatalf("--max-file-size 64MiB: %v, %d", err, c.maxFileSize)
+	}
+	for _, bad := range []string{"0", "-1", "16MB", "lots"} {
+		if _, err := parseFlags([]string{"--catalog", "c.yaml", "--max-file-size", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "max-file-size") {
+			t.Errorf("--max-file-size %s: %v", bad, err)
+		}
+	}
+	// --memory-limit shares the size syntax.
+	c, err = parseFlags([]string{"--catalog", "c.yaml", "--memory-limit", "900MiB"}, io.Discard)
+	if err != nil || c.memoryLimit.bytes != 900<<20 || !c.memoryLimit.set {
+		t.Fatalf("--memory-limit 900MiB: %v, %+v", err, c.memoryLimit)
+	}
+	for in, want := range map[string]int64{"0": 0, "off": 0, " 1 GiB ": 1 << 30} {
+		if c, err := parseFlags([]string{"--catalog", "c.yaml", "--memory-limit", in}, io.Discard); err != nil || c.memoryLimit.bytes != want {
+			t.Errorf("--memory-limit %q: %v", in, err)
+		}
+	}
+	if _, err := parseFlags([]string{"--catalog", "c.yaml", "--memory-limit", "9XB"}, io.Discard); err == nil || !strings.Contains(err.Error(), "or 0 for no limit") {
+		t.Errorf("--memory-limit 9XB: %v", err)
+	}
+}
