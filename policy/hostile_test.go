@@ -35,7 +35,7 @@ func TestWatcherRefusesHostileFiles(t *testing.T) {
 			Name: "a mapping of 64,000 keys",
 			Put:  func() { hostile.PutFile(t, bad, big) },
 			Size: int64(len(big)),
-			Want: []string{bad + ":5: too many keys in one mapping: 64000, more than the 256 a mapping may have; see docs/policy.md"},
+			Want: []string{bad + ":5: document 1: spec: too many keys: 64000, more than the 256 a mapping may have; see docs/policy.md"},
 		},
 		{
 			Name: "a file over the size limit",

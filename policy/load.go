@@ -256,12 +256,12 @@ func keyProblems(path string, data []byte) []Problem {
 	}
 	var out []Problem
 	for _, m := range r.Large {
-		out = append(out, Problem{File: path, Line: m.Line, Message: fmt.Sprintf(
-			"too many keys in one mapping: %d, more than the %d a mapping may have; %s", m.Keys, yamlkeys.MaxKeys, docsHint)})
+		out = append(out, Problem{File: path, Line: m.Line, Policy: fmt.Sprintf("document %d", m.Document), Field: m.Place.String(),
+			Message: fmt.Sprintf("too many keys: %d, more than the %d a mapping may have; %s", m.Keys, yamlkeys.MaxKeys, docsHint)})
 	}
 	for _, d := range r.Duplicates {
-		out = append(out, Problem{File: path, Line: d.Line, Message: fmt.Sprintf(
-			"key %q appears twice in one mapping (first at line %d): keep one", d.Key, d.FirstLine)})
+		out = append(out, Problem{File: path, Line: d.Line, Policy: fmt.Sprintf("document %d", d.Document), Field: d.Place.String(),
+			Message: fmt.Sprintf("key %q appears twice (first at line %d): keep one", d.Key, d.FirstLine)})
 	}
 	slices.SortStableFunc(out, func(a, b Problem) int { return cmp.Compare(a.Line, b.Line) })
 	if more := r.LargeCount + r.DuplicateCount - len(out); more > 0 {

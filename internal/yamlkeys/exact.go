@@ -10,15 +10,16 @@ import (
 // linear, and counts the keys of every mapping. Aliases are not followed:
 // the mapping an alias stands for is counted once, where it is written.
 func exact(data []byte, maxKeys int) Report {
-	var r Report
+	w := walker{max: maxKeys}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	for {
-		var doc yaml.Node
-		if err := dec.Decode(&doc); err != nil {
+	for doc := 1; ; doc++ {
+		var root yaml.Node
+		if err := dec.Decode(&root); err != nil {
 			// The end, or a syntax error: yaml.v3 decodes nothing after it.
-			return r
+			return w.r
 		}
-		r.walk(&doc, maxKeys)
+		w.doc = doc
+		w.walk(&root)
 	}
 }
 
@@ -28,22 +29,50 @@ type keyID struct {
 	value string
 }
 
-func (r *Report) walk(n *yaml.Node, maxKeys int) {
-	if n.Kind == yaml.MappingNode {
-		r.mapping(n, maxKeys)
-	}
-	for _, c := range n.Content {
-		r.walk(c, maxKeys)
+// walker walks one document's nodes, keeping the path to the node it is
+// at, so that what it reports can be named.
+type walker struct {
+	r    Report
+	max  int
+	doc  int
+	path []Step
+}
+
+func (w *walker) walk(n *yaml.Node) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			w.walk(c)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			w.path = append(w.path, Step{Index: i})
+			w.walk(c)
+			w.path = w.path[:len(w.path)-1]
+		}
+	case yaml.MappingNode:
+		w.mapping(n)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			w.path = append(w.path, Step{Key: n.Content[i].Value, Index: -1})
+			w.walk(n.Content[i+1])
+			w.path = w.path[:len(w.path)-1]
+		}
 	}
 }
 
+// where is the place of the mapping being checked, copied: w.path changes.
+func (w *walker) where() Place {
+	return Place{Document: w.doc, Path: append([]Step(nil), w.path...)}
+}
+
 // mapping checks one mapping's keys.
-func (r *Report) mapping(n *yaml.Node, maxKeys int) {
+func (w *walker) mapping(n *yaml.Node) {
+	r := &w.r
 	keys := len(n.Content) / 2
-	if keys > maxKeys {
+	if keys > w.max {
 		r.LargeCount++
 		if len(r.Large) < MaxReported {
-			r.Large = append(r.Large, Mapping{Line: n.Line, Column: n.Column, Keys: keys})
+			r.Large = append(r.Large, Mapping{Line: n.Line, Column: n.Column, Keys: keys, Place: w.where()})
 		}
 	}
 	if keys <= 16 {
@@ -52,7 +81,7 @@ func (r *Report) mapping(n *yaml.Node, maxKeys int) {
 			k := n.Content[i]
 			for j := 0; j < i; j += 2 {
 				if p := n.Content[j]; p.Kind == k.Kind && p.Value == k.Value {
-					r.duplicate(k, p.Line)
+					w.duplicate(k, p.Line)
 					break
 				}
 			}
@@ -64,16 +93,16 @@ func (r *Report) mapping(n *yaml.Node, maxKeys int) {
 		k := n.Content[i]
 		id := keyID{k.Kind, k.Value}
 		if line, seen := first[id]; seen {
-			r.duplicate(k, line)
+			w.duplicate(k, line)
 			continue
 		}
 		first[id] = k.Line
 	}
 }
 
-func (r *Report) duplicate(k *yaml.Node, firstLine int) {
-	r.DuplicateCount++
-	if len(r.Duplicates) < MaxReported {
-		r.Duplicates = append(r.Duplicates, Duplicate{Key: k.Value, Line: k.Line, FirstLine: firstLine})
+func (w *walker) duplicate(k *yaml.Node, firstLine int) {
+	w.r.DuplicateCount++
+	if len(w.r.Duplicates) < MaxReported {
+		w.r.Duplicates = append(w.r.Duplicates, Duplicate{Key: k.Value, Line: k.Line, FirstLine: firstLine, Place: w.where()})
 	}
 }

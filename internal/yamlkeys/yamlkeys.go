@@ -25,6 +25,11 @@
 // way never says "sure" where the second finds a problem.
 package yamlkeys
 
+import (
+	"fmt"
+	"strings"
+)
+
 // MaxKeys is the most keys meshd accepts in one YAML mapping of a catalog or
 // policy file (docs/catalog.md, docs/policy.md). Real mappings are far
 // smaller: a catalog object has at most a dozen fields, and label sets are
@@ -40,6 +45,7 @@ type Mapping struct {
 	Line, Column int
 	// Keys is how many keys it has.
 	Keys int
+	Place
 }
 
 // Duplicate is a key that a mapping holds more than once, as yaml.v3 sees
@@ -49,6 +55,38 @@ type Duplicate struct {
 	Key string
 	// Line is where it is repeated and FirstLine where it first appears.
 	Line, FirstLine int
+	// Place is the mapping's.
+	Place
+}
+
+// Place is where a mapping is: the document (1-based) and the keys and
+// list indexes leading to it from the document's root, so that a caller who
+// knows the schema can name it without parsing the file again.
+type Place struct {
+	Document int
+	Path     []Step
+}
+
+// Step is one step of a Path: a mapping's key, or (Index >= 0) a list item.
+type Step struct {
+	Key   string
+	Index int
+}
+
+// String writes p as a field path: services[0].endpoints[1].labels.
+func (p Place) String() string {
+	var b strings.Builder
+	for _, s := range p.Path {
+		if s.Index >= 0 {
+			fmt.Fprintf(&b, "[%d]", s.Index)
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(s.Key)
+	}
+	return b.String()
 }
 
 // Report is what Check found.

@@ -90,10 +90,34 @@ func TestCheck(t *testing.T) {
 				t.Errorf("quick = %v, want %v", got, tc.quick)
 			}
 			got := Check([]byte(tc.in), tc.max)
+			// Places have their own test.
+			for i := range got.Large {
+				got.Large[i].Place = Place{}
+			}
+			for i := range got.Duplicates {
+				got.Duplicates[i].Place = Place{}
+			}
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Check = %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestPlaces: what Check reports says where it is, for naming it without
+// parsing the file again.
+func TestPlaces(t *testing.T) {
+	in := "a: 1\n---\nservices:\n- name: x\n- name: y\n  labels: {p: 1, q: 2, p: 3, r: 4}\n"
+	r := Check([]byte(in), 3)
+	want := Place{Document: 2, Path: []Step{{Key: "services", Index: -1}, {Index: 1}, {Key: "labels", Index: -1}}}
+	if len(r.Large) != 1 || !reflect.DeepEqual(r.Large[0].Place, want) || len(r.Duplicates) != 1 || !reflect.DeepEqual(r.Duplicates[0].Place, want) {
+		t.Fatalf("Check = %+v, want both at %+v", r, want)
+	}
+	if got := want.String(); got != "services[1].labels" {
+		t.Errorf("String() = %q", got)
+	}
+	if got := (Place{Document: 1}).String(); got != "" {
+		t.Errorf("the root's String() = %q", got)
 	}
 }
 
@@ -129,7 +153,8 @@ func TestCheckIsLinear(t *testing.T) {
 		t.Logf("%s (%d bytes): %v", name, len(in), took)
 	}
 	r := Check(labelsJSON(64000, true), MaxKeys)
-	if len(r.Large) != 1 || r.Large[0].Keys != 64001 || r.DuplicateCount != 1 || r.Duplicates[0] != (Duplicate{Key: "k0", Line: 64002, FirstLine: 2}) {
+	if len(r.Large) != 1 || r.Large[0].Keys != 64001 || r.DuplicateCount != 1 ||
+		r.Duplicates[0].Key != "k0" || r.Duplicates[0].Line != 64002 || r.Duplicates[0].FirstLine != 2 {
 		t.Errorf("JSON report: %+v", r)
 	}
 	r = Check(bytes.Repeat([]byte("a: 1\n"), 20000), MaxKeys)
