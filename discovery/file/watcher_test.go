@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/hostile"
 	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
@@ -179,7 +180,10 @@ func TestWatcherKeepsPreviousCatalogOnInvalidEdit(t *testing.T) {
 	w, logs := startWatcher(t, path, WithPollInterval(20*time.Millisecond))
 	before := w.Current()
 
-	writeFile(t, path, strings.Replace(catalogYAML("10.0.0.2"), "protocol: http", "prot: http", 1))
+	// Each edit replaces the file whole (write and rename): a poll every
+	// 20 ms could otherwise read an in-place write half-way, an empty file
+	// that is one more rejection (TestWatcherPartialWrite covers those).
+	hostile.PutFile(t, path, []byte(strings.Replace(catalogYAML("10.0.0.2"), "protocol: http", "prot: http", 1)))
 	testwait.For(t, testwait.Timeout, "the bad edit to be rejected", func() bool { return w.Status().Rejected == 1 })
 	st := w.Status()
 	wantErr := path + `: line 3: unknown field "prot" in service (services[0]); did you mean "protocol"?`
@@ -206,7 +210,7 @@ func TestWatcherKeepsPreviousCatalogOnInvalidEdit(t *testing.T) {
 		t.Errorf("rejection logged %d times, want once", n)
 	}
 
-	writeFile(t, path, catalogYAML("10.0.0.3"))
+	hostile.PutFile(t, path, []byte(catalogYAML("10.0.0.3")))
 	c := nextUpdate(t, w)
 	if got := apiAddr(c); got != "10.0.0.3" {
 		t.Errorf("update has api at %s, want 10.0.0.3", got)
