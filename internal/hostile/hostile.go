@@ -117,16 +117,19 @@ type Watcher struct {
 	Rejected  func() uint64
 	LastError func() string
 	Logs      func() string
+	// Serving is what the watcher serves (a pointer), which a refused file
+	// must leave as it is.
+	Serving func() any
 }
 
 // Refuse puts c and waits until w counts it as rejected. It fails t unless
 // that cost less than CPU of CPU time and the heap grew by less than 4 MiB
 // (nothing read) or 64 bytes per byte of c.Size (what yaml.v3's node tree
 // takes for a file of one-line keys, with room), and w's error and log hold
-// every c.Want.
+// every c.Want, and what w serves is what it served before.
 func Refuse(t *testing.T, c Case, w Watcher) {
 	t.Helper()
-	rejected := w.Rejected()
+	rejected, serving := w.Rejected(), w.Serving()
 	var took time.Duration
 	use := costtest.Measure(func() {
 		start := time.Now()
@@ -145,6 +148,9 @@ func Refuse(t *testing.T, c Case, w Watcher) {
 	}
 	if use.Peak > maxHeap {
 		t.Errorf("%s: the heap grew by %d bytes, want at most %d", c.Name, use.Peak, maxHeap)
+	}
+	if w.Serving() != serving {
+		t.Errorf("%s: what the watcher serves changed", c.Name)
 	}
 	if n := w.Rejected(); n != rejected+1 {
 		t.Errorf("%s: Rejected went from %d to %d, want one more", c.Name, rejected, n)

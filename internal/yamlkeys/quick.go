@@ -44,23 +44,12 @@ func quick(data []byte, maxKeys int) bool {
 		return false
 	}
 	s := scanner{max: maxKeys}
-	for start := 0; start < len(data); {
-		end := bytes.IndexByte(data[start:], '\n')
-		next := len(data)
-		if end < 0 {
-			end = len(data)
-		} else {
-			end += start
-			next = end + 1
-		}
-		line := data[start:end]
-		if n := len(line); n > 0 && line[n-1] == '\r' {
-			line = line[:n-1]
-		}
+	for line := range bytes.Lines(data) {
+		// plainText let through CR only before LF.
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte{'\n'}), []byte{'\r'})
 		if !s.line(line) {
 			return false
 		}
-		start = next
 	}
 	return true
 }

@@ -12,38 +12,23 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/hostile"
 	"github.com/meshd/meshd/internal/race"
 )
 
 // labels is a catalog whose one endpoint has n labels, the shape of the
 // 64,000-key catalog of issue 13; dup repeats the first label at the end.
 func labels(n int, dup bool) []byte {
-	var b strings.Builder
-	b.WriteString("services:\n  - name: web\n    endpoints:\n      - address: 10.0.0.1\n        port: 80\n        labels:\n")
-	for i := range n {
-		fmt.Fprintf(&b, "          k%d: v\n", i)
-	}
+	b := "services:\n  - name: web\n    endpoints:\n      - address: 10.0.0.1\n        port: 80\n        labels:\n" + hostile.Keys(10, n)
 	if dup {
-		b.WriteString("          k0: again\n")
+		b += "          k0: again\n"
 	}
-	return []byte(b.String())
+	return []byte(b)
 }
 
-// labelsJSON is the same catalog written as JSON.
+// labelsJSON is the same catalog written as JSON, one label per line.
 func labelsJSON(n int, dup bool) []byte {
-	var b strings.Builder
-	b.WriteString(`{"services": [{"name": "web", "endpoints": [{"address": "10.0.0.1", "port": 80, "labels": {`)
-	for i := range n {
-		if i > 0 {
-			b.WriteString(",")
-		}
-		fmt.Fprintf(&b, "\n  \"k%d\": \"v\"", i)
-	}
-	if dup {
-		b.WriteString(",\n  \"k0\": \"again\"")
-	}
-	b.WriteString("\n}}]}]}\n")
-	return []byte(b.String())
+	return []byte(`{"services": [{"name": "web", "endpoints": [{"address": "10.0.0.1", "port": 80, "labels": {` + hostile.JSONKeys(n, dup) + "}}]}]}\n")
 }
 
 func TestCheck(t *testing.T) {
