@@ -3,8 +3,11 @@ package policy
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/meshd/meshd/internal/hostile"
+	"github.com/meshd/meshd/internal/yamlkeys"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -23,6 +26,10 @@ func FuzzLoad(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// Issue 13's shapes, small: a mapping one key over the limit, and a
+	// key repeated more often than is listed (both refused before Parse).
+	f.Add([]byte(policyYAML("AuthorizationPolicy", "prod", "a") + "spec:\n" + hostile.Keys(2, yamlkeys.MaxKeys+1)))
+	f.Add([]byte(policyYAML("AuthorizationPolicy", "prod", "a") + "spec:\n" + strings.Repeat("  action: DENY\n", yamlkeys.MaxReported+2)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := parseFiles([]file{{"p.yaml", data}})
 		if err != nil {
