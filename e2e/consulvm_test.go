@@ -145,6 +145,9 @@ type vm struct {
 	host *netnstest.Host
 	root string
 	bins map[string]string
+	// starts counts each unit's starts: a restarted unit's process
+	// gets a log of its own.
+	starts map[string]int
 }
 
 // at is path p on the VM.
@@ -233,6 +236,9 @@ func (v *vm) startUnit(file, instance string) *netnstest.Proc {
 	name := strings.TrimSuffix(file, ".service")
 	if instance != "" {
 		name = strings.Replace(name, "@", "@"+instance, 1)
+	}
+	if v.starts[name]++; v.starts[name] > 1 {
+		name = fmt.Sprintf("%s.%d", name, v.starts[name])
 	}
 	return v.host.Start(v.t, name, []string{"PATH=" + os.Getenv("PATH"), "HOME=" + v.root}, v.command(argv)...)
 }
@@ -365,7 +371,7 @@ func TestConsulVM(t *testing.T) {
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		return &vm{t: t, name: name, host: h, root: root, bins: bins}
+		return &vm{t: t, name: name, host: h, root: root, bins: bins, starts: map[string]int{}}
 	}
 	server := newVM("consul-server", "10.0.0.4")
 	meshdVM := newVM("meshd", "10.0.0.5")
@@ -384,6 +390,15 @@ func TestConsulVM(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", v.name, err, out)
 		}
 		consul[v.name] = v.startUnit("consul.service", "")
+		if v == server {
+			// The server first, listening before the clients' first join
+			// attempt: a failed attempt is retried only after
+			// retry_interval (30 s).
+			eventually(t, 30*time.Second, func() error {
+				_, err := server.run("consul", "members")
+				return err
+			})
+		}
 	}
 	eventually(t, 60*time.Second, func() error {
 		out, err := server.run("consul", "members")
@@ -568,8 +583,35 @@ func TestConsulVM(t *testing.T) {
 		})
 	})
 
-	t.Run("vm2's agent dies: its services go critical, vm1's traffic continues", func(t *testing.T) {
-		load := vm1.host.Start(t, "load", []string{"PATH=" + os.Getenv("PATH")},
+	// vm2Checks is what the Consul server says of api on vm2: its checks'
+	// statuses by id, or nil when vm2 has no api registered.
+	vm2Checks := func() (map[string]string, error) {
+		code, body, err := server.host.Get("http://127.0.0.1:8500/v1/health/service/api")
+		if err != nil || code != 200 {
+			return nil, fmt.Errorf("%d %v", code, err)
+		}
+		var entries []struct {
+			Node   struct{ Node string }
+			Checks []struct{ CheckID, Status string }
+		}
+		if err := json.Unmarshal([]byte(body), &entries); err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if e.Node.Node == "vm2" {
+				checks := map[string]string{}
+				for _, c := range e.Checks {
+					checks[c.CheckID] = c.Status
+				}
+				return checks, nil
+			}
+		}
+		return nil, nil
+	}
+	// underLoad runs f while vm1 calls web → api continuously, and checks
+	// that no call failed.
+	underLoad := func(t *testing.T, name, what string, f func()) {
+		load := vm1.host.Start(t, name, []string{"PATH=" + os.Getenv("PATH")},
 			bins["demoapp"], "call", "--http", "http://127.0.0.1:8080/", "--count", "0", "--interval", "50ms", "--quiet")
 		reached := func() int { return strings.Count(apps["vm1/api"].Log()+apps["vm2/api"].Log(), "path=/ ") }
 		before := reached()
@@ -579,44 +621,58 @@ func TestConsulVM(t *testing.T) {
 			}
 			return nil
 		})
-		consul["vm2"].Kill()
-		eventually(t, 60*time.Second, func() error {
-			code, body, err := server.host.Get("http://127.0.0.1:8500/v1/health/service/api")
-			if err != nil || code != 200 {
-				return fmt.Errorf("%d %v", code, err)
-			}
-			var entries []struct {
-				Node   struct{ Node string }
-				Checks []struct{ CheckID, Status string }
-			}
-			if err := json.Unmarshal([]byte(body), &entries); err != nil {
-				return err
-			}
-			for _, e := range entries {
-				if e.Node.Node != "vm2" {
-					continue
-				}
-				for _, c := range e.Checks {
-					if c.CheckID == "serfHealth" && c.Status == "critical" {
-						return nil
-					}
-				}
-				return fmt.Errorf("vm2's api checks: %+v", e.Checks)
-			}
-			return fmt.Errorf("no api on vm2 in %s", body)
-		})
+		f()
+		ok, _ := stopLoad(t, load)
+		t.Logf("%s: %d calls from vm1 meanwhile, 0 failed", what, ok)
+	}
+	answeredOnlyBy := func(t *testing.T, want ...string) {
+		t.Helper()
 		eventually(t, 30*time.Second, func() error {
 			out, err := callWeb(10)
 			if err != nil {
 				return fmt.Errorf("%v\n%s", err, out)
 			}
-			if got := apiAnswers(out); !slices.Equal(got, []string{"vm1/api"}) {
-				return fmt.Errorf("api answered from %v", got)
+			if got := apiAnswers(out); !slices.Equal(got, want) {
+				return fmt.Errorf("api answered from %v, want %v", got, want)
 			}
 			return nil
 		})
-		ok, _ := stopLoad(t, load)
-		t.Logf("vm2's agent killed: %d calls from vm1 during the change, 0 failed; vm1's api answers alone", ok)
+	}
+
+	t.Run("vm2's agent stopped: vm2 leaves, vm1's traffic continues", func(t *testing.T) {
+		underLoad(t, "load-stop", "vm2's agent stopped (SIGTERM, as systemctl stop)", func() {
+			t0 := time.Now()
+			consul["vm2"].Stop()
+			eventually(t, 60*time.Second, func() error {
+				checks, err := vm2Checks()
+				if err != nil || checks != nil {
+					return fmt.Errorf("vm2's api still registered: %v (%v)", checks, err)
+				}
+				return nil
+			})
+			answeredOnlyBy(t, "vm1/api")
+			t.Logf("vm2's api deregistered, only vm1's answers, %s after SIGTERM", time.Since(t0).Round(time.Millisecond))
+		})
+	})
+
+	t.Run("vm2's agent back, then dies: its services go critical, vm1's traffic continues", func(t *testing.T) {
+		t0 := time.Now()
+		consul["vm2"] = vm2.startUnit("consul.service", "")
+		answeredOnlyBy(t, "vm1/api", "vm2/api")
+		t.Logf("vm2's agent restarted: api on vm2 registered and answering again after %s", time.Since(t0).Round(time.Millisecond))
+		underLoad(t, "load-kill", "vm2's agent killed", func() {
+			t0 := time.Now()
+			consul["vm2"].Kill()
+			eventually(t, 60*time.Second, func() error {
+				checks, err := vm2Checks()
+				if err != nil || checks["serfHealth"] != "critical" {
+					return fmt.Errorf("vm2's api checks %v (%v), want serfHealth critical", checks, err)
+				}
+				return nil
+			})
+			answeredOnlyBy(t, "vm1/api")
+			t.Logf("vm2's api critical, only vm1's answers, %s after SIGKILL", time.Since(t0).Round(time.Millisecond))
+		})
 	})
 	t.Logf("done in %s", time.Since(start).Round(time.Millisecond))
 }

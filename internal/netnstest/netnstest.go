@@ -259,9 +259,11 @@ type Proc struct {
 func (h *Host) Start(t testing.TB, name string, env []string, argv ...string) *Proc {
 	t.Helper()
 	logPath := filepath.Join(h.net.dir, h.Name+"-"+name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// A name is used once per host: a second process would append to the
+	// first one's log, and a test reading it would see both.
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("starting %s on %s: %v (give each process of a host its own name)", name, h.Name, err)
 	}
 	cmd := h.Command(argv[0], argv[1:]...)
 	cmd.Env = env
