@@ -7,8 +7,12 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -109,7 +113,7 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 	if err := mesh.ValidTrustDomain(td); err != nil {
 		return nil, err
 	}
-	xdsCluster, err := buildXDSCluster(srv, o.CAFile, o.CAPEM, mesh.ControlPlaneIdentity(td).SPIFFEID())
+	xdsCluster, err := buildXDSCluster(srv, o.CAFile, o.CAPEM, mesh.ControlPlaneIdentity(td).SPIFFEID(), o.Token)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +149,6 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: xds.XDSClusterName},
 					},
-					InitialMetadata: tokenMetadata(o.Token),
 				}},
 			},
 			LdsConfig: adsConfigSource(),
@@ -212,8 +215,12 @@ func socketAddress(host string, port uint32) *corev3.Address {
 	}}}
 }
 
-// buildXDSCluster is the one static cluster: meshd itself.
-func buildXDSCluster(srv xdsServer, caFile string, caPEM []byte, controlPlaneID string) (*clusterv3.Cluster, error) {
+// buildXDSCluster is the one static cluster: meshd itself. With a token,
+// every gRPC call Envoy makes on it carries the token (tokenFilters): the
+// ADS stream and the access-log streams meshd's listeners configure
+// (xds.Options.Telemetry), which can name the cluster but cannot hold a
+// credential.
+func buildXDSCluster(srv xdsServer, caFile string, caPEM []byte, controlPlaneID, token string) (*clusterv3.Cluster, error) {
 	// A literal IP must be STATIC: STRICT_DNS would hand it to the resolver.
 	// A name is re-resolved so that meshd can move (STRICT_DNS also keeps
 	// every address if the name resolves to several meshd replicas).
@@ -224,15 +231,15 @@ func buildXDSCluster(srv xdsServer, caFile string, caPEM []byte, controlPlaneID 
 
 	// xDS is gRPC, which needs HTTP/2. Envoy picks the upstream protocol
 	// from these options; without them it would speak HTTP/1.1 to meshd.
-	h2, err := marshalAny(&upstreamhttpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
-			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
-				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
-				},
-			},
-		},
-	})
+	opts := h2Options()
+	if token != "" {
+		filters, err := tokenFilters(token)
+		if err != nil {
+			return nil, err
+		}
+		opts.HttpFilters = filters
+	}
+	h2, err := marshalAny(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -335,20 +342,9 @@ func apiType(delta bool) corev3.ApiConfigSource_ApiType {
 	return corev3.ApiConfigSource_GRPC
 }
 
-// tokenMetadata is the xDS stream's initial metadata carrying a bootstrap
-// token (server.TokenMetadataKey; bootstrap cannot import server).
-func tokenMetadata(token string) []*corev3.HeaderValue {
-	if token == "" {
-		return nil
-	}
-	return []*corev3.HeaderValue{{Key: "authorization", Value: "Bearer " + token}}
-}
-
-// buildAgentSDSCluster is the static cluster to a local mesh-agent's SDS
-// socket: gRPC (HTTP/2) over a Unix pipe, plaintext because the socket's
-// file permissions are the access control.
-func buildAgentSDSCluster(path string) (*clusterv3.Cluster, error) {
-	h2, err := marshalAny(&upstreamhttpv3.HttpProtocolOptions{
+// h2Options makes Envoy speak HTTP/2 (gRPC) to a static cluster.
+func h2Options() *upstreamhttpv3.HttpProtocolOptions {
+	return &upstreamhttpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
 				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
@@ -356,7 +352,43 @@ func buildAgentSDSCluster(path string) (*clusterv3.Cluster, error) {
 				},
 			},
 		},
-	})
+	}
+}
+
+// tokenFilters are the upstream HTTP filters of meshd's cluster that put
+// the bootstrap token on every request (gRPC call) Envoy sends meshd, as
+// "authorization: Bearer <token>" (server.TokenMetadataKey; bootstrap
+// cannot import server), replacing any value already there. Measured with
+// Envoy 1.40: they apply to the ADS stream and to gRPC access-log streams
+// alike, where a grpc_service's initial_metadata would have to repeat the
+// token in every listener.
+func tokenFilters(token string) ([]*hcmv3.HttpFilter, error) {
+	mutation, err := marshalAny(&headermutationv3.HeaderMutation{Mutations: &headermutationv3.Mutations{
+		RequestMutations: []*mutationrulesv3.HeaderMutation{{Action: &mutationrulesv3.HeaderMutation_Append{
+			Append: &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: "authorization", Value: "Bearer " + token},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			},
+		}}},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	codec, err := marshalAny(&upstreamcodecv3.UpstreamCodec{})
+	if err != nil {
+		return nil, err
+	}
+	return []*hcmv3.HttpFilter{
+		{Name: "envoy.filters.http.header_mutation", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mutation}},
+		{Name: "envoy.filters.http.upstream_codec", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: codec}},
+	}, nil
+}
+
+// buildAgentSDSCluster is the static cluster to a local mesh-agent's SDS
+// socket: gRPC (HTTP/2) over a Unix pipe, plaintext because the socket's
+// file permissions are the access control.
+func buildAgentSDSCluster(path string) (*clusterv3.Cluster, error) {
+	h2, err := marshalAny(h2Options())
 	if err != nil {
 		return nil, err
 	}

@@ -31,6 +31,9 @@ type goldenInput struct {
 	// Istio YAML; the translation tests start from the model).
 	Policy      *mesh.PolicySet `yaml:"policy"`
 	ExpectError string          `yaml:"expectError"`
+	// Telemetry renders with Options.Telemetry (the access log stream to
+	// meshd).
+	Telemetry bool `yaml:"telemetry"`
 }
 
 func loadCase(t *testing.T, path string) goldenInput {
@@ -74,7 +77,7 @@ func TestGolden(t *testing.T) {
 			var results map[string]*ProxyResources
 			if err == nil {
 				results = map[string]*ProxyResources{}
-				gen := NewTranslator(Options{TrustDomain: in.TrustDomain}).Generation(cat, in.Policy)
+				gen := NewTranslator(Options{TrustDomain: in.TrustDomain, Telemetry: in.Telemetry}).Generation(cat, in.Policy)
 				for _, p := range cat.Proxies() {
 					r, terr := gen.Proxy(p.ID)
 					if terr != nil {

@@ -25,8 +25,8 @@ import (
 //   - PERMISSIVE: the same, but the default chain is plaintext, with its
 //     own stat prefix (an application's own TLS passes through it);
 //   - DISABLE: one plaintext chain.
-func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, trustDomain string, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
-	parts, refs, err := inboundListenerParts(s, self, trustDomain, mode, rbac, !p.SecretsFromMeshd())
+func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, opts Options, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
+	parts, refs, err := inboundListenerParts(s, self, opts, mode, rbac, !p.SecretsFromMeshd())
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +52,7 @@ func inboundListener(p *mesh.Proxy, parts *listenerv3.Listener, refs []Ref) (*Re
 // inboundListenerParts renders everything of an inbound listener but its
 // name and address (see buildEnvoyInboundListener), with the references the
 // filter chains make. The result depends only on its arguments.
-func inboundListenerParts(s *mesh.Service, self mesh.Identity, trustDomain string, mode mesh.MTLSMode, rbac *rbacSets, agent bool) (*listenerv3.Listener, []Ref, error) {
+func inboundListenerParts(s *mesh.Service, self mesh.Identity, opts Options, mode mesh.MTLSMode, rbac *rbacSets, agent bool) (*listenerv3.Listener, []Ref, error) {
 	secret := IdentitySecretName(self)
 	l := &listenerv3.Listener{}
 	var refs []Ref
@@ -61,11 +61,11 @@ func inboundListenerParts(s *mesh.Service, self mesh.Identity, trustDomain strin
 		if s.Protocol.IsHTTP() {
 			alpn = []string{alpnH2, alpnHTTP11}
 		}
-		ts, err := tlsTransportSocket(envoyDownstreamTLS(secret, trustDomain, alpn, agent))
+		ts, err := tlsTransportSocket(envoyDownstreamTLS(secret, opts.TrustDomain, alpn, agent))
 		if err != nil {
 			return nil, err
 		}
-		filters, frefs, err := inboundFilters(s, true, rbac)
+		filters, frefs, err := inboundFilters(s, true, rbac, opts.Telemetry)
 		if err != nil {
 			return nil, err
 		}
@@ -74,7 +74,7 @@ func inboundListenerParts(s *mesh.Service, self mesh.Identity, trustDomain strin
 		return &listenerv3.FilterChain{Name: FilterChainMTLS, Filters: filters, TransportSocket: ts}, nil
 	}
 	plainChain := func() (*listenerv3.FilterChain, error) {
-		filters, frefs, err := inboundFilters(s, false, rbac)
+		filters, frefs, err := inboundFilters(s, false, rbac, opts.Telemetry)
 		if err != nil {
 			return nil, err
 		}
@@ -130,8 +130,9 @@ func inboundListenerParts(s *mesh.Service, self mesh.Identity, trustDomain strin
 // inboundFilters renders one inbound chain's network filters: the HTTP
 // connection manager with its fixed RBAC filters (the policies are in the
 // route, see perRouteRBAC; rbac is not used), or network RBAC rendered from
-// rbac then tcp_proxy.
-func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.Filter, []Ref, error) {
+// rbac then tcp_proxy. With telemetry, every request or connection is also
+// reported to meshd (accesslog.go).
+func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets, telemetry bool) ([]*listenerv3.Filter, []Ref, error) {
 	stat := InboundStatPrefix(s.Key(), mtls)
 	if s.Protocol.IsHTTP() {
 		route := InboundRouteName(s.Key())
@@ -155,6 +156,13 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 			return nil, nil, err
 		}
 		hcm.AccessLog = []*accesslogv3.AccessLog{al}
+		if telemetry {
+			tl, err := telemetryHTTPAccessLog()
+			if err != nil {
+				return nil, nil, err
+			}
+			hcm.AccessLog = append(hcm.AccessLog, tl)
+		}
 		if mtls {
 			// The app learns the caller's verified identity from
 			// x-forwarded-client-cert; anything a client sent is replaced.
@@ -180,7 +188,15 @@ func inboundFilters(s *mesh.Service, mtls bool, rbac *rbacSets) ([]*listenerv3.F
 	if err != nil {
 		return nil, nil, err
 	}
-	tcp, err := tcpProxyFilter(stat, cluster, denied)
+	logs := []*accesslogv3.AccessLog{denied}
+	if telemetry {
+		tl, err := telemetryTCPAccessLog()
+		if err != nil {
+			return nil, nil, err
+		}
+		logs = append(logs, tl)
+	}
+	tcp, err := tcpProxyFilter(stat, cluster, logs...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -217,7 +233,7 @@ func buildEnvoyOutboundListener(up *mesh.Service, u *mesh.Upstream) (*Resource, 
 		ref = Ref{TypeURL: resourcev3.RouteType, Name: route}
 	} else {
 		cluster := OutboundClusterName(up.Key())
-		filter, err = tcpProxyFilter(stat, cluster, nil)
+		filter, err = tcpProxyFilter(stat, cluster)
 		ref = Ref{TypeURL: resourcev3.ClusterType, Name: cluster}
 	}
 	if err != nil {
@@ -329,13 +345,11 @@ func rdsHCM(stat, route string) (*hcmv3.HttpConnectionManager, error) {
 	}, nil
 }
 
-func tcpProxyFilter(stat, cluster string, accessLog *accesslogv3.AccessLog) (*listenerv3.Filter, error) {
+func tcpProxyFilter(stat, cluster string, accessLogs ...*accesslogv3.AccessLog) (*listenerv3.Filter, error) {
 	tp := &tcpproxyv3.TcpProxy{
 		StatPrefix:       stat,
 		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
-	}
-	if accessLog != nil {
-		tp.AccessLog = []*accesslogv3.AccessLog{accessLog}
+		AccessLog:        accessLogs,
 	}
 	return networkFilter(filterTCPProxy, tp)
 }

@@ -96,6 +96,10 @@ const (
 	RBACStatAllow = "allow"
 	RBACStatAudit = "audit"
 
+	// TelemetryLogName is the log name of the access log every sidecar
+	// streams to meshd (Options.Telemetry): meshd records only that log.
+	TelemetryLogName = "meshd.inbound"
+
 	// DeniedLogPrefix starts every access log line a sidecar writes for a
 	// request or connection an authorization policy denied.
 	DeniedLogPrefix = "[meshd-denied]"

@@ -21,6 +21,10 @@ import (
 // Options are the mesh-wide settings translation depends on.
 type Options struct {
 	TrustDomain string
+	// Telemetry makes every Envoy sidecar report its inbound requests and
+	// connections to meshd over the gRPC access log service, through the
+	// bootstrap's meshd cluster (accesslog.go; package telemetry).
+	Telemetry bool
 }
 
 // ProxyResources is everything one proxy is served, by type, each list sorted
@@ -307,7 +311,6 @@ func (g *Generation) shareInboundParts(l *listenerv3.Listener) error {
 // depend on policies at all (they are in its route), so a policy change
 // never replaces it. Each listener is still validated and hashed whole.
 func (g *Generation) inboundListener(p *mesh.Proxy, self *mesh.Service, id mesh.Identity, mode mesh.MTLSMode, authz []*mesh.AuthorizationPolicy, port uint32, rbac *rbacSets) (*Resource, error) {
-	td := g.t.opts.TrustDomain
 	agent := !p.SecretsFromMeshd()
 	key := "lds-in|" + g.shapeFP[self.Key()] + "|" + string(mode) + "|" + strconv.FormatBool(agent)
 	if self.Protocol == mesh.ProtocolTCP {
@@ -315,13 +318,13 @@ func (g *Generation) inboundListener(p *mesh.Proxy, self *mesh.Service, id mesh.
 		if !ok {
 			// Not policies of this generation's set: no content key, so
 			// render this listener on its own.
-			return buildEnvoyInboundListener(self, p, id, td, mode, rbac)
+			return buildEnvoyInboundListener(self, p, id, g.t.opts, mode, rbac)
 		}
 		key += "|" + pk
 	}
 	// A template holding the shared parts; a memo entry, never served.
 	tmpl, err := g.memo(key, func() (*Resource, error) {
-		parts, refs, err := inboundListenerParts(self, id, td, mode, rbac, agent)
+		parts, refs, err := inboundListenerParts(self, id, g.t.opts, mode, rbac, agent)
 		if err != nil {
 			return nil, err
 		}
