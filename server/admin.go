@@ -143,7 +143,7 @@ func (a *Admin) configDump(w http.ResponseWriter, r *http.Request) {
 
 // ConfigDump converts a snapshot into Envoy's config-dump message. Secrets are
 // passed through xds.Redact so a dump never carries key material.
-func ConfigDump(snap *cachev3.Snapshot) (*adminv3.ConfigDump, error) {
+func ConfigDump(snap cachev3.ResourceSnapshot) (*adminv3.ConfigDump, error) {
 	sorted := func(typ string) ([]string, map[string]proto.Message, string) {
 		res := snap.GetResources(typ)
 		names := make([]string, 0, len(res))

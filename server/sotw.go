@@ -386,8 +386,10 @@ func covers(have, want []*xds.Resource) bool {
 // publisher's shared, pre-encoded ones, or for any other snapshot its
 // resources wrapped (not encoded).
 func resourcesOf(snap cachev3.ResourceSnapshot, typ, version string) []*xds.Resource {
-	if sorted, v, ok := snapshot.Wire(snap, typ); ok && v == version {
-		return sorted
+	if own, ok := snap.(*snapshot.Snapshot); ok {
+		if sorted, v := own.Resources(typ); v == version {
+			return sorted
+		}
 	}
 	items := snap.GetResourcesAndTTL(typ)
 	out := make([]*xds.Resource, 0, len(items))

@@ -2,13 +2,9 @@ package snapshot
 
 import (
 	"fmt"
-	"reflect"
 	"runtime"
 	"testing"
-	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
@@ -144,11 +140,10 @@ func BenchmarkTranslateProxy(b *testing.B) {
 	}
 }
 
-// Proxies whose set of a type is identical share one indexed set and delta
-// version map (the sidecars of a service: same local_app cluster, same
-// upstreams); sets that differ (inbound listeners carry each proxy's
-// address) are not shared, and the shared parts are exactly the proxy's
-// resources.
+// Proxies whose set of a type is identical share one set (the sidecars of
+// a service: same local_app cluster, same upstreams); sets that differ
+// (inbound listeners carry each proxy's address) are not shared, and the
+// shared parts are exactly the proxy's resources.
 func TestIdenticalTypeSetsAreShared(t *testing.T) {
 	svcs, pxs := largeMesh(20, 3, 40, 2) // proxy i and i+20: same service, same upstreams
 	cat, err := mesh.NewCatalog(svcs, pxs)
@@ -161,30 +156,21 @@ func TestIdenticalTypeSetsAreShared(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b, other := pub.Snapshot("proxy-00001"), pub.Snapshot("proxy-00021"), pub.Snapshot("proxy-00002")
-	same := func(x, y map[string]types.ResourceWithTTL) bool {
-		return reflect.ValueOf(x).UnsafePointer() == reflect.ValueOf(y).UnsafePointer()
+	same := func(x, y *Snapshot, typ string) bool {
+		xs, _ := x.Resources(typ)
+		ys, _ := y.Resources(typ)
+		return len(xs) > 0 && &xs[0] == &ys[0]
 	}
 	for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType} {
-		if !same(a.GetResourcesAndTTL(typ), b.GetResourcesAndTTL(typ)) || a.GetVersion(typ) != b.GetVersion(typ) {
+		if !same(a, b, typ) || a.GetVersion(typ) != b.GetVersion(typ) {
 			t.Errorf("%s: sidecars of one service with the same upstreams do not share the set", typ)
 		}
-		if reflect.ValueOf(a.GetVersionMap(typ)).UnsafePointer() != reflect.ValueOf(b.GetVersionMap(typ)).UnsafePointer() {
-			t.Errorf("%s: version maps not shared", typ)
-		}
-		if same(a.GetResourcesAndTTL(typ), other.GetResourcesAndTTL(typ)) || a.GetVersion(typ) == other.GetVersion(typ) {
+		if same(a, other, typ) || a.GetVersion(typ) == other.GetVersion(typ) {
 			t.Errorf("%s: proxies of different services share a set", typ)
 		}
 	}
-	if same(a.GetResourcesAndTTL(resourcev3.ListenerType), b.GetResourcesAndTTL(resourcev3.ListenerType)) {
+	if same(a, b, resourcev3.ListenerType) {
 		t.Error("listener sets shared although each inbound listener carries its proxy's address")
-	}
-	// A snapshot the publisher did not build has no shared encodings.
-	foreign, err := cachev3.NewSnapshot("v1", map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: {&clusterv3.Cluster{Name: "c"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, ok := Wire(foreign, resourcev3.ClusterType); ok {
-		t.Error("Wire answered for a snapshot the publisher did not build")
 	}
 	// Shared or not, a snapshot holds exactly its proxy's resources.
 	for _, id := range []string{"proxy-00001", "proxy-00021"} {
@@ -204,68 +190,85 @@ func TestIdenticalTypeSetsAreShared(t *testing.T) {
 				}
 			}
 			// The encodings the server answers from are the snapshot's
-			// resources, under the snapshot's version.
-			wire, v, ok := Wire(snap, typ)
-			if !ok || v != snap.GetVersion(typ) || len(wire) != len(want) {
-				t.Fatalf("%s %s: Wire gave %d resources, version %q, ok %v", id, typ, len(wire), v, ok)
+			// resources, sorted by name.
+			sorted, v := snap.Resources(typ)
+			if v != snap.GetVersion(typ) || len(sorted) != len(want) {
+				t.Fatalf("%s %s: Resources gave %d resources, version %q", id, typ, len(sorted), v)
 			}
-			for i, r := range wire {
+			for i, r := range sorted {
 				if r.Name != want[i].Name || r.Message != snap.GetResources(typ)[r.Name] {
-					t.Errorf("%s %s: Wire resource %d is %s, not the snapshot's %s", id, typ, i, r.Name, want[i].Name)
+					t.Errorf("%s %s: resource %d is %s, not the snapshot's %s", id, typ, i, r.Name, want[i].Name)
 				}
 			}
 		}
 	}
 }
 
-// A shared set is held weakly: once no snapshot uses it, it is collected
-// and its cache entry goes, so a long-running meshd does not accumulate the
-// sets of every catalog it ever served.
+// The table of shared sets belongs to one publisher and forgets a set as
+// soon as the last snapshot holding it is replaced or removed, so a
+// long-running meshd does not accumulate the sets of every catalog it ever
+// served, and two publishers never share state.
 func TestTypeSetsAreForgotten(t *testing.T) {
-	res := &xds.Resource{Name: "forget-me", Message: &clusterv3.Cluster{Name: "forget-me"}, Hash: "0123"}
-	snap, _ := buildSnapshot(map[string][]*xds.Resource{resourcev3.ClusterType: {res}})
-	count := func() int {
-		typeSets.mu.Lock()
-		defer typeSets.mu.Unlock()
-		n := 0
-		for k, wp := range typeSets.sets {
-			if ts := wp.Value(); k.typ == resourcev3.ClusterType && ts != nil {
-				if _, ok := ts.res.Items["forget-me"]; ok {
-					n++
+	svcs, pxs := largeMesh(20, 3, 40, 2)
+	cat, err := mesh.NewCatalog(svcs, pxs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := benchPublisher()
+	pub.Update(cat)
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	full := pub.sets.size()
+	if full == 0 {
+		t.Fatal("no sets held")
+	}
+	// Held sets are exactly those of the current snapshots.
+	distinct := func() int {
+		seen := map[*typeSet]bool{}
+		for _, st := range pub.proxies {
+			for _, ts := range st.snap.sets {
+				if ts != nil {
+					seen[ts] = true
 				}
 			}
 		}
-		return n
+		return len(seen)
 	}
-	if count() != 1 {
-		t.Fatal("set not cached")
+	if d := distinct(); d != full {
+		t.Fatalf("table holds %d sets, snapshots use %d", full, d)
 	}
-	again, _ := buildSnapshot(map[string][]*xds.Resource{resourcev3.ClusterType: {res}})
-	if reflect.ValueOf(snap.GetResourcesAndTTL(resourcev3.ClusterType)).UnsafePointer() != reflect.ValueOf(again.GetResourcesAndTTL(resourcev3.ClusterType)).UnsafePointer() {
-		t.Fatal("identical set built twice")
+	other, _ := benchPublisher()
+	if other.sets.size() != 0 {
+		t.Fatal("a new publisher starts with another publisher's sets")
 	}
-	runtime.KeepAlive(snap)
-	runtime.KeepAlive(again)
-	snap, again = nil, nil
-	keyed := func() bool {
-		typeSets.mu.Lock()
-		defer typeSets.mu.Unlock()
-		for k, wp := range typeSets.sets {
-			if k.typ == resourcev3.ClusterType && wp.Value() == nil {
-				return true // collected, entry not yet removed
-			}
+	// Change every endpoint: every cluster/endpoint set is replaced.
+	for i := range svcs {
+		for e := range svcs[i].Endpoints {
+			svcs[i].Endpoints[e].Port = 15002
 		}
-		return false
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		runtime.GC()
-		if count() == 0 && !keyed() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("unused set still cached")
-		}
-		time.Sleep(10 * time.Millisecond)
+	cat2, err := mesh.NewCatalog(svcs, pxs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Update(cat2)
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	if d, n := distinct(), pub.sets.size(); d != n {
+		t.Fatalf("after a change the table holds %d sets, snapshots use %d", n, d)
+	}
+	// Remove every proxy: nothing is held.
+	empty, err := mesh.NewCatalog(svcs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.Update(empty)
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	if n := pub.sets.size(); n != 0 {
+		t.Fatalf("%d sets held with no proxies", n)
 	}
 }

@@ -183,11 +183,11 @@ func (p *Publisher) waiting(id string, cur modes, why string) {
 // listeners (or is not connected), else what is awaited.
 func (p *Publisher) serverConverged(id string) string {
 	st := p.proxies[id]
-	if st == nil || st.versions == nil {
+	if st == nil || st.snap == nil {
 		return ""
 	}
 	v, connected := p.acks.Acked(id, resourcev3.ListenerType)
-	if connected && v != st.versions[resourcev3.ListenerType] {
+	if connected && v != st.snap.GetVersion(resourcev3.ListenerType) {
 		return "server " + id + " to ACK its listener"
 	}
 	return ""
@@ -205,12 +205,12 @@ func (p *Publisher) callersConverged(cat *mesh.Catalog, s *mesh.Proxy) string {
 			continue
 		}
 		st := p.proxies[c.ID]
-		if st == nil || st.versions == nil {
+		if st == nil || st.snap == nil {
 			continue
 		}
 		for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType} {
 			v, connected := p.acks.Acked(c.ID, typ)
-			if connected && v != st.versions[typ] {
+			if connected && v != st.snap.GetVersion(typ) {
 				return fmt.Sprintf("caller %s to ACK its %s", c.ID, shortType(typ))
 			}
 		}

@@ -7,17 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
-	"weak"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
@@ -72,8 +68,10 @@ type Publisher struct {
 	// secret is rebuilt only when the CA reissues the leaf.
 	identities map[string]*secretEntry
 	bundle     *secretEntry
-	published  bool
-	lastErr    error
+	// sets shares identical per-type sets between proxies' snapshots.
+	sets      *setTable
+	published bool
+	lastErr   error
 
 	// Safe mTLS migration state (migrate.go).
 	acks       AckSource
@@ -89,8 +87,7 @@ type secretEntry struct {
 
 type proxyState struct {
 	inputKey string // fingerprint of every input; unchanged → skip render
-	versions map[string]string
-	snap     *cachev3.Snapshot
+	snap     *Snapshot // last set in the cache (nil: none yet)
 	err      error
 	errAt    time.Time
 	okAt     time.Time
@@ -122,6 +119,7 @@ func New(cache cachev3.SnapshotCache, secrets Secrets, opts Options) *Publisher 
 		kick:       make(chan struct{}, 1),
 		proxies:    map[string]*proxyState{},
 		identities: map[string]*secretEntry{},
+		sets:       newSetTable(),
 		applied:    map[string]modes{},
 		desired:    map[string]mesh.MTLSMode{},
 		migrations: map[string]*migration{},
@@ -284,6 +282,7 @@ func (p *Publisher) Publish() (Stats, error) {
 			// A proxy removed from the catalog keeps whatever it has but gets
 			// nothing new; a reconnect gets nothing at all.
 			p.cache.ClearSnapshot(id)
+			p.sets.release(p.proxies[id].snap)
 			delete(p.proxies, id)
 			st.Removed++
 		}
@@ -351,7 +350,7 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 	if err := xds.CheckReferences(sets); err != nil {
 		return fail(err)
 	}
-	snap, versions := buildSnapshot(sets)
+	snap := p.sets.build(sets)
 	state.inputKey = inputKey
 	state.err = nil
 	if len(res.Warnings) > 0 && !slices.Equal(res.Warnings, state.warnings) {
@@ -359,184 +358,19 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 	}
 	state.warnings = res.Warnings
 	state.okAt = time.Now()
-	if maps2Equal(versions, state.versions) {
+	if snap.sameVersions(state.snap) {
+		p.sets.release(snap)
 		st.Unchanged++
 		return nil
 	}
 	if err := p.cache.SetSnapshot(context.Background(), px.ID, snap); err != nil {
+		p.sets.release(snap)
 		return fail(fmt.Errorf("set snapshot: %w", err))
 	}
-	state.snap, state.versions = snap, versions
+	p.sets.release(state.snap)
+	state.snap = snap
 	st.Pushed++
 	return nil
-}
-
-// buildSnapshot assembles a cache snapshot with one content-hash version per
-// type and a precomputed delta version map, so neither SotW nor delta serving
-// re-hashes resources per proxy. The per-type parts (go-control-plane's
-// indexed Resources and the delta version map) are shared with every other
-// snapshot whose set of that type is identical (typeSets): the sidecars of
-// a service, and every caller of the same upstreams, get the same clusters,
-// endpoints, routes and secrets.
-func buildSnapshot(sets map[string][]*xds.Resource) (*cachev3.Snapshot, map[string]string) {
-	held := &heldSnapshot{Snapshot: cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(sets))}}
-	versions := make(map[string]string, len(sets))
-	for typ, list := range sets {
-		ts := typeSets.get(typ, list)
-		i := cachev3.GetResponseType(typ)
-		held.sets[i] = ts
-		versions[typ] = ts.res.Version
-		held.Resources[i] = ts.res
-		held.VersionMap[typ] = ts.versionMap
-	}
-	held.register()
-	// The cache and the publisher hold the embedded Snapshot; that interior
-	// pointer keeps held, and so the sets it uses, alive.
-	return &held.Snapshot, versions
-}
-
-// heldSnapshots finds the heldSnapshot around a *cachev3.Snapshot (Wire):
-// snapshot address → weak pointer to its heldSnapshot. Weak, so the
-// registry never keeps a snapshot alive; an entry whose snapshot is gone is
-// removed by a cleanup.
-var heldSnapshots sync.Map
-
-func (h *heldSnapshot) register() {
-	addr := uintptr(unsafe.Pointer(&h.Snapshot))
-	heldSnapshots.Store(addr, weak.Make(h))
-	runtime.AddCleanup(h, func(addr uintptr) {
-		// Unless a new snapshot has been registered at the same address.
-		if v, ok := heldSnapshots.Load(addr); ok && v.(weak.Pointer[heldSnapshot]).Value() == nil {
-			heldSnapshots.CompareAndDelete(addr, v)
-		}
-	}, addr)
-}
-
-// Wire returns the resources of typeURL in a snapshot the publisher built,
-// sorted by name, with their shared encodings (xds.Resource.Wire), and the
-// snapshot's version of the type; ok is false for any other snapshot. The
-// server answers from them instead of having go-control-plane marshal every
-// resource again for every response. The slice must not be modified.
-func Wire(s cachev3.ResourceSnapshot, typeURL string) (sorted []*xds.Resource, version string, ok bool) {
-	snap, isSnap := s.(*cachev3.Snapshot)
-	if !isSnap || snap == nil {
-		return nil, "", false
-	}
-	v, found := heldSnapshots.Load(uintptr(unsafe.Pointer(snap)))
-	if !found {
-		return nil, "", false
-	}
-	// The address alone could be a reused one: it is this snapshot only if
-	// the live heldSnapshot registered there embeds exactly snap.
-	h := v.(weak.Pointer[heldSnapshot]).Value()
-	if h == nil || &h.Snapshot != snap {
-		return nil, "", false
-	}
-	i := cachev3.GetResponseType(typeURL)
-	if i == types.UnknownType || h.sets[i] == nil {
-		return nil, "", false
-	}
-	return h.sets[i].sorted, h.sets[i].res.Version, true
-}
-
-// heldSnapshot is a snapshot with the shared per-type sets it was built from:
-// typeSets only holds weak pointers, so a set lives exactly as long as some
-// snapshot uses it.
-type heldSnapshot struct {
-	cachev3.Snapshot
-	sets [types.UnknownType]*typeSet // by response type, like Resources
-}
-
-// typeSet is one type's resources as a snapshot holds them. Never modified
-// once built: many snapshots share it.
-type typeSet struct {
-	res        cachev3.Resources
-	versionMap map[string]string
-	// sorted is the set's resources sorted by name: their shared encodings
-	// (xds.Resource.Wire), for responses built without marshalling (Wire).
-	// A slice, not another map: a set is held per proxy for listeners.
-	sorted []*xds.Resource
-}
-
-type typeSetKey struct {
-	typ string
-	sum [sha256.Size]byte // of every resource's name and hash, by name
-}
-
-// setCache finds the typeSet of identical content built for another proxy.
-// It is keyed by content (the full SHA-256 over names and resource hashes),
-// so a hit is always the same resources, and it holds its sets weakly: a
-// set no snapshot uses is collected and its entry removed.
-type setCache struct {
-	mu   sync.Mutex
-	sets map[typeSetKey]weak.Pointer[typeSet]
-}
-
-// typeSets is shared by every publisher: content-keyed, a hit is right
-// whichever publisher built the set.
-var typeSets = &setCache{sets: map[typeSetKey]weak.Pointer[typeSet]{}}
-
-func (c *setCache) get(typ string, list []*xds.Resource) *typeSet {
-	sorted := list
-	byName := func(a, b *xds.Resource) int { return strings.Compare(a.Name, b.Name) }
-	if !slices.IsSortedFunc(list, byName) {
-		sorted = slices.SortedFunc(slices.Values(list), byName)
-	}
-	// The same digest as writing each name and hash to a hash.Hash, from
-	// one buffer: no per-field conversion garbage for every proxy.
-	var scratch [1024]byte
-	buf := scratch[:0]
-	for _, r := range sorted {
-		buf = append(append(buf, r.Name...), 0)
-		buf = append(append(buf, r.Hash...), 0)
-	}
-	key := typeSetKey{typ: typ, sum: sha256.Sum256(buf)}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if ts := c.sets[key].Value(); ts != nil {
-		return ts
-	}
-	// The version is the first 8 bytes of the same hash, as before sets
-	// were shared, so versions do not change across the upgrade.
-	v := hex.EncodeToString(key.sum[:8])
-	if len(list) == 0 {
-		// An empty set still needs a version so subscribers get an
-		// (empty) answer instead of waiting forever.
-		v = "empty"
-	}
-	items := make(map[string]types.ResourceWithTTL, len(sorted))
-	vm := make(map[string]string, len(sorted))
-	for _, r := range sorted {
-		items[r.Name] = types.ResourceWithTTL{Resource: r.Message}
-		vm[r.Name] = r.Hash
-	}
-	// A copy: sorted may be the caller's slice.
-	ts := &typeSet{res: cachev3.Resources{Version: v, Items: items}, versionMap: vm, sorted: slices.Clone(sorted)}
-	c.sets[key] = weak.Make(ts)
-	runtime.AddCleanup(ts, c.forget, key)
-	return ts
-}
-
-// forget drops the entry of a collected set, unless a new set of the same
-// content has taken its place since.
-func (c *setCache) forget(key typeSetKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if wp, ok := c.sets[key]; ok && wp.Value() == nil {
-		delete(c.sets, key)
-	}
-}
-
-func maps2Equal(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func (p *Publisher) bundleSecret() (*xds.Resource, error) {
@@ -616,9 +450,9 @@ func (p *Publisher) Status() []ProxyStatus {
 	out := make([]ProxyStatus, 0, len(p.proxies))
 	for id, s := range p.proxies {
 		ps := ProxyStatus{ID: id, OKAt: s.okAt, ErrorAt: s.errAt, Warnings: s.warnings}
-		if len(s.versions) > 0 {
+		if s.snap != nil {
 			ps.Versions = map[string]string{}
-			for t, v := range s.versions {
+			for t, v := range s.snap.versions() {
 				ps.Versions[shortType(t)] = v
 			}
 		}
@@ -632,7 +466,7 @@ func (p *Publisher) Status() []ProxyStatus {
 }
 
 // Snapshot returns the snapshot currently served to a proxy (nil if none).
-func (p *Publisher) Snapshot(id string) *cachev3.Snapshot {
+func (p *Publisher) Snapshot(id string) *Snapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if s := p.proxies[id]; s != nil {
