@@ -1,12 +1,15 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
 	"sort"
+	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -36,14 +39,15 @@ type Admin struct {
 	// new bundle is pushed at once.
 	CA         CAAdmin
 	OnCAChange func()
+	// Liveness, when set, makes /healthz fail while meshd is wedged
+	// (liveness.go); without it /healthz only says the process answers.
+	Liveness *Liveness
 }
 
 // Handler returns the admin HTTP mux.
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
+	mux.HandleFunc("GET /healthz", a.Liveness.handler)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Publisher.Ready() {
 			http.Error(w, "not ready: no catalog published yet", http.StatusServiceUnavailable)
@@ -57,6 +61,8 @@ func (a *Admin) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics.Registry, promhttp.HandlerOpts{DisableCompression: true}))
 	mux.HandleFunc("GET /debug/config_dump", a.configDump)
 	mux.HandleFunc("GET /debug/status", a.status)
+	// Completes an overdue mTLS migration without the ACKs it waits for.
+	mux.HandleFunc("POST /migrations/force", a.forceMigration)
 	a.registerCA(mux)
 	// Go's profiler, for profile-driven performance work (docs/performance.md);
 	// the admin server is meant for loopback or a private network only.
@@ -112,6 +118,31 @@ func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(out)
+}
+
+// forceMigration completes the pending mTLS migration of ?proxy= at once
+// (snapshot.Publisher.ForceMigration): the operator's way out of a step
+// that waits for a proxy that will never ACK. It answers with the
+// migrations still in progress.
+func (a *Admin) forceMigration(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("proxy")
+	if id == "" {
+		http.Error(w, "missing ?proxy=<node-id>; /debug/status lists the migrations in progress", http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	err := a.Publisher.ForceMigration(ctx, id)
+	switch {
+	case errors.Is(err, snapshot.ErrNoMigration):
+		http.Error(w, fmt.Sprintf("proxy %q: %v; /debug/status lists the migrations in progress", id, err), http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, fmt.Sprintf("proxy %q: the publisher did not apply the forced migration: %v", id, err), http.StatusServiceUnavailable)
+		return
+	}
+	a.Logger.Warn("mTLS migration forced through the admin API", "proxy", id, "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, map[string]any{"forced": id, "migrations": a.Publisher.Transitions()})
 }
 
 // configDump renders one proxy's current resources in the shape of Envoy's

@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"strings"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -35,6 +34,10 @@ import (
 // (to this or another replica) is sent nothing it has. What was sent counts
 // as had, so a NACKed resource is not resent until it changes. After a
 // response, the next one for the type waits for the proxy's next request.
+// A client may ask for more before answering a response, and is then sent
+// another: the loop remembers the last few unanswered responses of each
+// type (nonce and system version), so an answer is an ACK or NACK of
+// exactly what that response carried.
 
 // DeltaAggregatedResources implements delta ADS.
 func (s *sotwServer) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
@@ -78,6 +81,28 @@ type deltaType struct {
 	names            []string // explicitly subscribed, sorted, without "*"
 	// have is what the proxy has: name and version, sorted by name.
 	have []held
+	// sent are the unanswered responses, oldest first (at most
+	// maxUnanswered: answers come in order, so older ones never will).
+	sent []sentResponse
+}
+
+type sentResponse struct{ nonce, version string }
+
+const maxUnanswered = 8
+
+// takeAnswer returns the response a nonce answers and forgets it and every
+// older one.
+func (t *deltaType) takeAnswer(nonce string) (sentResponse, bool) {
+	for i, r := range t.sent {
+		if r.nonce == nonce {
+			t.sent = slices.Delete(t.sent, 0, i+1)
+			if len(t.sent) == 0 {
+				t.sent = nil
+			}
+			return r, true
+		}
+	}
+	return sentResponse{}, false
 }
 
 type held struct{ name, version string }
@@ -117,16 +142,7 @@ type deltaState struct {
 
 func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse], defaultType string) error {
 	ds := &deltaState{srv: s, st: st, id: s.deltaIDs.Add(1), sotw: &sotwStream{wake: make(chan struct{}, 1)}}
-	node := &corev3.Node{}
-	defer func() {
-		if ds.sotw.node != "" {
-			s.cache.unregister(ds.sotw)
-		}
-		s.cb.OnDeltaStreamClosed(ds.id, node)
-	}()
-	if err := s.cb.OnDeltaStreamOpen(st.Context(), ds.id, defaultType); err != nil {
-		return err
-	}
+	defer s.ended(ds.key(), ds.sotw)
 	reqs := receive(s.ctx, st)
 	for {
 		select {
@@ -140,11 +156,6 @@ func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDis
 			if !ok {
 				return nil
 			}
-			if req.GetNode() != nil {
-				node = req.GetNode()
-			} else {
-				req.Node = node
-			}
 			if err := ds.request(req, defaultType); err != nil {
 				return err
 			}
@@ -152,25 +163,31 @@ func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDis
 	}
 }
 
+func (d *deltaState) key() StreamKey { return StreamKey{Delta: true, ID: d.id} }
+
 func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType string) error {
 	typ, err := streamType(req.GetTypeUrl(), defaultType)
 	if err != nil {
 		return err
 	}
-	req.TypeUrl = typ
-	if err := d.srv.cb.OnStreamDeltaRequest(d.id, req); err != nil {
-		return err
-	}
+	d.srv.identified(d.key(), d.sotw, req.GetNode())
 	i := cachev3.GetResponseType(typ)
 	if i == types.UnknownType {
 		return nil
 	}
-	if d.sotw.node == "" {
-		if d.sotw.node = req.GetNode().GetId(); d.sotw.node != "" {
-			d.srv.cache.register(d.sotw)
+	typ = canonicalType(typ)
+	t := &d.types[i]
+	if nonce := req.GetResponseNonce(); nonce != "" {
+		if r, ok := t.takeAnswer(nonce); ok {
+			if detail := req.GetErrorDetail(); detail != nil {
+				d.srv.tracker.Nacked(d.key(), typ, nonce, r.version, detail.GetMessage())
+			} else {
+				d.srv.tracker.Acked(d.key(), typ, nonce, r.version)
+				d.srv.events.Acked(d.sotw.node, typ, r.version)
+			}
 		}
 	}
-	t := &d.types[i]
+	internNames(req.ResourceNamesSubscribe)
 	t.pending = false
 	t.subscribe(typ, req)
 	return d.respond(typ, t)
@@ -305,6 +322,18 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 		TypeUrl: typ, Nonce: strconv.FormatInt(d.nonce, 10)}
 	// next is in name order: built from sorted resources or sorted names.
 	t.have, t.pending, t.answered = next, true, true
-	d.srv.cb.OnStreamDeltaResponse(d.id, nil, resp)
+	if len(t.sent) == maxUnanswered {
+		t.sent = slices.Delete(t.sent, 0, 1)
+	}
+	t.sent = append(t.sent, sentResponse{resp.Nonce, version})
+	size := 0
+	var secrets []*anypb.Any // the tracker reads the trust bundle's roots
+	for _, r := range out {
+		size += len(r.GetResource().GetValue())
+		if typ == resourcev3.SecretType {
+			secrets = append(secrets, r.GetResource())
+		}
+	}
+	d.srv.tracker.Sent(d.key(), typ, resp.Nonce, version, size, secrets)
 	return d.st.Send(resp)
 }

@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/meshd/meshd/internal/metrics"
 )
 
 // Options configure the xDS server.
@@ -33,6 +35,9 @@ type Options struct {
 	TLS     *tls.Config
 	Logger  *slog.Logger
 	Tracker *Tracker
+	// Events, when set, is told of stream openings, closings and ACKs (the
+	// publisher, for mTLS migrations); it must never block.
+	Events Events
 	// Keepalive: how often to ping an idle proxy and how long to wait for
 	// the answer. Dead peers (a VM that vanished) are detected in
 	// KeepaliveTime+KeepaliveTimeout rather than at TCP timeout.
@@ -104,10 +109,21 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 	// clusters have wildcard subscriptions in xDS; for other types an empty
 	// resource list means "subscribed to nothing", which go-control-plane's
 	// legacy mode would read as "everything".
-	gcp := serverv3.NewServer(ctx, cache, o.Tracker, config.DeactivateLegacyWildcardForTypes(nonWildcardTypes))
+	gcp := serverv3.NewServer(ctx, cache, serverv3.CallbackFuncs{}, config.DeactivateLegacyWildcardForTypes(nonWildcardTypes))
 	// Streams, state of the world and delta, are meshd's own loops
-	// (sotw.go, delta.go).
-	xs := &sotwServer{Server: gcp, cache: cache, cb: o.Tracker, ctx: ctx}
+	// (sotw.go, delta.go); they feed the tracker and the publisher.
+	if o.Tracker == nil {
+		log := o.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		o.Tracker = NewTracker(log, metrics.New(), nil)
+	}
+	var events Events = noEvents{}
+	if o.Events != nil {
+		events = o.Events
+	}
+	xs := &sotwServer{Server: gcp, cache: cache, tracker: o.Tracker, events: events, ctx: ctx}
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)
 	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xs)

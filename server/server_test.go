@@ -73,7 +73,7 @@ func publishQuickstart(t testing.TB, ca *sds.Authority, log *slog.Logger) (*mesh
 	m := metrics.New()
 	cache := NewCache()
 	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
-	pub.Update(cat)
+	pub.Update(snapshot.Update{Catalog: cat})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func (f *fixture) publishAPIEndpointAdded(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.pub.Update(cat)
+	f.pub.Update(snapshot.Update{Catalog: cat})
 	if _, err := f.pub.Publish(); err != nil {
 		t.Fatal(err)
 	}

@@ -100,17 +100,59 @@ func (c *Cache) unregister(s *sotwStream) {
 // gRPC expect): one response per type in flight (the next is sent once the
 // proxy answered the last); a request whose nonce is not the last one sent
 // for its type is ignored; a response is sent when the snapshot's version
-// differs from the version the proxy reported, or when it newly subscribed
-// to a resource not yet returned to it. The Tracker's request callback
-// rewrites a NACK's version to the rejected one, so a rejected version is
-// never resent.
+// differs from the version the proxy has, or when it newly subscribed to a
+// resource not yet returned to it. The loop knows what each nonce carried,
+// so an answer to it is an ACK or a NACK of exactly that version: a NACK
+// carries the last version the proxy *accepted*, and a server comparing
+// that with the snapshot would resend the rejected resources at once,
+// thousands of times a second (go-control-plane does); here the rejected
+// version counts as what the proxy has, so it is not resent until the
+// snapshot changes.
 type sotwServer struct {
 	serverv3.Server // fetch
 	cache           *Cache
-	cb              *Tracker
+	tracker         *Tracker
+	events          Events
 	ctx             context.Context
 	ids             atomic.Int64 // SotW streams
 	deltaIDs        atomic.Int64 // delta streams (the tracker keys them apart)
+}
+
+// Events receives what the stream loops learn that the publisher needs to
+// move mTLS migrations on (snapshot.Publisher implements it). Its methods
+// must never block: they are called from the stream loops.
+type Events interface {
+	StreamOpened(node string)
+	StreamClosed(node string)
+	Acked(node, typeURL, version string)
+}
+
+type noEvents struct{}
+
+func (noEvents) StreamOpened(string)          {}
+func (noEvents) StreamClosed(string)          {}
+func (noEvents) Acked(string, string, string) {}
+
+// identified binds a stream to the node its first request names: the
+// cache wakes it on that node's snapshot changes, and the tracker and the
+// publisher learn it is connected.
+func (s *sotwServer) identified(k StreamKey, reg *sotwStream, node *corev3.Node) {
+	if reg.node != "" || node.GetId() == "" {
+		return
+	}
+	reg.node = node.GetId()
+	s.cache.register(reg)
+	s.tracker.Identified(k, node)
+	s.events.StreamOpened(reg.node)
+}
+
+// ended undoes identified when the stream ends.
+func (s *sotwServer) ended(k StreamKey, reg *sotwStream) {
+	s.tracker.Closed(k)
+	if reg.node != "" {
+		s.cache.unregister(reg)
+		s.events.StreamClosed(reg.node)
+	}
 }
 
 // StreamAggregatedResources implements ADS (state of the world).
@@ -173,8 +215,11 @@ type typeState struct {
 	wildcard, legacy bool
 	pending          bool     // a response was sent and not yet answered
 	names            []string // subscribed names, sorted, without "*"
-	known            string   // the version the proxy last reported
-	nonce            string   // of the last response
+	// known is the version the proxy has: what it declared on a new stream,
+	// then what it ACKed — or rejected, so a NACKed version is not resent.
+	known string
+	nonce string // of the last response
+	sent  string // the version the last response carried
 	// returned are the resources of the last response (for the "newly
 	// subscribed" check); the snapshot's own slice when it was all of them.
 	returned []*xds.Resource
@@ -189,16 +234,7 @@ func (s *sotwStream) notify() {
 
 func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse], defaultType string) error {
 	ss := &sotwStream{srv: s, st: st, id: s.ids.Add(1), wake: make(chan struct{}, 1)}
-	node := &corev3.Node{}
-	defer func() {
-		if ss.node != "" {
-			s.cache.unregister(ss)
-		}
-		s.cb.OnStreamClosed(ss.id, node)
-	}()
-	if err := s.cb.OnStreamOpen(st.Context(), ss.id, defaultType); err != nil {
-		return err
-	}
+	defer s.ended(ss.key(), ss)
 	reqs := receive(s.ctx, st)
 	for {
 		select {
@@ -212,12 +248,7 @@ func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequ
 			if !ok {
 				return nil // the stream ended (an auth violation is the interceptor's to report)
 			}
-			// Only the first request has to carry the node.
-			if req.GetNode() != nil {
-				node = req.GetNode()
-			} else {
-				req.Node = node
-			}
+			// Only the first request has to carry the node (identified).
 			if err := ss.request(req, defaultType); err != nil {
 				return err
 			}
@@ -225,34 +256,45 @@ func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequ
 	}
 }
 
-// request handles one request: callbacks, nonce, subscription, and the
+func (s *sotwStream) key() StreamKey { return StreamKey{ID: s.id} }
+
+// request handles one request: identification, the answer it carries (ACK
+// or NACK of the last response of its type), the subscription, and the
 // response it calls for.
 func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest, defaultType string) error {
 	typ, err := streamType(req.GetTypeUrl(), defaultType)
 	if err != nil {
 		return err
 	}
-	req.TypeUrl = typ
-	if err := s.srv.cb.OnStreamRequest(s.id, req); err != nil {
-		return err
-	}
+	s.srv.identified(s.key(), s, req.GetNode())
 	i := cachev3.GetResponseType(typ)
 	if i == types.UnknownType {
 		return nil // nothing meshd serves: never answered, as a watch that never fires
 	}
+	typ = canonicalType(typ)
 	ts := &s.types[i]
-	if ts.nonce != "" && req.GetResponseNonce() != ts.nonce {
+	nonce := req.GetResponseNonce()
+	switch {
+	case ts.nonce == "":
+		// The stream's first request of the type: a proxy reconnecting
+		// declares the version it has.
+		ts.known = req.GetVersionInfo()
+	case nonce != ts.nonce:
 		// Stale: an answer to an older response, overtaken by a newer one
 		// the proxy will answer (xDS protocol, "resource updates").
 		return nil
-	}
-	if s.node == "" {
-		if s.node = req.GetNode().GetId(); s.node != "" {
-			s.srv.cache.register(s)
-		}
+	case ts.pending && req.GetErrorDetail() != nil:
+		// NACK: the proxy keeps what it had, and the rejected version
+		// counts as known so that it is not resent (the request's own
+		// version is the last one it accepted).
+		ts.known = ts.sent
+		s.srv.tracker.Nacked(s.key(), typ, nonce, ts.sent, req.GetErrorDetail().GetMessage())
+	case ts.pending:
+		ts.known = ts.sent // the snapshot's string, not the request's copy
+		s.srv.tracker.Acked(s.key(), typ, nonce, ts.sent)
+		s.srv.events.Acked(s.node, typ, ts.sent)
 	}
 	ts.pending = false
-	ts.known = req.GetVersionInfo()
 	ts.subscribe(typ, req.GetResourceNames())
 	return s.respond(typ, ts)
 }
@@ -279,6 +321,9 @@ func (ts *typeState) subscribe(typ string, names []string) {
 		// Every ACK repeats the names: only a real change allocates.
 		sorted := slices.Compact(slices.Sorted(slices.Values(names)))
 		if !slices.Equal(ts.names, sorted) {
+			// Canonical copies: every caller of a service names the same
+			// clusters, routes and secrets.
+			internNames(sorted)
 			ts.names = sorted
 		}
 	}
@@ -361,8 +406,8 @@ func (s *sotwStream) respond(typ string, ts *typeState) error {
 	}
 	s.nonce++
 	resp := &discoveryv3.DiscoveryResponse{VersionInfo: version, Resources: anys, TypeUrl: typ, Nonce: strconv.FormatInt(s.nonce, 10)}
-	ts.nonce, ts.pending, ts.returned = resp.Nonce, true, pick
-	s.srv.cb.OnStreamResponse(s.st.Context(), s.id, nil, resp)
+	ts.nonce, ts.sent, ts.pending, ts.returned = resp.Nonce, version, true, pick
+	s.srv.tracker.Sent(s.key(), typ, resp.Nonce, version, size, anys)
 	return s.st.Send(resp)
 }
 

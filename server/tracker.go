@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"log/slog"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -11,107 +9,46 @@ import (
 	"unique"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/xds"
 )
 
-// Tracker implements go-control-plane's stream callbacks: it knows which
-// proxies are connected, what each was sent, acknowledged and rejected, and
-// it stops the NACK resend loop.
-//
-// A NACK carries the last *accepted* version: a server comparing it with the
-// snapshot's (as go-control-plane does) immediately resends the rejected
-// one, thousands of times a second. The tracker records the NACK and
-// rewrites the request's version to the rejected one, so the SotW loop
-// (sotw.go) waits for a genuinely new version instead.
+// Tracker observes the xDS streams: which proxies are connected, and what
+// each was sent, acknowledged and rejected, for /debug/status, the metrics
+// and the CA's root rotation (which roots each proxy has ACKed). The stream
+// loops (sotw.go, delta.go) feed it; it decides nothing about what is sent
+// (the loops own the xDS protocol, NACK handling included) and calls
+// nothing outside this package while holding its lock.
 type Tracker struct {
-	log   *slog.Logger
-	m     *metrics.Metrics
+	log *slog.Logger
+	m   *metrics.Metrics
+	// known reports whether a node id is in the published catalog (an
+	// unknown node is logged once per stream). Called without the lock.
 	known func(nodeID string) bool
 
 	mu      sync.Mutex
-	streams map[streamKey]*streamState
+	streams map[StreamKey]*streamState
 	nodes   map[string]*nodeState
 
-	// ackHook is called after every ACK (acks.go).
-	ackHook func()
-
-	// bundles records the trust bundles proxies ACKed (auth_bundle.go).
+	// bundles records the trust bundles proxies ACKed (bundle.go).
 	bundles bundleAcks
 }
 
-// streamKey identifies a stream. go-control-plane numbers SotW and delta
-// streams with separate counters, so an id alone is ambiguous.
-type streamKey struct {
-	delta bool
-	id    int64
+// StreamKey identifies a stream. SotW and delta streams are numbered with
+// separate counters, so an id alone is ambiguous.
+type StreamKey struct {
+	Delta bool
+	ID    int64
 }
 
 type streamState struct {
 	node   string
 	flavor string
-	delta  bool
-	// sent is the last unanswered response of each type: its nonce and
-	// version, in a fixed array indexed by response type rather than a map
-	// per type, so a stream costs one small allocation however many
-	// responses it gets (thousands of streams). A state-of-the-world
-	// stream never has two responses of a type unanswered (go-control-plane
-	// answers a type again only after the request that answers the last
-	// response; requests with an older nonce are ignored).
-	sent [types.UnknownType]sentResponse
-	// older holds responses superseded while still unanswered: a delta
-	// client may ask for more resources before answering a response, and is
-	// then sent another. Rare, so allocated only then, and bounded.
-	older []sentResponse
-}
-
-// sentResponse is one response of a stream: what a request carrying its
-// nonce ACKs or NACKs.
-type sentResponse struct {
-	typ            types.ResponseType
-	nonce, version string
-}
-
-// maxOlder bounds streamState.older: a client answers its responses in
-// order, so only the last few can still be answered.
-const maxOlder = 8
-
-// take returns and forgets the response of a type with the given nonce.
-func (s *streamState) take(typeURL, nonce string) (sentResponse, bool) {
-	i := cachev3.GetResponseType(typeURL)
-	if i == types.UnknownType {
-		return sentResponse{}, false // a type meshd does not serve
-	}
-	if r := s.sent[i]; r.nonce == nonce {
-		s.sent[i] = sentResponse{}
-		return r, true
-	}
-	for j, r := range s.older {
-		if r.typ == i && r.nonce == nonce {
-			s.older = slices.Delete(s.older, j, j+1)
-			return r, true
-		}
-	}
-	return sentResponse{}, false
-}
-
-// put records a response sent.
-func (s *streamState) put(typeURL, nonce, version string) {
-	i := cachev3.GetResponseType(typeURL)
-	if i == types.UnknownType {
-		return
-	}
-	if prev := s.sent[i]; prev.nonce != "" {
-		if len(s.older) == maxOlder {
-			s.older = slices.Delete(s.older, 0, 1)
-		}
-		s.older = append(s.older, prev)
-	}
-	s.sent[i] = sentResponse{typ: i, nonce: nonce, version: version}
 }
 
 type nodeState struct {
@@ -146,7 +83,7 @@ type TypeStatus struct {
 // NewTracker returns a tracker; known reports whether a node id is in the
 // current catalog (an unknown node is logged once per stream).
 func NewTracker(log *slog.Logger, m *metrics.Metrics, known func(string) bool) *Tracker {
-	return &Tracker{log: log, m: m, known: known, streams: map[streamKey]*streamState{}, nodes: map[string]*nodeState{}}
+	return &Tracker{log: log, m: m, known: known, streams: map[StreamKey]*streamState{}, nodes: map[string]*nodeState{}}
 }
 
 func flavorOf(n *corev3.Node) string {
@@ -163,199 +100,124 @@ func flavorOf(n *corev3.Node) string {
 	return "unknown"
 }
 
-func (t *Tracker) open(id streamKey) {
+// Identified binds a stream to its node (the stream's first request that
+// names one).
+func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
+	id, flavor := node.GetId(), flavorOf(node)
+	if id == "" {
+		return
+	}
 	t.mu.Lock()
-	t.streams[id] = &streamState{delta: id.delta}
+	if s := t.streams[k]; s != nil {
+		t.mu.Unlock()
+		return // already bound
+	}
+	t.streams[k] = &streamState{node: id, flavor: flavor}
+	n := t.nodes[id]
+	if n == nil {
+		n = &nodeState{}
+		t.nodes[id] = n
+	}
+	n.flavor = flavor
+	n.streams++
+	n.seen = time.Now()
 	t.mu.Unlock()
+	t.m.ConnectedProxies.WithLabelValues(flavor).Inc()
+	if t.known != nil && !t.known(id) {
+		t.log.Warn("proxy connected with a node id that is not in the catalog; it gets no configuration until one is added",
+			"node", id, "flavor", flavor, "stream", k.ID)
+	} else {
+		t.log.Info("proxy connected", "node", id, "flavor", flavor, "stream", k.ID, "delta", k.Delta)
+	}
 }
 
-func (t *Tracker) closed(id streamKey) {
-	t.bundles.closed(id)
+// Closed records that a stream ended.
+func (t *Tracker) Closed(k StreamKey) {
+	t.bundles.closed(k)
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.streams[id]
-	delete(t.streams, id)
-	if s == nil || s.node == "" {
+	s := t.streams[k]
+	delete(t.streams, k)
+	if s != nil {
+		if n := t.nodes[s.node]; n != nil {
+			n.streams--
+			n.seen = time.Now()
+		}
+	}
+	t.mu.Unlock()
+	if s == nil {
 		return
 	}
 	t.m.ConnectedProxies.WithLabelValues(s.flavor).Dec()
-	if n := t.nodes[s.node]; n != nil {
-		n.streams--
-		n.seen = time.Now()
-	}
-	t.log.Info("proxy disconnected", "node", s.node, "stream", id.id, "delta", id.delta)
+	t.log.Info("proxy disconnected", "node", s.node, "stream", k.ID, "delta", k.Delta)
 }
 
-// identify binds a stream to its node on the first request that carries one.
-func (t *Tracker) identify(id streamKey, node *corev3.Node) *streamState {
-	s := t.streams[id]
+// typeStatus returns the status record of a stream's node for a type, or
+// nil for a stream that never named its node or a type meshd does not
+// serve. Called with t.mu held.
+func (t *Tracker) typeStatus(k StreamKey, typeURL string) (string, *TypeStatus) {
+	s := t.streams[k]
 	if s == nil {
-		s = &streamState{delta: id.delta}
-		t.streams[id] = s
+		return "", nil
 	}
-	if s.node != "" || node.GetId() == "" {
-		return s
-	}
-	s.node, s.flavor = node.GetId(), flavorOf(node)
 	n := t.nodes[s.node]
-	if n == nil {
-		n = &nodeState{}
-		t.nodes[s.node] = n
-	}
-	n.flavor = s.flavor
-	n.streams++
-	n.seen = time.Now()
-	t.m.ConnectedProxies.WithLabelValues(s.flavor).Inc()
-	if t.known != nil && !t.known(s.node) {
-		t.log.Warn("proxy connected with a node id that is not in the catalog; it gets no configuration until one is added",
-			"node", s.node, "flavor", s.flavor, "stream", id.id)
-	} else {
-		t.log.Info("proxy connected", "node", s.node, "flavor", s.flavor, "stream", id.id, "delta", s.delta)
-	}
-	return s
-}
-
-func (t *Tracker) typeStatus(node, typeURL string) *TypeStatus {
-	n := t.nodes[node]
-	if n == nil {
-		return &TypeStatus{} // detached: the stream never identified itself
-	}
 	i := cachev3.GetResponseType(typeURL)
-	if i == types.UnknownType {
-		return &TypeStatus{} // a type meshd does not serve: nothing to record
+	if n == nil || i == types.UnknownType {
+		return s.node, nil
 	}
 	if n.types[i] == nil {
 		n.types[i] = &TypeStatus{}
 	}
-	return n.types[i]
+	return s.node, n.types[i]
 }
 
-// request handles one SotW or delta request. It returns the version the
-// NACKed response carried ("" if this is not a NACK or it is unknown), and
-// for an ACK the version acknowledged.
-func (t *Tracker) request(id streamKey, node *corev3.Node, typeURL, nonce string, errDetail interface{ GetMessage() string }, isNack bool) (nacked, acked string) {
+// Sent records a response: its nonce, the version it carried, the bytes of
+// its resources, and for SDS its secrets (a trust bundle's roots are
+// remembered until the proxy answers).
+func (t *Tracker) Sent(k StreamKey, typeURL, nonce, version string, size int, secrets []*anypb.Any) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.identify(id, node)
-	if nonce == "" {
-		return "", "" // initial subscription, not a reply to anything
+	if _, ts := t.typeStatus(k, typeURL); ts != nil {
+		ts.Sent = version
+		ts.Pushes++
 	}
-	// Forgotten once answered: a repeated reply to the same nonce is not a
-	// second ACK.
-	sent, ok := s.take(typeURL, nonce)
-	version := sent.version
+	t.mu.Unlock()
 	short := shortType(typeURL)
-	ts := t.typeStatus(s.node, typeURL)
-	if isNack {
-		ts.Nacked, ts.NackError, ts.NackAt = version, errDetail.GetMessage(), time.Now()
-		t.m.NACKs.WithLabelValues(short).Inc()
-		t.log.Warn("proxy rejected configuration (NACK); it keeps its previous config and the rejected version will not be resent",
-			"node", s.node, "type", short, "version", version, "error", errDetail.GetMessage())
-		return version, ""
+	t.m.Pushes.WithLabelValues(short).Inc()
+	t.m.PushBytes.WithLabelValues(short).Add(float64(size))
+	if typeURL == resourcev3.SecretType {
+		t.bundles.sent(k, nonce, secrets)
 	}
-	if ok {
+}
+
+// Acked records that the proxy accepted the response with nonce, which
+// carried version.
+func (t *Tracker) Acked(k StreamKey, typeURL, nonce, version string) {
+	t.mu.Lock()
+	node, ts := t.typeStatus(k, typeURL)
+	if ts != nil {
 		ts.Acked = version
 		// Accepting any later version supersedes an earlier rejection.
 		ts.Nacked, ts.NackError = "", ""
-		t.m.ACKs.WithLabelValues(short).Inc()
-		return "", version
 	}
-	return "", ""
+	t.mu.Unlock()
+	t.m.ACKs.WithLabelValues(shortType(typeURL)).Inc()
+	t.bundles.replied(k, node, typeURL, nonce, false)
 }
 
-func (t *Tracker) response(id streamKey, typeURL, nonce, version string, resources int, bytes int) {
+// Nacked records that the proxy rejected the response with nonce, which
+// carried version, with detail. The stream loop will not resend it.
+func (t *Tracker) Nacked(k StreamKey, typeURL, nonce, version, detail string) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.streams[id]
-	if s == nil {
-		return
+	node, ts := t.typeStatus(k, typeURL)
+	if ts != nil {
+		ts.Nacked, ts.NackError, ts.NackAt = version, detail, time.Now()
 	}
-	s.put(typeURL, nonce, version)
-	ts := t.typeStatus(s.node, typeURL)
-	ts.Sent = version
-	ts.Pushes++
+	t.mu.Unlock()
 	short := shortType(typeURL)
-	t.m.Pushes.WithLabelValues(short).Inc()
-	t.m.PushBytes.WithLabelValues(short).Add(float64(bytes))
+	t.m.NACKs.WithLabelValues(short).Inc()
+	t.log.Warn("proxy rejected configuration (NACK); it keeps its previous config and the rejected version will not be resent",
+		"node", node, "type", short, "version", version, "error", detail)
+	t.bundles.replied(k, node, typeURL, nonce, true)
 }
-
-// OnStreamOpen implements sotw.Callbacks.
-func (t *Tracker) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	t.open(streamKey{id: id})
-	return nil
-}
-
-// OnStreamClosed implements sotw.Callbacks.
-func (t *Tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.closed(streamKey{id: id}) }
-
-// OnStreamRequest implements sotw.Callbacks. On a NACK it rewrites the
-// request's version to the rejected one (see Tracker).
-func (t *Tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	nacked, acked := t.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
-	switch {
-	case nacked != "":
-		req.VersionInfo = nacked
-	case acked != "" && req.GetVersionInfo() == acked:
-		// The same value, but the string the snapshot holds rather than
-		// the request's own copy: the stream keeps the version each proxy
-		// reported.
-		req.VersionInfo = acked
-	}
-	req.TypeUrl = canonicalType(req.GetTypeUrl())
-	internNames(req.ResourceNames)
-	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
-	t.bundleReply(streamKey{id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail() != nil)
-	return nil
-}
-
-// OnStreamResponse implements sotw.Callbacks.
-func (t *Tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-	n := 0
-	for _, r := range resp.GetResources() {
-		n += len(r.GetValue())
-	}
-	t.response(streamKey{id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo(), len(resp.GetResources()), n)
-	t.bundles.sentSotW(streamKey{id: id}, resp)
-}
-
-// OnDeltaStreamOpen implements delta.Callbacks.
-func (t *Tracker) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	t.open(streamKey{delta: true, id: id})
-	return nil
-}
-
-// OnDeltaStreamClosed implements delta.Callbacks.
-func (t *Tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
-	t.closed(streamKey{delta: true, id: id})
-}
-
-// OnStreamDeltaRequest implements delta.Callbacks. Delta needs no rewrite:
-// the server tracks per-resource versions it sent, so it does not resend a
-// NACKed resource until its content changes.
-func (t *Tracker) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	t.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), req.GetErrorDetail() != nil)
-	req.TypeUrl = canonicalType(req.GetTypeUrl())
-	internNames(req.ResourceNamesSubscribe)
-	t.acked(req.GetErrorDetail() != nil, req.GetResponseNonce())
-	t.bundleReply(streamKey{delta: true, id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail() != nil)
-	return nil
-}
-
-// OnStreamDeltaResponse implements delta.Callbacks.
-func (t *Tracker) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
-	n := 0
-	for _, r := range resp.GetResources() {
-		n += len(r.GetResource().GetValue())
-	}
-	t.response(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo(), len(resp.GetResources()), n)
-	t.bundles.sentDelta(streamKey{delta: true, id: id}, resp)
-}
-
-// OnFetchRequest implements rest.Callbacks (REST xDS is not served).
-func (t *Tracker) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error { return nil }
-
-// OnFetchResponse implements rest.Callbacks.
-func (t *Tracker) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
 
 // NodeStatus is the connection and ACK state of one proxy.
 type NodeStatus struct {

@@ -66,7 +66,7 @@ func BenchmarkPublishCold(b *testing.B) {
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		pub, cache := benchPublisher()
-		pub.Update(cat)
+		pub.Update(Update{Catalog: cat})
 		st, err := pub.Publish()
 		if err != nil || st.Pushed != len(pxs) {
 			b.Fatalf("%+v %v", st, err)
@@ -92,7 +92,7 @@ func BenchmarkPublishEndpointChange(b *testing.B) {
 		b.Fatal(err)
 	}
 	pub, _ := benchPublisher()
-	pub.Update(cat)
+	pub.Update(Update{Catalog: cat})
 	if _, err := pub.Publish(); err != nil {
 		b.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func BenchmarkPublishEndpointChange(b *testing.B) {
 	var rendered int
 	i := 0
 	for b.Loop() {
-		pub.Update(cats[i%2])
+		pub.Update(Update{Catalog: cats[i%2]})
 		i++
 		st, err := pub.Publish()
 		if err != nil {
@@ -151,7 +151,7 @@ func TestIdenticalTypeSetsAreShared(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub, _ := benchPublisher()
-	pub.Update(cat)
+	pub.Update(Update{Catalog: cat})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestTypeSetsAreForgotten(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub, _ := benchPublisher()
-	pub.Update(cat)
+	pub.Update(Update{Catalog: cat})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func TestTypeSetsAreForgotten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub.Update(cat2)
+	pub.Update(Update{Catalog: cat2})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestTypeSetsAreForgotten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub.Update(empty)
+	pub.Update(Update{Catalog: empty})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}

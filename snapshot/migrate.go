@@ -2,10 +2,13 @@ package snapshot
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
@@ -15,83 +18,41 @@ import (
 //
 // Changing a workload's mTLS mode touches two sides that proxies update
 // independently: the workload's own inbound listener (what it accepts) and
-// its callers' clusters (whether they send mTLS or plaintext). Applied at
-// once, requests fail in between: a server gone STRICT before its callers
-// send mTLS refuses them; callers sending plaintext before the server
-// accepts it are refused. So each side changes in its own step, and the
-// next step waits until the proxies concerned have ACKed the previous one:
+// its callers' clusters and endpoints (whether they send mTLS or
+// plaintext). Applied at once, requests fail in between: a server gone
+// STRICT before its callers send mTLS refuses them; callers sending
+// plaintext before the server accepts it are refused. So each side changes
+// in its own step, and a step that must not overtake the proxies waits
+// until they have ACKed the previous one. Each workload runs this state
+// machine (docs/policy.md has it as a table):
 //
-//   - callers switch between mTLS and plaintext only while the server
-//     accepts both (PERMISSIVE), which it has ACKed first;
-//   - a server becomes STRICT only after every connected caller has ACKed
-//     configuration that sends it mTLS;
-//   - loosening a server (STRICT → PERMISSIVE) is applied at once.
+//	phase          condition (applied → target)             transition
+//	any            forced                                   applied := target; settled
+//	any            applied == target                        settled
+//	settled, open  callers' transport changes, Envoy        server := PERMISSIVE; → serverOpen
+//	  server       server, server not PERMISSIVE
+//	serverOpen     waiting on the server's listener ACK     stay (reported when overdue)
+//	any but        callers' transport changes, server       callers := target transport; → callersMoved
+//	  callersMoved ready (ACKed, gone, or gRPC: no step)
+//	any            same transport, target PERMISSIVE        server := PERMISSIVE; settled
+//	not            same transport, target STRICT/DISABLE    → callersMoved (callers must ACK what
+//	  callersMoved                                            they send now)
+//	callersMoved   waiting on callers' ACKs                 stay (reported when overdue)
+//	callersMoved   callers ready                            server := target; settled
 //
-// Disconnected proxies do not hold a step back: they receive the current
-// configuration when they reconnect.
-
-// AckSource reports what proxies have acknowledged; the xDS server's
-// tracker implements it.
-type AckSource interface {
-	// Acked returns the version of typeURL the node last ACKed and whether
-	// the node has an open stream.
-	Acked(node, typeURL string) (version string, connected bool)
-}
+// "Waiting on" counts only proxies that exist in the catalog and have a
+// stream open: a disconnected proxy gets the current configuration when it
+// reconnects, and a step with nobody to wait for proceeds at once. Every
+// ACK, disconnect, catalog or policy change and publish re-evaluates the
+// pending steps (the publisher's loop: drain and publish). A step waiting
+// longer than Options.MigrationOverdue is reported (log, metric, /debug
+// status) and can be forced (ForceMigration).
 
 // modes is what is rendered for one workload: the server side and the
-// callers' view.
+// callers' view (STRICT: callers send mTLS; DISABLE: plaintext).
 type modes struct{ server, caller mesh.MTLSMode }
 
-// Transition is a mode change in progress, for status pages.
-type Transition struct {
-	Proxy      string        `json:"proxy"`
-	From       mesh.MTLSMode `json:"from"`
-	To         mesh.MTLSMode `json:"to"`
-	ServerMode mesh.MTLSMode `json:"serverMode"`
-	CallerMode mesh.MTLSMode `json:"callerMode"`
-	WaitingFor string        `json:"waitingFor"`
-	Since      time.Time     `json:"since"`
-}
-
-type migration struct {
-	from  mesh.MTLSMode
-	since time.Time
-	wait  string
-}
-
-// SetAckSource enables safe migration; without it modes apply at once.
-func (p *Publisher) SetAckSource(a AckSource) {
-	p.mu.Lock()
-	p.acks = a
-	p.mu.Unlock()
-}
-
-// Acked tells the publisher a proxy acknowledged something; it re-evaluates
-// pending migrations (debounced like any other change).
-func (p *Publisher) Acked() {
-	p.mu.Lock()
-	pending := len(p.migrations) > 0
-	p.mu.Unlock()
-	if pending {
-		select {
-		case p.kick <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// Transitions lists mode changes in progress, sorted by proxy.
-func (p *Publisher) Transitions() []Transition {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]Transition, 0, len(p.migrations))
-	for id, mg := range p.migrations {
-		a := p.applied[id]
-		out = append(out, Transition{Proxy: id, From: mg.from, To: p.desired[id], ServerMode: a.server, CallerMode: a.caller, WaitingFor: mg.wait, Since: mg.since})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Proxy < out[j].Proxy })
-	return out
-}
+func targetOf(m mesh.MTLSMode) modes { return modes{server: m, caller: callerView(m)} }
 
 func callerView(m mesh.MTLSMode) mesh.MTLSMode {
 	if m == mesh.MTLSDisable {
@@ -100,120 +61,366 @@ func callerView(m mesh.MTLSMode) mesh.MTLSMode {
 	return mesh.MTLSStrict // "sends mTLS"
 }
 
-// plan advances every workload's migration by at most one step and returns
-// the overrides to render with. Called with p.mu held, before rendering.
+// phase is where a workload's migration is.
+type phase uint8
+
+const (
+	phaseSettled phase = iota
+	// phaseServerOpen: the server accepts both transports (PERMISSIVE)
+	// while its callers switch; waits for its listener ACK first.
+	phaseServerOpen
+	// phaseCallersMoved: callers send the target transport; the server's
+	// final mode waits for their cluster and endpoint ACKs.
+	phaseCallersMoved
+)
+
+func (ph phase) String() string {
+	switch ph {
+	case phaseServerOpen:
+		return "server-open"
+	case phaseCallersMoved:
+		return "callers-moved"
+	}
+	return "settled"
+}
+
+// workload is one inbound workload's migration state.
+type workload struct {
+	id      string
+	svc     mesh.ServiceKey
+	envoy   bool // a sidecar: can accept both transports (PERMISSIVE)
+	applied modes
+	target  modes
+	phase   phase
+	// rendered: a publish has rendered the current step (set after each
+	// publish, cleared by every transition that changes a mode).
+	rendered bool
+	from     mesh.MTLSMode // server mode when the migration began
+	since    time.Time     // when the migration began
+	// stepSince is when the current wait began; waiting what it waits for;
+	// reported whether it was reported overdue.
+	stepSince time.Time
+	waiting   []string
+	reported  bool
+}
+
+func (w *workload) pending() bool { return w.applied != w.target }
+
+// step applies at most one transition (the table above) given what the
+// current phase waits for, and reports whether it changed anything. It is
+// the whole state machine: pure, and tested transition by transition.
+func (w *workload) step(waiting []string, forced bool, now time.Time) bool {
+	enter := func(ph phase, changedModes bool) {
+		w.phase, w.stepSince, w.reported = ph, now, false
+		w.rendered = !changedModes
+	}
+	switch {
+	case forced && w.pending():
+		w.applied = w.target
+		enter(phaseSettled, true)
+	case !w.pending():
+		if w.phase == phaseSettled {
+			return false
+		}
+		enter(phaseSettled, false)
+	case w.applied.caller != w.target.caller:
+		if w.envoy && w.applied.server != mesh.MTLSPermissive {
+			w.applied.server = mesh.MTLSPermissive
+			enter(phaseServerOpen, true)
+			return true
+		}
+		if w.envoy && w.phase != phaseServerOpen {
+			// Already PERMISSIVE: its ACK of that is what is waited for.
+			enter(phaseServerOpen, false)
+			return true
+		}
+		if w.envoy && len(waiting) > 0 {
+			return false
+		}
+		w.applied.caller = w.target.caller
+		enter(phaseCallersMoved, true)
+	case w.target.server == mesh.MTLSPermissive:
+		// Loosening to accept both transports is always safe.
+		w.applied.server = w.target.server
+		enter(phaseSettled, true)
+	case w.phase != phaseCallersMoved:
+		// STRICT or DISABLE: the callers must have ACKed the transport
+		// they send now before the server accepts only that.
+		enter(phaseCallersMoved, false)
+	case len(waiting) > 0:
+		return false
+	default:
+		w.applied.server = w.target.server
+		enter(phaseSettled, true)
+	}
+	return true
+}
+
+// callerIndex lists, per service, the proxies that call it, for the catalog
+// it was built from (built on first need per catalog).
+type callerIndex struct {
+	cat *mesh.Catalog
+	by  map[mesh.ServiceKey][]string
+}
+
+func (p *Publisher) callersOf(k mesh.ServiceKey) []string {
+	if p.callers.cat != p.current || p.callers.by == nil {
+		p.callers = callerIndex{cat: p.current, by: map[mesh.ServiceKey][]string{}}
+		if p.current != nil {
+			for _, c := range p.current.Proxies() {
+				for i := range c.Upstreams {
+					uk := c.Upstreams[i].Key()
+					if l := p.callers.by[uk]; len(l) == 0 || l[len(l)-1] != c.ID {
+						p.callers.by[uk] = append(l, c.ID)
+					}
+				}
+			}
+		}
+	}
+	return p.callers.by[k]
+}
+
+var (
+	serverTypes = []types.ResponseType{types.Listener}
+	callerTypes = []types.ResponseType{types.Cluster, types.Endpoint}
+)
+
+// waitingFor lists what w's current phase waits for: each connected proxy
+// concerned that has not ACKed the configuration carrying the step, as
+// "node (Type, Type)".
+func (p *Publisher) waitingFor(w *workload) []string {
+	var nodes []string
+	var typs []types.ResponseType
+	switch w.phase {
+	case phaseServerOpen:
+		nodes, typs = []string{w.id}, serverTypes
+	case phaseCallersMoved:
+		nodes, typs = p.callersOf(w.svc), callerTypes
+	default:
+		return nil
+	}
+	var out []string
+	for _, id := range nodes {
+		n := p.nodes[id]
+		if n == nil || n.streams <= 0 {
+			continue // not connected: gets the current configuration on connect
+		}
+		var snap *Snapshot
+		if st := p.proxies[id]; st != nil {
+			snap = st.snap
+		}
+		if snap == nil && w.rendered {
+			continue // has nothing to ACK yet
+		}
+		var missing []string
+		for _, t := range typs {
+			typ, _ := cachev3.GetResponseTypeURL(t)
+			if !w.rendered || n.acked[t] != snap.GetVersion(typ) {
+				missing = append(missing, shortType(typ))
+			}
+		}
+		if len(missing) > 0 {
+			out = append(out, id+" ("+strings.Join(missing, ", ")+")")
+		}
+	}
+	return out
+}
+
+// evaluate runs w's machine until it waits or settles; it reports whether
+// a rendered mode changed.
+func (p *Publisher) evaluate(w *workload, now time.Time) bool {
+	forced := p.forced[w.id]
+	delete(p.forced, w.id)
+	changed := false
+	before := w.applied
+	for range 6 {
+		w.waiting = p.waitingFor(w)
+		if !w.step(w.waiting, forced, now) {
+			break
+		}
+		forced = false
+	}
+	w.waiting = p.waitingFor(w)
+	if w.pending() && w.since.IsZero() {
+		w.since = now
+	}
+	if !w.pending() {
+		w.since, w.waiting = time.Time{}, nil
+	}
+	if w.applied != before {
+		changed = true
+	}
+	return changed
+}
+
+// plan updates every workload's target from the policy, runs its machine
+// and returns the modes to render. Loop only, at the start of a publish.
 func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet) *xds.Overrides {
 	ov := &xds.Overrides{ServerMode: map[string]mesh.MTLSMode{}, CallerMode: map[string]mesh.MTLSMode{}}
 	if ps == nil {
 		ps = &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace}
 	}
+	// The callers index and the node lookups use the catalog being planned.
+	prev := p.current
+	p.current = cat
+	defer func() { p.current = prev }()
+	now := time.Now()
 	seen := map[string]bool{}
 	for _, s := range cat.Proxies() {
 		if !s.Inbound() {
 			continue
 		}
 		seen[s.ID] = true
-		want := ps.MTLSModeFor(cat.WorkloadOf(s))
-		p.desired[s.ID] = want
-		cur, known := p.applied[s.ID]
-		target := modes{server: want, caller: callerView(want)}
-		switch {
-		case !known || p.acks == nil:
-			// A new workload (or no ACK feedback): nothing to migrate from.
-			cur = target
-		case cur == target:
-		case cur.caller != target.caller:
-			// Callers must change transport: only while the server accepts
-			// both, and only once it has ACKed that.
-			if cur.server != mesh.MTLSPermissive && s.Flavor == mesh.FlavorEnvoy {
-				cur.server = mesh.MTLSPermissive
-				p.waiting(s.ID, cur, "server to ACK PERMISSIVE")
-			} else if wait := p.serverConverged(s.ID); wait != "" && s.Flavor == mesh.FlavorEnvoy {
-				p.waiting(s.ID, cur, wait)
-			} else {
-				cur.caller = target.caller
-				p.waiting(s.ID, cur, "callers to ACK their new transport")
-			}
-		case target.server == mesh.MTLSStrict:
-			// Tightening: every connected caller must already send mTLS.
-			if wait := p.callersConverged(cat, s); wait != "" {
-				p.waiting(s.ID, cur, wait)
-			} else {
-				cur.server = target.server
-			}
-		default:
-			// Loosening (or DISABLE once callers went plaintext) is safe.
-			if cur.caller == target.caller && target.server == mesh.MTLSDisable {
-				if wait := p.callersConverged(cat, s); wait != "" {
-					p.waiting(s.ID, cur, wait)
-					break
-				}
-			}
-			cur.server = target.server
+		target := targetOf(ps.MTLSModeFor(cat.WorkloadOf(s)))
+		w := p.workloads[s.ID]
+		if w == nil {
+			// A new workload: nothing to migrate from.
+			w = &workload{id: s.ID, applied: target, target: target, rendered: true}
+			p.workloads[s.ID] = w
 		}
-		if cur == target {
-			delete(p.migrations, s.ID)
+		w.svc, w.envoy = s.ServiceKey(), s.Flavor == mesh.FlavorEnvoy
+		if w.target != target {
+			if !w.pending() {
+				w.from = w.applied.server
+				p.log.Info("mTLS mode change in progress", "proxy", s.ID, "from", w.applied.server, "to", target.server)
+			}
+			w.target = target
 		}
-		p.applied[s.ID] = cur
-		ov.ServerMode[s.ID] = cur.server
-		ov.CallerMode[xds.EndpointKey(s.ServiceKey(), &mesh.Endpoint{Address: s.Address, Port: s.PublicPort})] = cur.caller
+		p.evaluate(w, now)
+		ov.ServerMode[s.ID] = w.applied.server
+		ov.CallerMode[xds.EndpointKey(s.ServiceKey(), &mesh.Endpoint{Address: s.Address, Port: s.PublicPort})] = w.applied.caller
 	}
-	for id := range p.applied {
+	for id := range p.workloads {
 		if !seen[id] {
-			delete(p.applied, id)
-			delete(p.desired, id)
-			delete(p.migrations, id)
+			delete(p.workloads, id)
 		}
 	}
 	return ov
 }
 
-func (p *Publisher) waiting(id string, cur modes, why string) {
-	mg := p.migrations[id]
-	if mg == nil {
-		mg = &migration{from: p.applied[id].server, since: time.Now()}
-		p.migrations[id] = mg
-		p.log.Info("mTLS mode change in progress", "proxy", id, "from", mg.from, "to", p.desired[id])
+// renderedMigrations records that a publish rendered every current step.
+func (p *Publisher) renderedMigrations() {
+	for _, w := range p.workloads {
+		w.rendered = true
 	}
-	mg.wait = why
-	_ = cur
 }
 
-// serverConverged returns "" when the server proxy has ACKed its current
-// listeners (or is not connected), else what is awaited.
-func (p *Publisher) serverConverged(id string) string {
-	st := p.proxies[id]
-	if st == nil || st.snap == nil {
-		return ""
+// advanceMigrations re-evaluates the pending migrations (after ACKs,
+// disconnects or a publish) and reports whether a mode to render changed.
+func (p *Publisher) advanceMigrations() bool {
+	if p.current == nil {
+		return false
 	}
-	v, connected := p.acks.Acked(id, resourcev3.ListenerType)
-	if connected && v != st.snap.GetVersion(resourcev3.ListenerType) {
-		return "server " + id + " to ACK its listener"
-	}
-	return ""
-}
-
-// callersConverged returns "" when every connected proxy calling s's
-// service has ACKed its current clusters and endpoints.
-func (p *Publisher) callersConverged(cat *mesh.Catalog, s *mesh.Proxy) string {
-	for _, c := range cat.Proxies() {
-		calls := false
-		for i := range c.Upstreams {
-			calls = calls || c.Upstreams[i].Key() == s.ServiceKey()
-		}
-		if !calls {
-			continue
-		}
-		st := p.proxies[c.ID]
-		if st == nil || st.snap == nil {
-			continue
-		}
-		for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType} {
-			v, connected := p.acks.Acked(c.ID, typ)
-			if connected && v != st.snap.GetVersion(typ) {
-				return fmt.Sprintf("caller %s to ACK its %s", c.ID, shortType(typ))
+	now := time.Now()
+	changed := false
+	for _, w := range p.workloads {
+		if w.pending() || w.phase != phaseSettled || p.forced[w.id] {
+			if p.evaluate(w, now) {
+				changed = true
 			}
 		}
 	}
-	return ""
+	return changed
+}
+
+// forceMigration marks a pending migration to be completed at the next
+// evaluation; false if the proxy has none.
+func (p *Publisher) forceMigration(id string) bool {
+	w := p.workloads[id]
+	if w == nil || !w.pending() {
+		return false
+	}
+	p.log.Warn("mTLS migration forced by an operator: its remaining steps are applied without waiting for ACKs",
+		"proxy", id, "from", w.from, "to", w.target.server, "phase", w.phase.String(), "was_waiting_for", w.waiting)
+	p.forced[id] = true
+	return true
+}
+
+// Transition is an mTLS mode change in progress, for status pages.
+type Transition struct {
+	Proxy      string        `json:"proxy"`
+	From       mesh.MTLSMode `json:"from"`
+	To         mesh.MTLSMode `json:"to"`
+	ServerMode mesh.MTLSMode `json:"serverMode"`
+	CallerMode mesh.MTLSMode `json:"callerMode"`
+	// Phase is the migration's state (docs/policy.md).
+	Phase string `json:"phase"`
+	// WaitingFor says what the current step waits for; WaitingOn lists
+	// exactly which connected proxies have not ACKed which types.
+	WaitingFor string    `json:"waitingFor"`
+	WaitingOn  []string  `json:"waitingOn,omitempty"`
+	Since      time.Time `json:"since"`
+	// StepSince is when the current step began to wait; PendingSeconds its
+	// age; Overdue is set once that exceeds the reporting bound.
+	StepSince      time.Time `json:"stepSince"`
+	PendingSeconds float64   `json:"pendingSeconds"`
+	Overdue        bool      `json:"overdue"`
+}
+
+func (w *workload) waitingFor() string {
+	switch {
+	case len(w.waiting) == 0:
+		return "nothing: proceeds at the next publish"
+	case w.phase == phaseServerOpen:
+		return fmt.Sprintf("server %s to ACK its PERMISSIVE listener before callers switch transport", w.id)
+	case w.phase == phaseCallersMoved && w.applied.caller == w.target.caller && w.applied.caller != callerView(w.from):
+		return fmt.Sprintf("callers to ACK their new transport (%d waiting) before %s goes %s", len(w.waiting), w.id, w.target.server)
+	default:
+		return fmt.Sprintf("callers to ACK the transport they send (%d waiting) before %s goes %s", len(w.waiting), w.id, w.target.server)
+	}
+}
+
+// transitions lists the pending migrations and updates the metrics.
+func (p *Publisher) transitions() []Transition {
+	now := time.Now()
+	var out []Transition
+	oldest := time.Time{}
+	for _, w := range p.workloads {
+		if !w.pending() {
+			continue
+		}
+		age := now.Sub(w.stepSince)
+		out = append(out, Transition{Proxy: w.id, From: w.from, To: w.target.server,
+			ServerMode: w.applied.server, CallerMode: w.applied.caller, Phase: w.phase.String(),
+			WaitingFor: w.waitingFor(), WaitingOn: slices.Clone(w.waiting), Since: w.since,
+			StepSince: w.stepSince, PendingSeconds: age.Seconds(), Overdue: age > p.opts.MigrationOverdue})
+		if len(w.waiting) > 0 && (oldest.IsZero() || w.stepSince.Before(oldest)) {
+			oldest = w.stepSince
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Proxy < out[j].Proxy })
+	p.m.MigrationsPending.Set(float64(len(out)))
+	if oldest.IsZero() {
+		p.m.MigrationWaitingSince.Store(0)
+	} else {
+		p.m.MigrationWaitingSince.Store(oldest.UnixNano())
+	}
+	return out
+}
+
+// nextOverdue is when the next waiting step becomes overdue (zero: none).
+func (p *Publisher) nextOverdue() time.Time {
+	var next time.Time
+	for _, w := range p.workloads {
+		if w.pending() && len(w.waiting) > 0 && !w.reported {
+			at := w.stepSince.Add(p.opts.MigrationOverdue)
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+		}
+	}
+	return next
+}
+
+// reportOverdue logs each step that has waited longer than the bound, once.
+func (p *Publisher) reportOverdue() {
+	now := time.Now()
+	for _, w := range p.workloads {
+		if w.pending() && len(w.waiting) > 0 && !w.reported && now.Sub(w.stepSince) >= p.opts.MigrationOverdue {
+			w.reported = true
+			p.log.Warn("mTLS migration step overdue: still waiting for proxies to ACK; check them in /debug/status, or force it with POST /migrations/force?proxy=<id>",
+				"proxy", w.id, "from", w.from, "to", w.target.server, "phase", w.phase.String(),
+				"waiting_on", w.waiting, "for", now.Sub(w.stepSince).Round(time.Second))
+		}
+	}
 }

@@ -1,36 +1,120 @@
 package snapshot
 
 import (
+	"context"
+	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/xds"
 )
 
-// fakeAcks lets the test decide what each proxy has acknowledged.
-type fakeAcks struct {
-	acked        map[string]string // node|type → version
-	disconnected map[string]bool
-}
+const (
+	strict     = mesh.MTLSStrict
+	permissive = mesh.MTLSPermissive
+	disable    = mesh.MTLSDisable
+)
 
-func (f *fakeAcks) Acked(node, typ string) (string, bool) {
-	return f.acked[node+"|"+typ], !f.disconnected[node]
-}
-
-// ackAll makes node ACK everything it was last sent.
-func (f *fakeAcks) ackAll(t *testing.T, cache cachev3.SnapshotCache, node string) {
-	t.Helper()
-	s, err := cache.GetSnapshot(node)
-	if err != nil {
-		t.Fatal(err)
+// Every transition of the migration state machine (migrate.go's table and
+// docs/policy.md), one row each: from a state, with what the phase waits
+// for, to the next state.
+func TestMigrationTransitions(t *testing.T) {
+	type state struct {
+		server, caller mesh.MTLSMode
+		phase          phase
 	}
-	for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.SecretType} {
-		f.acked[node+"|"+typ] = s.GetVersion(typ)
+	cases := []struct {
+		name    string
+		envoy   bool
+		from    state
+		target  mesh.MTLSMode
+		waiting []string
+		forced  bool
+		want    state
+		changed bool
+		// rendered: whether the next state's step is already in the
+		// published configuration (no mode changed).
+		rendered bool
+	}{
+		{"settled stays settled", true, state{strict, strict, phaseSettled}, strict, nil, false, state{strict, strict, phaseSettled}, false, true},
+		{"tighten with caller change opens the server first", true, state{disable, disable, phaseSettled}, strict, nil, false, state{permissive, disable, phaseServerOpen}, true, false},
+		{"loosen to DISABLE opens the server first", true, state{strict, strict, phaseSettled}, disable, nil, false, state{permissive, strict, phaseServerOpen}, true, false},
+		{"server already PERMISSIVE: its ACK is waited for, nothing re-rendered", true, state{permissive, strict, phaseSettled}, disable, nil, false, state{permissive, strict, phaseServerOpen}, true, true},
+		{"open server not yet ACKed: stay", true, state{permissive, strict, phaseServerOpen}, disable, []string{"api (Listener)"}, false, state{permissive, strict, phaseServerOpen}, false, false},
+		{"open server ACKed (or gone): callers switch", true, state{permissive, strict, phaseServerOpen}, disable, nil, false, state{permissive, disable, phaseCallersMoved}, true, false},
+		{"proxyless server: callers switch at once, no PERMISSIVE step", false, state{strict, strict, phaseSettled}, disable, nil, false, state{strict, disable, phaseCallersMoved}, true, false},
+		{"callers not yet ACKed: stay", true, state{permissive, disable, phaseCallersMoved}, disable, []string{"web (Cluster)"}, false, state{permissive, disable, phaseCallersMoved}, false, false},
+		{"callers ACKed (or gone): server to DISABLE", true, state{permissive, disable, phaseCallersMoved}, disable, nil, false, state{disable, disable, phaseSettled}, true, false},
+		{"callers ACKed mTLS: server to STRICT", true, state{permissive, strict, phaseCallersMoved}, strict, nil, false, state{strict, strict, phaseSettled}, true, false},
+		{"tighten without caller change waits for callers' current ACKs", true, state{permissive, strict, phaseSettled}, strict, nil, false, state{permissive, strict, phaseCallersMoved}, true, true},
+		{"loosen to PERMISSIVE at once", true, state{strict, strict, phaseSettled}, permissive, nil, false, state{permissive, strict, phaseSettled}, true, false},
+		{"policy reverted while the server is open", true, state{permissive, strict, phaseServerOpen}, strict, nil, false, state{permissive, strict, phaseCallersMoved}, true, true},
+		{"policy reverted after callers moved", true, state{permissive, disable, phaseCallersMoved}, strict, nil, false, state{permissive, disable, phaseServerOpen}, true, true},
+		{"policy reverted to what is rendered: settles", true, state{permissive, strict, phaseServerOpen}, permissive, nil, false, state{permissive, strict, phaseSettled}, true, true},
+		{"forced while waiting", true, state{permissive, strict, phaseServerOpen}, disable, []string{"api (Listener)"}, true, state{disable, disable, phaseSettled}, true, false},
+		{"forced when settled: nothing", true, state{strict, strict, phaseSettled}, strict, nil, true, state{strict, strict, phaseSettled}, false, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			now := time.Unix(1000, 0)
+			w := &workload{id: "api", envoy: c.envoy, applied: modes{c.from.server, c.from.caller}, target: targetOf(c.target),
+				phase: c.from.phase, rendered: true, stepSince: now.Add(-time.Hour), reported: true}
+			changed := w.step(c.waiting, c.forced, now)
+			got := state{w.applied.server, w.applied.caller, w.phase}
+			if got != c.want || changed != c.changed {
+				t.Fatalf("→ %+v (changed %v), want %+v (changed %v)", got, changed, c.want, c.changed)
+			}
+			if changed {
+				if w.rendered != c.rendered || !w.stepSince.Equal(now) || w.reported {
+					t.Errorf("a transition must start a new step: rendered %v (want %v), stepSince %v, reported %v", w.rendered, c.rendered, w.stepSince, w.reported)
+				}
+			} else if !w.stepSince.Equal(now.Add(-time.Hour)) {
+				t.Error("staying restarted the step's clock")
+			}
+		})
+	}
+}
+
+// Walking the machine from every pair of modes to every other, with nothing
+// to wait for, always ends settled on the target in a few steps; with
+// something to wait for, it never reaches the target's server mode for a
+// STRICT or DISABLE target before the wait ends.
+func TestMigrationsAlwaysSettle(t *testing.T) {
+	all := []mesh.MTLSMode{strict, permissive, disable}
+	for _, envoy := range []bool{true, false} {
+		for _, from := range all {
+			for _, to := range all {
+				w := &workload{envoy: envoy, applied: targetOf(from), target: targetOf(to), rendered: true}
+				n := 0
+				for w.step(nil, false, time.Now()) {
+					if n++; n > 4 {
+						t.Fatalf("envoy=%v %s → %s: no end after %d steps (%+v)", envoy, from, to, n, w)
+					}
+				}
+				if w.applied != w.target || w.phase != phaseSettled {
+					t.Errorf("envoy=%v %s → %s: ended at %+v", envoy, from, to, w)
+				}
+				// Blocked: a server never goes STRICT before callers ACK mTLS,
+				// nor DISABLE before they ACK plaintext.
+				w = &workload{envoy: envoy, applied: targetOf(from), target: targetOf(to), rendered: true}
+				for range 6 {
+					w.step([]string{"someone"}, false, time.Now())
+				}
+				if from != to && to != permissive && w.applied.server == to {
+					t.Errorf("envoy=%v %s → %s: server mode applied while callers had not ACKed (%+v)", envoy, from, to, w)
+				}
+			}
+		}
 	}
 }
 
@@ -61,78 +145,226 @@ func webSends(t *testing.T, cache cachev3.SnapshotCache) string {
 	return "mtls"
 }
 
-func TestSafeMTLSMigration(t *testing.T) {
-	svcs, pxs := quickstart(t)
-	pub, cache := newTestPublisher(&fakeSecrets{})
-	acks := &fakeAcks{acked: map[string]string{}, disconnected: map[string]bool{}}
-	pub.SetAckSource(acks)
-	cat := mustCatalog(t, svcs, pxs)
-	policy := func(mode mesh.MTLSMode) *mesh.PolicySet {
-		return &mesh.PolicySet{RootNamespace: "meshd-system", DefaultMode: mesh.MTLSPermissive,
-			Peer: []mesh.PeerAuthentication{{Name: "api", Namespace: "default", Mode: mode, Selector: map[string]string{"version": "v1"}}}}
-	}
-	publish := func() {
-		t.Helper()
-		if _, err := pub.Publish(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	expect := func(step, server, caller string) {
-		t.Helper()
-		if got := serverAccepts(t, cache); got != server {
-			t.Fatalf("%s: api accepts %s, want %s (transitions %+v)", step, got, server, pub.Transitions())
-		}
-		if got := webSends(t, cache); got != caller {
-			t.Fatalf("%s: web sends %s, want %s (transitions %+v)", step, got, caller, pub.Transitions())
-		}
-	}
-	pub.Update(cat)
-	pub.UpdatePolicy(policy(mesh.MTLSPermissive))
-	publish()
-	expect("start", "both", "mtls")
+// migration is a publisher on the quickstart with api's mode set by a
+// PeerAuthentication, driven by fake stream events.
+type migration struct {
+	t     *testing.T
+	pub   *Publisher
+	cache cachev3.SnapshotCache
+	m     *metrics.Metrics
+}
 
-	// PERMISSIVE → STRICT waits for web to have ACKed config sending mTLS.
-	pub.UpdatePolicy(policy(mesh.MTLSStrict))
-	publish()
-	expect("strict requested, web not ACKed", "both", "mtls")
-	tr := pub.Transitions()
-	if len(tr) != 1 || tr[0].Proxy != "api.default" || tr[0].To != mesh.MTLSStrict || !strings.Contains(tr[0].WaitingFor, "web.default") {
-		t.Fatalf("transitions %+v", tr)
+func newMigration(t *testing.T, start mesh.MTLSMode, overdue time.Duration) *migration {
+	svcs, pxs := quickstart(t)
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	m := metrics.New()
+	pub := New(cache, &fakeSecrets{}, Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, MigrationOverdue: overdue})
+	g := &migration{t: t, pub: pub, cache: cache, m: m}
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs), Policy: apiMode(start)})
+	g.publish()
+	return g
+}
+
+func apiMode(mode mesh.MTLSMode) *mesh.PolicySet {
+	return &mesh.PolicySet{RootNamespace: "meshd-system", DefaultMode: mesh.MTLSPermissive,
+		Peer: []mesh.PeerAuthentication{{Name: "api", Namespace: "default", Mode: mode, Selector: map[string]string{"version": "v1"}}}}
+}
+
+func (g *migration) publish() {
+	g.t.Helper()
+	if _, err := g.pub.Publish(); err != nil {
+		g.t.Fatal(err)
 	}
-	acks.ackAll(t, cache, "web.default")
-	publish()
-	expect("web ACKed", "mtls", "mtls")
-	if tr := pub.Transitions(); len(tr) != 0 {
-		t.Fatalf("transition not finished: %+v", tr)
+}
+
+// ack makes node ACK everything it was last sent.
+func (g *migration) ack(node string) {
+	g.t.Helper()
+	s, err := g.cache.GetSnapshot(node)
+	if err != nil {
+		g.t.Fatal(err)
 	}
+	for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.SecretType} {
+		g.pub.Acked(node, typ, s.GetVersion(typ))
+	}
+}
+
+func (g *migration) expect(step, server, caller string) {
+	g.t.Helper()
+	if got := serverAccepts(g.t, g.cache); got != server {
+		g.t.Fatalf("%s: api accepts %s, want %s (migrations %+v)", step, got, server, g.pub.Transitions())
+	}
+	if got := webSends(g.t, g.cache); got != caller {
+		g.t.Fatalf("%s: web sends %s, want %s (migrations %+v)", step, got, caller, g.pub.Transitions())
+	}
+}
+
+func (g *migration) waitingOn() []string {
+	tr := g.pub.Transitions()
+	if len(tr) != 1 || tr[0].Proxy != "api.default" {
+		g.t.Fatalf("migrations %+v, want api.default's", tr)
+	}
+	return tr[0].WaitingOn
+}
+
+func (g *migration) done(step string) {
+	g.t.Helper()
+	if tr := g.pub.Transitions(); len(tr) != 0 {
+		g.t.Fatalf("%s: migration not finished: %+v", step, tr)
+	}
+}
+
+// With connected proxies that ACK, each step waits for exactly the ACKs it
+// needs, in both directions.
+func TestMigrationWaitsForConnectedProxies(t *testing.T) {
+	g := newMigration(t, permissive, time.Minute)
+	g.pub.StreamOpened("api.default")
+	g.pub.StreamOpened("web.default")
+	g.ack("api.default")
+	g.ack("web.default")
+	g.publish()
+	g.expect("start", "both", "mtls")
+
+	// PERMISSIVE → STRICT waits for web to have ACKed config sending mTLS
+	// (it has: the step proceeds in the same publish).
+	g.pub.Update(Update{Policy: apiMode(strict)})
+	g.publish()
+	g.expect("strict, web had ACKed mTLS", "mtls", "mtls")
+	g.done("strict")
 
 	// STRICT → DISABLE: server accepts both first, then callers go
 	// plaintext, then the server stops accepting mTLS.
-	pub.UpdatePolicy(policy(mesh.MTLSDisable))
-	publish()
-	expect("disable requested", "both", "mtls")
-	publish()
-	expect("server has not ACKed", "both", "mtls")
-	acks.ackAll(t, cache, "api.default")
-	publish()
-	expect("server ACKed PERMISSIVE", "both", "plaintext")
-	publish()
-	expect("web has not ACKed plaintext", "both", "plaintext")
-	acks.ackAll(t, cache, "web.default")
-	publish()
-	expect("web ACKed", "plaintext", "plaintext")
-
-	// DISABLE → STRICT with web disconnected: it does not hold steps back.
-	acks.disconnected["web.default"] = true
-	pub.UpdatePolicy(policy(mesh.MTLSStrict))
-	publish()
-	expect("strict requested", "both", "plaintext")
-	acks.ackAll(t, cache, "api.default")
-	publish()
-	expect("server ACKed", "both", "mtls")
-	publish()
-	expect("disconnected caller", "mtls", "mtls")
-	if tr := pub.Transitions(); len(tr) != 0 {
-		t.Fatalf("transition not finished: %+v", tr)
+	g.pub.Update(Update{Policy: apiMode(disable)})
+	g.publish()
+	g.expect("disable requested", "both", "mtls")
+	if w := g.waitingOn(); !slices.Equal(w, []string{"api.default (Listener)"}) {
+		t.Fatalf("waiting on %v, want api's listener", w)
 	}
+	g.publish()
+	g.expect("server has not ACKed", "both", "mtls")
+	g.ack("api.default")
+	g.publish()
+	g.expect("server ACKed PERMISSIVE", "both", "plaintext")
+	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default (") {
+		t.Fatalf("waiting on %v, want web", w)
+	}
+	g.ack("web.default")
+	g.publish()
+	g.expect("web ACKed plaintext", "plaintext", "plaintext")
+	g.done("disable")
+}
+
+// A server nobody calls and nobody serves (no stream open) completes STRICT
+// → DISABLE → STRICT in one publish each (issue 11: it used to wait
+// forever for "callers to ACK").
+func TestMigrationWithNoCallersCompletesAtOnce(t *testing.T) {
+	for _, connected := range []bool{false, true} {
+		g := newMigration(t, strict, time.Minute)
+		if connected {
+			// The server itself connected and ACKing; web disconnected.
+			g.pub.StreamOpened("api.default")
+			g.ack("api.default")
+		}
+		for _, to := range []mesh.MTLSMode{disable, strict} {
+			g.pub.Update(Update{Policy: apiMode(to)})
+			g.publish()
+			if connected {
+				g.ack("api.default")
+				g.publish()
+			}
+			want := map[mesh.MTLSMode]string{disable: "plaintext", strict: "mtls"}[to]
+			g.expect(string(to), want, want)
+			g.done(string(to))
+		}
+	}
+}
+
+// A caller that disconnects mid-step stops holding it back: the disconnect
+// alone re-evaluates the step.
+func TestMigrationCallerDisconnectsMidStep(t *testing.T) {
+	g := newMigration(t, strict, time.Minute)
+	g.pub.StreamOpened("web.default")
+	g.ack("web.default")
+	g.pub.Update(Update{Policy: apiMode(disable)})
+	g.publish()
+	g.expect("server not connected: callers switch at once", "both", "plaintext")
+	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default") {
+		t.Fatalf("waiting on %v, want web", w)
+	}
+	g.pub.StreamClosed("web.default")
+	g.publish()
+	g.expect("web disconnected", "plaintext", "plaintext")
+	g.done("after disconnect")
+}
+
+// A caller that never ACKs holds its step back; past the bound the step is
+// reported (status, metric) and an operator can force it (through the
+// running loop, as the admin endpoint does).
+func TestMigrationCallerNeverACKsIsReportedAndForced(t *testing.T) {
+	g := newMigration(t, strict, 50*time.Millisecond)
+	g.pub.StreamOpened("web.default")
+	g.ack("web.default")
+	g.pub.Update(Update{Policy: apiMode(disable)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go g.pub.Run(ctx)
+	waitFor(t, func() bool {
+		tr := g.pub.Transitions()
+		return len(tr) == 1 && tr[0].Overdue && tr[0].CallerMode == disable
+	})
+	tr := g.pub.Transitions()[0]
+	if tr.Phase != "callers-moved" || len(tr.WaitingOn) != 1 || !strings.HasPrefix(tr.WaitingOn[0], "web.default (") || tr.PendingSeconds < 0.05 {
+		t.Fatalf("overdue migration reported as %+v", tr)
+	}
+	if got := testutil.ToFloat64(g.m.MigrationsPending); got != 1 {
+		t.Errorf("meshd_mtls_migrations_in_progress = %v, want 1", got)
+	}
+	if since := g.m.MigrationWaitingSince.Load(); since == 0 || time.Since(time.Unix(0, since)) < 50*time.Millisecond {
+		t.Errorf("meshd_mtls_migration_pending_seconds source = %v, want the step's start", since)
+	}
+	if err := g.pub.ForceMigration(ctx, "db.default"); !errors.Is(err, ErrNoMigration) {
+		t.Errorf("forcing a proxy with no migration: %v", err)
+	}
+	if err := g.pub.ForceMigration(ctx, "api.default"); err != nil {
+		t.Fatal(err)
+	}
+	g.expect("forced", "plaintext", "plaintext")
+	g.done("forced")
+	if got := g.m.MigrationWaitingSince.Load(); got != 0 {
+		t.Error("pending age still exported after the migration finished")
+	}
+}
+
+// A policy reverted mid-migration goes back without passing through the
+// abandoned target, and without waiting for what no longer matters.
+func TestMigrationPolicyRevertedMidway(t *testing.T) {
+	g := newMigration(t, strict, time.Minute)
+	g.pub.StreamOpened("api.default")
+	g.pub.StreamOpened("web.default")
+	g.ack("api.default")
+	g.ack("web.default")
+	g.pub.Update(Update{Policy: apiMode(disable)})
+	g.publish()
+	g.expect("disable requested", "both", "mtls")
+	// Back to STRICT before the server ACKed PERMISSIVE: web still sends
+	// mTLS and has ACKed that, so the server goes back to STRICT at once.
+	g.pub.Update(Update{Policy: apiMode(strict)})
+	g.publish()
+	g.expect("reverted", "mtls", "mtls")
+	g.done("reverted")
+
+	// Reverted after the callers moved to plaintext: they move back first,
+	// with the server still accepting both.
+	g.pub.Update(Update{Policy: apiMode(disable)})
+	g.publish()
+	g.ack("api.default")
+	g.publish()
+	g.expect("callers moved", "both", "plaintext")
+	g.pub.Update(Update{Policy: apiMode(strict)})
+	g.publish()
+	g.expect("reverted after callers moved", "both", "mtls")
+	g.ack("web.default")
+	g.publish()
+	g.expect("web ACKed mTLS again", "mtls", "mtls")
+	g.done("reverted twice")
 }

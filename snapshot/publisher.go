@@ -2,20 +2,14 @@ package snapshot
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
-	"slices"
-	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
@@ -37,15 +31,40 @@ type Secrets interface {
 // Options configure a Publisher.
 type Options struct {
 	Translate xds.Options
-	// Holdoff is how long the publisher waits after a catalog update for
-	// further updates before rendering; MaxDelay bounds the wait under a
-	// steady stream of updates.
+	// Holdoff is how long the publisher waits after a change for further
+	// changes before rendering; MaxDelay bounds the wait under a steady
+	// stream of changes.
 	Holdoff, MaxDelay time.Duration
-	Logger            *slog.Logger
-	Metrics           *metrics.Metrics
+	// MigrationOverdue is how long one step of an mTLS migration may wait
+	// for proxies to ACK before it is reported (log, metric, status); it
+	// can then be forced (ForceMigration). Default 1 minute.
+	MigrationOverdue time.Duration
+	Logger           *slog.Logger
+	Metrics          *metrics.Metrics
 }
 
-// Publisher owns the per-proxy snapshots in a go-control-plane cache.
+// Update is one change of the publisher's inputs. A catalog and the policy
+// derived from it (Consul intentions are mapped against the catalog) arrive
+// as one Update and are rendered together: a catalog is never rendered with
+// a policy older than the one it was sent with. A nil field is unchanged.
+type Update struct {
+	Catalog *mesh.Catalog
+	Policy  *mesh.PolicySet
+}
+
+// Publisher renders catalogs and policies into per-proxy snapshots and sets
+// them in a go-control-plane cache.
+//
+// It is an event loop (Run): one goroutine owns the catalog, the policy set,
+// every proxy's render state, the mTLS migrations, what each proxy has
+// ACKed, and the debounce and renewal timers. Everything else talks to it by
+// message: Update, Republish, ForceMigration and the stream events
+// (StreamOpened, StreamClosed, Acked) are put in an inbox — a mutex held
+// only to store them, never while calling anything — and the loop is kicked
+// without blocking. Stream events coalesce per node, so a stream loop never
+// waits for the publisher. Readers (admin status, config dumps, the xDS
+// authenticator, the tracker) read the immutable View the loop publishes
+// after each change through an atomic pointer (View).
 type Publisher struct {
 	cache   cachev3.SnapshotCache
 	secrets Secrets
@@ -54,16 +73,26 @@ type Publisher struct {
 	log     *slog.Logger
 	m       *metrics.Metrics
 
-	kick chan struct{}
-	// batching counts Batch calls in progress; their updates kick Run once,
-	// at the end.
-	batching atomic.Int32
+	in      inbox
+	kick    chan struct{}
+	view    atomic.Pointer[View]
+	running atomic.Bool
+	// busySince is when the loop started the work it is doing now (0:
+	// waiting for work); with the inbox's age it tells a wedged loop
+	// (Stalled).
+	busySince atomic.Int64
 
-	mu      sync.Mutex
-	latest  *mesh.Catalog // most recent catalog handed to Update
-	current *mesh.Catalog // catalog of the last publish
+	// Everything below is owned by the loop goroutine (or by Publish's
+	// caller when no loop runs).
+	catalog *mesh.Catalog // latest delivered
 	policy  *mesh.PolicySet
-	proxies map[string]*proxyState
+	seq     uint64 // of the latest Update taken from the inbox
+	// current, currentPolicy and currentSeq are what the last publish
+	// rendered.
+	current       *mesh.Catalog
+	currentPolicy *mesh.PolicySet
+	currentSeq    uint64
+	proxies       map[string]*proxyState
 	// identities caches each identity's rendered secret by certificate, so a
 	// secret is rebuilt only when the CA reissues the leaf.
 	identities map[string]*secretEntry
@@ -71,13 +100,16 @@ type Publisher struct {
 	// sets shares identical per-type sets between proxies' snapshots.
 	sets      *setTable
 	published bool
-	lastErr   error
+	// nodes is what each connected proxy has ACKed (stream events).
+	nodes map[string]*nodeAcks
+	// workloads is the mTLS migration state of every inbound workload
+	// (migrate.go); callers indexes who calls each service.
+	workloads map[string]*workload
+	callers   callerIndex
+	forced    map[string]bool
 
-	// Safe mTLS migration state (migrate.go).
-	acks       AckSource
-	applied    map[string]modes
-	desired    map[string]mesh.MTLSMode
-	migrations map[string]*migration
+	// rendered, in tests, sees the inputs of every render.
+	rendered func(*mesh.Catalog, *mesh.PolicySet)
 }
 
 type secretEntry struct {
@@ -86,12 +118,15 @@ type secretEntry struct {
 }
 
 type proxyState struct {
-	inputKey string // fingerprint of every input; unchanged → skip render
+	inputKey string    // fingerprint of every input; unchanged → skip render
 	snap     *Snapshot // last set in the cache (nil: none yet)
-	err      error
-	errAt    time.Time
-	okAt     time.Time
-	warnings []string
+	status   *ProxyStatus
+}
+
+// nodeAcks is what the loop knows about one connected node.
+type nodeAcks struct {
+	streams int
+	acked   [types.UnknownType]string // version ACKed, by response type
 }
 
 // New returns a publisher writing into cache. The cache must answer named
@@ -111,7 +146,10 @@ func New(cache cachev3.SnapshotCache, secrets Secrets, opts Options) *Publisher 
 	if opts.MaxDelay == 0 {
 		opts.MaxDelay = time.Second
 	}
-	return &Publisher{
+	if opts.MigrationOverdue == 0 {
+		opts.MigrationOverdue = time.Minute
+	}
+	p := &Publisher{
 		cache: cache, secrets: secrets, opts: opts,
 		tr:         xds.NewTranslator(opts.Translate),
 		log:        opts.Logger,
@@ -120,371 +158,348 @@ func New(cache cachev3.SnapshotCache, secrets Secrets, opts Options) *Publisher 
 		proxies:    map[string]*proxyState{},
 		identities: map[string]*secretEntry{},
 		sets:       newSetTable(),
-		applied:    map[string]modes{},
-		desired:    map[string]mesh.MTLSMode{},
-		migrations: map[string]*migration{},
+		nodes:      map[string]*nodeAcks{},
+		workloads:  map[string]*workload{},
+		forced:     map[string]bool{},
 	}
+	p.view.Store(&View{})
+	return p
 }
 
-// Update hands the publisher a new catalog; Run renders it (see Run for
-// when).
-func (p *Publisher) Update(cat *mesh.Catalog) {
-	p.mu.Lock()
-	p.latest = cat
-	p.mu.Unlock()
-	p.kickRun()
+// inbox holds the messages the loop has not taken yet. Its mutex is held
+// only to store or take them.
+type inbox struct {
+	mu        sync.Mutex
+	update    Update
+	seq       uint64 // of the latest Update put
+	hasUpdate bool
+	republish bool
+	// events coalesces stream events per node, in arrival order within a
+	// node (they are applied in that order).
+	events map[string][]streamEvent
+	force  []forceRequest
+	// since is when the oldest message still waiting arrived (0: empty).
+	since time.Time
 }
 
-// UpdatePolicy hands the publisher a new policy set; Run renders it like a
-// catalog change.
-func (p *Publisher) UpdatePolicy(ps *mesh.PolicySet) {
-	p.mu.Lock()
-	p.policy = ps
-	p.mu.Unlock()
-	p.kickRun()
+type streamEvent struct {
+	kind    uint8 // evOpen, evClose, evAck
+	typ     types.ResponseType
+	version string
 }
 
-// Batch runs f, which makes several updates that belong together (a catalog
-// and the policy mapped from it), and lets Run see them as one change. Run
-// publishes the first change after a quiet period at once, so without Batch
-// it could render the new catalog with the old policy for a moment.
-func (p *Publisher) Batch(f func()) {
-	p.batching.Add(1)
-	defer func() {
-		if p.batching.Add(-1) == 0 {
-			p.kickRun()
-		}
-	}()
-	f()
+const (
+	evOpen uint8 = iota
+	evClose
+	evAck
+)
+
+// maxEventsPerNode bounds a node's queued events: past it, older ACKs are
+// dropped (a later ACK of the same type supersedes them anyway).
+const maxEventsPerNode = 64
+
+type forceRequest struct {
+	proxy string
+	done  chan error
 }
 
-func (p *Publisher) kickRun() {
-	if p.batching.Load() > 0 {
-		return // the batch's end kicks
+func (p *Publisher) put(f func(in *inbox)) {
+	p.in.mu.Lock()
+	if p.in.since.IsZero() {
+		p.in.since = time.Now()
 	}
+	f(&p.in)
+	p.in.mu.Unlock()
 	select {
 	case p.kick <- struct{}{}:
 	default:
 	}
 }
 
-// Ready reports whether a catalog has been published at least once.
-func (p *Publisher) Ready() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.published
+// Update delivers new inputs; the loop renders them (see Run for when). It
+// returns the update's sequence number (View.Seq reports the last one
+// applied). Never blocks on the loop.
+func (p *Publisher) Update(u Update) uint64 {
+	var seq uint64
+	p.put(func(in *inbox) {
+		if u.Catalog != nil {
+			in.update.Catalog = u.Catalog
+		}
+		if u.Policy != nil {
+			in.update.Policy = u.Policy
+		}
+		in.hasUpdate = true
+		in.seq++
+		seq = in.seq
+	})
+	return seq
 }
 
-// Run publishes updates until ctx is done. The first change after a quiet
-// period (no publish for at least Holdoff) is published at once, so an
-// isolated change — one endpoint, one health flip — reaches proxies without
-// waiting; changes that follow within Holdoff of a publish are debounced:
-// published once no change has arrived for Holdoff, or MaxDelay after the
-// first of them, whichever comes first. A burst therefore costs two
-// publishes, its first change and the rest together. Run also re-renders when
-// the earliest certificate falls due, using a single timer.
-func (p *Publisher) Run(ctx context.Context) {
-	var (
-		holdoff     <-chan time.Time
-		deadline    <-chan time.Time
-		renew       *time.Timer
-		lastPublish time.Time
-	)
-	resetRenew := func() {
-		if renew != nil {
-			renew.Stop()
-		}
-		next := p.secrets.NextRenewal()
-		if next.IsZero() {
-			renew = nil
-			return
-		}
-		// The floor stops a renewal that keeps failing (or a leaf that is
-		// somehow never reissued) from turning into a busy loop.
-		renew = time.NewTimer(max(time.Until(next), time.Second) + 10*time.Millisecond)
+// Republish asks for a render of the current inputs, as after a CA change
+// (a new bundle, reissued leaves).
+func (p *Publisher) Republish() {
+	p.put(func(in *inbox) { in.republish = true })
+}
+
+func (p *Publisher) event(node string, ev streamEvent) {
+	if node == "" {
+		return
 	}
-	renewC := func() <-chan time.Time {
-		if renew == nil {
+	p.put(func(in *inbox) {
+		if in.events == nil {
+			in.events = map[string][]streamEvent{}
+		}
+		q := in.events[node]
+		if len(q) >= maxEventsPerNode {
+			if i := indexAck(q); i >= 0 {
+				q = append(q[:i], q[i+1:]...)
+			}
+		}
+		in.events[node] = append(q, ev)
+	})
+}
+
+func indexAck(q []streamEvent) int {
+	for i, e := range q {
+		if e.kind == evAck {
+			return i
+		}
+	}
+	return -1
+}
+
+// StreamOpened tells the publisher a stream of node was opened (the stream
+// loops call it once the stream names its node). Never blocks.
+func (p *Publisher) StreamOpened(node string) { p.event(node, streamEvent{kind: evOpen}) }
+
+// StreamClosed tells the publisher a stream of node ended. Never blocks.
+func (p *Publisher) StreamClosed(node string) { p.event(node, streamEvent{kind: evClose}) }
+
+// Acked tells the publisher node ACKed version of typeURL. Never blocks.
+func (p *Publisher) Acked(node, typeURL, version string) {
+	if i := cachev3.GetResponseType(typeURL); i != types.UnknownType {
+		p.event(node, streamEvent{kind: evAck, typ: i, version: version})
+	}
+}
+
+// ErrNoMigration is ForceMigration's answer for a proxy with no mTLS
+// migration in progress.
+var ErrNoMigration = errors.New("no mTLS migration in progress for this proxy")
+
+// ForceMigration completes the pending mTLS migration of a proxy at once,
+// without waiting for the ACKs its current step waits for (an operator's
+// decision, after a report that it is overdue). It waits for the loop to
+// apply and publish it, or for ctx.
+func (p *Publisher) ForceMigration(ctx context.Context, proxy string) error {
+	done := make(chan error, 1)
+	p.put(func(in *inbox) { in.force = append(in.force, forceRequest{proxy: proxy, done: done}) })
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// take empties the inbox.
+func (p *Publisher) take() (u Update, seq uint64, hasUpdate, republish bool, events map[string][]streamEvent, force []forceRequest) {
+	p.in.mu.Lock()
+	defer p.in.mu.Unlock()
+	u, seq, hasUpdate, republish, events, force = p.in.update, p.in.seq, p.in.hasUpdate, p.in.republish, p.in.events, p.in.force
+	p.in.update, p.in.hasUpdate, p.in.republish, p.in.events, p.in.force = Update{}, false, false, nil, nil
+	p.in.since = time.Time{}
+	return
+}
+
+// change is what taking the inbox asks of the loop.
+type change struct {
+	render bool // inputs changed: render (debounced)
+	now    bool // render at once (a forced migration)
+	force  []forceRequest
+}
+
+// drain applies the inbox to the loop's state.
+func (p *Publisher) drain() change {
+	u, seq, hasUpdate, republish, events, force := p.take()
+	var c change
+	if hasUpdate {
+		if u.Catalog != nil {
+			p.catalog = u.Catalog
+		}
+		if u.Policy != nil {
+			p.policy = u.Policy
+		}
+		p.seq = seq
+		c.render = true
+	}
+	if republish {
+		c.render = true
+	}
+	if len(events) > 0 {
+		for node, evs := range events {
+			p.applyEvents(node, evs)
+		}
+		// ACKs and disconnects can let migration steps proceed.
+		if p.advanceMigrations() {
+			c.render = true
+		}
+	}
+	for _, f := range force {
+		if p.forceMigration(f.proxy) {
+			c.now = true
+			c.force = append(c.force, f)
+		} else {
+			f.done <- ErrNoMigration
+		}
+	}
+	return c
+}
+
+func (p *Publisher) applyEvents(node string, evs []streamEvent) {
+	n := p.nodes[node]
+	for _, e := range evs {
+		if n == nil {
+			n = &nodeAcks{}
+			p.nodes[node] = n
+		}
+		switch e.kind {
+		case evOpen:
+			n.streams++
+		case evClose:
+			if n.streams--; n.streams <= 0 {
+				// Forgotten: a reconnecting proxy ACKs again what it is sent.
+				delete(p.nodes, node)
+				n = nil
+			}
+		case evAck:
+			n.acked[e.typ] = e.version
+		}
+	}
+}
+
+// Run is the publisher's loop; it returns when ctx is done. The first
+// change after a quiet period (no publish for at least Holdoff) is
+// published at once, so an isolated change — one endpoint, one health flip —
+// reaches proxies without waiting; changes that follow within Holdoff of a
+// publish are debounced: published once no change has arrived for Holdoff,
+// or MaxDelay after the first of them, whichever comes first. A burst
+// therefore costs two publishes, its first change and the rest together.
+// Run also re-renders when the earliest certificate falls due (one timer for
+// all proxies) and reports migration steps that become overdue.
+func (p *Publisher) Run(ctx context.Context) {
+	if !p.running.CompareAndSwap(false, true) {
+		panic("snapshot: Publisher.Run called twice")
+	}
+	defer p.running.Store(false)
+	var (
+		holdoff, deadline <-chan time.Time
+		renew, overdue    *time.Timer
+		lastPublish       time.Time
+	)
+	timerC := func(t *time.Timer) <-chan time.Time {
+		if t == nil {
 			return nil
 		}
-		return renew.C
+		return t.C
 	}
-	publish := func() {
+	reset := func(t **time.Timer, at time.Time, floor time.Duration) {
+		if *t != nil {
+			(*t).Stop()
+			*t = nil
+		}
+		if !at.IsZero() {
+			*t = time.NewTimer(max(time.Until(at), floor))
+		}
+	}
+	publish := func(force []forceRequest) {
 		holdoff, deadline = nil, nil
-		if _, err := p.Publish(); err != nil {
+		if _, err := p.publish(); err != nil {
 			p.log.Error("publish failed; the last good snapshots keep serving", "err", err)
 		}
+		for _, f := range force {
+			f.done <- nil
+		}
 		lastPublish = time.Now()
-		resetRenew()
+		// The floor stops a renewal that keeps failing (or a leaf that is
+		// somehow never reissued) from turning into a busy loop.
+		if next := p.secrets.NextRenewal(); !next.IsZero() {
+			reset(&renew, next.Add(10*time.Millisecond), time.Second)
+		} else {
+			reset(&renew, time.Time{}, 0)
+		}
+		reset(&overdue, p.nextOverdue(), 10*time.Millisecond)
 	}
 	for {
+		fired := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.kick:
-			if deadline == nil && time.Since(lastPublish) >= p.opts.Holdoff {
-				publish() // leading edge: quiet until now
-				continue
-			}
+		case <-holdoff:
+			fired = true
+		case <-deadline:
+			fired = true
+		case <-timerC(renew):
+			renew, fired = nil, true
+		case <-timerC(overdue):
+			overdue = nil
+			p.busySince.Store(time.Now().UnixNano())
+			p.reportOverdue()
+			p.publishView(false)
+			reset(&overdue, p.nextOverdue(), 10*time.Millisecond)
+		}
+		p.busySince.Store(time.Now().UnixNano())
+		c := p.drain()
+		switch {
+		case c.now || fired:
+			publish(c.force)
+		case c.render && deadline == nil && time.Since(lastPublish) >= p.opts.Holdoff:
+			publish(nil) // leading edge: quiet until now
+		case c.render:
 			holdoff = time.After(p.opts.Holdoff)
 			if deadline == nil {
 				deadline = time.After(p.opts.MaxDelay)
 			}
-		case <-holdoff:
-			publish()
-		case <-deadline:
-			publish()
-		case <-renewC():
-			renew = nil
-			publish()
+			p.publishView(false) // migration status may have changed
+		default:
+			p.publishView(false)
 		}
+		p.busySince.Store(0)
 	}
 }
 
-// Stats describes one publish.
-type Stats struct {
-	Rendered, Skipped, Unchanged, Pushed, Failed, Removed int
-}
-
-// Publish renders the latest catalog now and sets every changed snapshot.
-// Errors of individual proxies are collected (and those proxies keep their
-// last good snapshot); the others are still published.
+// Publish applies everything delivered so far and renders it now, on the
+// caller's goroutine. It is for tests, benchmarks and tools that drive a
+// publisher without its loop; it panics if Run is running (the loop owns
+// the state then).
 func (p *Publisher) Publish() (Stats, error) {
-	start := time.Now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cat := p.latest
-	var st Stats
-	if cat == nil {
-		return st, errors.New("no catalog yet")
+	if p.running.Load() {
+		panic("snapshot: Publish called while Run runs")
 	}
-	gen := p.tr.GenerationWith(cat, p.policy, p.plan(cat, p.policy))
-	defer gen.Close()
+	c := p.drain()
+	st, err := p.publish()
+	for _, f := range c.force {
+		f.done <- nil
+	}
+	return st, err
+}
 
-	bundle, err := p.bundleSecret()
-	if err != nil {
-		return st, fmt.Errorf("trust bundle: %w", err)
-	}
-	var errs []error
-	seen := make(map[string]bool, len(cat.Proxies()))
-	// Each identity's secret is fetched and hashed once per publish, however
-	// many proxies share it.
-	idSecrets := map[mesh.Identity]secretResult{}
-	for _, px := range cat.Proxies() {
-		seen[px.ID] = true
-		if err := p.publishProxy(gen, cat, px, bundle, idSecrets, &st); err != nil {
-			st.Failed++
-			errs = append(errs, err)
+// Stalled reports whether the loop has work it has not got to for longer
+// than bound: messages waiting in its inbox, or one piece of work (a
+// publish) still running. A healthy loop takes each message within
+// milliseconds and publishes within seconds even at 10,000 proxies, so a
+// stall means it is wedged; what says why.
+func (p *Publisher) Stalled(now time.Time, bound time.Duration) (stalled bool, what string) {
+	if b := p.busySince.Load(); b != 0 {
+		if d := now.Sub(time.Unix(0, b)); d > bound {
+			return true, "the publisher has been busy with one piece of work for " + d.Round(time.Second).String()
 		}
 	}
-	for id := range p.proxies {
-		if !seen[id] {
-			// A proxy removed from the catalog keeps whatever it has but gets
-			// nothing new; a reconnect gets nothing at all.
-			p.cache.ClearSnapshot(id)
-			p.sets.release(p.proxies[id].snap)
-			delete(p.proxies, id)
-			st.Removed++
-		}
+	p.in.mu.Lock()
+	since := p.in.since
+	p.in.mu.Unlock()
+	if !since.IsZero() && now.Sub(since) > bound {
+		return true, "changes have waited " + now.Sub(since).Round(time.Second).String() + " for the publisher to take them"
 	}
-	p.forgetIdentities(cat)
-	p.current = cat
-	p.published = true
-	p.lastErr = errors.Join(errs...)
-	p.m.SnapshotBuilds.Inc()
-	p.m.SnapshotBuildDuration.Observe(time.Since(start).Seconds())
-	p.m.ProxiesRendered.Add(float64(st.Rendered))
-	p.m.ProxiesSkipped.Add(float64(st.Skipped))
-	p.m.PublishesUnchanged.Add(float64(st.Unchanged))
-	p.m.SnapshotErrors.Add(float64(st.Failed))
-	p.log.Debug("published", "rendered", st.Rendered, "skipped", st.Skipped, "unchanged", st.Unchanged,
-		"pushed", st.Pushed, "failed", st.Failed, "removed", st.Removed, "took", time.Since(start))
-	return st, p.lastErr
-}
-
-type secretResult struct {
-	res *xds.Resource
-	err error
-}
-
-func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mesh.Proxy, bundle *xds.Resource, idSecrets map[mesh.Identity]secretResult, st *Stats) error {
-	state := p.proxies[px.ID]
-	if state == nil {
-		state = &proxyState{}
-		p.proxies[px.ID] = state
-	}
-	fail := func(err error) error {
-		state.err, state.errAt = err, time.Now()
-		p.log.Error("proxy snapshot rejected; its last good snapshot keeps serving", "proxy", px.ID, "err", err)
-		return fmt.Errorf("proxy %q: %w", px.ID, err)
-	}
-
-	var secrets []*xds.Resource
-	inputKey := gen.Fingerprint(px)
-	if px.SecretsFromMeshd() {
-		svc := cat.Service(px.ServiceKey())
-		id := mesh.IdentityOf(p.opts.Translate.TrustDomain, svc)
-		r, ok := idSecrets[id]
-		if !ok {
-			r.res, r.err = p.identitySecret(id, svc)
-			idSecrets[id] = r
-		}
-		idSecret, err := r.res, r.err
-		if err != nil {
-			return fail(fmt.Errorf("identity %s: %w", id, err))
-		}
-		secrets = []*xds.Resource{idSecret, bundle}
-		inputKey += "|" + idSecret.Hash + "|" + bundle.Hash
-	}
-	if inputKey == state.inputKey && state.err == nil {
-		st.Skipped++
-		return nil
-	}
-	st.Rendered++
-	res, err := gen.Proxy(px.ID)
-	if err != nil {
-		return fail(err)
-	}
-	sets := res.ByType()
-	sets[resourcev3.SecretType] = secrets
-	if err := xds.CheckReferences(sets); err != nil {
-		return fail(err)
-	}
-	snap := p.sets.build(sets)
-	state.inputKey = inputKey
-	state.err = nil
-	if len(res.Warnings) > 0 && !slices.Equal(res.Warnings, state.warnings) {
-		p.log.Warn("policy warnings for proxy", "proxy", px.ID, "warnings", res.Warnings)
-	}
-	state.warnings = res.Warnings
-	state.okAt = time.Now()
-	if snap.sameVersions(state.snap) {
-		p.sets.release(snap)
-		st.Unchanged++
-		return nil
-	}
-	if err := p.cache.SetSnapshot(context.Background(), px.ID, snap); err != nil {
-		p.sets.release(snap)
-		return fail(fmt.Errorf("set snapshot: %w", err))
-	}
-	p.sets.release(state.snap)
-	state.snap = snap
-	st.Pushed++
-	return nil
-}
-
-func (p *Publisher) bundleSecret() (*xds.Resource, error) {
-	pem := p.secrets.Bundle()
-	key := hashBytes(pem)
-	if p.bundle != nil && p.bundle.key == key {
-		return p.bundle.res, nil
-	}
-	r, err := xds.BuildTrustBundleSecret(pem)
-	if err != nil {
-		return nil, err
-	}
-	p.bundle = &secretEntry{key: key, res: r}
-	return r, nil
-}
-
-func (p *Publisher) identitySecret(id mesh.Identity, svc *mesh.Service) (*xds.Resource, error) {
-	cert, key, err := p.secrets.Identity(id, xds.DNSNames(svc.Key(), id.TrustDomain))
-	if err != nil {
-		return nil, err
-	}
-	// The cache key hashes the certificate only: a new key always comes with
-	// a new certificate, and hashing the key would gain nothing.
-	k := hashBytes(cert)
-	name := xds.IdentitySecretName(id)
-	if e := p.identities[name]; e != nil && e.key == k {
-		return e.res, nil
-	}
-	r, err := xds.BuildIdentitySecret(name, cert, key)
-	if err != nil {
-		return nil, err
-	}
-	p.identities[name] = &secretEntry{key: k, res: r}
-	return r, nil
-}
-
-func (p *Publisher) forgetIdentities(cat *mesh.Catalog) {
-	keep := map[string]bool{}
-	for _, px := range cat.Proxies() {
-		if px.SecretsFromMeshd() {
-			if s := cat.Service(px.ServiceKey()); s != nil {
-				keep[xds.IdentitySecretName(mesh.IdentityOf(p.opts.Translate.TrustDomain, s))] = true
-			}
-		}
-	}
-	for name := range p.identities {
-		if !keep[name] {
-			delete(p.identities, name)
-		}
-	}
-	// The CA must forget them too: a cached leaf nobody uses would keep
-	// NextRenewal in the past and the renewal timer firing.
-	if f, ok := p.secrets.(interface{ Forget(keep map[string]bool) }); ok {
-		f.Forget(keep)
-	}
-}
-
-func hashBytes(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:12])
-}
-
-// ProxyStatus is what the publisher knows about one proxy.
-type ProxyStatus struct {
-	ID       string            `json:"id"`
-	Versions map[string]string `json:"versions,omitempty"`
-	Error    string            `json:"error,omitempty"`
-	ErrorAt  time.Time         `json:"errorAt,omitzero"`
-	OKAt     time.Time         `json:"renderedAt,omitzero"`
-	Warnings []string          `json:"warnings,omitempty"`
-}
-
-// Status lists every proxy of the current catalog, sorted by id.
-func (p *Publisher) Status() []ProxyStatus {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]ProxyStatus, 0, len(p.proxies))
-	for id, s := range p.proxies {
-		ps := ProxyStatus{ID: id, OKAt: s.okAt, ErrorAt: s.errAt, Warnings: s.warnings}
-		if s.snap != nil {
-			ps.Versions = map[string]string{}
-			for t, v := range s.snap.versions() {
-				ps.Versions[shortType(t)] = v
-			}
-		}
-		if s.err != nil {
-			ps.Error = s.err.Error()
-		}
-		out = append(out, ps)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
-}
-
-// Snapshot returns the snapshot currently served to a proxy (nil if none).
-func (p *Publisher) Snapshot(id string) *Snapshot {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if s := p.proxies[id]; s != nil {
-		return s.snap
-	}
-	return nil
-}
-
-// Catalog returns the catalog of the last publish.
-func (p *Publisher) Catalog() *mesh.Catalog {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.current
-}
-
-func shortType(typeURL string) string {
-	if i := strings.LastIndexByte(typeURL, '.'); i >= 0 {
-		return typeURL[i+1:]
-	}
-	return typeURL
+	return false, ""
 }

@@ -3,7 +3,9 @@ package snapshot
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -77,7 +79,7 @@ func newTestPublisher(sec Secrets) (*Publisher, cachev3.SnapshotCache) {
 func TestPublishQuickstart(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	pub, cache := newTestPublisher(&fakeSecrets{})
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	st, err := pub.Publish()
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +113,7 @@ func TestPublishQuickstart(t *testing.T) {
 		}
 	}
 	// Publishing the same catalog again renders nothing.
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	st, err = pub.Publish()
 	if err != nil || st.Rendered != 0 || st.Pushed != 0 || st.Skipped != len(pxs) {
 		t.Fatalf("republish of identical catalog: %+v %v, want everything skipped", st, err)
@@ -147,7 +149,7 @@ func keys[V any](m map[string]V) []string {
 func TestEndpointChangeRerendersOnlyDependents(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	pub, cache := newTestPublisher(&fakeSecrets{})
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +162,7 @@ func TestEndpointChangeRerendersOnlyDependents(t *testing.T) {
 			svcs[i].Endpoints = append(svcs[i].Endpoints, mesh.Endpoint{Address: "127.0.0.9", Port: 15102})
 		}
 	}
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	st, err := pub.Publish()
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +191,7 @@ func TestEndpointChangeRerendersOnlyDependents(t *testing.T) {
 func TestChangeWithoutEffectPushesNothing(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	pub, _ := newTestPublisher(&fakeSecrets{})
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +202,7 @@ func TestChangeWithoutEffectPushesNothing(t *testing.T) {
 			svcs[i].Endpoints[0].Labels = map[string]string{"version": "v2"}
 		}
 	}
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	st, err := pub.Publish()
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +217,7 @@ func TestVersionsAreContentHashes(t *testing.T) {
 	a, ca := newTestPublisher(&fakeSecrets{})
 	b, cb := newTestPublisher(&fakeSecrets{})
 	for _, p := range []*Publisher{a, b} {
-		p.Update(mustCatalog(t, svcs, pxs))
+		p.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 		if _, err := p.Publish(); err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +238,7 @@ func TestSecretRotationRepublishesOnlyThatIdentity(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	sec := &fakeSecrets{}
 	pub, cache := newTestPublisher(sec)
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +264,7 @@ func TestFailureKeepsLastGood(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	sec := &fakeSecrets{}
 	pub, cache := newTestPublisher(sec)
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +276,7 @@ func TestFailureKeepsLastGood(t *testing.T) {
 			svcs[i].Endpoints = append(svcs[i].Endpoints, mesh.Endpoint{Address: "127.0.0.9", Port: 15102})
 		}
 	}
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	st, err := pub.Publish()
 	if err == nil || !strings.Contains(err.Error(), "CA unavailable") {
 		t.Fatalf("want the CA error reported, got %v", err)
@@ -307,7 +309,7 @@ func TestFailureKeepsLastGood(t *testing.T) {
 func TestRemovedProxyIsCleared(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	pub, cache := newTestPublisher(&fakeSecrets{})
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +319,7 @@ func TestRemovedProxyIsCleared(t *testing.T) {
 			rest = append(rest, p)
 		}
 	}
-	pub.Update(mustCatalog(t, svcs, rest))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, rest)})
 	st, err := pub.Publish()
 	if err != nil || st.Removed != 1 {
 		t.Fatalf("%+v %v", st, err)
@@ -342,7 +344,7 @@ func TestDebounce(t *testing.T) {
 	// A burst makes at most two builds: its first update at once (the
 	// publisher was quiet), the rest together after the holdoff.
 	for range 20 {
-		pub.Update(cat)
+		pub.Update(Update{Catalog: cat})
 	}
 	waitFor(t, func() bool { return pub.Ready() })
 	time.Sleep(150 * time.Millisecond)
@@ -357,7 +359,7 @@ trickle:
 	for {
 		select {
 		case <-tick.C:
-			pub.Update(cat)
+			pub.Update(Update{Catalog: cat})
 		case <-stop:
 			break trickle
 		}
@@ -368,7 +370,7 @@ trickle:
 }
 
 // TestLeadingEdge: after a quiet period a change is published at once, not
-// after the holdoff; and a Batch of updates is one change.
+// after the holdoff; and a catalog with its policy is one change.
 func TestLeadingEdge(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
@@ -382,26 +384,20 @@ func TestLeadingEdge(t *testing.T) {
 	defer cancel()
 	go pub.Run(ctx)
 	start := time.Now()
-	// Batch: the catalog and a policy arrive as one change, published once
-	// and with both.
-	pub.Batch(func() {
-		pub.Update(mustCatalog(t, svcs, pxs))
-		time.Sleep(100 * time.Millisecond)
-		if pub.Ready() {
-			t.Error("the catalog was published alone, before the batch's policy")
-		}
-		pub.UpdatePolicy(&mesh.PolicySet{DefaultMode: mesh.MTLSStrict})
-	})
+	// The catalog and a policy arrive as one change, published once and
+	// with both.
+	strictPolicy := &mesh.PolicySet{DefaultMode: mesh.MTLSStrict}
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs), Policy: strictPolicy})
 	waitFor(t, func() bool { return pub.Ready() })
 	if took := time.Since(start); took >= holdoff {
 		t.Fatalf("first change after a quiet period published after %v, not at once (holdoff %v)", took, holdoff)
 	}
-	if got := testutil.ToFloat64(m.SnapshotBuilds); got != 1 {
-		t.Fatalf("a batch made %v builds, want 1", got)
+	if got := testutil.ToFloat64(m.SnapshotBuilds); got != 1 || pub.View().Policy != strictPolicy {
+		t.Fatalf("a catalog with its policy made %v builds (policy %v), want 1 with the policy", got, pub.View().Policy)
 	}
 	// A second change right after is debounced: not published before the
 	// holdoff has passed.
-	pub.Update(mustCatalog(t, svcs, pxs))
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
 	time.Sleep(holdoff / 3)
 	if got := testutil.ToFloat64(m.SnapshotBuilds); got != 1 {
 		t.Fatalf("a change %v after a publish was not debounced (%v builds)", holdoff/3, got)
@@ -417,5 +413,106 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Updates sent concurrently from several goroutines are applied in the
+// order they were sent: a catalog is never rendered with a policy older
+// than the one it was sent with, versions never go backwards, and the last
+// publish has the last catalog and the last policy.
+func TestConcurrentUpdatesApplyInOrder(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	pub := New(cache, &fakeSecrets{}, Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: metrics.New(),
+		Holdoff: time.Millisecond, MaxDelay: 5 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	genOf := func(cat *mesh.Catalog) int {
+		for _, s := range cat.Services() {
+			var n int
+			if _, err := fmt.Sscanf(s.Name, "gen-%d", &n); err == nil {
+				return n
+			}
+		}
+		return -1
+	}
+	policyGen := func(ps *mesh.PolicySet) int {
+		if ps == nil || len(ps.Authorizations) == 0 {
+			return -1
+		}
+		var n int
+		fmt.Sscanf(ps.Authorizations[0].Name, "gen-%d", &n)
+		return n
+	}
+	var mu sync.Mutex
+	var bad []string
+	lastCat, lastPol := -1, -1
+	// policyWith[c] is the policy in force when catalog c was sent.
+	policyWith := map[int]int{}
+	pub.rendered = func(cat *mesh.Catalog, ps *mesh.PolicySet) {
+		c, p := genOf(cat), policyGen(ps)
+		mu.Lock()
+		defer mu.Unlock()
+		if want, ok := policyWith[c]; !ok || p < want {
+			bad = append(bad, fmt.Sprintf("catalog %d (sent with policy %d) rendered with policy %d", c, want, p))
+		}
+		if c < lastCat || p < lastPol {
+			bad = append(bad, fmt.Sprintf("went backwards: catalog %d after %d, policy %d after %d", c, lastCat, p, lastPol))
+		}
+		lastCat, lastPol = c, p
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go pub.Run(ctx)
+	catalogAt := func(n int) *mesh.Catalog {
+		return mustCatalog(t, append(slices.Clone(svcs), mesh.Service{Name: fmt.Sprintf("gen-%d", n), Protocol: mesh.ProtocolHTTP}), pxs)
+	}
+	policyAt := func(n int) *mesh.PolicySet {
+		return &mesh.PolicySet{RootNamespace: "meshd-system", Authorizations: []mesh.AuthorizationPolicy{
+			{Name: fmt.Sprintf("gen-%d", n), Namespace: "other", Action: mesh.ActionAllow}}}
+	}
+	// Generations are handed out under a lock and sent under it, as the
+	// inputs combiner (one goroutine) sends them; writers race for it.
+	var seqMu sync.Mutex
+	gen, sentCat, sentPol := 0, -1, -1
+	var lastSeq uint64
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				seqMu.Lock()
+				gen++
+				mu.Lock()
+				switch (w + i) % 3 {
+				case 0: // a catalog with the policy mapped from it
+					sentCat, sentPol = gen, gen
+					policyWith[gen] = gen
+					mu.Unlock()
+					lastSeq = pub.Update(Update{Catalog: catalogAt(gen), Policy: policyAt(gen)})
+				case 1: // a policy change alone
+					sentPol = gen
+					mu.Unlock()
+					lastSeq = pub.Update(Update{Policy: policyAt(gen)})
+				default: // a catalog change with the policy unchanged
+					sentCat = gen
+					policyWith[gen] = sentPol
+					mu.Unlock()
+					lastSeq = pub.Update(Update{Catalog: catalogAt(gen)})
+				}
+				seqMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, func() bool { return pub.View().Seq == lastSeq })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Fatalf("%d out-of-order renders, e.g. %s", len(bad), bad[0])
+	}
+	v := pub.View()
+	// The last catalog and the last policy sent are the ones in force.
+	if c, p := genOf(v.Catalog), policyGen(v.Policy); c != sentCat || p != sentPol || lastCat != sentCat || lastPol != sentPol {
+		t.Fatalf("final view has catalog %d policy %d, last rendered %d/%d; last sent %d/%d", c, p, lastCat, lastPol, sentCat, sentPol)
 	}
 }

@@ -5,15 +5,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -22,56 +19,20 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/meshd/meshd/discovery/consul"
+	"github.com/meshd/meshd/internal/app"
 	"github.com/meshd/meshd/internal/buildinfo"
 	"github.com/meshd/meshd/internal/datadir"
 	"github.com/meshd/meshd/internal/inputfile"
-	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
-	"github.com/meshd/meshd/sds"
-	"github.com/meshd/meshd/server"
-	"github.com/meshd/meshd/snapshot"
-	"github.com/meshd/meshd/xds"
 )
 
+// config is what the flags give: meshd's configuration (app.Config) plus
+// what only the command uses (logging, the runtime's memory limit).
 type config struct {
-	catalog      string
-	dataDir      string
-	trustDomain  string
-	xdsListen    string
-	adminListen  string
-	serverHosts  string
-	leafTTL      time.Duration
-	holdoff      time.Duration
-	maxDelay     time.Duration
-	logLevel     string
-	logFormat    string
-	pollInterval time.Duration
-	mtlsMode     string
-	rootNS       string
-	policyDir    string
-	// Linkerd: the default inbound policy of ports no Server selects, and
-	// the networks of the cluster-* policies (docs/policy.md, "Linkerd").
-	defaultInbound  string
-	clusterNetworks string
-	// catalogHoldoff: how long the catalog file must be quiet before it is
-	// read (coalesces the partial writes of one save).
-	catalogHoldoff time.Duration
-	// deterministicLeaves: replicas sharing an intermediate issue identical
-	// leaves (HA; sds/deterministic.go).
-	deterministicLeaves bool
-	// Consul discovery (discovery/consul; docs/consul.md).
-	consulAddr, consulDC, consulTokenFile string
-	consulStale, consulWarning            bool
-	consulIntentions                      bool
-	consulDefaultIntention                string
-	consulWait, consulSyncTimeout         time.Duration
-	// Identity: operator-supplied CA files, and plaintext xDS for development.
-	caRootCert, caInterCert, caInterKey string
-	insecureXDS                         bool
+	app.Config
+	logLevel, logFormat string
 	// memoryLimit is the Go runtime's soft memory limit (--memory-limit).
 	memoryLimit memoryLimitFlag
 	// version: print the build (internal/buildinfo) and exit.
@@ -103,38 +64,40 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, "\nEndpoints on --admin-listen: /healthz /readyz /metrics /debug/status /debug/config_dump?proxy=<node-id> /debug/pprof/ (POST) /debug/gc\n")
+		fmt.Fprint(stderr, "\nEndpoints on --admin-listen: /healthz /readyz /metrics /debug/status /debug/config_dump?proxy=<node-id> /debug/pprof/ (POST) /debug/gc (POST) /migrations/force?proxy=<node-id>\n")
 	}
-	fs.StringVar(&c.catalog, "catalog", "", "catalog `file` to watch (YAML; see docs/catalog.md). At least one of --catalog and --consul-address is required; with both, the catalogs merge and a service defined twice is refused")
-	fs.StringVar(&c.consulAddr, "consul-address", "", "Consul HTTP API `address` (host:port or https://host:port): discover services from Consul's catalog (docs/consul.md)")
-	fs.StringVar(&c.consulDC, "consul-datacenter", "", "Consul `datacenter` to read (default: the agent's)")
-	fs.StringVar(&c.consulTokenFile, "consul-token-file", "", "`file` holding the Consul ACL token (default: CONSUL_HTTP_TOKEN_FILE or CONSUL_HTTP_TOKEN)")
-	fs.BoolVar(&c.consulStale, "consul-stale", false, "let any Consul server answer (less load on the leader; data may be slightly behind)")
-	fs.BoolVar(&c.consulWarning, "consul-include-warning", false, "also route to instances whose Consul checks are warning (default: passing only)")
-	fs.DurationVar(&c.consulWait, "consul-wait", consul.DefaultWaitTime, "how long one Consul blocking query may wait for a change (at most 10m)")
-	fs.BoolVar(&c.consulIntentions, "consul-intentions", true, "with --consul-address: enforce Consul's service-intentions config entries as authorization (docs/consul.md)")
-	fs.StringVar(&c.consulDefaultIntention, "consul-default-intention", "allow", "what a request no Consul intention matches gets: allow (Consul without ACLs) or deny (Consul's ACL default-deny)")
-	fs.DurationVar(&c.consulSyncTimeout, "consul-sync-timeout", 30*time.Second, "at start, give up if Consul provides no catalog within this time")
-	fs.StringVar(&c.dataDir, "data-dir", datadir.DefaultOr(""), "`directory` for meshd's state: the CA's keys and certificates (ca/) and the token signing key (tokens/), mode 0700. Default $XDG_STATE_HOME/meshd, else ~/.local/state/meshd: outside the working directory, where nothing started there can publish the keys; meshd warns if it is open to other users or inside a git work tree")
-	fs.StringVar(&c.trustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh: identities are spiffe://<domain>/ns/<ns>/sa/<sa>")
-	fs.StringVar(&c.xdsListen, "xds-listen", "127.0.0.1:15012", "`address` of the xDS gRPC server (TLS). Use 0.0.0.0:15012 to serve other hosts")
-	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:15014", "`address` of the admin HTTP server (health, metrics, debug); keep it on loopback or a private network")
-	fs.StringVar(&c.serverHosts, "server-hosts", "", "comma-separated extra DNS names and IPs for the xDS server certificate (localhost and 127.0.0.1 are always included); list every name proxies use to reach meshd")
-	fs.DurationVar(&c.leafTTL, "leaf-ttl", 24*time.Hour, "lifetime of workload certificates; each is reissued at half its life")
-	fs.DurationVar(&c.holdoff, "debounce-holdoff", 100*time.Millisecond, "a change after at least this long without a push is pushed at once; changes within this long of a push are batched until quiet this long (coalesces bursts)")
-	fs.DurationVar(&c.maxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
-	fs.BoolVar(&c.deterministicLeaves, "deterministic-leaves", false, "for several replicas sharing an operator-supplied intermediate (--ca-*): issue byte-identical workload certificates on every replica (epoch-aligned validity, keys derived from the intermediate key), so a proxy moving between replicas gets no new certificate")
-	fs.DurationVar(&c.catalogHoldoff, "catalog-holdoff", 100*time.Millisecond, "after an in-place write, read the catalog file only once it has been quiet this long (coalesces partial writes); a file renamed onto the catalog's path is read at once")
-	fs.DurationVar(&c.pollInterval, "catalog-poll", 5*time.Second, "check the catalog this often even without file events (safety net for missed events; re-read if its inode, size or times changed); 0 turns polling off")
-	fs.StringVar(&c.mtlsMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
-	fs.StringVar(&c.rootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
-	fs.StringVar(&c.policyDir, "policy-dir", "", "`directory` of policy YAML files to watch: Istio's PeerAuthentication and AuthorizationPolicy, Linkerd's Server, ServerAuthorization, AuthorizationPolicy, MeshTLSAuthentication and NetworkAuthentication (see docs/policy.md); empty: no policies, only --mtls-mode and --default-inbound-policy")
-	fs.StringVar(&c.defaultInbound, "default-inbound-policy", string(mesh.DefaultAllUnauthenticated), "Linkerd's default inbound `policy` for workloads no Linkerd Server selects: all-unauthenticated (no restriction), all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit; a Namespace document or the endpoint label config.linkerd.io/default-inbound-policy overrides it")
-	fs.StringVar(&c.clusterNetworks, "cluster-networks", strings.Join(policy.DefaultClusterNetworks, ","), "comma-separated `CIDRs` of the cluster: what Linkerd's cluster-* policies and ServerAuthorizations without networks admit")
-	fs.StringVar(&c.caRootCert, "ca-root-cert", "", "`file` with the root certificate of an operator-supplied CA (with --ca-intermediate-cert and --ca-intermediate-key; the root key stays offline). Default: meshd creates its own root and intermediate in --data-dir")
-	fs.StringVar(&c.caInterCert, "ca-intermediate-cert", "", "`file` with the intermediate certificate meshd signs workload certificates with (operator-supplied CA)")
-	fs.StringVar(&c.caInterKey, "ca-intermediate-key", "", "`file` with the intermediate's private key (mode 0600; operator-supplied CA)")
-	fs.BoolVar(&c.insecureXDS, "insecure-xds", false, "DEVELOPMENT ONLY: serve xDS in plaintext without authenticating proxies; any client can fetch any proxy's configuration and certificates")
+	fs.StringVar(&c.Catalog, "catalog", "", "catalog `file` to watch (YAML; see docs/catalog.md). At least one of --catalog and --consul-address is required; with both, the catalogs merge and a service defined twice is refused")
+	fs.StringVar(&c.ConsulAddr, "consul-address", "", "Consul HTTP API `address` (host:port or https://host:port): discover services from Consul's catalog (docs/consul.md)")
+	fs.StringVar(&c.ConsulDC, "consul-datacenter", "", "Consul `datacenter` to read (default: the agent's)")
+	fs.StringVar(&c.ConsulTokenFile, "consul-token-file", "", "`file` holding the Consul ACL token (default: CONSUL_HTTP_TOKEN_FILE or CONSUL_HTTP_TOKEN)")
+	fs.BoolVar(&c.ConsulStale, "consul-stale", false, "let any Consul server answer (less load on the leader; data may be slightly behind)")
+	fs.BoolVar(&c.ConsulWarning, "consul-include-warning", false, "also route to instances whose Consul checks are warning (default: passing only)")
+	fs.DurationVar(&c.ConsulWait, "consul-wait", consul.DefaultWaitTime, "how long one Consul blocking query may wait for a change (at most 10m)")
+	fs.BoolVar(&c.ConsulIntentions, "consul-intentions", true, "with --consul-address: enforce Consul's service-intentions config entries as authorization (docs/consul.md)")
+	fs.StringVar(&c.ConsulDefaultIntention, "consul-default-intention", "allow", "what a request no Consul intention matches gets: allow (Consul without ACLs) or deny (Consul's ACL default-deny)")
+	fs.DurationVar(&c.ConsulSyncTimeout, "consul-sync-timeout", 30*time.Second, "at start, give up if Consul provides no catalog within this time")
+	fs.StringVar(&c.DataDir, "data-dir", datadir.DefaultOr(""), "`directory` for meshd's state: the CA's keys and certificates (ca/) and the token signing key (tokens/), mode 0700. Default $XDG_STATE_HOME/meshd, else ~/.local/state/meshd: outside the working directory, where nothing started there can publish the keys; meshd warns if it is open to other users or inside a git work tree")
+	fs.StringVar(&c.TrustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh: identities are spiffe://<domain>/ns/<ns>/sa/<sa>")
+	fs.StringVar(&c.XDSListen, "xds-listen", "127.0.0.1:15012", "`address` of the xDS gRPC server (TLS). Use 0.0.0.0:15012 to serve other hosts")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15014", "`address` of the admin HTTP server (health, metrics, debug); keep it on loopback or a private network")
+	fs.StringVar(&c.ServerHosts, "server-hosts", "", "comma-separated extra DNS names and IPs for the xDS server certificate (localhost and 127.0.0.1 are always included); list every name proxies use to reach meshd")
+	fs.DurationVar(&c.LeafTTL, "leaf-ttl", 24*time.Hour, "lifetime of workload certificates; each is reissued at half its life")
+	fs.DurationVar(&c.Holdoff, "debounce-holdoff", 100*time.Millisecond, "a change after at least this long without a push is pushed at once; changes within this long of a push are batched until quiet this long (coalesces bursts)")
+	fs.DurationVar(&c.MaxDelay, "debounce-max", time.Second, "push at most this long after the first of a burst of changes, however long the burst")
+	fs.BoolVar(&c.DeterministicLeaves, "deterministic-leaves", false, "for several replicas sharing an operator-supplied intermediate (--ca-*): issue byte-identical workload certificates on every replica (epoch-aligned validity, keys derived from the intermediate key), so a proxy moving between replicas gets no new certificate")
+	fs.DurationVar(&c.CatalogHoldoff, "catalog-holdoff", 100*time.Millisecond, "after an in-place write, read the catalog file only once it has been quiet this long (coalesces partial writes); a file renamed onto the catalog's path is read at once")
+	fs.DurationVar(&c.PollInterval, "catalog-poll", 5*time.Second, "check the catalog this often even without file events (safety net for missed events; re-read if its inode, size or times changed); 0 turns polling off")
+	fs.StringVar(&c.MTLSMode, "mtls-mode", string(mesh.MTLSPermissive), "mesh-wide default mTLS `mode` for workloads no PeerAuthentication covers: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext) or DISABLE")
+	fs.StringVar(&c.RootNS, "root-namespace", mesh.DefaultRootNamespace, "`namespace` whose policies apply mesh-wide")
+	fs.StringVar(&c.PolicyDir, "policy-dir", "", "`directory` of policy YAML files to watch: Istio's PeerAuthentication and AuthorizationPolicy, Linkerd's Server, ServerAuthorization, AuthorizationPolicy, MeshTLSAuthentication and NetworkAuthentication (see docs/policy.md); empty: no policies, only --mtls-mode and --default-inbound-policy")
+	fs.StringVar(&c.DefaultInbound, "default-inbound-policy", string(mesh.DefaultAllUnauthenticated), "Linkerd's default inbound `policy` for workloads no Linkerd Server selects: all-unauthenticated (no restriction), all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit; a Namespace document or the endpoint label config.linkerd.io/default-inbound-policy overrides it")
+	fs.StringVar(&c.ClusterNetworks, "cluster-networks", strings.Join(policy.DefaultClusterNetworks, ","), "comma-separated `CIDRs` of the cluster: what Linkerd's cluster-* policies and ServerAuthorizations without networks admit")
+	fs.StringVar(&c.CARootCert, "ca-root-cert", "", "`file` with the root certificate of an operator-supplied CA (with --ca-intermediate-cert and --ca-intermediate-key; the root key stays offline). Default: meshd creates its own root and intermediate in --data-dir")
+	fs.StringVar(&c.CAInterCert, "ca-intermediate-cert", "", "`file` with the intermediate certificate meshd signs workload certificates with (operator-supplied CA)")
+	fs.StringVar(&c.CAInterKey, "ca-intermediate-key", "", "`file` with the intermediate's private key (mode 0600; operator-supplied CA)")
+	fs.DurationVar(&c.MigrationOverdue, "mtls-migration-overdue", time.Minute, "an mTLS migration step that has waited this long for proxies to ACK is reported (log, meshd_mtls_migration_pending_seconds, /debug/status) and can then be forced with POST /migrations/force?proxy=<node-id> on the admin API (docs/policy.md)")
+	fs.DurationVar(&c.LivenessTimeout, "liveness-timeout", 30*time.Second, "/healthz fails (and logs why) when the publisher or the xDS stream machinery has had work pending this long without progress, so a supervisor restarts a wedged meshd; a publish of 10,000 proxies takes a few seconds, so keep it well above that")
+	fs.BoolVar(&c.InsecureXDS, "insecure-xds", false, "DEVELOPMENT ONLY: serve xDS in plaintext without authenticating proxies; any client can fetch any proxy's configuration and certificates")
 	fs.Var(&c.memoryLimit, "memory-limit", "soft memory `limit` for the Go runtime (debug.SetMemoryLimit), in bytes or with a unit: B, KiB, MiB, GiB, TiB (e.g. 900MiB); the garbage collector works harder as the heap nears it instead of letting RSS follow GOGC's goal. 0 or off: no limit. Default: GOMEMLIMIT if set, otherwise no limit")
 	fs.Var(&c.maxFileSize, "max-file-size", "largest catalog file meshd reads, and the most bytes the --policy-dir files may hold together (`size`: bytes, or with B, KiB, MiB, GiB); a larger one is refused without being read and the last good catalog or policy keeps serving. Non-regular files (pipes, devices) are always refused")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
@@ -143,44 +106,50 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	if c.version {
-		return c, nil
-	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: meshd takes only flags (see meshd -h)", fs.Arg(0))
 	}
-	if c.dataDir == "" {
+	if c.version {
+		return c, nil
+	}
+	if c.DataDir == "" {
 		return nil, errors.New("--data-dir is required: neither XDG_STATE_HOME nor HOME is set, so there is no default")
 	}
-	if c.catalog == "" && c.consulAddr == "" {
+	if c.Catalog == "" && c.ConsulAddr == "" {
 		return nil, errors.New("--catalog is required (or --consul-address): point it at a catalog file, e.g. --catalog examples/quickstart/catalog.yaml")
 	}
-	if err := mesh.ValidTrustDomain(c.trustDomain); err != nil {
+	if err := mesh.ValidTrustDomain(c.TrustDomain); err != nil {
 		return nil, fmt.Errorf("--trust-domain: %w", err)
 	}
-	if c.consulDefaultIntention != "allow" && c.consulDefaultIntention != "deny" {
-		return nil, fmt.Errorf("--consul-default-intention %q: use allow or deny", c.consulDefaultIntention)
+	if c.ConsulDefaultIntention != "allow" && c.ConsulDefaultIntention != "deny" {
+		return nil, fmt.Errorf("--consul-default-intention %q: use allow or deny", c.ConsulDefaultIntention)
 	}
-	if m := mesh.MTLSMode(c.mtlsMode); !m.Valid() || m == mesh.MTLSUnset {
-		return nil, fmt.Errorf("--mtls-mode %q: use STRICT, PERMISSIVE or DISABLE", c.mtlsMode)
+	if m := mesh.MTLSMode(c.MTLSMode); !m.Valid() || m == mesh.MTLSUnset {
+		return nil, fmt.Errorf("--mtls-mode %q: use STRICT, PERMISSIVE or DISABLE", c.MTLSMode)
 	}
-	if err := mesh.ValidName(c.rootNS); err != nil {
+	if err := mesh.ValidName(c.RootNS); err != nil {
 		return nil, fmt.Errorf("--root-namespace: %w", err)
 	}
-	if _, err := policy.ParseDefaultInboundPolicy(c.defaultInbound); err != nil {
+	if _, err := policy.ParseDefaultInboundPolicy(c.DefaultInbound); err != nil {
 		return nil, fmt.Errorf("--default-inbound-policy: %w", err)
 	}
-	if err := policy.ParseClusterNetworks(c.networks()); err != nil {
+	if err := policy.ParseClusterNetworks(c.Networks()); err != nil {
 		return nil, fmt.Errorf("--cluster-networks: %w", err)
 	}
-	if c.leafTTL < 10*time.Second {
-		return nil, fmt.Errorf("--leaf-ttl %s is too short: certificates are reissued at half their life and proxies need time to receive them; use at least 10s (hours in production)", c.leafTTL)
+	if c.LeafTTL < 10*time.Second {
+		return nil, fmt.Errorf("--leaf-ttl %s is too short: certificates are reissued at half their life and proxies need time to receive them; use at least 10s (hours in production)", c.LeafTTL)
 	}
-	if n := btoi(c.caRootCert != "") + btoi(c.caInterCert != "") + btoi(c.caInterKey != ""); n != 0 && n != 3 {
+	if n := btoi(c.CARootCert != "") + btoi(c.CAInterCert != "") + btoi(c.CAInterKey != ""); n != 0 && n != 3 {
 		return nil, errors.New("--ca-root-cert, --ca-intermediate-cert and --ca-intermediate-key go together: give all three to use your own CA, or none to let meshd create one")
 	}
-	if c.holdoff <= 0 || c.maxDelay < c.holdoff {
-		return nil, fmt.Errorf("--debounce-holdoff (%s) must be positive and no larger than --debounce-max (%s)", c.holdoff, c.maxDelay)
+	if c.LivenessTimeout < time.Second {
+		return nil, fmt.Errorf("--liveness-timeout %s is too short: use at least 1s (the default is 30s)", c.LivenessTimeout)
+	}
+	if c.MigrationOverdue <= 0 {
+		return nil, fmt.Errorf("--mtls-migration-overdue %s must be positive", c.MigrationOverdue)
+	}
+	if c.Holdoff <= 0 || c.MaxDelay < c.Holdoff {
+		return nil, fmt.Errorf("--debounce-holdoff (%s) must be positive and no larger than --debounce-max (%s)", c.Holdoff, c.MaxDelay)
 	}
 	return c, nil
 }
@@ -221,7 +190,8 @@ func main() {
 	c.memoryLimit.apply(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, c, log, nil); err != nil {
+	c.MaxFileSize = int64(c.maxFileSize)
+	if err := app.Run(ctx, &c.Config, log, nil); err != nil {
 		log.Error("meshd stopped", "err", err)
 		os.Exit(1)
 	}
@@ -232,210 +202,6 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// caSecrets adapts the CA to what the publisher needs.
-type caSecrets struct{ ca *sds.Authority }
-
-func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
-	l, err := s.ca.Leaf(id, dns)
-	if err != nil {
-		return nil, nil, err
-	}
-	return l.CertPEM, l.KeyPEM, nil
-}
-func (s caSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
-func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
-
-// Forget lets the publisher drop leaves of identities no proxy uses any more.
-func (s caSecrets) Forget(keep map[string]bool) { s.ca.Forget(keep) }
-
-// run starts everything and blocks until ctx ends. ready, if not nil,
-// receives the bound xDS and admin addresses once both listen (for tests).
-func run(ctx context.Context, c *config, log *slog.Logger, ready func(xdsAddr, adminAddr string)) error {
-	ca, err := sds.LoadOrCreate(sds.Options{DataDir: c.dataDir, TrustDomain: c.trustDomain, LeafTTL: c.leafTTL, Logger: log,
-		RootCertFile: c.caRootCert, IntermediateCertFile: c.caInterCert, IntermediateKeyFile: c.caInterKey,
-		DeterministicLeaves: c.deterministicLeaves})
-	if err != nil {
-		return fmt.Errorf("mesh CA: %w", err)
-	}
-	tokens, err := sds.LoadOrCreateTokens(c.dataDir, c.trustDomain, false, nil)
-	if err != nil {
-		return fmt.Errorf("bootstrap tokens: %w", err)
-	}
-	// The keys are in place now; say so if others could reach them.
-	for _, w := range datadir.Check(c.dataDir) {
-		log.Warn(w)
-	}
-	m := metrics.New()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 8)
-	cache := server.NewCache()
-	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
-		Translate: xds.Options{TrustDomain: c.trustDomain},
-		Holdoff:   c.holdoff, MaxDelay: c.maxDelay,
-		Logger: log, Metrics: m,
-	})
-	// The policy in force combines the policy directory and Consul
-	// intentions; intentions depend on the catalog too.
-	pc := &policyCombiner{opts: consul.IntentionOptions{TrustDomain: c.trustDomain, DefaultAllow: c.consulDefaultIntention == "allow"},
-		publish: pub.UpdatePolicy, log: log}
-	srcs, catalogStatus, err := startSources(ctx, c, log, m, errc, func(cat *mesh.Catalog) {
-		// One change: intentions are re-mapped against the new catalog, and
-		// the new catalog must never be rendered with the old mapping.
-		pub.Batch(func() {
-			pub.Update(cat)
-			pc.setCatalog(cat)
-		})
-	})
-	if err != nil {
-		return err
-	}
-	pc.setCatalog(srcs.current())
-	tracker := server.NewTracker(log, m, func(id string) bool {
-		cat := pub.Catalog()
-		return cat != nil && cat.Proxy(id) != nil
-	})
-	// mTLS mode changes roll out in acknowledged steps (snapshot/migrate.go).
-	pub.SetAckSource(tracker)
-	tracker.SetAckHook(pub.Acked)
-
-	// Publish the first catalog before accepting proxies, so the first
-	// proxies to connect get configuration at once.
-	var policies *policy.Watcher
-	if c.policyDir != "" {
-		policies, err = policy.NewWatcher(c.policyDir, c.rootNS, mesh.MTLSMode(c.mtlsMode), log, policy.WithPollInterval(c.pollInterval),
-			policy.WithLinkerd(c.trustDomain, mesh.DefaultInboundPolicy(c.defaultInbound), c.networks()), policy.WithMaxSize(int64(c.maxFileSize)))
-		if err != nil {
-			return fmt.Errorf("policy: %w", err)
-		}
-		m.RegisterPolicySource("dir", func() float64 { return float64(policies.Status().Accepted) },
-			func() float64 { return float64(policies.Status().Rejected) })
-		pc.setBase(policies.Current())
-	} else {
-		// No files, but the default inbound policy (flag or endpoint
-		// labels) still applies.
-		pc.setBase((&policy.Policies{}).SetWith(policy.Settings{RootNamespace: c.rootNS, DefaultMode: mesh.MTLSMode(c.mtlsMode),
-			TrustDomain: c.trustDomain, DefaultInboundPolicy: mesh.DefaultInboundPolicy(c.defaultInbound), ClusterNetworks: c.networks()}))
-	}
-	var intentions *consul.IntentionsWatcher
-	if c.consulAddr != "" && c.consulIntentions {
-		if intentions, err = startIntentions(ctx, c, log, errc, pc); err != nil {
-			return err
-		}
-	}
-	pub.Update(srcs.current())
-	if _, err := pub.Publish(); err != nil {
-		log.Error("some proxies could not be rendered; see /debug/status", "err", err)
-	}
-
-	var hosts []string
-	for _, h := range strings.Split(c.serverHosts, ",") {
-		if h = strings.TrimSpace(h); h != "" {
-			hosts = append(hosts, h)
-		}
-	}
-	auth := &server.Authenticator{Tokens: tokens, TrustDomain: c.trustDomain, Logger: log, Insecure: c.insecureXDS,
-		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
-			cat := pub.Catalog()
-			if cat == nil || cat.Proxy(node) == nil || cat.Service(cat.Proxy(node).ServiceKey()) == nil {
-				return mesh.ServiceKey{}, mesh.Identity{}, false
-			}
-			k := cat.Proxy(node).ServiceKey()
-			return k, mesh.IdentityOf(c.trustDomain, cat.Service(k)), true
-		}}
-	auth.RegisterMetrics(m.Registry)
-	m.Registry.MustRegister(server.NewCACollector(ca))
-	var tlsConf *tls.Config
-	if !c.insecureXDS {
-		if tlsConf, err = ca.ServerTLSConfig(hosts); err != nil {
-			return fmt.Errorf("xDS server certificate: %w", err)
-		}
-	}
-	// The node agent's CSRs are signed on the xDS port, behind the same
-	// credentials as xDS itself.
-	caService := func(gs *grpc.Server) {
-		server.RegisterCAService(gs, auth, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, c.trustDomain) }, tracker)
-	}
-	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tracker, Auth: auth,
-		Register: []func(*grpc.Server){caService}})
-	if err != nil {
-		return err
-	}
-	xlis, err := net.Listen("tcp", c.xdsListen)
-	if err != nil {
-		return fmt.Errorf("--xds-listen %s: %w", c.xdsListen, err)
-	}
-	alis, err := net.Listen("tcp", c.adminListen)
-	if err != nil {
-		xlis.Close()
-		return fmt.Errorf("--admin-listen %s: %w", c.adminListen, err)
-	}
-	// After a CA rotation step, re-render so the new bundle or the reissued
-	// leaves reach proxies now rather than at the next catalog change.
-	republish := func() { pub.Update(srcs.current()) }
-	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
-		CatalogStatus: catalogStatus,
-		CA:            ca, OnCAChange: republish}
-	switch {
-	case policies != nil && intentions != nil:
-		admin.PolicyStatus = func() any {
-			return map[string]any{"dir": policies.Status(), "consulIntentions": pc.status(intentions)}
-		}
-	case policies != nil:
-		admin.PolicyStatus = func() any { return policies.Status() }
-	case intentions != nil:
-		admin.PolicyStatus = func() any { return map[string]any{"consulIntentions": pc.status(intentions)} }
-	}
-	hs := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 5 * time.Second}
-
-	if policies != nil {
-		go func() { errc <- policies.Run(ctx) }()
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case ps := <-policies.Updates():
-					pc.setBase(ps)
-				}
-			}
-		}()
-	}
-	go pub.Run(ctx)
-	go ca.RunRotation(ctx, tracker, time.Second, republish)
-	go func() { errc <- xs.Serve(xlis) }()
-	go func() {
-		if err := hs.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("admin server: %w", err)
-		}
-	}()
-	log.Info("meshd started", "xds", xlis.Addr().String(), "admin", alis.Addr().String(),
-		"catalog", c.catalog, "trust_domain", c.trustDomain, "ca_root", ca.Fingerprint(),
-		"consul", c.consulAddr, "services", len(srcs.current().Services()), "proxies", len(srcs.current().Proxies()))
-	if c.insecureXDS {
-		log.Warn("INSECURE: --insecure-xds serves xDS in PLAINTEXT WITHOUT AUTHENTICATION: any client that reaches --xds-listen gets any proxy's configuration and certificates; development only",
-			"xds", xlis.Addr().String())
-	} else {
-		log.Info("xDS proxies authenticate with a bootstrap token (meshctl token create) or a mesh client certificate", "xds", xlis.Addr().String())
-	}
-	if ready != nil {
-		ready(xlis.Addr().String(), alis.Addr().String())
-	}
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
-	log.Info("meshd shutting down")
-	cancel()
-	xs.Stop(5 * time.Second)
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer scancel()
-	_ = hs.Shutdown(sctx)
-	return runErr
 }
 
 // memoryLimitFlag is --memory-limit. set tells an explicit value (which
@@ -486,15 +252,4 @@ func (f *memoryLimitFlag) apply(log *slog.Logger) {
 	default:
 		log.Info("no soft memory limit (set --memory-limit or GOMEMLIMIT to bound the heap)")
 	}
-}
-
-// networks is --cluster-networks as a list.
-func (c *config) networks() []string {
-	var out []string
-	for _, n := range strings.Split(c.clusterNetworks, ",") {
-		if n = strings.TrimSpace(n); n != "" {
-			out = append(out, n)
-		}
-	}
-	return out
 }

@@ -98,7 +98,7 @@ func TestScaleHealthFlip(t *testing.T) {
 	}
 	pub := snapshot.New(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), benchSecrets{ca},
 		snapshot.Options{Translate: xds.Options{TrustDomain: mesh.DefaultTrustDomain}, Logger: testLogger(b)})
-	pub.Update(c)
+	pub.Update(snapshot.Update{Catalog: c})
 	start = time.Now()
 	if _, err := pub.Publish(); err != nil {
 		b.Fatal(err)
@@ -133,7 +133,7 @@ func TestScaleHealthFlip(t *testing.T) {
 		}
 	seen:
 		lat = append(lat, time.Since(t0))
-		pub.Update(w.Current())
+		pub.Update(snapshot.Update{Catalog: w.Current()})
 		st, err := pub.Publish()
 		if err != nil {
 			b.Fatal(err)

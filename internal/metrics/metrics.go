@@ -4,6 +4,9 @@
 package metrics
 
 import (
+	"sync/atomic"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,6 +26,13 @@ type Metrics struct {
 	ProxiesSkipped        prometheus.Counter // inputs unchanged: not re-rendered
 	PublishesUnchanged    prometheus.Counter // re-rendered but identical: not pushed
 	SnapshotErrors        prometheus.Counter
+
+	// MigrationsPending counts mTLS migrations in progress;
+	// MigrationWaitingSince is when the oldest step still waiting for ACKs
+	// began (Unix nanoseconds, 0: none), exported as its age at scrape time
+	// (meshd_mtls_migration_pending_seconds).
+	MigrationsPending     prometheus.Gauge
+	MigrationWaitingSince atomic.Int64
 }
 
 // New creates and registers meshd's metrics on a fresh registry (plus the
@@ -65,10 +75,22 @@ func New() *Metrics {
 		SnapshotErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshd_snapshot_errors_total", Help: "Per-proxy snapshots rejected by validation or reference checks; the last good snapshot keeps serving.",
 		}),
+		MigrationsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshd_mtls_migrations_in_progress", Help: "mTLS mode changes in progress (workloads whose rendered modes have not reached their policy's yet).",
+		}),
 	}
 	r.MustRegister(m.ConnectedProxies, m.Pushes, m.PushBytes, m.ACKs, m.NACKs, m.SnapshotBuilds,
 		m.SnapshotBuildDuration, m.ProxiesRendered, m.ProxiesSkipped, m.PublishesUnchanged,
-		m.SnapshotErrors,
+		m.SnapshotErrors, m.MigrationsPending,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_mtls_migration_pending_seconds",
+			Help: "Age of the oldest mTLS migration step still waiting for proxies to ACK (0: none waiting). Past --mtls-migration-overdue it is reported in the log and /debug/status and can be forced (POST /migrations/force).",
+		}, func() float64 {
+			if since := m.MigrationWaitingSince.Load(); since != 0 {
+				return time.Since(time.Unix(0, since)).Seconds()
+			}
+			return 0
+		}),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

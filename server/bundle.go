@@ -12,7 +12,6 @@ import (
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -27,8 +26,9 @@ type bundleAcks struct {
 	mu sync.Mutex
 	// inflight: stream → the unanswered SDS responses carrying a ROOTCA,
 	// oldest first, with the root fingerprints each carried. Usually one
-	// (see streamState.sent), at most maxOlder+1.
-	inflight map[streamKey][]bundleSent
+	// (a SotW stream has one response per type in flight), at most
+	// maxInflight+1.
+	inflight map[StreamKey][]bundleSent
 	// last caches the fingerprints of the last ROOTCA seen, by its wire
 	// bytes: every proxy is sent the same bundle, so it is parsed once per
 	// bundle rather than once per response, and every stream shares one
@@ -54,6 +54,11 @@ type agentBundle struct {
 	roots []string
 	seen  time.Time
 }
+
+// maxInflight bounds the unanswered bundle responses kept per stream: a
+// client answers its responses in order, so only the last few can still be
+// answered.
+const maxInflight = 8
 
 // agentWindow is how long an agent counts as present after its last fetch
 // (agents poll every 30 s by default).
@@ -99,14 +104,26 @@ func pemFingerprints(rest []byte) []string {
 	return fps
 }
 
-func (b *bundleAcks) sent(stream streamKey, nonce string, roots []string) {
+// sent records the roots of the trust bundle in an SDS response, if it
+// carries one.
+func (b *bundleAcks) sent(stream StreamKey, nonce string, resources []*anypb.Any) {
+	var roots []string
+	found := false
+	for _, r := range resources {
+		if roots, found = b.rootsOf(r); found {
+			break
+		}
+	}
+	if !found {
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.inflight == nil {
-		b.inflight = map[streamKey][]bundleSent{}
+		b.inflight = map[StreamKey][]bundleSent{}
 	}
 	l := b.inflight[stream]
-	if len(l) > maxOlder {
+	if len(l) > maxInflight {
 		l = slices.Delete(l, 0, 1)
 	}
 	b.inflight[stream] = append(l, bundleSent{nonce: nonce, roots: roots})
@@ -130,33 +147,9 @@ func (b *bundleAcks) rootsOf(a *anypb.Any) ([]string, bool) {
 	return roots, ok
 }
 
-func (b *bundleAcks) sentSotW(stream streamKey, resp *discoveryv3.DiscoveryResponse) {
-	if resp.GetTypeUrl() != resourcev3.SecretType {
-		return
-	}
-	for _, r := range resp.GetResources() {
-		if roots, ok := b.rootsOf(r); ok {
-			b.sent(stream, resp.GetNonce(), roots)
-			return
-		}
-	}
-}
-
-func (b *bundleAcks) sentDelta(stream streamKey, resp *discoveryv3.DeltaDiscoveryResponse) {
-	if resp.GetTypeUrl() != resourcev3.SecretType {
-		return
-	}
-	for _, r := range resp.GetResources() {
-		if roots, ok := b.rootsOf(r.GetResource()); ok {
-			b.sent(stream, resp.GetNonce(), roots)
-			return
-		}
-	}
-}
-
 // replied handles a request answering nonce: an ACK makes the roots sent
 // with that nonce the node's; a NACK leaves the node's bundle as it was.
-func (b *bundleAcks) replied(stream streamKey, node, typeURL, nonce string, nack bool) {
+func (b *bundleAcks) replied(stream StreamKey, node, typeURL, nonce string, nack bool) {
 	if typeURL != resourcev3.SecretType || nonce == "" || node == "" {
 		return
 	}
@@ -183,7 +176,7 @@ func (b *bundleAcks) replied(stream streamKey, node, typeURL, nonce string, nack
 	b.acked[node] = roots
 }
 
-func (b *bundleAcks) closed(stream streamKey) {
+func (b *bundleAcks) closed(stream StreamKey) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.inflight, stream)
@@ -226,15 +219,4 @@ func (t *Tracker) BundleAcked(rootFingerprint string) (bool, []string) {
 	t.bundles.mu.Unlock()
 	sort.Strings(pending)
 	return len(pending) == 0, pending
-}
-
-// bundleReply forwards a request's reply to bundleAcks with the stream's node.
-func (t *Tracker) bundleReply(stream streamKey, typeURL, nonce string, nack bool) {
-	t.mu.Lock()
-	node := ""
-	if s := t.streams[stream]; s != nil {
-		node = s.node
-	}
-	t.mu.Unlock()
-	t.bundles.replied(stream, node, typeURL, nonce, nack)
 }

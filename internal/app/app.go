@@ -1,0 +1,246 @@
+// Package app runs meshd: it builds the CA, the sources, the input
+// combiner, the publisher, the xDS server and the admin API from a Config
+// and wires them together. cmd/meshd only parses flags into a Config.
+//
+// Who owns what (docs/architecture.md, "Concurrency model"): the combiner's
+// goroutine owns the sources' latest values and emits ordered updates; the
+// publisher's loop owns the catalog, policy, render and migration state;
+// each stream loop owns its stream; readers use immutable views. Nothing
+// here holds a lock while calling another component.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/meshd/meshd/discovery/consul"
+	"github.com/meshd/meshd/internal/datadir"
+	"github.com/meshd/meshd/internal/inputs"
+	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/snapshot"
+	"github.com/meshd/meshd/xds"
+)
+
+// Config is meshd's configuration (cmd/meshd's flags; docs/configuration.md).
+type Config struct {
+	Catalog      string
+	DataDir      string
+	TrustDomain  string
+	XDSListen    string
+	AdminListen  string
+	ServerHosts  string
+	LeafTTL      time.Duration
+	Holdoff      time.Duration
+	MaxDelay     time.Duration
+	PollInterval time.Duration
+	MTLSMode     string
+	RootNS       string
+	PolicyDir    string
+	// Linkerd: the default inbound policy of ports no Server selects, and
+	// the networks of the cluster-* policies (docs/policy.md, "Linkerd").
+	DefaultInbound  string
+	ClusterNetworks string
+	// CatalogHoldoff: how long the catalog file must be quiet before it is
+	// read (coalesces the partial writes of one save).
+	CatalogHoldoff time.Duration
+	// DeterministicLeaves: replicas sharing an intermediate issue identical
+	// leaves (HA; sds/deterministic.go).
+	DeterministicLeaves bool
+	// Consul discovery (discovery/consul; docs/consul.md).
+	ConsulAddr, ConsulDC, ConsulTokenFile string
+	ConsulStale, ConsulWarning            bool
+	ConsulIntentions                      bool
+	ConsulDefaultIntention                string
+	ConsulWait, ConsulSyncTimeout         time.Duration
+	// Identity: operator-supplied CA files, and plaintext xDS for development.
+	CARootCert, CAInterCert, CAInterKey string
+	InsecureXDS                         bool
+	// MigrationOverdue: an mTLS migration step waiting longer is reported
+	// and can be forced (--mtls-migration-overdue).
+	MigrationOverdue time.Duration
+	// MaxFileSize bounds the catalog file and the policy files together
+	// (--max-file-size; 0: internal/inputfile's default).
+	MaxFileSize int64
+	// LivenessTimeout: /healthz fails when the publisher or the stream
+	// machinery has had work pending this long without progress
+	// (--liveness-timeout).
+	LivenessTimeout time.Duration
+}
+
+// Networks is ClusterNetworks as a list.
+func (c *Config) Networks() []string {
+	var out []string
+	for _, n := range strings.Split(c.ClusterNetworks, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// caSecrets adapts the CA to what the publisher needs.
+type caSecrets struct{ ca *sds.Authority }
+
+func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
+	l, err := s.ca.Leaf(id, dns)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.CertPEM, l.KeyPEM, nil
+}
+func (s caSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
+func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
+
+// Forget lets the publisher drop leaves of identities no proxy uses any more.
+func (s caSecrets) Forget(keep map[string]bool) { s.ca.Forget(keep) }
+
+// Run starts everything and blocks until ctx ends. ready, if not nil,
+// receives the bound xDS and admin addresses once both listen (for tests).
+func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, adminAddr string)) error {
+	ca, err := sds.LoadOrCreate(sds.Options{DataDir: c.DataDir, TrustDomain: c.TrustDomain, LeafTTL: c.LeafTTL, Logger: log,
+		RootCertFile: c.CARootCert, IntermediateCertFile: c.CAInterCert, IntermediateKeyFile: c.CAInterKey,
+		DeterministicLeaves: c.DeterministicLeaves})
+	if err != nil {
+		return fmt.Errorf("mesh CA: %w", err)
+	}
+	tokens, err := sds.LoadOrCreateTokens(c.DataDir, c.TrustDomain, false, nil)
+	if err != nil {
+		return fmt.Errorf("bootstrap tokens: %w", err)
+	}
+	// The keys are in place now; say so if others could reach them.
+	for _, w := range datadir.Check(c.DataDir) {
+		log.Warn(w)
+	}
+	m := metrics.New()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 8)
+	cache := server.NewCache()
+	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
+		Translate: xds.Options{TrustDomain: c.TrustDomain},
+		Holdoff:   c.Holdoff, MaxDelay: c.MaxDelay, MigrationOverdue: c.MigrationOverdue,
+		Logger: log, Metrics: m,
+	})
+	src, err := startSources(ctx, c, log, m, errc)
+	if err != nil {
+		return err
+	}
+	// The combiner owns the sources' latest values and hands the publisher
+	// one ordered update per change (a catalog with the intentions mapped
+	// against it).
+	var intentionOpts *consul.IntentionOptions
+	if src.intentions != nil {
+		intentionOpts = &consul.IntentionOptions{TrustDomain: c.TrustDomain, DefaultAllow: c.ConsulDefaultIntention == "allow"}
+	}
+	combiner, first, err := inputs.New(src.initial, inputs.Options{Intentions: intentionOpts, Logger: log,
+		Publish: func(u snapshot.Update) { pub.Update(u) }})
+	if err != nil {
+		return err
+	}
+	// The first catalog is published before proxies are accepted, so the
+	// first proxies to connect get configuration at once.
+	pub.Update(first)
+	if _, err := pub.Publish(); err != nil {
+		log.Error("some proxies could not be rendered; see /debug/status", "err", err)
+	}
+	go combiner.Run(ctx, src.channels)
+	go pub.Run(ctx)
+
+	tracker := server.NewTracker(log, m, func(id string) bool { return pub.View().Known(id) })
+	var hosts []string
+	for _, h := range strings.Split(c.ServerHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	auth := &server.Authenticator{Tokens: tokens, TrustDomain: c.TrustDomain, Logger: log, Insecure: c.InsecureXDS,
+		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
+			cat := pub.View().Catalog
+			if cat == nil || cat.Proxy(node) == nil || cat.Service(cat.Proxy(node).ServiceKey()) == nil {
+				return mesh.ServiceKey{}, mesh.Identity{}, false
+			}
+			k := cat.Proxy(node).ServiceKey()
+			return k, mesh.IdentityOf(c.TrustDomain, cat.Service(k)), true
+		}}
+	auth.RegisterMetrics(m.Registry)
+	m.Registry.MustRegister(server.NewCACollector(ca))
+	var tlsConf *tls.Config
+	if !c.InsecureXDS {
+		if tlsConf, err = ca.ServerTLSConfig(hosts); err != nil {
+			return fmt.Errorf("xDS server certificate: %w", err)
+		}
+	}
+	// The node agent's CSRs are signed on the xDS port, behind the same
+	// credentials as xDS itself.
+	caService := func(gs *grpc.Server) {
+		server.RegisterCAService(gs, auth, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, c.TrustDomain) }, tracker)
+	}
+	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tracker, Events: pub, Auth: auth,
+		Register: []func(*grpc.Server){caService}})
+	if err != nil {
+		return err
+	}
+	xlis, err := net.Listen("tcp", c.XDSListen)
+	if err != nil {
+		return fmt.Errorf("--xds-listen %s: %w", c.XDSListen, err)
+	}
+	alis, err := net.Listen("tcp", c.AdminListen)
+	if err != nil {
+		xlis.Close()
+		return fmt.Errorf("--admin-listen %s: %w", c.AdminListen, err)
+	}
+	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
+		CatalogStatus: src.catalogStatus(combiner), PolicyStatus: src.policyStatus(combiner),
+		// After a CA rotation step, re-render so the new bundle or the
+		// reissued leaves reach proxies now rather than at the next change.
+		CA: ca, OnCAChange: pub.Republish,
+		Liveness: &server.Liveness{Bound: c.LivenessTimeout, Logger: log, Checks: map[string]server.Stalled{
+			"publisher": pub.Stalled, "xds streams": server.StreamsStalled(cache, tracker)}}}
+	hs := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	go ca.RunRotation(ctx, tracker, time.Second, pub.Republish)
+	go func() { errc <- xs.Serve(xlis) }()
+	go func() {
+		if err := hs.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin server: %w", err)
+		}
+	}()
+	cat := first.Catalog
+	log.Info("meshd started", "xds", xlis.Addr().String(), "admin", alis.Addr().String(),
+		"catalog", c.Catalog, "trust_domain", c.TrustDomain, "ca_root", ca.Fingerprint(),
+		"consul", c.ConsulAddr, "services", len(cat.Services()), "proxies", len(cat.Proxies()))
+	if c.InsecureXDS {
+		log.Warn("INSECURE: --insecure-xds serves xDS in PLAINTEXT WITHOUT AUTHENTICATION: any client that reaches --xds-listen gets any proxy's configuration and certificates; development only",
+			"xds", xlis.Addr().String())
+	} else {
+		log.Info("xDS proxies authenticate with a bootstrap token (meshctl token create) or a mesh client certificate", "xds", xlis.Addr().String())
+	}
+	if ready != nil {
+		ready(xlis.Addr().String(), alis.Addr().String())
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	log.Info("meshd shutting down")
+	cancel()
+	xs.Stop(5 * time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	_ = hs.Shutdown(sctx)
+	return runErr
+}
