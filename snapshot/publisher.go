@@ -411,15 +411,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			*t = time.NewTimer(max(time.Until(at), floor))
 		}
 	}
-	publish := func(force []forceRequest) {
-		holdoff, deadline = nil, nil
-		if _, err := p.publish(); err != nil {
-			p.log.Error("publish failed; the last good snapshots keep serving", "err", err)
-		}
-		for _, f := range force {
-			f.done <- nil
-		}
-		lastPublish = time.Now()
+	arm := func() {
 		// The floor stops a renewal that keeps failing (or a leaf that is
 		// somehow never reissued) from turning into a busy loop.
 		if next := p.secrets.NextRenewal(); !next.IsZero() {
@@ -429,6 +421,20 @@ func (p *Publisher) Run(ctx context.Context) {
 		}
 		reset(&overdue, p.nextOverdue(), 10*time.Millisecond)
 	}
+	publish := func(force []forceRequest) {
+		holdoff, deadline = nil, nil
+		if _, err := p.publish(); err != nil {
+			p.log.Error("publish failed; the last good snapshots keep serving", "err", err)
+		}
+		for _, f := range force {
+			f.done <- nil
+		}
+		lastPublish = time.Now()
+		arm()
+	}
+	// A publish made before Run (Publish) may have cached leaves and
+	// started migrations: their timers start now.
+	arm()
 	for {
 		fired := false
 		select {

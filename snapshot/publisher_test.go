@@ -516,3 +516,26 @@ func TestConcurrentUpdatesApplyInOrder(t *testing.T) {
 		t.Fatalf("final view has catalog %d policy %d, last rendered %d/%d; last sent %d/%d", c, p, lastCat, lastPol, sentCat, sentPol)
 	}
 }
+
+// renewingSecrets has a leaf due for reissue right away.
+type renewingSecrets struct{ fakeSecrets }
+
+func (r *renewingSecrets) NextRenewal() time.Time { return time.Now() }
+
+// The renewal timer runs from the loop's start, also when the first publish
+// was made before Run (as meshd publishes its first catalog before serving):
+// leaves due are reissued without any other change.
+func TestRenewalTimerStartsWithTheLoop(t *testing.T) {
+	svcs, pxs := quickstart(t)
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	m := metrics.New()
+	pub := New(cache, &renewingSecrets{}, Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go pub.Run(ctx)
+	waitFor(t, func() bool { return testutil.ToFloat64(m.SnapshotBuilds) >= 2 })
+}

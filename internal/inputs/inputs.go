@@ -140,7 +140,9 @@ func (c *Combiner) Catalog() *mesh.Catalog { return c.merged }
 // intentions mapped against the merged catalog. A mapping error keeps the
 // previous intentions in force.
 func (c *Combiner) policy() *mesh.PolicySet {
-	if c.opts.Intentions != nil && c.entries != nil {
+	if c.opts.Intentions != nil {
+		// Mapped even with no entries: deleting the last intention must
+		// drop its policy (and a default-deny maps to policies anyway).
 		o := *c.opts.Intentions
 		o.Catalog = c.merged
 		pols, err := consul.MapIntentions(c.entries, o)

@@ -148,6 +148,11 @@ func TestCatalogAndIntentionsArePublishedTogetherInOrder(t *testing.T) {
 	if st := c.Status(); st.Intentions.Policies != 2 || st.Intentions.MappingError != "" {
 		t.Errorf("status %+v", st)
 	}
+	// Every intention deleted: no intention policy is left.
+	ints <- nil
+	if u := rec.next(t); len(u.Policy.Authorizations) != 0 {
+		t.Fatalf("all intentions deleted, %d authorizations left", len(u.Policy.Authorizations))
+	}
 }
 
 // A bad intentions entry keeps the previous intentions in force and is
