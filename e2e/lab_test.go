@@ -90,6 +90,20 @@ func TestLabFiles(t *testing.T) {
 		}
 	}
 
+	// The images are the versions the tests run.
+	for _, v := range []struct{ image, bin string }{
+		{lab.EnvoyImage, envoytest.Binary(t)}, {lab.ConsulImage, consultest.Binary(t)},
+	} {
+		_, tag, _ := strings.Cut(v.image, ":")
+		out, err := exec.Command(v.bin, "--version").CombinedOutput()
+		if err != nil {
+			out, err = exec.Command(v.bin, "version").CombinedOutput()
+		}
+		if err != nil || !strings.Contains(string(out), "/"+strings.TrimPrefix(tag, "v")+"/") && !strings.Contains(string(out), "Consul v"+tag+"\n") {
+			t.Errorf("the lab runs %s, the tests %s, which says (%v): %s", v.image, v.bin, err, out)
+		}
+	}
+
 	readme, err := os.ReadFile("../examples/lab/README.md")
 	if err != nil {
 		t.Fatal(err)
