@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/meshd/meshd/internal/inputfile"
+	"github.com/meshd/meshd/internal/suggest"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -282,8 +283,8 @@ func TestSuggest(t *testing.T) {
 		"color":       "",
 		"x":           "",
 	} {
-		if got := suggest(in, fields); got != want {
-			t.Errorf("suggest(%q) = %q, want %q", in, got, want)
+		if got := suggest.Closest(in, fields); got != want {
+			t.Errorf("suggest.Closest(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/suggest"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -237,7 +238,7 @@ func unknownFieldMessage(name string, t reflect.Type, goType, where string) stri
 	}
 	b.WriteString(describeObject(t, where))
 	fields := yamlFields(t)
-	if s := suggest(name, fields); s != "" {
+	if s := suggest.Closest(name, fields); s != "" {
 		fmt.Fprintf(&b, "; did you mean %q?", s)
 	} else {
 		fmt.Fprintf(&b, "; valid fields are %s;", strings.Join(fields, ", "))
@@ -362,58 +363,6 @@ func fieldType(t reflect.Type, name string) reflect.Type {
 		}
 	}
 	return nil
-}
-
-// suggest returns the field the user most likely meant, or "": the same name
-// in another case or separator style (publicport, public_port), a prefix
-// (prot), or a typo within a small edit distance (adress).
-func suggest(name string, fields []string) string {
-	norm := func(s string) string {
-		return strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(s))
-	}
-	n := norm(name)
-	for _, f := range fields {
-		if norm(f) == n {
-			return f
-		}
-	}
-	if len(n) >= 3 {
-		for _, f := range fields {
-			if strings.HasPrefix(norm(f), n) {
-				return f
-			}
-		}
-	}
-	best, bestDist := "", 3
-	if len(n) < 5 {
-		bestDist = 2
-	}
-	for _, f := range fields {
-		if d := editDistance(n, norm(f)); d < bestDist {
-			best, bestDist = f, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // site is one node of the document with what the schema says about it.
