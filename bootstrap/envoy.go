@@ -10,6 +10,7 @@ import (
 	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -157,6 +158,8 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
 			Clusters: clusters,
 		},
+		// Service and namespace as labels, not in metric names (stats.go).
+		StatsConfig: &metricsv3.StatsConfig{StatsTags: StatsTags()},
 	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("generated Envoy bootstrap is invalid (a bug in meshd, please report it): %w", err)

@@ -20,7 +20,7 @@ func buildLocalAppCluster(s *mesh.Service, p *mesh.Proxy) (*Resource, error) {
 	name := LocalAppClusterName(s.Key())
 	c := &clusterv3.Cluster{
 		Name:                 name,
-		AltStatName:          name,
+		AltStatName:          ClusterStatName(name),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       localConnectTimeout,
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
@@ -99,6 +99,7 @@ func buildGRPCCluster(up *mesh.Service, trustDomain string, plaintext bool) (*Re
 func edsCluster(name string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
 		Name:                 name,
+		AltStatName:          ClusterStatName(name),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
 		ConnectTimeout:       connectTimeout,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -176,6 +177,19 @@ func NetworkRBACStatPrefix(stat, action, rule string) string {
 	}
 	return stat + "." + action + "."
 }
+
+// ClusterStatName is what Envoy's stats call a cluster (its alt_stat_name):
+// the name with its "|" made a ".", outbound.<svc>.<ns> or
+// local_app.<svc>.<ns>, the shape of the listeners' stat prefixes, so that
+// the bootstrap's stats tags (bootstrap.StatsTags) turn service and
+// namespace into labels here too. Envoy's own cluster_name tag stops at
+// the first dot: outbound|api.default would be tagged "outbound|api", with
+// the namespace left in the metric's name.
+func ClusterStatName(clusterName string) string { return strings.Replace(clusterName, "|", ".", 1) }
+
+// StatKinds are the first components of meshd's stat prefixes and cluster
+// stat names: what the bootstrap's stats tags match on.
+var StatKinds = []string{"inbound_mtls", "inbound_plaintext", "outbound_mtls", "outbound", "local_app"}
 
 // OutboundStatPrefix is the stat prefix of an outbound listener's filter.
 func OutboundStatPrefix(k mesh.ServiceKey) string { return "outbound_mtls." + k.String() }
