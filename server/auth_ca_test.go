@@ -7,19 +7,16 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
-	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server/caclient"
 )
 
 func csrFor(t *testing.T, id mesh.Identity, dns ...string) ([]byte, *ecdsa.PrivateKey) {
@@ -44,7 +41,7 @@ func TestCAServiceSignsOnlyTheCredentialsIdentity(t *testing.T) {
 	webTok := f.token(t, "web", time.Hour)
 
 	csr, key := csrFor(t, webID, "web", "web.default")
-	resp, err := Sign(ctx, cc, webTok, &SignRequest{NodeID: "web.default", CSR: string(csr)})
+	resp, err := caclient.Sign(ctx, cc, webTok, &caclient.SignRequest{NodeID: "web.default", CSR: string(csr)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,23 +57,23 @@ func TestCAServiceSignsOnlyTheCredentialsIdentity(t *testing.T) {
 	// Renewal with the certificate just obtained, no token.
 	leaf := &sds.Leaf{CertPEM: []byte(resp.CertChain), KeyPEM: mustKeyPEM(t, key)}
 	csr2, _ := csrFor(t, webID, "web")
-	if _, err := Sign(ctx, f.dial(t, leaf), "", &SignRequest{NodeID: "web.default", CSR: string(csr2)}); err != nil {
+	if _, err := caclient.Sign(ctx, f.dial(t, leaf), "", &caclient.SignRequest{NodeID: "web.default", CSR: string(csr2)}); err != nil {
 		t.Errorf("renewal with the current certificate: %v", err)
 	}
 
 	// A CSR for api's identity with web's token, or web's token claiming
 	// api's node, or no credential: refused.
 	apiCSR, _ := csrFor(t, apiID, "api")
-	_, err = Sign(ctx, cc, webTok, &SignRequest{NodeID: "web.default", CSR: string(apiCSR)})
+	_, err = caclient.Sign(ctx, cc, webTok, &caclient.SignRequest{NodeID: "web.default", CSR: string(apiCSR)})
 	wantCode(t, "CSR for api with web's token", err, codes.PermissionDenied, "grants only")
-	_, err = Sign(ctx, cc, webTok, &SignRequest{NodeID: "api.default", CSR: string(apiCSR)})
+	_, err = caclient.Sign(ctx, cc, webTok, &caclient.SignRequest{NodeID: "api.default", CSR: string(apiCSR)})
 	wantCode(t, "web's token as api's node", err, codes.PermissionDenied, "does not grant")
-	_, err = Sign(ctx, cc, "", &SignRequest{NodeID: "web.default", CSR: string(csr)})
+	_, err = caclient.Sign(ctx, cc, "", &caclient.SignRequest{NodeID: "web.default", CSR: string(csr)})
 	wantCode(t, "no credential", err, codes.Unauthenticated, "no credential")
 	badDNS, _ := csrFor(t, webID, "api")
-	_, err = Sign(ctx, cc, webTok, &SignRequest{NodeID: "web.default", CSR: string(badDNS)})
+	_, err = caclient.Sign(ctx, cc, webTok, &caclient.SignRequest{NodeID: "web.default", CSR: string(badDNS)})
 	wantCode(t, "foreign DNS name", err, codes.PermissionDenied, "DNS name")
-	if b, err := Bundle(ctx, cc, webTok, "web.default"); err != nil || b != string(f.ca.RootCertPEM()) {
+	if b, err := caclient.Bundle(ctx, cc, webTok, "web.default"); err != nil || b != string(f.ca.RootCertPEM()) {
 		t.Errorf("Bundle: %v", err)
 	}
 	// The agent's fetch counts for the root rotation gate.
@@ -86,7 +83,7 @@ func TestCAServiceSignsOnlyTheCredentialsIdentity(t *testing.T) {
 	if ok, pending := f.tracker.BundleAcked(strings.Repeat("0", 64)); ok || len(pending) != 1 || pending[0] != "web.default (mesh-agent)" {
 		t.Errorf("gate with an agent lacking the root: %v %v", ok, pending)
 	}
-	_, err = Bundle(ctx, cc, webTok, "api.default")
+	_, err = caclient.Bundle(ctx, cc, webTok, "api.default")
 	wantCode(t, "bundle as api", err, codes.PermissionDenied, "does not grant")
 	if !strings.Contains(f.logs.String(), "CSR refused") {
 		t.Error("CSR refusal not logged")
@@ -100,27 +97,4 @@ func mustKeyPEM(t *testing.T, k *ecdsa.PrivateKey) sds.PrivateKeyPEM {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-}
-
-func TestCACollector(t *testing.T) {
-	ca, err := sds.LoadOrCreate(sds.Options{DataDir: t.TempDir(), TrustDomain: "cluster.local", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ca.Leaf(webID, nil); err != nil {
-		t.Fatal(err)
-	}
-	f := struct{ ca *sds.Authority }{ca}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCACollector(f.ca))
-	want := fmt.Sprintf(`# HELP meshd_identity_cert_not_after_seconds Expiry (Unix seconds) of the current certificate of each identity meshd serves.
-# TYPE meshd_identity_cert_not_after_seconds gauge
-meshd_identity_cert_not_after_seconds{generation=%q,spiffe_id=%q} %g
-`, f.ca.Status(nil).Signing.Generation, webID.SPIFFEID(), float64(f.ca.Status(nil).Leaves[0].NotAfter.Unix()))
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "meshd_identity_cert_not_after_seconds"); err != nil {
-		t.Error(err)
-	}
-	if n, err := testutil.GatherAndCount(reg, "meshd_ca_cert_not_after_seconds", "meshd_ca_rotation_in_progress"); err != nil || n != 3 {
-		t.Errorf("CA series: %d %v, want intermediate, root and rotation", n, err)
-	}
 }

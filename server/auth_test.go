@@ -18,7 +18,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -28,6 +28,10 @@ import (
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server/auth"
+	"github.com/meshd/meshd/server/caclient"
+	"github.com/meshd/meshd/server/caservice"
+	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -53,9 +57,36 @@ type authFixture struct {
 	dataDir string
 	ca      *sds.Authority
 	tokens  *sds.TokenAuthority
-	tracker *Tracker
-	auth    *Authenticator
+	tracker *tracker.Tracker
+	auth    *auth.Authenticator
 	logs    *lockedBuf
+	reg     *prometheus.Registry
+}
+
+// recheckEvery is the token re-check interval of the next startAuthServer
+// (zero: the default).
+var recheckEvery time.Duration
+
+// counter reads a counter of the fixture's registry by its one label value.
+func (f *authFixture) counter(t *testing.T, name, label string) float64 {
+	t.Helper()
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 var webID = mesh.Identity{TrustDomain: "cluster.local", Namespace: "default", ServiceAccount: "web"}
@@ -77,7 +108,7 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 		t.Fatal(err)
 	}
 	cat, cache, _, m, tr := publishQuickstart(t, ca, log)
-	auth := &Authenticator{
+	au := &auth.Authenticator{RecheckEvery: recheckEvery,
 		Tokens: tokens, TrustDomain: "cluster.local", Logger: log, Insecure: insecureXDS,
 		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
 			px := cat.Proxy(node)
@@ -87,9 +118,9 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 			return px.ServiceKey(), mesh.IdentityOf("cluster.local", cat.Service(px.ServiceKey())), true
 		},
 	}
-	auth.RegisterMetrics(m.Registry)
-	o := Options{Logger: log, Tracker: tr, Auth: auth, Register: []func(*grpc.Server){func(gs *grpc.Server) {
-		RegisterCAService(gs, auth, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, "cluster.local") }, tr)
+	au.RegisterMetrics(m.Registry)
+	o := Options{Logger: log, Tracker: tr, Auth: au, Register: []func(*grpc.Server){func(gs *grpc.Server) {
+		caservice.Register(gs, au, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, "cluster.local") }, tr)
 	}}}
 	if !insecureXDS {
 		if o.TLS, err = ca.ServerTLSConfig(nil); err != nil {
@@ -106,7 +137,7 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 	}
 	go xs.Serve(lis)
 	t.Cleanup(func() { xs.Stop(2 * time.Second) })
-	return &authFixture{addr: lis.Addr().String(), dataDir: dir, ca: ca, tokens: tokens, tracker: tr, auth: auth, logs: logs}
+	return &authFixture{addr: lis.Addr().String(), dataDir: dir, ca: ca, tokens: tokens, tracker: tr, auth: au, logs: logs, reg: m.Registry}
 }
 
 // dial connects over TLS, presenting clientCert when given.
@@ -143,7 +174,7 @@ func withToken(tok string) context.Context {
 	if tok == "" {
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, TokenMetadataKey, "Bearer "+tok)
+	return metadata.AppendToOutgoingContext(ctx, caclient.TokenMetadataKey, "Bearer "+tok)
 }
 
 // firstResponse opens an ADS stream as node, asks for typ (names) and
@@ -184,7 +215,7 @@ func TestAuthTokenGrantsOnlyItsOwnService(t *testing.T) {
 	wantCode(t, "web token as api", err, codes.PermissionDenied, `does not grant node "api.default"`)
 	_, err = firstResponse(cc, withToken(webTok), "nobody", resourcev3.ClusterType)
 	wantCode(t, "unknown node", err, codes.PermissionDenied, "not in the catalog")
-	if n := testutil.ToFloat64(f.auth.refused.WithLabelValues("identity_mismatch")); n != 1 {
+	if n := f.counter(t, "meshd_xds_auth_refused_total", "identity_mismatch"); n != 1 {
 		t.Errorf("identity_mismatch refusals = %v, want 1", n)
 	}
 	if !strings.Contains(f.logs.String(), "credential is for another identity") {
@@ -209,7 +240,7 @@ func TestAuthTokenGrantsOnlyItsOwnService(t *testing.T) {
 	if len(resp.GetResources()) != 1 {
 		t.Errorf("web received %d secrets, want only its own", len(resp.GetResources()))
 	}
-	if n := testutil.ToFloat64(f.auth.secretsDenied.WithLabelValues("web.default")); n != 1 {
+	if n := f.counter(t, "meshd_sds_secret_requests_denied_total", "web.default"); n != 1 {
 		t.Errorf("denied secret requests = %v, want 1", n)
 	}
 	if !strings.Contains(f.logs.String(), xds.IdentitySecretName(apiID)) {
@@ -257,7 +288,7 @@ func TestAuthRefusesBadTokens(t *testing.T) {
 	_, err = firstResponse(cc, withToken(good), "web.default", resourcev3.ClusterType)
 	wantCode(t, "revoked", err, codes.Unauthenticated, "revoked")
 	for reason, want := range map[string]float64{"no_credential": 1, "bad_token": 1, "expired_token": 1, "revoked_token": 1} {
-		if n := testutil.ToFloat64(f.auth.refused.WithLabelValues(reason)); n != want {
+		if n := f.counter(t, "meshd_xds_auth_refused_total", reason); n != want {
 			t.Errorf("refusals[%s] = %v, want %v", reason, n, want)
 		}
 	}
@@ -387,9 +418,8 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestRevokedTokenEndsOpenStream(t *testing.T) {
-	old := tokenRecheck
-	tokenRecheck = 0
-	t.Cleanup(func() { tokenRecheck = old })
+	recheckEvery = time.Nanosecond
+	t.Cleanup(func() { recheckEvery = 0 })
 	f := startAuthServer(t, false)
 	tok := f.token(t, "web", time.Hour)
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t, nil)).StreamAggregatedResources(withToken(tok))

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"google.golang.org/grpc/mem"
@@ -25,7 +26,7 @@ func (poolCodec) Name() string { return "proto" }
 func (c poolCodec) Marshal(v any) (mem.BufferSlice, error) {
 	m, ok := v.(proto.Message)
 	if !ok {
-		b, err := jsonCodec{}.Marshal(v)
+		b, err := json.Marshal(v) // the CA service's messages (server/caclient's JSON codec)
 		if err != nil {
 			return nil, fmt.Errorf("encoding %T: %w", v, err)
 		}
@@ -54,7 +55,7 @@ func (c poolCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	defer buf.Free()
 	m, ok := v.(proto.Message)
 	if !ok {
-		return jsonCodec{}.Unmarshal(buf.ReadOnlyData(), v)
+		return json.Unmarshal(buf.ReadOnlyData(), v)
 	}
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }

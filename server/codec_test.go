@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/meshd/meshd/server/caclient"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -48,14 +49,14 @@ func TestPoolCodec(t *testing.T) {
 		t.Fatal("garbage decoded without an error")
 	}
 	// The CA service's messages (not protos) are JSON.
-	data, err := c.Marshal(&SignRequest{NodeID: "web.default", CSR: "x"})
+	data, err := c.Marshal(&caclient.SignRequest{NodeID: "web.default", CSR: "x"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := string(data.Materialize()); got != `{"nodeId":"web.default","csr":"x"}` {
 		t.Fatalf("SignRequest encoded as %s", got)
 	}
-	var back SignRequest
+	var back caclient.SignRequest
 	if err := c.Unmarshal(data, &back); err != nil || back.NodeID != "web.default" {
 		t.Fatalf("SignRequest round trip: %+v, %v", back, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -163,7 +164,7 @@ func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDis
 	}
 }
 
-func (d *deltaState) key() StreamKey { return StreamKey{Delta: true, ID: d.id} }
+func (d *deltaState) key() tracker.StreamKey { return tracker.StreamKey{Delta: true, ID: d.id} }
 
 func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType string) error {
 	typ, err := streamType(req.GetTypeUrl(), defaultType)

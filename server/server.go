@@ -1,5 +1,9 @@
-// Package server wires meshd's xDS gRPC server (go-control-plane), the
-// stream tracker and the admin HTTP endpoints.
+// Package server is meshd's xDS gRPC server: its own state-of-the-world
+// and delta stream loops (which own the ACK/NACK protocol), the snapshot
+// cache that wakes them, and the gRPC plumbing (TLS, keepalives, buffer
+// pool, codec). Authentication (server/auth), stream status
+// (server/tracker), the CA service (server/caservice) and the admin API
+// (server/admin) are packages of their own.
 package server
 
 import (
@@ -26,6 +30,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/server/auth"
+	"github.com/meshd/meshd/server/tracker"
 )
 
 // Options configure the xDS server.
@@ -34,7 +40,7 @@ type Options struct {
 	// Auth.Insecure (--insecure-xds, development only) asks for plaintext.
 	TLS     *tls.Config
 	Logger  *slog.Logger
-	Tracker *Tracker
+	Tracker *tracker.Tracker
 	// Events, when set, is told of stream openings, closings and ACKs (the
 	// publisher, for mTLS migrations); it must never block.
 	Events Events
@@ -44,7 +50,7 @@ type Options struct {
 	KeepaliveTime, KeepaliveTimeout time.Duration
 	// Auth, when set, authenticates every xDS stream (auth.go). With
 	// Auth.Insecure the server speaks plaintext and TLS may be nil.
-	Auth *Authenticator
+	Auth *auth.Authenticator
 	// Register adds further services (the CA service) to the gRPC server.
 	Register []func(*grpc.Server)
 }
@@ -117,7 +123,7 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 		if log == nil {
 			log = slog.Default()
 		}
-		o.Tracker = NewTracker(log, metrics.New(), nil)
+		o.Tracker = tracker.NewTracker(log, metrics.New(), nil)
 	}
 	var events Events = noEvents{}
 	if o.Events != nil {

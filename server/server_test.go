@@ -25,6 +25,7 @@ import (
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/snapshot"
 	"github.com/meshd/meshd/xds"
 )
@@ -44,7 +45,7 @@ func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
 type fixture struct {
 	addr    string
 	ca      *sds.Authority
-	tracker *Tracker
+	tracker *tracker.Tracker
 	metrics *metrics.Metrics
 	pub     *snapshot.Publisher
 	cache   *Cache
@@ -53,7 +54,7 @@ type fixture struct {
 
 // publishQuickstart publishes the quickstart catalog with the real CA,
 // translation and go-control-plane cache, and returns what a server needs.
-func publishQuickstart(t testing.TB, ca *sds.Authority, log *slog.Logger) (*mesh.Catalog, *Cache, *snapshot.Publisher, *metrics.Metrics, *Tracker) {
+func publishQuickstart(t testing.TB, ca *sds.Authority, log *slog.Logger) (*mesh.Catalog, *Cache, *snapshot.Publisher, *metrics.Metrics, *tracker.Tracker) {
 	t.Helper()
 	data, err := os.ReadFile("../examples/quickstart/catalog.yaml")
 	if err != nil {
@@ -77,7 +78,7 @@ func publishQuickstart(t testing.TB, ca *sds.Authority, log *slog.Logger) (*mesh
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
 	}
-	tr := NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
+	tr := tracker.NewTracker(log, m, func(id string) bool { return cat.Proxy(id) != nil })
 	return cat, cache, pub, m, tr
 }
 

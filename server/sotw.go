@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/snapshot"
 	"github.com/meshd/meshd/xds"
 )
@@ -111,7 +112,7 @@ func (c *Cache) unregister(s *sotwStream) {
 type sotwServer struct {
 	serverv3.Server // fetch
 	cache           *Cache
-	tracker         *Tracker
+	tracker         *tracker.Tracker
 	events          Events
 	ctx             context.Context
 	ids             atomic.Int64 // SotW streams
@@ -136,7 +137,7 @@ func (noEvents) Acked(string, string, string) {}
 // identified binds a stream to the node its first request names: the
 // cache wakes it on that node's snapshot changes, and the tracker and the
 // publisher learn it is connected.
-func (s *sotwServer) identified(k StreamKey, reg *sotwStream, node *corev3.Node) {
+func (s *sotwServer) identified(k tracker.StreamKey, reg *sotwStream, node *corev3.Node) {
 	if reg.node != "" || node.GetId() == "" {
 		return
 	}
@@ -147,7 +148,7 @@ func (s *sotwServer) identified(k StreamKey, reg *sotwStream, node *corev3.Node)
 }
 
 // ended undoes identified when the stream ends.
-func (s *sotwServer) ended(k StreamKey, reg *sotwStream) {
+func (s *sotwServer) ended(k tracker.StreamKey, reg *sotwStream) {
 	s.tracker.Closed(k)
 	if reg.node != "" {
 		s.cache.unregister(reg)
@@ -256,7 +257,7 @@ func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequ
 	}
 }
 
-func (s *sotwStream) key() StreamKey { return StreamKey{ID: s.id} }
+func (s *sotwStream) key() tracker.StreamKey { return tracker.StreamKey{ID: s.id} }
 
 // request handles one request: identification, the answer it carries (ACK
 // or NACK of the last response of its type), the subscription, and the

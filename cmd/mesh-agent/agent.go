@@ -28,7 +28,7 @@ import (
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
-	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/server/caclient"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -135,7 +135,7 @@ func (a *agent) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create CSR: %w", err)
 	}
-	req := &server.SignRequest{NodeID: a.cfg.nodeID, CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
+	req := &caclient.SignRequest{NodeID: a.cfg.nodeID, CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
 	cc, err := a.dial()
 	if err != nil {
 		return err
@@ -152,10 +152,10 @@ func (a *agent) refresh(ctx context.Context) error {
 	if haveCert {
 		token = ""
 	}
-	resp, err := server.Sign(ctx, cc, token, req)
+	resp, err := caclient.Sign(ctx, cc, token, req)
 	if err != nil && haveCert && a.token != "" {
 		a.log.Warn("renewal with the current certificate failed; retrying with the bootstrap token", "err", err)
-		resp, err = server.Sign(ctx, cc, a.token, req)
+		resp, err = caclient.Sign(ctx, cc, a.token, req)
 	}
 	if err != nil {
 		return fmt.Errorf("meshd refused the CSR: %w", err)
@@ -190,7 +190,7 @@ func (a *agent) refreshBundle(ctx context.Context) error {
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	b, err := server.Bundle(ctx, cc, "", a.cfg.nodeID)
+	b, err := caclient.Bundle(ctx, cc, "", a.cfg.nodeID)
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
-	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/server/admin"
 )
 
 func TestTokenCreateBootstrapRevoke(t *testing.T) {
@@ -146,7 +146,7 @@ func TestCAStatusAndRotate(t *testing.T) {
 	if _, err := ca.Leaf(sdsTestID, nil); err != nil {
 		t.Fatal(err)
 	}
-	admin := &server.Admin{CA: ca, Metrics: metrics.New(), Logger: slog.New(slog.DiscardHandler)}
+	admin := &admin.Admin{CA: ca, Metrics: metrics.New(), Logger: slog.New(slog.DiscardHandler)}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,10 @@ import (
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/server"
+	"github.com/meshd/meshd/server/admin"
+	"github.com/meshd/meshd/server/auth"
+	"github.com/meshd/meshd/server/caservice"
+	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/snapshot"
 	"github.com/meshd/meshd/xds"
 )
@@ -158,14 +162,14 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	go combiner.Run(ctx, src.channels)
 	go pub.Run(ctx)
 
-	tracker := server.NewTracker(log, m, func(id string) bool { return pub.View().Known(id) })
+	tr := tracker.NewTracker(log, m, func(id string) bool { return pub.View().Known(id) })
 	var hosts []string
 	for _, h := range strings.Split(c.ServerHosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			hosts = append(hosts, h)
 		}
 	}
-	auth := &server.Authenticator{Tokens: tokens, TrustDomain: c.TrustDomain, Logger: log, Insecure: c.InsecureXDS,
+	au := &auth.Authenticator{Tokens: tokens, TrustDomain: c.TrustDomain, Logger: log, Insecure: c.InsecureXDS,
 		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
 			cat := pub.View().Catalog
 			if cat == nil || cat.Proxy(node) == nil || cat.Service(cat.Proxy(node).ServiceKey()) == nil {
@@ -174,8 +178,8 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 			k := cat.Proxy(node).ServiceKey()
 			return k, mesh.IdentityOf(c.TrustDomain, cat.Service(k)), true
 		}}
-	auth.RegisterMetrics(m.Registry)
-	m.Registry.MustRegister(server.NewCACollector(ca))
+	au.RegisterMetrics(m.Registry)
+	m.Registry.MustRegister(admin.NewCACollector(ca))
 	var tlsConf *tls.Config
 	if !c.InsecureXDS {
 		if tlsConf, err = ca.ServerTLSConfig(hosts); err != nil {
@@ -185,9 +189,9 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	// The node agent's CSRs are signed on the xDS port, behind the same
 	// credentials as xDS itself.
 	caService := func(gs *grpc.Server) {
-		server.RegisterCAService(gs, auth, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, c.TrustDomain) }, tracker)
+		caservice.Register(gs, au, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, c.TrustDomain) }, tr)
 	}
-	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tracker, Events: pub, Auth: auth,
+	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tr, Events: pub, Auth: au,
 		Register: []func(*grpc.Server){caService}})
 	if err != nil {
 		return err
@@ -201,16 +205,16 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		xlis.Close()
 		return fmt.Errorf("--admin-listen %s: %w", c.AdminListen, err)
 	}
-	admin := &server.Admin{Publisher: pub, Tracker: tracker, Metrics: m, Logger: log,
+	adm := &admin.Admin{Publisher: pub, Tracker: tr, Metrics: m, Logger: log,
 		CatalogStatus: src.catalogStatus(combiner), PolicyStatus: src.policyStatus(combiner),
 		// After a CA rotation step, re-render so the new bundle or the
 		// reissued leaves reach proxies now rather than at the next change.
 		CA: ca, OnCAChange: pub.Republish,
-		Liveness: &server.Liveness{Bound: c.LivenessTimeout, Logger: log, Checks: map[string]server.Stalled{
-			"publisher": pub.Stalled, "xds streams": server.StreamsStalled(cache, tracker)}}}
-	hs := &http.Server{Handler: admin.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		Liveness: &admin.Liveness{Bound: c.LivenessTimeout, Logger: log, Checks: map[string]admin.Stalled{
+			"publisher": pub.Stalled, "xds streams": server.StreamsStalled(cache, tr)}}}
+	hs := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
-	go ca.RunRotation(ctx, tracker, time.Second, pub.Republish)
+	go ca.RunRotation(ctx, tr, time.Second, pub.Republish)
 	go func() { errc <- xs.Serve(xlis) }()
 	go func() {
 		if err := hs.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -1,10 +1,8 @@
-package server
+package tracker
 
 import (
 	"io"
 	"log/slog"
-	"slices"
-	"strconv"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -87,41 +85,5 @@ func TestTrackerRecordsAnswers(t *testing.T) {
 	tr.Sent(StreamKey{ID: 99}, resourcev3.ClusterType, "1", "x", 1, nil) // never identified
 	if n := len(tr.Status()); n != 1 {
 		t.Errorf("%d nodes tracked, want 1", n)
-	}
-}
-
-// A delta client may be sent a second response of a type before it answers
-// the first (it asked for more resources meanwhile); the loop matches each
-// answer to what that response carried, in order, and keeps a bounded
-// number of unanswered responses.
-func TestDeltaAnswersOlderResponse(t *testing.T) {
-	var dt deltaType
-	send := func(nonce, version string) {
-		if len(dt.sent) == maxUnanswered {
-			dt.sent = slices.Delete(dt.sent, 0, 1)
-		}
-		dt.sent = append(dt.sent, sentResponse{nonce, version})
-	}
-	send("1", "e1")
-	send("2", "e2")
-	if r, ok := dt.takeAnswer("1"); !ok || r.version != "e1" {
-		t.Fatalf("answer to the older response: %v %v", r, ok)
-	}
-	if r, ok := dt.takeAnswer("2"); !ok || r.version != "e2" {
-		t.Fatalf("answer to the newer response: %v %v", r, ok)
-	}
-	if _, ok := dt.takeAnswer("2"); ok {
-		t.Error("a repeated answer counted twice")
-	}
-	send("3", "e3")
-	send("4", "e4")
-	if r, ok := dt.takeAnswer("4"); !ok || r.version != "e4" || len(dt.sent) != 0 {
-		t.Errorf("answering the newest did not settle the older: %v %v %d left", r, ok, len(dt.sent))
-	}
-	for i := range 3 * maxUnanswered {
-		send(strconv.Itoa(100+i), "x")
-	}
-	if len(dt.sent) > maxUnanswered {
-		t.Errorf("%d unanswered responses kept, want at most %d", len(dt.sent), maxUnanswered)
 	}
 }

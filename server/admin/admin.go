@@ -1,4 +1,7 @@
-package server
+// Package admin serves meshd's admin HTTP API: health and liveness,
+// readiness, metrics, status and config dumps, the CA's status and
+// rotations, forced mTLS migrations, and profiling.
+package admin
 
 import (
 	"context"
@@ -20,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/snapshot"
 	"github.com/meshd/meshd/xds"
 )
@@ -27,7 +31,7 @@ import (
 // Admin serves meshd's operator endpoints.
 type Admin struct {
 	Publisher *snapshot.Publisher
-	Tracker   *Tracker
+	Tracker   *tracker.Tracker
 	Metrics   *metrics.Metrics
 	Logger    *slog.Logger
 	// CatalogStatus, when set, reports the discovery sources' state.
@@ -79,7 +83,7 @@ func (a *Admin) Handler() http.Handler {
 func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 	type proxy struct {
 		snapshot.ProxyStatus
-		XDS *NodeStatus `json:"xds,omitempty"`
+		XDS *tracker.NodeStatus `json:"xds,omitempty"`
 	}
 	var out struct {
 		Ready   bool `json:"ready"`
@@ -88,7 +92,7 @@ func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 		// Migrations are mTLS mode changes waiting for proxies to ACK.
 		Migrations []snapshot.Transition `json:"migrations,omitempty"`
 		Proxies    []proxy               `json:"proxies"`
-		Unknown    []NodeStatus          `json:"unknownNodes,omitempty"`
+		Unknown    []tracker.NodeStatus  `json:"unknownNodes,omitempty"`
 	}
 	out.Ready = a.Publisher.Ready()
 	if a.CatalogStatus != nil {
@@ -98,7 +102,7 @@ func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 		out.Policy = a.PolicyStatus()
 	}
 	out.Migrations = a.Publisher.Transitions()
-	nodes := map[string]NodeStatus{}
+	nodes := map[string]tracker.NodeStatus{}
 	for _, n := range a.Tracker.Status() {
 		nodes[n.ID] = n
 	}

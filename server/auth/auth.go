@@ -1,4 +1,7 @@
-package server
+// Package auth authenticates xDS streams and CA calls: a bootstrap token
+// or a mesh client certificate must grant the node's catalog identity, and
+// a stream only gets the secrets that identity may read.
+package auth
 
 import (
 	"context"
@@ -24,13 +27,14 @@ import (
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server/caclient"
 	"github.com/meshd/meshd/xds"
 )
 
 // TokenMetadataKey is the gRPC metadata key carrying a bootstrap token as
 // "Bearer <token>" (Envoy sends it through the xDS cluster's
 // initial_metadata; see bootstrap.EnvoyOptions.Token).
-const TokenMetadataKey = "authorization"
+const TokenMetadataKey = caclient.TokenMetadataKey
 
 // deniedSecretName replaces a secret subscription that named only other
 // identities' secrets: an empty name list would turn the request into a
@@ -57,6 +61,11 @@ type Authenticator struct {
 	// Insecure disables authentication (--insecure-xds): every stream is
 	// served and logged with a warning. Development only.
 	Insecure bool
+	// RecheckEvery is how often a long-lived stream's token is verified
+	// again, so expiry and revocation also end streams opened before them
+	// (each ACK is a request, so a busy stream is checked about this often).
+	// Zero: 30 seconds.
+	RecheckEvery time.Duration
 
 	once          sync.Once
 	refused       *prometheus.CounterVec
@@ -154,6 +163,38 @@ func (a *Authenticator) authenticate(ctx context.Context) (*credential, error) {
 	a.Logger.Warn("xDS stream refused: no credential", "peer", c.peer)
 	return nil, a.refuse("no_credential", codes.Unauthenticated,
 		"xDS: no credential: send a bootstrap token (meshctl token create, then meshctl bootstrap --token-file) or a client certificate from the mesh CA")
+}
+
+// Caller is what a unary call's credential proved: the node's catalog
+// service and identity it grants, and the credential (for logs).
+type Caller struct {
+	Service    mesh.ServiceKey
+	Identity   mesh.Identity
+	Credential string
+}
+
+// AuthorizeCall authenticates a unary call (the CA service) and checks that
+// its credential grants nodeID's identity. A credential is required even
+// with Insecure: the CA service is a signing oracle otherwise.
+func (a *Authenticator) AuthorizeCall(ctx context.Context, nodeID string) (Caller, error) {
+	a.init()
+	cred, err := a.authenticate(ctx)
+	if err != nil {
+		return Caller{}, err
+	}
+	id, err := a.authorize(cred, nodeID)
+	if err != nil {
+		return Caller{}, err
+	}
+	svc, _, _ := a.Lookup(nodeID)
+	return Caller{Service: svc, Identity: id, Credential: cred.String()}, nil
+}
+
+// CountRefusal counts a refusal decided elsewhere (the CA service's bad
+// CSRs) under reason.
+func (a *Authenticator) CountRefusal(reason string) {
+	a.init()
+	a.refused.WithLabelValues(reason).Inc()
 }
 
 // authorize checks that the credential grants the node's catalog identity.
@@ -359,13 +400,14 @@ func moveInto(dst, src proto.Message) {
 	d.SetUnknown(s.GetUnknown())
 }
 
-// tokenRecheck is how often a long-lived stream's token is verified again,
-// so expiry and revocation also end streams opened before them (each ACK
-// is a request, so a busy stream is checked about this often).
-var tokenRecheck = 30 * time.Second
+const defaultRecheck = 30 * time.Second
 
 func (s *authStream) recheck() error {
-	if s.cred.kind != "token" || time.Since(s.checked) < tokenRecheck {
+	every := s.a.RecheckEvery
+	if every == 0 {
+		every = defaultRecheck
+	}
+	if s.cred.kind != "token" || time.Since(s.checked) < every {
 		return nil
 	}
 	s.checked = time.Now()

@@ -1,4 +1,7 @@
-package server
+// Package tracker observes meshd's xDS streams: who is connected, what
+// each proxy was sent, acknowledged and rejected, and which trust-bundle
+// roots it has ACKed. The stream loops (package server) feed it.
+package tracker
 
 import (
 	"log/slog"
@@ -6,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unique"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -129,6 +131,15 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 	} else {
 		t.log.Info("proxy connected", "node", id, "flavor", flavor, "stream", k.ID, "delta", k.Delta)
 	}
+}
+
+// Probe takes and releases the tracker's locks: the liveness check's way to
+// tell that no caller holds them for good.
+func (t *Tracker) Probe() {
+	t.mu.Lock()
+	t.mu.Unlock()
+	t.bundles.mu.Lock()
+	t.bundles.mu.Unlock()
 }
 
 // Closed records that a stream ended.
@@ -258,29 +269,6 @@ func (t *Tracker) Node(id string) (NodeStatus, bool) {
 		}
 	}
 	return NodeStatus{}, false
-}
-
-// canonicalType returns go-control-plane's constant for a type URL meshd
-// serves. go-control-plane keeps every stream's latest request of each type
-// (with its watch), so each would otherwise hold its own copy of the
-// string, decoded from the wire.
-func canonicalType(typeURL string) string {
-	if i := cachev3.GetResponseType(typeURL); i != types.UnknownType {
-		if u, err := cachev3.GetResponseTypeURL(i); err == nil && u == typeURL {
-			return u
-		}
-	}
-	return typeURL
-}
-
-// internNames replaces requested resource names by canonical copies: every
-// caller of a service names the same clusters, routes and secrets, and
-// go-control-plane keeps each stream's requested names (in the request it
-// holds and in the subscription's set).
-func internNames(names []string) {
-	for i, n := range names {
-		names[i] = unique.Make(n).Value()
-	}
 }
 
 func shortType(typeURL string) string {
