@@ -15,6 +15,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -53,6 +54,9 @@ func (l *lockedBuf) String() string {
 }
 
 type authFixture struct {
+	// als receives, for every access-log message the server's test access
+	// log service gets, the node its stream identified as.
+	als     chan string
 	addr    string
 	dataDir string
 	ca      *sds.Authority
@@ -119,8 +123,10 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 		},
 	}
 	au.RegisterMetrics(m.Registry)
+	als := &testALS{nodes: make(chan string, 16)}
 	o := Options{Logger: log, Tracker: tr, Auth: au, Register: []func(*grpc.Server){func(gs *grpc.Server) {
 		caservice.Register(gs, au, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, "cluster.local") }, tr)
+		alsv3.RegisterAccessLogServiceServer(gs, als)
 	}}}
 	if !insecureXDS {
 		if o.TLS, err = ca.ServerTLSConfig(nil); err != nil {
@@ -137,7 +143,7 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 	}
 	go xs.Serve(lis)
 	t.Cleanup(func() { xs.Stop(2 * time.Second) })
-	return &authFixture{addr: lis.Addr().String(), dataDir: dir, ca: ca, tokens: tokens, tracker: tr, auth: au, logs: logs, reg: m.Registry}
+	return &authFixture{als: als.nodes, addr: lis.Addr().String(), dataDir: dir, ca: ca, tokens: tokens, tracker: tr, auth: au, logs: logs, reg: m.Registry}
 }
 
 // dial connects over TLS, presenting clientCert when given.
@@ -449,4 +455,95 @@ func TestRevokedTokenEndsOpenStream(t *testing.T) {
 		_, err = stream.Recv()
 	}
 	wantCode(t, "open stream after revocation", err, codes.Unauthenticated, "revoked")
+}
+
+// testALS is an access log service that reports the node of each message's
+// stream (the collector, package telemetry, trusts the same).
+type testALS struct {
+	alsv3.UnimplementedAccessLogServiceServer
+	nodes chan string
+}
+
+func (a *testALS) StreamAccessLogs(s alsv3.AccessLogService_StreamAccessLogsServer) error {
+	node := ""
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		if node == "" {
+			node = m.GetIdentifier().GetNode().GetId()
+		}
+		a.nodes <- node
+	}
+}
+
+// alsStream opens an access-log stream and sends msgs; it returns the
+// stream's status once the server ends it, or nil if the server took every
+// message (the stream is then closed).
+func alsStream(cc *grpc.ClientConn, ctx context.Context, msgs ...*alsv3.StreamAccessLogsMessage) error {
+	st, err := alsv3.NewAccessLogServiceClient(cc).StreamAccessLogs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		if err := st.Send(m); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+	}
+	_, err = st.CloseAndRecv()
+	return err
+}
+
+func alsFirst(node string) *alsv3.StreamAccessLogsMessage {
+	return &alsv3.StreamAccessLogsMessage{Identifier: &alsv3.StreamAccessLogsMessage_Identifier{Node: &corev3.Node{Id: node}, LogName: "meshd.inbound"}}
+}
+
+// TestAuthAccessLogStreams: the access log service on the xDS port takes
+// the xDS credentials; a sidecar reports only as a node its credential
+// grants, and cannot switch node mid-stream.
+func TestAuthAccessLogStreams(t *testing.T) {
+	f := startAuthServer(t, false)
+	cc := f.dial(t, nil)
+	webTok := f.token(t, "web", time.Hour)
+
+	// As itself: the message reaches the service. (The test service never
+	// answers, so the stream ends with the test's deadline: only the
+	// message matters.)
+	ctx, cancel := context.WithTimeout(withToken(webTok), 200*time.Millisecond)
+	defer cancel()
+	go alsStream(cc, ctx, alsFirst("web.default"), &alsv3.StreamAccessLogsMessage{})
+	for range 2 {
+		if node := <-f.als; node != "web.default" {
+			t.Fatalf("the access log service got a message of %q", node)
+		}
+	}
+
+	err := alsStream(cc, withToken(webTok), alsFirst("api.default"))
+	wantCode(t, "web's token as api", err, codes.PermissionDenied, `does not grant node "api.default"`)
+
+	// A later message naming another node ends the stream.
+	err = alsStream(cc, withToken(webTok), alsFirst("web.default"), alsFirst("api.default"))
+	wantCode(t, "switching node", err, codes.PermissionDenied, "cannot switch to node")
+	if node := <-f.als; node != "web.default" {
+		t.Fatalf("first message of the switching stream: %q", node)
+	}
+
+	// No credential: refused every time, logged once a minute (a sidecar
+	// retries at every flush).
+	for range 3 {
+		err = alsStream(cc, withToken(""), alsFirst("web.default"))
+		wantCode(t, "no credential", err, codes.Unauthenticated, "no credential")
+	}
+	if n := strings.Count(f.logs.String(), "xDS stream refused: no credential"); n != 1 {
+		t.Errorf("%d log lines for 3 refused access-log streams, want 1:\n%s", n, f.logs)
+	}
+	if !strings.Contains(f.logs.String(), "regenerate it with meshctl bootstrap") {
+		t.Errorf("the refusal does not say what to do:\n%s", f.logs)
+	}
+	select {
+	case node := <-f.als:
+		t.Errorf("a refused stream's message reached the service (node %q)", node)
+	default:
+	}
 }

@@ -80,6 +80,9 @@ func newRoot() *cobra.Command {
 		newCertsCmd(),
 		newCACmd(),
 		newAnalyzeCmd(),
+		newStatCmd(),
+		newEdgesCmd(),
+		newTapCmd(),
 		newVersionCmd(),
 	)
 	root.SetHelpCommand(newHelpCmd())

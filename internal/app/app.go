@@ -81,6 +81,10 @@ type Config struct {
 	// machinery has had work pending this long without progress
 	// (--liveness-timeout).
 	LivenessTimeout time.Duration
+	// Telemetry: sidecars stream their inbound access log to meshd
+	// (--telemetry), kept within TelemetryMaxEdges edges.
+	Telemetry         bool
+	TelemetryMaxEdges int
 }
 
 // Networks is ClusterNetworks as a list.
@@ -133,7 +137,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	errc := make(chan error, 8)
 	cache := server.NewCache()
 	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
-		Translate: xds.Options{TrustDomain: c.TrustDomain},
+		Translate: xds.Options{TrustDomain: c.TrustDomain, Telemetry: c.Telemetry},
 		Holdoff:   c.Holdoff, MaxDelay: c.MaxDelay, MigrationOverdue: c.MigrationOverdue,
 		Logger: log, Metrics: m,
 	})
@@ -191,8 +195,16 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	caService := func(gs *grpc.Server) {
 		caservice.Register(gs, au, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, c.TrustDomain) }, tr)
 	}
+	register := []func(*grpc.Server){caService}
+	var adminRoutes []func(*http.ServeMux)
+	if c.Telemetry {
+		col, api := newTelemetry(c, pub, log)
+		col.RegisterMetrics(m.Registry)
+		register = append(register, col.Register)
+		adminRoutes = append(adminRoutes, api.Register)
+	}
 	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tr, Events: pub, Auth: au,
-		Register: []func(*grpc.Server){caService}})
+		Register: register})
 	if err != nil {
 		return err
 	}
@@ -211,7 +223,8 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		// reissued leaves reach proxies now rather than at the next change.
 		CA: ca, OnCAChange: pub.Republish,
 		Liveness: &admin.Liveness{Bound: c.LivenessTimeout, Logger: log, Checks: map[string]admin.Stalled{
-			"publisher": pub.Stalled, "xds streams": server.StreamsStalled(cache, tr)}}}
+			"publisher": pub.Stalled, "xds streams": server.StreamsStalled(cache, tr)}},
+		Routes: adminRoutes}
 	hs := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
 	go ca.RunRotation(ctx, tr, time.Second, pub.Republish)

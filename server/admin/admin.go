@@ -46,6 +46,8 @@ type Admin struct {
 	// Liveness, when set, makes /healthz fail while meshd is wedged
 	// (liveness.go); without it /healthz only says the process answers.
 	Liveness *Liveness
+	// Routes add endpoints other packages serve (telemetry's /telemetry/).
+	Routes []func(*http.ServeMux)
 }
 
 // Handler returns the admin HTTP mux.
@@ -68,6 +70,9 @@ func (a *Admin) Handler() http.Handler {
 	// Completes an overdue mTLS migration without the ACKs it waits for.
 	mux.HandleFunc("POST /migrations/force", a.forceMigration)
 	a.registerCA(mux)
+	for _, r := range a.Routes {
+		r(mux)
+	}
 	// Go's profiler, for profile-driven performance work (docs/performance.md);
 	// the admin server is meant for loopback or a private network only.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)

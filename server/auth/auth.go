@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,7 +71,16 @@ type Authenticator struct {
 	once          sync.Once
 	refused       *prometheus.CounterVec
 	secretsDenied *prometheus.CounterVec
+	// accessLogLog logs refusals of access-log streams at most once a
+	// minute: a sidecar retries them at every flush.
+	accessLogLog *slog.Logger
 }
+
+// accessLogMethod is Envoy's gRPC access log service (package telemetry),
+// served on the xDS port behind the same authentication as xDS: the node
+// of a stream's first message must be one its credential grants, so a
+// sidecar can only report as itself.
+const accessLogMethod = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 
 // RegisterMetrics adds the authenticator's counters to reg.
 func (a *Authenticator) RegisterMetrics(reg prometheus.Registerer) {
@@ -87,6 +97,7 @@ func (a *Authenticator) init() {
 			Name: "meshd_xds_auth_refused_total",
 			Help: "xDS streams and requests refused by authentication, by reason (no_credential, bad_token, expired_token, revoked_token, unknown_node, identity_mismatch, node_changed).",
 		}, []string{"reason"})
+		a.accessLogLog = slog.New(newSampledHandler(a.Logger.With("stream", "access log").Handler(), time.Minute))
 		a.secretsDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshd_sds_secret_requests_denied_total",
 			Help: "SDS secret names a proxy asked for that its credential does not grant (another identity's secret); nothing is returned for them.",
@@ -119,7 +130,7 @@ func (a *Authenticator) refuse(reason string, code codes.Code, format string, ar
 }
 
 // authenticate finds and checks the stream's credential.
-func (a *Authenticator) authenticate(ctx context.Context) (*credential, error) {
+func (a *Authenticator) authenticate(ctx context.Context, log *slog.Logger) (*credential, error) {
 	c := &credential{}
 	p, _ := peer.FromContext(ctx)
 	if p != nil && p.Addr != nil {
@@ -140,7 +151,7 @@ func (a *Authenticator) authenticate(ctx context.Context) (*credential, error) {
 			case errors.Is(err, sds.ErrTokenRevoked):
 				reason = "revoked_token"
 			}
-			a.Logger.Warn("xDS stream refused: bad bootstrap token", "peer", c.peer, "reason", reason, "err", err)
+			log.Warn("xDS stream refused: bad bootstrap token", "peer", c.peer, "reason", reason, "err", err)
 			return nil, a.refuse(reason, codes.Unauthenticated, "xDS: bootstrap token refused: %v", err)
 		}
 		c.kind, c.service, c.claims, c.token = "token", claims.ServiceKey(), claims, sds.Token(strings.TrimSpace(tok))
@@ -160,7 +171,12 @@ func (a *Authenticator) authenticate(ctx context.Context) (*credential, error) {
 			return c, nil
 		}
 	}
-	a.Logger.Warn("xDS stream refused: no credential", "peer", c.peer)
+	if log == a.accessLogLog {
+		log.Warn("xDS stream refused: no credential", "peer", c.peer,
+			"hint", "a sidecar whose bootstrap predates meshd's telemetry sends no token on access-log streams: regenerate it with meshctl bootstrap, or run meshd --telemetry=false")
+	} else {
+		log.Warn("xDS stream refused: no credential", "peer", c.peer)
+	}
 	return nil, a.refuse("no_credential", codes.Unauthenticated,
 		"xDS: no credential: send a bootstrap token (meshctl token create, then meshctl bootstrap --token-file) or a client certificate from the mesh CA")
 }
@@ -178,11 +194,11 @@ type Caller struct {
 // with Insecure: the CA service is a signing oracle otherwise.
 func (a *Authenticator) AuthorizeCall(ctx context.Context, nodeID string) (Caller, error) {
 	a.init()
-	cred, err := a.authenticate(ctx)
+	cred, err := a.authenticate(ctx, a.Logger)
 	if err != nil {
 		return Caller{}, err
 	}
-	id, err := a.authorize(cred, nodeID)
+	id, err := a.authorize(cred, nodeID, a.Logger)
 	if err != nil {
 		return Caller{}, err
 	}
@@ -198,10 +214,10 @@ func (a *Authenticator) CountRefusal(reason string) {
 }
 
 // authorize checks that the credential grants the node's catalog identity.
-func (a *Authenticator) authorize(c *credential, nodeID string) (mesh.Identity, error) {
+func (a *Authenticator) authorize(c *credential, nodeID string, log *slog.Logger) (mesh.Identity, error) {
 	svc, id, ok := a.Lookup(nodeID)
 	if !ok {
-		a.Logger.Warn("xDS stream refused: node not in the catalog", "node", nodeID, "credential", c.String(), "peer", c.peer)
+		log.Warn("xDS stream refused: node not in the catalog", "node", nodeID, "credential", c.String(), "peer", c.peer)
 		return id, a.refuse("unknown_node", codes.PermissionDenied,
 			"xDS: node %q is not in the catalog, so its identity cannot be checked: add the proxy to the catalog first", nodeID)
 	}
@@ -213,7 +229,7 @@ func (a *Authenticator) authorize(c *credential, nodeID string) (mesh.Identity, 
 		granted = c.id == id
 	}
 	if !granted {
-		a.Logger.Warn("xDS stream refused: credential is for another identity",
+		log.Warn("xDS stream refused: credential is for another identity",
 			"node", nodeID, "node_service", svc.String(), "node_identity", id.SPIFFEID(), "credential", c.String(), "peer", c.peer)
 		return id, a.refuse("identity_mismatch", codes.PermissionDenied,
 			"xDS: %s does not grant node %q (service %s, identity %s): use a credential issued for that service",
@@ -235,16 +251,22 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 				"method", info.FullMethod, "peer", peerAddr(ss.Context()))
 			return handler(srv, ss)
 		}
-		cred, err := a.authenticate(ss.Context())
+		log := a.Logger
+		if info.FullMethod == accessLogMethod {
+			log = a.accessLogLog
+		}
+		cred, err := a.authenticate(ss.Context(), log)
 		if err != nil {
 			return err
 		}
 		// Read the first request here, so a refusal is the stream's status
 		// rather than a silently closed stream: go-control-plane ends a
 		// stream whose Recv fails without reporting why.
-		delta := strings.Contains(info.FullMethod, "Delta")
 		var first any = &discoveryv3.DiscoveryRequest{}
-		if delta {
+		switch {
+		case info.FullMethod == accessLogMethod:
+			first = &alsv3.StreamAccessLogsMessage{}
+		case strings.Contains(info.FullMethod, "Delta"):
 			first = &discoveryv3.DeltaDiscoveryRequest{}
 		}
 		if err := ss.RecvMsg(first); err != nil {
@@ -254,7 +276,7 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 		if node == "" {
 			return a.refuse("no_node", codes.InvalidArgument, "xDS: the first request must carry the node (id and metadata)")
 		}
-		id, err := a.authorize(cred, node)
+		id, err := a.authorize(cred, node, log)
 		if err != nil {
 			return err
 		}
@@ -285,7 +307,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 			a.Logger.Warn("INSECURE: serving an xDS fetch without authentication (--insecure-xds)", "method", info.FullMethod, "peer", peerAddr(ctx))
 			return handler(ctx, req)
 		}
-		cred, err := a.authenticate(ctx)
+		cred, err := a.authenticate(ctx, a.Logger)
 		if err != nil {
 			return nil, err
 		}
@@ -293,7 +315,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if node == "" {
 			return nil, a.refuse("no_node", codes.InvalidArgument, "xDS: the request must carry the node")
 		}
-		id, err := a.authorize(cred, node)
+		id, err := a.authorize(cred, node, a.Logger)
 		if err != nil {
 			return nil, err
 		}
@@ -317,6 +339,10 @@ func nodeIDOf(m any) string {
 		return r.GetNode().GetId()
 	case *discoveryv3.DeltaDiscoveryRequest:
 		return r.GetNode().GetId()
+	case *alsv3.StreamAccessLogsMessage:
+		// Only a stream's first message identifies the node; the later
+		// ones carry none and so cannot claim another.
+		return r.GetIdentifier().GetNode().GetId()
 	}
 	return ""
 }
@@ -359,6 +385,13 @@ func (s *authStream) RecvMsg(m any) error {
 			moveInto(dst, src)
 		case *discoveryv3.DeltaDiscoveryRequest:
 			src, ok := p.(*discoveryv3.DeltaDiscoveryRequest)
+			if !ok {
+				return status.Error(codes.Internal, "xDS: request type mismatch")
+			}
+			dst.Reset()
+			moveInto(dst, src)
+		case *alsv3.StreamAccessLogsMessage:
+			src, ok := p.(*alsv3.StreamAccessLogsMessage)
 			if !ok {
 				return status.Error(codes.Internal, "xDS: request type mismatch")
 			}
@@ -475,3 +508,43 @@ func (s *authStream) filter(m any) {
 
 // String for logs.
 func (s *authStream) String() string { return fmt.Sprintf("authStream{node=%s}", s.node) }
+
+// sampledHandler passes at most one record per message per period to its
+// handler and drops the rest (the refusals of a retry loop). Derived
+// handlers share the periods.
+type sampledHandler struct {
+	slog.Handler
+	every time.Duration
+	last  *sampleTimes
+}
+
+type sampleTimes struct {
+	mu   sync.Mutex
+	last map[string]time.Time // by message: a handful of constant strings
+}
+
+func newSampledHandler(h slog.Handler, every time.Duration) *sampledHandler {
+	return &sampledHandler{Handler: h, every: every, last: &sampleTimes{last: map[string]time.Time{}}}
+}
+
+func (h *sampledHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.last.mu.Lock()
+	last, seen := h.last.last[r.Message]
+	pass := !seen || r.Time.Sub(last) >= h.every
+	if pass {
+		h.last.last[r.Message] = r.Time
+	}
+	h.last.mu.Unlock()
+	if !pass {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *sampledHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &sampledHandler{Handler: h.Handler.WithAttrs(as), every: h.every, last: h.last}
+}
+
+func (h *sampledHandler) WithGroup(name string) slog.Handler {
+	return &sampledHandler{Handler: h.Handler.WithGroup(name), every: h.every, last: h.last}
+}
