@@ -200,6 +200,7 @@ func TestTelemetryCountsTrafficOfKnownShape(t *testing.T) {
 		}
 	}
 	table := e.m.runMeshctl("edges", "--admin-address", e.m.adminAddr)
+	t.Logf("meshctl edges:\n%s", table)
 	for _, row := range [][]string{
 		{webSPIFFE, "api.default", "spiffe://cluster.local/ns/default/sa/api", "mTLS, partly denied", "10", "3", apiDenyRule},
 		{"plaintext from 127.0.0.1", "api.default", "spiffe://cluster.local/ns/default/sa/api", "plaintext", "4", "0"},
@@ -235,6 +236,7 @@ func TestTelemetryCountsTrafficOfKnownShape(t *testing.T) {
 		t.Errorf("stat lists %d services, want api, greeter and db: %+v", len(stats.Services), stats.Services)
 	}
 	table = e.m.runMeshctl("stat", "api", "--admin-address", e.m.adminAddr)
+	t.Logf("meshctl stat api:\n%s\nmeshctl stat:\n%s", table, e.m.runMeshctl("stat", "--admin-address", e.m.adminAddr))
 	checkTableRow(t, table, []string{"api", "default", "100.00%"})
 	if !strings.Contains(table, "71%") || !strings.Contains(table, "14") {
 		t.Errorf("meshctl stat api: want 71%% mTLS and 14 requests:\n%s", table)
@@ -289,6 +291,7 @@ func TestTelemetryCountsTrafficOfKnownShape(t *testing.T) {
 		get(fmt.Sprintf("http://127.0.0.1:%d/secret/tapped", e.webAPI), 403)
 		answered := time.Now()
 		line := testwait.Recv(t, lines, testwait.Timeout, "the denied request on meshctl tap")
+		t.Logf("meshctl tap -o json: %s", line)
 		shown := time.Since(answered)
 		var ev telemetry.Event
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
