@@ -108,4 +108,3 @@ func (e *enforceMesh) requestsSeen(b testing.TB, on bool) uint64 {
 	}
 	return n
 }
-
