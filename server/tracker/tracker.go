@@ -16,6 +16,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/xds"
 )
@@ -56,6 +57,9 @@ type streamState struct {
 type nodeState struct {
 	flavor  string
 	streams int
+	// drainWarning says why this Envoy's drain settings are not meshd's
+	// (drain.go); logged once per node, shown in /debug/status.
+	drainWarning string
 	// types holds the status of each response type the node was sent or
 	// asked for, indexed by go-control-plane's response type: a fixed array
 	// rather than a map per node (every proxy that ever connected has one).
@@ -109,6 +113,10 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 	if id == "" {
 		return
 	}
+	drain := ""
+	if flavor == "envoy" {
+		drain = DrainWarning(node)
+	}
 	t.mu.Lock()
 	if s := t.streams[k]; s != nil {
 		t.mu.Unlock()
@@ -123,6 +131,8 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 	n.flavor = flavor
 	n.streams++
 	n.seen = time.Now()
+	warnDrain := drain != "" && n.drainWarning != drain
+	n.drainWarning = drain
 	t.mu.Unlock()
 	t.m.ConnectedProxies.WithLabelValues(flavor).Inc()
 	if t.known != nil && !t.known(id) {
@@ -130,6 +140,10 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 			"node", id, "flavor", flavor, "stream", k.ID)
 	} else {
 		t.log.Info("proxy connected", "node", id, "flavor", flavor, "stream", k.ID, "delta", k.Delta)
+	}
+	if warnDrain {
+		t.log.Warn("Envoy sidecar may run without meshd's drain settings: an mTLS mode or tcp policy change can take up to Envoy's default 600 s to reach its open connections",
+			"node", id, "reason", drain, "envoy_command", bootstrap.EnvoyCommand("FILE", 0))
 	}
 }
 
@@ -238,6 +252,9 @@ type NodeStatus struct {
 	Connected bool                   `json:"connected"`
 	LastSeen  time.Time              `json:"lastSeen"`
 	Types     map[string]*TypeStatus `json:"types"`
+	// DrainWarning, for an Envoy, says why it may run without meshd's
+	// drain settings (DrainWarning); empty when its bootstrap records them.
+	DrainWarning string `json:"drainWarning,omitempty"`
 }
 
 // Status returns every proxy that has connected since meshd started.
@@ -246,7 +263,8 @@ func (t *Tracker) Status() []NodeStatus {
 	defer t.mu.Unlock()
 	out := make([]NodeStatus, 0, len(t.nodes))
 	for id, n := range t.nodes {
-		ns := NodeStatus{ID: id, Flavor: n.flavor, Streams: n.streams, Connected: n.streams > 0, LastSeen: n.seen, Types: map[string]*TypeStatus{}}
+		ns := NodeStatus{ID: id, Flavor: n.flavor, Streams: n.streams, Connected: n.streams > 0, LastSeen: n.seen, Types: map[string]*TypeStatus{},
+			DrainWarning: n.drainWarning}
 		for i, ts := range n.types {
 			if ts == nil {
 				continue

@@ -3,13 +3,16 @@ package tracker
 import (
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/xds"
 )
 
 // SotW and delta streams are numbered separately, so both start at 1; the
@@ -85,5 +88,48 @@ func TestTrackerRecordsAnswers(t *testing.T) {
 	tr.Sent(StreamKey{ID: 99}, resourcev3.ClusterType, "1", "x", 1, nil) // never identified
 	if n := len(tr.Status()); n != 1 {
 		t.Errorf("%d nodes tracked, want 1", n)
+	}
+}
+
+// An Envoy whose bootstrap does not record meshd's drain settings, or
+// records a drain time above the bound, is warned about once per node
+// (with the command to start Envoy with) and flagged in its status; one
+// from meshctl bootstrap is not, and a gRPC proxy never is.
+func TestTrackerDrainWarning(t *testing.T) {
+	var logs strings.Builder
+	tr := NewTracker(slog.New(slog.NewTextHandler(&logs, nil)), metrics.New(), nil)
+	meta := func(fields map[string]any) *structpb.Struct {
+		s, err := structpb.NewStruct(fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	good := map[string]any{xds.NodeMetaFlavor: "envoy", xds.NodeMetaDrainTimeS: 5, xds.NodeMetaDrainStrategy: "immediate"}
+	cases := []struct {
+		node string
+		meta map[string]any
+		want string // in the warning; "" for none
+	}{
+		{"current", good, ""},
+		{"old", map[string]any{xds.NodeMetaFlavor: "envoy"}, "does not record MESHD_DRAIN_TIME_S"},
+		{"long", map[string]any{xds.NodeMetaFlavor: "envoy", xds.NodeMetaDrainTimeS: 600, xds.NodeMetaDrainStrategy: "immediate"}, "drain time of 10m0s, above meshd's bound of 1m0s"},
+		{"gradual", map[string]any{xds.NodeMetaFlavor: "envoy", xds.NodeMetaDrainTimeS: 5, xds.NodeMetaDrainStrategy: "gradual"}, `is "gradual", not "immediate"`},
+		{"grpc", map[string]any{xds.NodeMetaFlavor: "grpc"}, ""},
+	}
+	for i, c := range cases {
+		for stream := range 2 { // the second stream of a node does not warn again
+			tr.Identified(StreamKey{ID: int64(10*i + stream)}, &corev3.Node{Id: c.node, Metadata: meta(c.meta)})
+		}
+		st, _ := tr.Node(c.node)
+		n := strings.Count(logs.String(), "node="+c.node+" reason=")
+		switch {
+		case c.want == "" && (st.DrainWarning != "" || n != 0):
+			t.Errorf("%s: warning %q, logged %d times; want none", c.node, st.DrainWarning, n)
+		case c.want != "" && (!strings.Contains(st.DrainWarning, c.want) || n != 1):
+			t.Errorf("%s: warning %q, logged %d times; want one containing %q", c.node, st.DrainWarning, n, c.want)
+		case c.want != "" && !strings.Contains(logs.String(), "envoy -c FILE --drain-time-s 5 --drain-strategy immediate"):
+			t.Errorf("%s: the log does not give the command line:\n%s", c.node, logs.String())
+		}
 	}
 }
