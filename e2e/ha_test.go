@@ -21,6 +21,7 @@ import (
 	"github.com/meshd/meshd/internal/envoytest"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/xds"
 )
 
 // Two meshd replicas against one Consul, sharing one trust chain (an
@@ -115,7 +116,7 @@ func TestTwoReplicasAgree(t *testing.T) {
 		{resourcev3.ClusterType, nil},
 		{resourcev3.ListenerType, nil},
 		{resourcev3.EndpointType, []string{"outbound|api.default"}},
-		{resourcev3.SecretType, []string{"spiffe://cluster.local/ns/default/sa/web", "ROOTCA"}},
+		{resourcev3.SecretType, []string{xds.IdentitySecretName, xds.TrustBundleSecretName}},
 	}
 	// From replica a: everything, remembering each resource's version.
 	have := map[string]map[string]string{}

@@ -39,6 +39,7 @@ import (
 
 	"github.com/meshd/meshd/internal/envoytest"
 	"github.com/meshd/meshd/sds"
+	meshxds "github.com/meshd/meshd/xds"
 )
 
 // flagValue returns the value after flag in args ("" if absent).
@@ -214,19 +215,28 @@ func TestXDSAuthentication(t *testing.T) {
 		if got := m.metric(t, `meshd_xds_auth_refused_total{reason="identity_mismatch"}`); got != before+2 {
 			t.Errorf("identity_mismatch refusals %v → %v, want +2", before, got)
 		}
-		// As itself, asking for api's secret: nothing of api's comes back.
+		// As itself, asking for a secret named after api's identity and
+		// for the identity secret: nothing of api's comes back, and the
+		// identity secret holds web's certificate.
 		deniedBefore := m.metric(t, "meshd_sds_secret_requests_denied_total")
-		resp, err := adsFirst(cc, webTok, "web.default", resourcev3.SecretType, apiSPIFFE, webSPIFFE)
+		resp, err := adsFirst(cc, webTok, "web.default", resourcev3.SecretType, apiSPIFFE, meshxds.IdentitySecretName)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(resp.GetResources()) != 1 {
+			t.Errorf("web got %d secrets, want its identity only", len(resp.GetResources()))
 		}
 		for _, r := range resp.GetResources() {
 			var s tlsv3.Secret
 			if err := r.UnmarshalTo(&s); err != nil {
 				t.Fatal(err)
 			}
-			if s.GetName() != webSPIFFE {
+			if s.GetName() != meshxds.IdentitySecretName {
 				t.Errorf("web got secret %s", s.GetName())
+				continue
+			}
+			if ids := leafURIs(t, s.GetTlsCertificate().GetCertificateChain().GetInlineBytes()); len(ids) != 1 || ids[0] != webSPIFFE {
+				t.Errorf("web's identity secret is for %v, want %s", ids, webSPIFFE)
 			}
 		}
 		if got := m.metric(t, "meshd_sds_secret_requests_denied_total"); got != deniedBefore+1 {
@@ -256,7 +266,7 @@ func TestXDSAuthentication(t *testing.T) {
 			return nil
 		})
 		dump := env.AdminGET(t, "/config_dump")
-		if strings.Contains(dump, "dynamic_listeners") || strings.Contains(dump, apiSPIFFE) {
+		if strings.Contains(dump, "dynamic_listeners") || strings.Contains(dump, "dynamic_active_secrets") || strings.Contains(dump, apiSPIFFE) {
 			t.Error("Envoy with web's node and api's token received configuration")
 		}
 	})
@@ -589,7 +599,7 @@ static_resources:
             - name: all
               domains: ["*"]
               routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: agent-ok}}}]
-`, admin, socket, port, apiSPIFFE, sds, sds)
+`, admin, socket, port, meshxds.IdentitySecretName, sds, sds)
 }
 
 // mtlsGet makes one request over a new mTLS connection with a client
@@ -1081,4 +1091,22 @@ func TestRotationAbortAndNextRotation(t *testing.T) {
 	if st.SigningRoot.SHA256 != secondRoot || len(st.TrustedRoots) != 2 || st.Retiring[0].RootSHA256 != firstRoot {
 		t.Fatalf("after a restart: %+v", st)
 	}
+}
+
+// leafURIs are the URI SANs of the first certificate in a PEM chain.
+func leafURIs(t *testing.T, chainPEM []byte) []string {
+	t.Helper()
+	blk, _ := pem.Decode(chainPEM)
+	if blk == nil {
+		t.Fatal("no PEM certificate in the chain")
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, u := range c.URIs {
+		out = append(out, u.String())
+	}
+	return out
 }

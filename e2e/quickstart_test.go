@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -43,10 +44,15 @@ func TestQuickstartCatalogServes(t *testing.T) {
 	if len(doc.Configs) != 5 {
 		t.Fatalf("config_dump has %d sections, want listeners, clusters, routes, endpoints, secrets", len(doc.Configs))
 	}
-	for _, want := range []string{"inbound|15101", "outbound|9102|api.default", "outbound|api.default", "spiffe://cluster.local/ns/default/sa/web", "[redacted]"} {
+	// api's SPIFFE ID is the SAN web's cluster for api accepts; web's own
+	// certificate is the secret named default.
+	for _, want := range []string{"inbound|15101", "outbound|9102|api.default", "outbound|api.default", "spiffe://cluster.local/ns/default/sa/api", "[redacted]"} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("config_dump lacks %q", want)
 		}
+	}
+	if !regexp.MustCompile(`"name":\s*"default"`).MatchString(dump) {
+		t.Errorf("config_dump lacks the identity secret %q", "default")
 	}
 	assertNoKeyMaterial(t, "config_dump", []byte(dump))
 	if code, body := m.adminGET("/debug/config_dump?proxy=nobody"); code != 404 || !strings.Contains(body, "/debug/status") {

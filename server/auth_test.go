@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -228,9 +230,11 @@ func TestAuthTokenGrantsOnlyItsOwnService(t *testing.T) {
 		t.Errorf("refusal not logged:\n%s", f.logs)
 	}
 
-	// web asks for api's secret alongside its own: it gets only its own.
-	resp, err = firstResponse(cc, withToken(webTok), "web.default", resourcev3.SecretType,
-		xds.IdentitySecretName(apiID), xds.IdentitySecretName(webID))
+	// web asks for a secret named after api's identity alongside the
+	// identity secret: it gets only the identity secret, holding its own
+	// certificate (every proxy's identity secret has the same name).
+	apiName := apiID.SPIFFEID()
+	resp, err = firstResponse(cc, withToken(webTok), "web.default", resourcev3.SecretType, apiName, xds.IdentitySecretName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,8 +243,20 @@ func TestAuthTokenGrantsOnlyItsOwnService(t *testing.T) {
 		if err := r.UnmarshalTo(&s); err != nil {
 			t.Fatal(err)
 		}
-		if s.GetName() != xds.IdentitySecretName(webID) {
+		if s.GetName() != xds.IdentitySecretName {
 			t.Errorf("web received secret %q", s.GetName())
+			continue
+		}
+		block, _ := pem.Decode(s.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+		if block == nil {
+			t.Fatalf("identity secret without a certificate")
+		}
+		leaf, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(leaf.URIs) != 1 || leaf.URIs[0].String() != webID.SPIFFEID() {
+			t.Errorf("web's identity secret holds %v, want %s", leaf.URIs, webID.SPIFFEID())
 		}
 	}
 	if len(resp.GetResources()) != 1 {
@@ -249,21 +265,21 @@ func TestAuthTokenGrantsOnlyItsOwnService(t *testing.T) {
 	if n := f.counter(t, "meshd_sds_secret_requests_denied_total", "web.default"); n != 1 {
 		t.Errorf("denied secret requests = %v, want 1", n)
 	}
-	if !strings.Contains(f.logs.String(), xds.IdentitySecretName(apiID)) {
+	if !strings.Contains(f.logs.String(), apiName) {
 		t.Errorf("denied secret name not logged:\n%s", f.logs)
 	}
 
 	// Only someone else's secret: nothing at all (not a wildcard).
 	ctx, cancel := context.WithTimeout(withToken(webTok), time.Second)
 	defer cancel()
-	resp, err = firstResponse(cc, ctx, "web.default", resourcev3.SecretType, xds.IdentitySecretName(apiID))
+	resp, err = firstResponse(cc, ctx, "web.default", resourcev3.SecretType, apiName)
 	if err == nil && len(resp.GetResources()) > 0 {
 		t.Errorf("request for api's secret alone returned %d resources", len(resp.GetResources()))
 	}
 
 	// The unary fetch is guarded too.
 	_, err = secretservice.NewSecretDiscoveryServiceClient(cc).FetchSecrets(withToken(webTok),
-		&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "api.default"}, TypeUrl: resourcev3.SecretType, ResourceNames: []string{xds.IdentitySecretName(apiID)}})
+		&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "api.default"}, TypeUrl: resourcev3.SecretType, ResourceNames: []string{xds.IdentitySecretName}})
 	wantCode(t, "unary fetch as api", err, codes.PermissionDenied, "does not grant")
 }
 
@@ -390,7 +406,7 @@ func TestBundleAckedFollowsSDSACKs(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := &corev3.Node{Id: "web.default"}
-	names := []string{xds.TrustBundleSecretName, xds.IdentitySecretName(webID)}
+	names := []string{xds.TrustBundleSecretName, xds.IdentitySecretName}
 	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.SecretType, ResourceNames: names}); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -104,9 +105,14 @@ func TestPublishQuickstart(t *testing.T) {
 			}
 			continue
 		}
+		// Every proxy's identity secret has the same name; the content is
+		// its own identity's.
 		want := "spiffe://cluster.local/ns/default/sa/" + p.Service
-		if _, ok := secrets[want]; !ok || len(secrets) != 2 {
-			t.Errorf("%s: secrets %v, want exactly its own %s and %s", id, keys(secrets), want, xds.TrustBundleSecretName)
+		own, ok := secrets[xds.IdentitySecretName].(*tlsv3.Secret)
+		if _, bundle := secrets[xds.TrustBundleSecretName]; !ok || !bundle || len(secrets) != 2 {
+			t.Errorf("%s: secrets %v, want exactly %s and %s", id, keys(secrets), xds.IdentitySecretName, xds.TrustBundleSecretName)
+		} else if got := string(own.GetTlsCertificate().GetCertificateChain().GetInlineBytes()); !strings.Contains(got, want+" ") {
+			t.Errorf("%s: its identity secret holds %q, want the certificate of %s", id, got, want)
 		}
 		if !pub.Ready() {
 			t.Error("publisher not ready after a publish")

@@ -224,15 +224,17 @@ func (p *Publisher) identitySecret(id mesh.Identity, svc *mesh.Service) (*xds.Re
 	// The cache key hashes the certificate only: a new key always comes with
 	// a new certificate, and hashing the key would gain nothing.
 	k := hashBytes(cert)
-	name := xds.IdentitySecretName(id)
-	if e := p.identities[name]; e != nil && e.key == k {
+	// Cached by SPIFFE ID: every identity's secret has the same name
+	// (xds.IdentitySecretName), so the name cannot tell them apart.
+	spiffe := id.SPIFFEID()
+	if e := p.identities[spiffe]; e != nil && e.key == k {
 		return e.res, nil
 	}
-	r, err := xds.BuildIdentitySecret(name, cert, key)
+	r, err := xds.BuildIdentitySecret(xds.IdentitySecretName, cert, key)
 	if err != nil {
 		return nil, err
 	}
-	p.identities[name] = &secretEntry{key: k, res: r}
+	p.identities[spiffe] = &secretEntry{key: k, res: r}
 	return r, nil
 }
 
@@ -241,7 +243,7 @@ func (p *Publisher) forgetIdentities(cat *mesh.Catalog) {
 	for _, px := range cat.Proxies() {
 		if px.SecretsFromMeshd() {
 			if s := cat.Service(px.ServiceKey()); s != nil {
-				keep[xds.IdentitySecretName(mesh.IdentityOf(p.opts.Translate.TrustDomain, s))] = true
+				keep[mesh.IdentityOf(p.opts.Translate.TrustDomain, s).SPIFFEID()] = true
 			}
 		}
 	}

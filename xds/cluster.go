@@ -39,10 +39,11 @@ func buildLocalAppCluster(s *mesh.Service, p *mesh.Proxy) (*Resource, error) {
 }
 
 // buildEnvoyOutboundCluster is a sidecar's EDS cluster for an upstream,
-// originating mTLS with the sidecar's own identity. It depends on the caller's
-// identity (its certificate's secret name), so it is shared by every sidecar
-// of the same identity calling the same service.
-func buildEnvoyOutboundCluster(up *mesh.Service, self mesh.Identity, trustDomain string, agent bool) (*Resource, error) {
+// originating mTLS with the sidecar's own identity. The identity is the
+// secret every proxy has under the same name (IdentitySecretName), so the
+// cluster does not depend on who calls: every sidecar calling the service
+// (with the same SDS source) shares it.
+func buildEnvoyOutboundCluster(up *mesh.Service, trustDomain string, agent bool) (*Resource, error) {
 	name := OutboundClusterName(up.Key())
 	peer := mesh.IdentityOf(trustDomain, up).SPIFFEID()
 	// The mesh ALPN comes first so a PERMISSIVE server recognises mesh
@@ -53,7 +54,7 @@ func buildEnvoyOutboundCluster(up *mesh.Service, self mesh.Identity, trustDomain
 	} else if up.Protocol == mesh.ProtocolTCP {
 		alpn = []string{MeshALPN}
 	}
-	ts, err := tlsTransportSocket(envoyUpstreamTLS(IdentitySecretName(self), SNI(up.Key(), trustDomain), peer, alpn, agent))
+	ts, err := tlsTransportSocket(envoyUpstreamTLS(IdentitySecretName, SNI(up.Key(), trustDomain), peer, alpn, agent))
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +74,7 @@ func buildEnvoyOutboundCluster(up *mesh.Service, self mesh.Identity, trustDomain
 	if err := setHTTP2(c, up.Protocol); err != nil {
 		return nil, err
 	}
-	refs := append(secretRefs(IdentitySecretName(self), agent), Ref{TypeURL: resourcev3.EndpointType, Name: name})
+	refs := append(secretRefs(IdentitySecretName, agent), Ref{TypeURL: resourcev3.EndpointType, Name: name})
 	return newResource(name, c, refs...)
 }
 

@@ -53,7 +53,7 @@ func inboundListener(p *mesh.Proxy, parts *listenerv3.Listener, refs []Ref) (*Re
 // name and address (see buildEnvoyInboundListener), with the references the
 // filter chains make. The result depends only on its arguments.
 func inboundListenerParts(s *mesh.Service, self mesh.Identity, opts Options, mode mesh.MTLSMode, rbac *rbacSets, agent bool) (*listenerv3.Listener, []Ref, error) {
-	secret := IdentitySecretName(self)
+	secret := IdentitySecretName
 	l := &listenerv3.Listener{}
 	var refs []Ref
 	mtlsChain := func() (*listenerv3.FilterChain, error) {

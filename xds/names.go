@@ -23,6 +23,18 @@ const (
 	// contents, never the references to it.
 	TrustBundleSecretName = "ROOTCA"
 
+	// IdentitySecretName is the SDS secret carrying a proxy's own
+	// certificate and key. It is the same name for every proxy (as in
+	// Istio, and SPIRE's default_svid_name): each proxy's snapshot holds
+	// only its own identity under it, so nothing that refers to it (an
+	// outbound cluster's UpstreamTlsContext, an inbound listener's
+	// DownstreamTlsContext) depends on who the proxy is. Named by SPIFFE
+	// ID, every outbound cluster existed once per caller identity and
+	// upstream; with one name it exists once per upstream and is shared by
+	// the whole mesh (issue 14: the rendered state must not grow with
+	// proxies × services).
+	IdentitySecretName = "default"
+
 	// CertProviderInstance is the certificate provider instance name in a
 	// proxyless gRPC bootstrap; gRPC's TLS contexts refer to it for both the
 	// identity certificate and the trusted roots.
@@ -105,10 +117,6 @@ const (
 	// request or connection an authorization policy denied.
 	DeniedLogPrefix = "[meshd-denied]"
 )
-
-// IdentitySecretName names the SDS secret carrying an identity's certificate
-// and key: its SPIFFE ID, so the name says whose it is.
-func IdentitySecretName(id mesh.Identity) string { return id.SPIFFEID() }
 
 // InboundListenerName names a sidecar's public (mTLS-terminating) listener.
 func InboundListenerName(p *mesh.Proxy) string {

@@ -36,7 +36,7 @@ type ProxyResources struct {
 	Routes    []*Resource
 	Endpoints []*Resource
 	// Identity is the identity the proxy runs as; an Envoy proxy is served its
-	// certificate under IdentitySecretName(Identity) plus the trust bundle.
+	// certificate under IdentitySecretName plus the trust bundle.
 	Identity mesh.Identity
 	// SDS reports whether the proxy consumes secrets over SDS (Envoy does;
 	// proxyless gRPC reads files through certificate providers).
@@ -51,7 +51,7 @@ func (r *ProxyResources) SecretNames() []string {
 	if !r.SDS {
 		return nil
 	}
-	return []string{IdentitySecretName(r.Identity), TrustBundleSecretName}
+	return []string{IdentitySecretName, TrustBundleSecretName}
 }
 
 // Translate renders one proxy's resources from a catalog without policies.
@@ -383,9 +383,9 @@ func (g *Generation) shareOutboundListenerParts(l *listenerv3.Listener) error {
 }
 
 // shareClusterParts shares the parts of a cluster that do not depend on
-// who calls (an outbound cluster exists per caller identity, for its
-// certificate): the EDS config, the plaintext transport socket match and
-// the protocol options.
+// where its secrets come from (an outbound cluster exists per upstream and
+// SDS source: meshd or a mesh-agent): the EDS config, the plaintext
+// transport socket match and the protocol options.
 func (g *Generation) shareClusterParts(c *clusterv3.Cluster) error {
 	var err error
 	if c.EdsClusterConfig != nil {
@@ -485,8 +485,8 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 			return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
 		}
 		agent := !p.SecretsFromMeshd()
-		c, err := g.memo("cds-envoy|"+shape+"|"+out.Identity.SPIFFEID()+"|"+strconv.FormatBool(agent), func() (*Resource, error) {
-			r, err := buildEnvoyOutboundCluster(up, out.Identity, td, agent)
+		c, err := g.memo("cds-envoy|"+shape+"|"+strconv.FormatBool(agent), func() (*Resource, error) {
+			r, err := buildEnvoyOutboundCluster(up, td, agent)
 			if err != nil {
 				return nil, err
 			}

@@ -220,7 +220,7 @@ func (a *agent) publish(bundle []byte) error {
 			return err
 		}
 	}
-	idSecret, err := xds.BuildIdentitySecret(xds.IdentitySecretName(a.id), chain, key)
+	idSecret, err := xds.BuildIdentitySecret(xds.IdentitySecretName, chain, key)
 	if err != nil {
 		return err
 	}

@@ -276,16 +276,14 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 		if node == "" {
 			return a.refuse("no_node", codes.InvalidArgument, "xDS: the first request must carry the node (id and metadata)")
 		}
-		id, err := a.authorize(cred, node, log)
-		if err != nil {
+		if _, err := a.authorize(cred, node, log); err != nil {
 			return err
 		}
 		// No derived context: a violation is returned from RecvMsg, which
 		// ends go-control-plane's receive loop and so the stream; a
 		// cancellable child of the stream's context would cost every
 		// stream a context, a Done channel and an entry in its parent.
-		as := &authStream{ServerStream: ss, a: a, cred: cred, node: node, checked: time.Now(),
-			identitySecret: xds.IdentitySecretName(id)}
+		as := &authStream{ServerStream: ss, a: a, cred: cred, node: node, checked: time.Now()}
 		as.filter(first)
 		as.pending = first
 		err = handler(srv, as)
@@ -315,12 +313,10 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if node == "" {
 			return nil, a.refuse("no_node", codes.InvalidArgument, "xDS: the request must carry the node")
 		}
-		id, err := a.authorize(cred, node, a.Logger)
-		if err != nil {
+		if _, err := a.authorize(cred, node, a.Logger); err != nil {
 			return nil, err
 		}
-		as := &authStream{a: a, cred: cred, node: node,
-			identitySecret: xds.IdentitySecretName(id)}
+		as := &authStream{a: a, cred: cred, node: node}
 		as.filter(req)
 		return handler(ctx, req)
 	}
@@ -352,15 +348,11 @@ func nodeIDOf(m any) string {
 // down to what the credential grants.
 type authStream struct {
 	grpc.ServerStream
-	a    *Authenticator
-	cred *credential
-	node string
-	// identitySecret is the one identity secret the credential grants
-	// (besides the trust bundle, which every proxy may read); a string
-	// rather than a set, since each stream carries it.
-	identitySecret string
-	pending        any
-	checked        time.Time // last token re-check
+	a       *Authenticator
+	cred    *credential
+	node    string
+	pending any
+	checked time.Time // last token re-check
 
 	mu  sync.Mutex
 	bad error
@@ -488,7 +480,9 @@ func (s *authStream) filter(m any) {
 	kept := (*names)[:0:0]
 	var denied []string
 	for _, n := range *names {
-		if n == xds.TrustBundleSecretName || n == s.identitySecret || n == deniedSecretName {
+		// Every proxy's identity secret has the same name; its snapshot
+		// holds its own identity under it, and no other.
+		if n == xds.TrustBundleSecretName || n == xds.IdentitySecretName || n == deniedSecretName {
 			kept = append(kept, n)
 		} else {
 			denied = append(denied, n)
