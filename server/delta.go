@@ -77,11 +77,18 @@ type deltaType struct {
 	// subscribed besides). legacy: only empty subscriptions so far for a
 	// type that allows wildcards, which means wildcard.
 	wildcard, legacy bool
-	pending          bool     // a response was sent and no request has come since
-	answered         bool     // a response for the type was sent on this stream
-	names            []string // explicitly subscribed, sorted, without "*"
-	// have is what the proxy has: name and version, sorted by name.
-	have []held
+	pending          bool      // a response was sent and no request has come since
+	answered         bool      // a response for the type was sent on this stream
+	names            *nameList // explicitly subscribed, sorted, without "*" (shared)
+	// have is what the proxy has, sorted by name, each resource at its
+	// content hash (xds.Resource.Hash): what the last response considered,
+	// usually the snapshot's own shared slice, so a proxy keeps no list of
+	// its own (at 200 services a list of name and version per resource of
+	// every type was 22 KiB per proxy). changes overrides it until the
+	// next response: versions a reconnecting proxy declared, names
+	// unsubscribed (gone) or to be told again (version "").
+	have    []*xds.Resource
+	changes []held
 	// sent are the unanswered responses, oldest first (at most
 	// maxUnanswered: answers come in order, so older ones never will).
 	sent []sentResponse
@@ -106,30 +113,59 @@ func (t *deltaType) takeAnswer(nonce string) (sentResponse, bool) {
 	return sentResponse{}, false
 }
 
-type held struct{ name, version string }
-
-func (t *deltaType) version(name string) (string, bool) {
-	i, found := slices.BinarySearchFunc(t.have, name, func(h held, n string) int { return strings.Compare(h.name, n) })
-	if !found {
-		return "", false
-	}
-	return t.have[i].version, true
+// held overrides what the proxy has of one resource: the version it has,
+// or gone (it has none).
+type held struct {
+	name, version string
+	gone          bool
 }
 
-func (t *deltaType) setVersion(name, version string) {
-	i, found := slices.BinarySearchFunc(t.have, name, func(h held, n string) int { return strings.Compare(h.name, n) })
+func byHeldName(h held, n string) int { return strings.Compare(h.name, n) }
+
+// version returns the version of name the proxy has.
+func (t *deltaType) version(name string) (string, bool) {
+	if i, found := slices.BinarySearchFunc(t.changes, name, byHeldName); found {
+		return t.changes[i].version, !t.changes[i].gone
+	}
+	if i, found := slices.BinarySearchFunc(t.have, name, byName); found {
+		return t.have[i].Hash, true
+	}
+	return "", false
+}
+
+func (t *deltaType) override(h held) {
+	i, found := slices.BinarySearchFunc(t.changes, h.name, byHeldName)
 	if found {
-		t.have[i].version = version
+		t.changes[i] = h
 		return
 	}
-	t.have = slices.Insert(t.have, i, held{name, version})
+	t.changes = slices.Insert(t.changes, i, h)
 }
 
+func (t *deltaType) setVersion(name, version string) { t.override(held{name: name, version: version}) }
+
 func (t *deltaType) forget(name string) {
-	if i, found := slices.BinarySearchFunc(t.have, name, func(h held, n string) int { return strings.Compare(h.name, n) }); found {
-		t.have = slices.Delete(t.have, i, i+1)
+	if _, had := t.version(name); had {
+		t.override(held{name: name, gone: true})
 	}
 }
+
+// had calls f with every name the proxy has.
+func (t *deltaType) had(f func(name string)) {
+	for _, r := range t.have {
+		if _, found := slices.BinarySearchFunc(t.changes, r.Name, byHeldName); !found {
+			f(r.Name)
+		}
+	}
+	for _, h := range t.changes {
+		if !h.gone {
+			f(h.name)
+		}
+	}
+}
+
+// setNames replaces the explicit subscriptions by the shared list of names.
+func (t *deltaType) setNames(names []string) { t.names = internNameList(names) }
 
 // deltaState is one delta stream.
 type deltaState struct {
@@ -212,13 +248,18 @@ func (t *deltaType) subscribe(typ string, req *discoveryv3.DeltaDiscoveryRequest
 		}
 		t.legacy = false
 	}
+	names := t.names.list()
+	changed := false
 	for _, n := range sub {
 		if n == "*" {
 			t.wildcard = true
 			continue
 		}
-		if i, found := slices.BinarySearch(t.names, n); !found {
-			t.names = slices.Insert(t.names, i, n)
+		if i, found := slices.BinarySearch(names, n); !found {
+			if !changed {
+				names, changed = slices.Clone(names), true // the old list is shared
+			}
+			names = slices.Insert(names, i, n)
 		}
 	}
 	for _, n := range unsub {
@@ -226,7 +267,7 @@ func (t *deltaType) subscribe(typ string, req *discoveryv3.DeltaDiscoveryRequest
 			t.wildcard = false
 			continue
 		}
-		i, found := slices.BinarySearch(t.names, n)
+		i, found := slices.BinarySearch(names, n)
 		if found && t.wildcard {
 			// Still wanted through the wildcard: the proxy is told again
 			// whether it exists (sent anew, or removed).
@@ -235,8 +276,14 @@ func (t *deltaType) subscribe(typ string, req *discoveryv3.DeltaDiscoveryRequest
 			t.forget(n)
 		}
 		if found {
-			t.names = slices.Delete(t.names, i, i+1)
+			if !changed {
+				names, changed = slices.Clone(names), true
+			}
+			names = slices.Delete(names, i, i+1)
 		}
+	}
+	if changed {
+		t.setNames(names)
 	}
 }
 
@@ -271,7 +318,11 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 	all := resourcesOf(snap, typ, version)
 	var out []*discoveryv3.Resource
 	var removed []string
-	next := make([]held, 0, len(t.have))
+	// next is what the proxy will have: all, or a subsequence of it, in
+	// name order. It is all itself (nothing allocated) until it departs
+	// from it.
+	var next []*xds.Resource
+	shared := true
 	consider := func(r *xds.Resource) error {
 		v, w := r.Hash, r.Wire
 		if v == "" || w == nil {
@@ -290,7 +341,21 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 		if have, found := t.version(r.Name); !found || have != v {
 			out = append(out, &discoveryv3.Resource{Name: r.Name, Version: v, Resource: w})
 		}
-		next = append(next, held{r.Name, v})
+		k := len(next)
+		if shared && (r.Hash == "" || k >= len(all) || all[k] != r) {
+			// Departs from all: from here on a list of its own.
+			shared = false
+			next = append(make([]*xds.Resource, 0, len(all)), all[:k]...)
+		}
+		if r.Hash == "" {
+			// Remember the version computed from the bytes.
+			r = &xds.Resource{Name: r.Name, Message: r.Message, Hash: v, Wire: w}
+		}
+		if shared {
+			next = all[:k+1]
+		} else {
+			next = append(next, r)
+		}
 		return nil
 	}
 	if t.wildcard {
@@ -299,13 +364,14 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 				return err
 			}
 		}
-		for _, h := range t.have {
-			if _, found := slices.BinarySearchFunc(all, h.name, byName); !found {
-				removed = append(removed, h.name)
+		t.had(func(name string) {
+			if _, found := slices.BinarySearchFunc(all, name, byName); !found {
+				removed = append(removed, name)
 			}
-		}
+		})
+		slices.Sort(removed)
 	} else {
-		for _, n := range t.names {
+		for _, n := range t.names.list() {
 			if i, found := slices.BinarySearchFunc(all, n, byName); found {
 				if err := consider(all[i]); err != nil {
 					return err
@@ -322,7 +388,7 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 	resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: version, Resources: out, RemovedResources: removed,
 		TypeUrl: typ, Nonce: strconv.FormatInt(d.nonce, 10)}
 	// next is in name order: built from sorted resources or sorted names.
-	t.have, t.pending, t.answered = next, true, true
+	t.have, t.changes, t.pending, t.answered = next, nil, true, true
 	if len(t.sent) == maxUnanswered {
 		t.sent = slices.Delete(t.sent, 0, 1)
 	}

@@ -109,6 +109,20 @@ func (c *Cache) unregister(s *sotwStream) {
 // thousands of times a second (go-control-plane does); here the rejected
 // version counts as what the proxy has, so it is not resent until the
 // snapshot changes.
+//
+// Pseudo-delta: a response of any type but Listener and Cluster carries
+// only the subscribed resources the proxy does not have in their current
+// content, which the xDS protocol allows ("grouping resources into
+// responses": only LDS and CDS responses must hold the complete state of
+// the world; Envoy and gRPC keep a route, endpoint set or secret a
+// response does not mention). So one changed endpoint set costs each
+// proxy one ClusterLoadAssignment, not every set it has (issue 14: 79 KiB
+// per proxy at 200 services). The response's version_info is still the
+// version of the whole type in the proxy's snapshot: what the proxy holds
+// once it applies the response. What was sent counts as had, as in delta,
+// so a NACKed resource is not resent until it changes; a resource whose
+// parent goes (a cluster removed) goes with it in the proxy, which then
+// unsubscribes from it, and the loop forgets it (subscribe).
 type sotwServer struct {
 	serverv3.Server // fetch
 	cache           *Cache
@@ -214,16 +228,27 @@ type typeState struct {
 	// ever sent empty name lists for a type that allows wildcards (LDS,
 	// CDS), which means wildcard until it names something.
 	wildcard, legacy bool
-	pending          bool     // a response was sent and not yet answered
-	names            []string // subscribed names, sorted, without "*"
+	pending          bool      // a response was sent and not yet answered
+	names            *nameList // subscribed names, sorted, without "*" (shared)
 	// known is the version the proxy has: what it declared on a new stream,
 	// then what it ACKed — or rejected, so a NACKed version is not resent.
 	known string
 	nonce string // of the last response
 	sent  string // the version the last response carried
-	// returned are the resources of the last response (for the "newly
-	// subscribed" check); the snapshot's own slice when it was all of them.
+	// returned are the subscribed resources the proxy has, sorted by name:
+	// those of the last response for LDS and CDS, and for the pseudo-delta
+	// types everything sent and still subscribed (the snapshot's own slice
+	// when that is all of them, so a proxy holds no list of its own).
 	returned []*xds.Resource
+	// resubscribed: the subscription changed since the last response was
+	// considered, so an unchanged version may still call for one.
+	resubscribed bool
+}
+
+// pseudoDelta reports whether a SotW response of the type may carry only
+// what changed (see sotwServer).
+func pseudoDelta(typ string) bool {
+	return typ != resourcev3.ListenerType && typ != resourcev3.ClusterType
 }
 
 func (s *sotwStream) notify() {
@@ -304,7 +329,7 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest, defaultType stri
 // client specifies what resources to return").
 func (ts *typeState) subscribe(typ string, names []string) {
 	if !ts.subscribed {
-		ts.subscribed = true
+		ts.subscribed, ts.resubscribed = true, true
 		ts.legacy = typ == resourcev3.ListenerType || typ == resourcev3.ClusterType
 	}
 	if ts.legacy {
@@ -312,20 +337,21 @@ func (ts *typeState) subscribe(typ string, names []string) {
 			ts.wildcard = true
 			return
 		}
-		ts.legacy = false // a name, or "*": empty lists from now on subscribe to nothing
+		ts.legacy, ts.resubscribed = false, true // a name, or "*": empty lists from now on subscribe to nothing
 	}
-	ts.wildcard = slices.Contains(names, "*")
+	if w := slices.Contains(names, "*"); w != ts.wildcard {
+		ts.wildcard, ts.resubscribed = w, true
+	}
 	switch {
 	case ts.wildcard || len(names) == 0:
-		ts.names = nil
-	case !slices.Equal(ts.names, names):
+		if ts.names != nil {
+			ts.names, ts.resubscribed = nil, true
+		}
+	case !slices.Equal(ts.names.list(), names):
 		// Every ACK repeats the names: only a real change allocates.
 		sorted := slices.Compact(slices.Sorted(slices.Values(names)))
-		if !slices.Equal(ts.names, sorted) {
-			// Canonical copies: every caller of a service names the same
-			// clusters, routes and secrets.
-			internNames(sorted)
-			ts.names = sorted
+		if !slices.Equal(ts.names.list(), sorted) {
+			ts.names, ts.resubscribed = internNameList(sorted), true
 		}
 	}
 	if ts.wildcard {
@@ -335,8 +361,7 @@ func (ts *typeState) subscribe(typ string, names []string) {
 	// to one again gets it even at the same version. (returned may be the
 	// snapshot's shared slice: never modified in place.)
 	unsubscribed := func(r *xds.Resource) bool {
-		_, found := slices.BinarySearch(ts.names, r.Name)
-		return !found
+		return !ts.names.contains(r.Name)
 	}
 	if slices.ContainsFunc(ts.returned, unsubscribed) {
 		ts.returned = slices.DeleteFunc(slices.Clone(ts.returned), unsubscribed)
@@ -362,7 +387,7 @@ func (s *sotwStream) push() error {
 // respond sends the type's resources if the proxy's snapshot has something
 // it does not have.
 func (s *sotwStream) respond(typ string, ts *typeState) error {
-	if s.node == "" || (!ts.wildcard && len(ts.names) == 0) {
+	if s.node == "" || (!ts.wildcard && ts.names == nil) {
 		return nil // no snapshot to look up, or subscribed to nothing
 	}
 	snap, err := s.srv.cache.GetSnapshot(s.node)
@@ -370,14 +395,17 @@ func (s *sotwStream) respond(typ string, ts *typeState) error {
 		return nil // none yet: SetSnapshot wakes the stream
 	}
 	version := snap.GetVersion(typ)
-	if version == "" {
+	if version == "" || (version == ts.known && !ts.resubscribed) {
+		// Nothing, or nothing new: the proxy has this version of every
+		// resource it subscribed to (an ACK, the common request).
 		return nil
 	}
+	ts.resubscribed = false
 	all := resourcesOf(snap, typ, version)
 	pick := all
 	if !ts.wildcard {
-		pick = make([]*xds.Resource, 0, len(ts.names))
-		for _, n := range ts.names {
+		pick = make([]*xds.Resource, 0, len(ts.names.list()))
+		for _, n := range ts.names.list() {
 			if i, found := slices.BinarySearchFunc(all, n, byName); found {
 				pick = append(pick, all[i])
 			}
@@ -389,9 +417,17 @@ func (s *sotwStream) respond(typ string, ts *typeState) error {
 	if version == ts.known && covers(ts.returned, pick) {
 		return nil // the proxy has all of it
 	}
-	anys := make([]*anypb.Any, 0, len(pick))
+	send := pick
+	if pseudoDelta(typ) {
+		// Possibly none: the version moved without a subscribed resource
+		// changing (one was removed, or an unsubscribed one changed). The
+		// empty response still tells the proxy the version it now holds,
+		// which its ACK confirms (status, mTLS migration steps).
+		send = changedSince(ts.returned, pick)
+	}
+	anys := make([]*anypb.Any, 0, len(send))
 	size := 0
-	for _, r := range pick {
+	for _, r := range send {
 		w := r.Wire
 		if w == nil {
 			// A resource only this proxy has (its inbound listener) is not
@@ -410,6 +446,29 @@ func (s *sotwStream) respond(typ string, ts *typeState) error {
 	ts.nonce, ts.sent, ts.pending, ts.returned = resp.Nonce, version, true, pick
 	s.srv.tracker.Sent(s.key(), typ, resp.Nonce, version, size, anys)
 	return s.st.Send(resp)
+}
+
+// changedSince returns the resources of want (sorted by name) that have
+// (sorted by name) lacks or holds with other content. Resources the
+// publisher shares are compared by pointer first, then by content hash;
+// resources of a snapshot built elsewhere carry no hash and always count
+// as changed.
+func changedSince(have, want []*xds.Resource) []*xds.Resource {
+	if len(have) == len(want) && len(want) > 0 && &have[0] == &want[0] {
+		return nil // the same shared slice
+	}
+	var out []*xds.Resource
+	j := 0
+	for _, r := range want {
+		for j < len(have) && have[j].Name < r.Name {
+			j++
+		}
+		if j < len(have) && have[j].Name == r.Name && (have[j] == r || (r.Hash != "" && have[j].Hash == r.Hash)) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // covers reports whether every resource of want is in have (both by name).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +21,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/snapshot"
 )
 
 // clientStream is a client stream (SotW or delta) whose responses a
@@ -142,6 +146,11 @@ func TestSotWAnswersAsGoControlPlane(t *testing.T) {
 		t.Fatalf("the quickstart's web should have at least 2 endpoint sets, has %v", eds)
 	}
 
+	// What our stream has sent, by encoding: go-control-plane answers
+	// every type with the whole state of the world, ours with only what
+	// the stream has not had, for all but listeners and clusters
+	// (pseudo-delta).
+	had := map[string]bool{}
 	both := func(what string, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, *discoveryv3.DiscoveryResponse) {
 		t.Helper()
 		ours.request(t, proto.Clone(req).(*discoveryv3.DiscoveryRequest))
@@ -151,19 +160,26 @@ func TestSotWAnswersAsGoControlPlane(t *testing.T) {
 			t.Fatalf("%s: version/type %q %s, go-control-plane %q %s", what, a.GetVersionInfo(), a.GetTypeUrl(), b.GetVersionInfo(), b.GetTypeUrl())
 		}
 		// go-control-plane's order follows a map; compare as sets of encodings.
-		enc := func(r *discoveryv3.DiscoveryResponse) []string {
+		enc := func(r *discoveryv3.DiscoveryResponse, skipHad bool) []string {
 			var out []string
 			for _, a := range r.GetResources() {
-				out = append(out, a.GetTypeUrl()+"\x00"+string(a.GetValue()))
+				e := a.GetTypeUrl() + "\x00" + string(a.GetValue())
+				if !skipHad || !had[e] {
+					out = append(out, e)
+				}
 			}
 			slices.Sort(out)
 			return out
 		}
-		if !slices.Equal(enc(a), enc(b)) {
+		pseudo := a.GetTypeUrl() != resourcev3.ListenerType && a.GetTypeUrl() != resourcev3.ClusterType
+		if mine := enc(a, false); !slices.Equal(mine, enc(b, pseudo)) {
 			t.Fatalf("%s: resources differ from go-control-plane's: %d vs %d (names %v vs %v)", what, len(a.GetResources()), len(b.GetResources()), names(a), names(b))
 		}
 		if len(a.GetResources()) == 0 {
 			t.Fatalf("%s: empty response", what)
+		}
+		for _, e := range enc(a, false) {
+			had[e] = true
 		}
 		return a, b
 	}
@@ -181,8 +197,8 @@ func TestSotWAnswersAsGoControlPlane(t *testing.T) {
 	}
 	a, _ = both("EDS name added", &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: eds[:2],
 		VersionInfo: a.GetVersionInfo(), ResponseNonce: a.GetNonce()})
-	if got := names(a); !slices.Equal(got, eds[:2]) {
-		t.Fatalf("EDS for %v answered %v", eds[:2], got)
+	if got := names(a); !slices.Equal(got, eds[1:2]) {
+		t.Fatalf("EDS for %v after %v answered %v, want only the new one (pseudo-delta)", eds[:2], eds[:1], got)
 	}
 	// Listeners and the secrets the proxy needs.
 	both("LDS wildcard", &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType})
@@ -347,3 +363,153 @@ func TestCacheWakesEveryStreamOfTheNode(t *testing.T) {
 		t.Fatal("another node's stream was lost")
 	}
 }
+
+// Pseudo-delta state of the world (issue 14): after an endpoint change a
+// proxy is sent only the endpoint set that changed, at the type's new
+// version; listeners and clusters stay complete; a NACKed set is not
+// resent, and the next change sends only what changed since; a resource
+// the proxy stops subscribing to and subscribes to again is sent again.
+func TestSotWPseudoDelta(t *testing.T) {
+	f := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := pump(ads)
+	const quiet = 300 * time.Millisecond
+	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
+	snap, err := f.cache.GetSnapshot(node.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sortedNames := func(typ string) []string {
+		var out []string
+		for n := range snap.GetResources(typ) {
+			out = append(out, n)
+		}
+		slices.Sort(out)
+		return out
+	}
+	eds, rds, secrets := sortedNames(resourcev3.EndpointType), sortedNames(resourcev3.RouteType), sortedNames(resourcev3.SecretType)
+	if len(eds) < 3 || len(rds) < 1 || len(secrets) != 2 {
+		t.Fatalf("web's snapshot: endpoints %v routes %v secrets %v", eds, rds, secrets)
+	}
+	// Subscribe as Envoy does and ACK every response; last[type] is the
+	// last response.
+	last := map[string]*discoveryv3.DiscoveryResponse{}
+	ack := func(r *discoveryv3.DiscoveryResponse, names []string) {
+		t.Helper()
+		last[r.GetTypeUrl()] = r
+		st.request(t, &discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: names})
+	}
+	subscribe := map[string][]string{resourcev3.ClusterType: nil, resourcev3.ListenerType: nil,
+		resourcev3.EndpointType: eds, resourcev3.RouteType: rds, resourcev3.SecretType: secrets}
+	first := true
+	for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType} {
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: typ, ResourceNames: subscribe[typ]}
+		if first {
+			req.Node, first = node, false
+		}
+		st.request(t, req)
+		r := st.next(t)
+		if r.GetTypeUrl() != typ || len(r.GetResources()) != len(sortedNames(typ)) {
+			t.Fatalf("first %s response: type %s, %d resources, want all %d", shortType(typ), r.GetTypeUrl(), len(r.GetResources()), len(sortedNames(typ)))
+		}
+		ack(r, subscribe[typ])
+	}
+	if r := st.within(t, quiet); r != nil {
+		t.Fatalf("ACKs were answered: %s", r.GetTypeUrl())
+	}
+
+	// One api endpoint added: one response, the endpoints, carrying only
+	// api's set, at the type's new version.
+	f.publishAPIEndpointAdded(t)
+	r := st.next(t)
+	if r.GetTypeUrl() != resourcev3.EndpointType || !slices.Equal(names(r), []string{"outbound|api.default"}) {
+		t.Fatalf("after an api endpoint was added: %s with %v, want endpoints with only outbound|api.default", shortType(r.GetTypeUrl()), names(r))
+	}
+	snap, _ = f.cache.GetSnapshot(node.Id)
+	if want := snap.GetVersion(resourcev3.EndpointType); r.GetVersionInfo() != want || want == last[resourcev3.EndpointType].GetVersionInfo() {
+		t.Fatalf("pseudo-delta response version %q, snapshot's %q, before %q", r.GetVersionInfo(), want, last[resourcev3.EndpointType].GetVersionInfo())
+	}
+	if extra := st.within(t, quiet); extra != nil {
+		t.Fatalf("an endpoint change also sent %s", shortType(extra.GetTypeUrl()))
+	}
+	// NACK it: not resent.
+	st.request(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: last[resourcev3.EndpointType].GetVersionInfo(),
+		ResponseNonce: r.GetNonce(), ResourceNames: eds, ErrorDetail: &statuspb.Status{Message: "test: endpoints rejected"}})
+	if extra := st.within(t, quiet); extra != nil {
+		t.Fatalf("a NACKed endpoint set was resent: %v", names(extra))
+	}
+
+	// Unsubscribe from db's endpoints (its cluster went, say), then
+	// subscribe again: sent again although its content never changed.
+	var withoutDB []string
+	for _, n := range eds {
+		if n != "outbound|db.default" {
+			withoutDB = append(withoutDB, n)
+		}
+	}
+	if len(withoutDB) != len(eds)-1 {
+		t.Fatalf("web has no endpoints outbound|db.default: %v", eds)
+	}
+	st.request(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: withoutDB})
+	if extra := st.within(t, quiet); extra != nil {
+		t.Fatalf("unsubscribing was answered: %v", names(extra))
+	}
+	st.request(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: eds})
+	again := st.next(t)
+	if !slices.Equal(names(again), []string{"outbound|db.default"}) {
+		t.Fatalf("subscribing again to db's endpoints answered %v, want only them", names(again))
+	}
+	ack(again, eds)
+
+	// web stops calling db: clusters and listeners come complete without
+	// it; the endpoints' version moves with nothing of web's subscription
+	// changed, so that response is empty (Envoy drops db's endpoints with
+	// its cluster, and then unsubscribes).
+	var pxs []mesh.Proxy
+	cur := f.pub.Catalog() // with the api endpoint added
+	for _, p := range cur.Proxies() {
+		c := *p
+		if c.ID == node.Id {
+			c.Upstreams = slices.DeleteFunc(slices.Clone(c.Upstreams), func(u mesh.Upstream) bool { return u.Service == "db" })
+		}
+		pxs = append(pxs, c)
+	}
+	var svcs []mesh.Service
+	for _, s := range cur.Services() {
+		svcs = append(svcs, *s)
+	}
+	cat, err := mesh.NewCatalog(svcs, pxs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pub.Update(snapshot.Update{Catalog: cat})
+	if _, err := f.pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ = f.cache.GetSnapshot(node.Id)
+	got := map[string]*discoveryv3.DiscoveryResponse{}
+	for r := st.within(t, quiet); r != nil; r = st.within(t, quiet) {
+		got[r.GetTypeUrl()] = r
+	}
+	if c := got[resourcev3.ClusterType]; c == nil || len(c.GetResources()) != len(snap.GetResources(resourcev3.ClusterType)) || slices.Contains(names(c), "outbound|db.default") {
+		t.Fatalf("clusters after db was dropped: %v, want all %d of the snapshot's, without db", names(c), len(snap.GetResources(resourcev3.ClusterType)))
+	}
+	if e := got[resourcev3.EndpointType]; e == nil || len(e.GetResources()) != 0 || e.GetVersionInfo() != snap.GetVersion(resourcev3.EndpointType) {
+		t.Fatalf("endpoints after db was dropped: %v, want an empty response at version %s", e, snap.GetVersion(resourcev3.EndpointType))
+	}
+	if l := got[resourcev3.ListenerType]; l == nil || len(l.GetResources()) != len(snap.GetResources(resourcev3.ListenerType)) {
+		t.Fatalf("listeners after db was dropped: want all %d of the snapshot's", len(snap.GetResources(resourcev3.ListenerType)))
+	}
+	for _, typ := range []string{resourcev3.RouteType, resourcev3.SecretType} {
+		if got[typ] != nil {
+			t.Errorf("%s resent although unchanged: %d resources", shortType(typ), len(got[typ].GetResources()))
+		}
+	}
+}
+
+func shortType(typeURL string) string { return typeURL[strings.LastIndexByte(typeURL, '.')+1:] }

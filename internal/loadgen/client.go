@@ -446,9 +446,26 @@ func (p *Proxy) handleSotW(resp *discoverygrpc.DiscoveryResponse) []*discoverygr
 		return []*discoverygrpc.DiscoveryRequest{{TypeUrl: t, VersionInfo: p.acked[t], ResponseNonce: resp.GetNonce(),
 			ResourceNames: p.subs[t], ErrorDetail: nackDetail(err)}}
 	}
-	m := make(map[string]*entry, len(entries))
-	for _, e := range entries {
-		m[e.name] = e
+	m := p.state[t]
+	if !slices.Contains(wildcardTypes, t) {
+		if m == nil {
+			m = make(map[string]*entry, len(entries))
+		}
+		// Routes, endpoints and secrets: a response may carry only what
+		// changed ("grouping resources into responses" in the xDS
+		// protocol; meshd's pseudo-delta SotW). Like Envoy, keep what it
+		// does not mention; a resource goes when nothing refers to it any
+		// more (unsubscribed below).
+		for _, e := range entries {
+			if _, ok := slices.BinarySearch(p.subs[t], e.name); ok {
+				m[e.name] = e
+			}
+		}
+	} else {
+		m = make(map[string]*entry, len(entries))
+		for _, e := range entries {
+			m[e.name] = e
+		}
 	}
 	p.state[t], p.got[t], p.acked[t] = m, true, resp.GetVersionInfo()
 	p.f.ACKs.Add(1)
@@ -456,6 +473,11 @@ func (p *Proxy) handleSotW(resp *discoverygrpc.DiscoveryResponse) []*discoverygr
 	for typ, names := range p.wanted() {
 		if slices.Equal(names, p.subs[typ]) {
 			continue
+		}
+		for _, n := range p.subs[typ] {
+			if _, ok := slices.BinarySearch(names, n); !ok {
+				delete(p.state[typ], n) // its cluster or listener went
+			}
 		}
 		p.subs[typ] = names
 		if len(names) == 0 {
