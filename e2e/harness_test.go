@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/race"
 	"github.com/meshd/meshd/internal/startline"
 	"github.com/meshd/meshd/internal/testwait"
 )
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 	binDir = dir
 	for c, pkg := range map[string]string{"meshd": "../cmd/meshd", "meshctl": "../cmd/meshctl", "mesh-agent": "../cmd/mesh-agent", "demoapp": "../examples/demoapp"} {
 		args := []string{"build", "-o", filepath.Join(dir, c)}
-		if raceEnabled {
+		if race.Enabled {
 			// go test -race ./e2e: the binaries under test run with the
 			// race detector too (each meshd's log is checked at exit).
 			args = append(args, "-race")
