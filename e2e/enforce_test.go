@@ -26,6 +26,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -192,24 +193,22 @@ func (c *caller) stop() {
 // returns them.
 func (c *caller) after(t testing.TB, since time.Time, n int) []callRecord {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var got []callRecord
+	testwait.Until(t, 30*time.Second, func() error {
 		c.mu.Lock()
-		var got []callRecord
+		got = got[:0]
 		for _, r := range c.calls {
 			if r.start.After(since) {
 				got = append(got, r)
 			}
 		}
 		c.mu.Unlock()
-		if len(got) >= n {
-			return got[:n]
+		if len(got) < n {
+			return fmt.Errorf("%s: only %d calls after %s", c.name, len(got), since.Format(time.StampMilli))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: only %d calls after %s within 30s", c.name, len(got), since.Format(time.StampMilli))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return got[:n]
 }
 
 // all returns every call so far.
@@ -418,7 +417,7 @@ func TestStrictClosesOpenPlaintextConnections(t *testing.T) {
 	// Mesh callers lost nothing: every call succeeded, on the connections
 	// they had (the mTLS chain is the same in PERMISSIVE and STRICT, so
 	// Envoy's in-place update did not drain it).
-	time.Sleep(500 * time.Millisecond)
+	mtlsCaller.after(t, time.Now(), 5)
 	mtlsCaller.stop()
 	for _, r := range mtlsCaller.all() {
 		if r.outcome != "ok" {

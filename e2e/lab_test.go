@@ -21,6 +21,7 @@ import (
 	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/internal/envoytest"
 	"github.com/meshd/meshd/internal/netnstest"
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/sds"
 )
 
@@ -253,18 +254,14 @@ func (r *labRun) source(m lab.Mount) string {
 func (r *labRun) waitHealthy(c lab.Container) {
 	r.t.Helper()
 	argv := r.command(c, c.Health)
-	deadline := time.Now().Add(time.Minute)
-	for {
+	testwait.Until(r.t, time.Minute, func() error {
 		out, err := r.host(c).Run(10*time.Second, argv[0], argv[1:]...)
 		if err == nil {
-			return
+			return nil
 		}
 		r.checkRunning()
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%s not healthy after a minute: %v\n%s", c.Name, err, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return fmt.Errorf("%s not healthy: %v\n%s", c.Name, err, out)
+	})
 }
 
 // checkRunning fails the test if a long-running container has exited.

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/metadata"
+
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 func TestCallerFromXFCC(t *testing.T) {
@@ -207,9 +209,7 @@ func TestCallLoop(t *testing.T) {
 		var out bytes.Buffer
 		done := make(chan bool)
 		go func() { done <- callLoop(ctx, f, callOptions{count: 0, timeout: time.Minute, quiet: true}, &out) }()
-		for f.n.Load() < 5 {
-			time.Sleep(time.Millisecond)
-		}
+		testwait.For(t, testwait.Timeout, "5 calls", func() bool { return f.n.Load() >= 5 })
 		cancel()
 		if ok := <-done; !ok || out.String() != "summary: calls=4 ok=4 failed=0\n" {
 			t.Fatalf("ok=%v, output %q", ok, out.String())

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 // helperEnv makes the test binary act as a small TCP server when it is
@@ -65,16 +67,15 @@ func ask(ctx context.Context, h *Host, addr string) (string, error) {
 
 func waitListening(t *testing.T, p *Proc) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.Log(), "listening") {
+	testwait.Until(t, testwait.Timeout, func() error {
+		if strings.Contains(p.Log(), "listening") {
+			return nil
+		}
 		if done, err := p.Exited(); done {
 			t.Fatalf("%s exited: %v\n%s", p.Name, err, p.Log())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not listening after 10s:\n%s", p.Name, p.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("%s not listening:\n%s", p.Name, p.Log())
+	})
 }
 
 func nsList(t *testing.T) string {
