@@ -27,6 +27,7 @@ import (
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/envoytest"
 	"github.com/meshd/meshd/internal/testwait"
+	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -372,7 +373,8 @@ func TestStrictClosesOpenPlaintextConnections(t *testing.T) {
 	}
 	// web's sidecar's connections to api (refused plaintext handshakes
 	// also count on api's mTLS stat prefix, so count on the caller's side).
-	const webToAPIConns = "cluster.outbound|api.default.upstream_cx_total"
+	// Envoy names a cluster's stats by its alt_stat_name (xds.ClusterStatName).
+	webToAPIConns := "cluster." + xds.ClusterStatName(xds.OutboundClusterName(mesh.ServiceKey{Name: "api", Namespace: "default"})) + ".upstream_cx_total"
 	mtlsConns, _ := e.webEnvoy.Stat(t, webToAPIConns)
 	inPlace, _ := e.apiEnvoy.Stat(t, "listener_manager.listener_in_place_updated")
 	before := e.m.version(t, "api.default", "Listener")
@@ -734,7 +736,7 @@ func TestPolicyReachesOpenConnections(t *testing.T) {
 		out := map[string]int64{}
 		for name, s := range map[string]*envoytest.Envoy{"web": e.webEnvoy, "ops": e.opsEnvoy} {
 			for _, svc := range []string{"api", "greeter"} {
-				n, _ := s.Stat(t, "cluster.outbound|"+svc+".default.upstream_cx_total")
+				n, _ := s.Stat(t, "cluster."+xds.ClusterStatName(xds.OutboundClusterName(mesh.ServiceKey{Name: svc, Namespace: "default"}))+".upstream_cx_total")
 				out[name+"→"+svc] = n
 			}
 		}
@@ -742,6 +744,13 @@ func TestPolicyReachesOpenConnections(t *testing.T) {
 	}
 	callers["web http"].after(t, time.Now(), 2)
 	connsBefore := upstreamConns()
+	for k, n := range connsBefore {
+		if n == 0 {
+			// Every caller has called both services: a zero is a stat name
+			// that no longer exists, and the comparison below would prove nothing.
+			t.Fatalf("no upstream connections counted for %s (%v): wrong cluster stat name?", k, connsBefore)
+		}
+	}
 	listeners := map[string]string{"api.default": e.m.version(t, "api.default", "Listener"), "greeter.default": e.m.version(t, "greeter.default", "Listener")}
 
 	phases := []struct {
