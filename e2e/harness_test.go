@@ -228,7 +228,14 @@ func (m *meshd) meshctl(args ...string) string {
 }
 
 type statusDoc struct {
-	Ready   bool `json:"ready"`
+	Ready bool `json:"ready"`
+	// Migrations are the mTLS mode changes in progress.
+	Migrations []struct {
+		Proxy     string   `json:"proxy"`
+		Phase     string   `json:"phase"`
+		WaitingOn []string `json:"waitingOn"`
+		Overdue   bool     `json:"overdue"`
+	} `json:"migrations"`
 	Catalog struct {
 		LastError string `json:"lastError"`
 		Rejected  int    `json:"rejected"`

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -28,28 +27,6 @@ import (
 // two complete by themselves; the third is reported (overdue, with what it
 // waits on) and completes when forced. For a real Envoy sidecar and for
 // gRPC-Go's proxyless xDS server.
-
-type migrationStatus struct {
-	Migrations []struct {
-		Proxy     string   `json:"proxy"`
-		Phase     string   `json:"phase"`
-		WaitingOn []string `json:"waitingOn"`
-		Overdue   bool     `json:"overdue"`
-	} `json:"migrations"`
-}
-
-func (m *meshd) migrations() migrationStatus {
-	m.t.Helper()
-	code, body := m.adminGET("/debug/status")
-	if code != 200 {
-		m.t.Fatalf("/debug/status: %d %s", code, body)
-	}
-	var s migrationStatus
-	if err := json.Unmarshal([]byte(body), &s); err != nil {
-		m.t.Fatalf("/debug/status: %v", err)
-	}
-	return s
-}
 
 // migrationCase is one flavor's server, its policy and how to tell which
 // transport it serves.
@@ -121,7 +98,7 @@ func runMigrations(t *testing.T, c migrationCase) {
 	settled := func(step string) {
 		t.Helper()
 		eventually(t, 15*time.Second, func() error {
-			if s := m.migrations(); len(s.Migrations) > 0 {
+			if s := m.status(); len(s.Migrations) > 0 {
 				return fmt.Errorf("%s: migrations in progress: %+v", step, s.Migrations)
 			}
 			return nil
@@ -160,12 +137,12 @@ func runMigrations(t *testing.T, c migrationCase) {
 	})
 	writePeerAuth(t, policyDir, c.selector, "DISABLE")
 	eventually(t, 20*time.Second, func() error {
-		for _, mg := range m.migrations().Migrations {
+		for _, mg := range m.status().Migrations {
 			if mg.Proxy == c.server && mg.Overdue && len(mg.WaitingOn) == 1 && strings.HasPrefix(mg.WaitingOn[0], "web-1 (") {
 				return nil
 			}
 		}
-		return fmt.Errorf("no overdue migration waiting on web-1: %+v", m.migrations().Migrations)
+		return fmt.Errorf("no overdue migration waiting on web-1: %+v", m.status().Migrations)
 	})
 	if v := m.metric(t, "meshd_mtls_migration_pending_seconds"); v < 2 {
 		t.Errorf("meshd_mtls_migration_pending_seconds = %v while a step is overdue", v)

@@ -45,6 +45,20 @@ func largeMesh(services, endpoints, proxies, upstreams int) ([]mesh.Service, []m
 	return svcs, pxs
 }
 
+// publishMesh publishes a catalog of svcs and pxs on pub.
+func publishMesh(tb testing.TB, pub *Publisher, svcs []mesh.Service, pxs []mesh.Proxy) *mesh.Catalog {
+	tb.Helper()
+	cat, err := mesh.NewCatalog(svcs, pxs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub.Update(Update{Catalog: cat})
+	if _, err := pub.Publish(); err != nil {
+		tb.Fatal(err)
+	}
+	return cat
+}
+
 func benchPublisher() (*Publisher, cachev3.SnapshotCache) {
 	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	return New(cache, &fakeSecrets{}, Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: metrics.New()}), cache
@@ -87,15 +101,8 @@ func BenchmarkPublishCold(b *testing.B) {
 // in the same mesh: only that service's callers are re-rendered.
 func BenchmarkPublishEndpointChange(b *testing.B) {
 	svcs, pxs := largeMesh(1000, 10, 10000, 5)
-	cat, err := mesh.NewCatalog(svcs, pxs)
-	if err != nil {
-		b.Fatal(err)
-	}
 	pub, _ := benchPublisher()
-	pub.Update(Update{Catalog: cat})
-	if _, err := pub.Publish(); err != nil {
-		b.Fatal(err)
-	}
+	cat := publishMesh(b, pub, svcs, pxs)
 	// Alternate between two catalogs that differ by one endpoint of svc-0042.
 	changed := make([]mesh.Service, len(svcs))
 	copy(changed, svcs)
@@ -146,15 +153,8 @@ func BenchmarkTranslateProxy(b *testing.B) {
 // shared parts are exactly the proxy's resources.
 func TestIdenticalTypeSetsAreShared(t *testing.T) {
 	svcs, pxs := largeMesh(20, 3, 40, 2) // proxy i and i+20: same service, same upstreams
-	cat, err := mesh.NewCatalog(svcs, pxs)
-	if err != nil {
-		t.Fatal(err)
-	}
 	pub, _ := benchPublisher()
-	pub.Update(Update{Catalog: cat})
-	if _, err := pub.Publish(); err != nil {
-		t.Fatal(err)
-	}
+	cat := publishMesh(t, pub, svcs, pxs)
 	a, b, other := pub.Snapshot("proxy-00001"), pub.Snapshot("proxy-00021"), pub.Snapshot("proxy-00002")
 	same := func(x, y *Snapshot, typ string) bool {
 		xs, _ := x.Resources(typ)
@@ -210,15 +210,8 @@ func TestIdenticalTypeSetsAreShared(t *testing.T) {
 // served, and two publishers never share state.
 func TestTypeSetsAreForgotten(t *testing.T) {
 	svcs, pxs := largeMesh(20, 3, 40, 2)
-	cat, err := mesh.NewCatalog(svcs, pxs)
-	if err != nil {
-		t.Fatal(err)
-	}
 	pub, _ := benchPublisher()
-	pub.Update(Update{Catalog: cat})
-	if _, err := pub.Publish(); err != nil {
-		t.Fatal(err)
-	}
+	publishMesh(t, pub, svcs, pxs)
 	full := pub.sets.size()
 	if full == 0 {
 		t.Fatal("no sets held")
@@ -248,26 +241,12 @@ func TestTypeSetsAreForgotten(t *testing.T) {
 			svcs[i].Endpoints[e].Port = 15002
 		}
 	}
-	cat2, err := mesh.NewCatalog(svcs, pxs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub.Update(Update{Catalog: cat2})
-	if _, err := pub.Publish(); err != nil {
-		t.Fatal(err)
-	}
+	publishMesh(t, pub, svcs, pxs)
 	if d, n := distinct(), pub.sets.size(); d != n {
 		t.Fatalf("after a change the table holds %d sets, snapshots use %d", n, d)
 	}
 	// Remove every proxy: nothing is held.
-	empty, err := mesh.NewCatalog(svcs, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub.Update(Update{Catalog: empty})
-	if _, err := pub.Publish(); err != nil {
-		t.Fatal(err)
-	}
+	publishMesh(t, pub, svcs, nil)
 	if n := pub.sets.size(); n != 0 {
 		t.Fatalf("%d sets held with no proxies", n)
 	}

@@ -170,6 +170,13 @@ func apiMode(mode mesh.MTLSMode) *mesh.PolicySet {
 		Peer: []mesh.PeerAuthentication{{Name: "api", Namespace: "default", Mode: mode, Selector: map[string]string{"version": "v1"}}}}
 }
 
+// set asks for mode on api and publishes.
+func (g *migration) set(mode mesh.MTLSMode) {
+	g.t.Helper()
+	g.pub.Update(Update{Policy: apiMode(mode)})
+	g.publish()
+}
+
 func (g *migration) publish() {
 	g.t.Helper()
 	if _, err := g.pub.Publish(); err != nil {
@@ -227,15 +234,13 @@ func TestMigrationWaitsForConnectedProxies(t *testing.T) {
 
 	// PERMISSIVE → STRICT waits for web to have ACKed config sending mTLS
 	// (it has: the step proceeds in the same publish).
-	g.pub.Update(Update{Policy: apiMode(strict)})
-	g.publish()
+	g.set(strict)
 	g.expect("strict, web had ACKed mTLS", "mtls", "mtls")
 	g.done("strict")
 
 	// STRICT → DISABLE: server accepts both first, then callers go
 	// plaintext, then the server stops accepting mTLS.
-	g.pub.Update(Update{Policy: apiMode(disable)})
-	g.publish()
+	g.set(disable)
 	g.expect("disable requested", "both", "mtls")
 	if w := g.waitingOn(); !slices.Equal(w, []string{"api.default (Listener)"}) {
 		t.Fatalf("waiting on %v, want api's listener", w)
@@ -266,8 +271,7 @@ func TestMigrationWithNoCallersCompletesAtOnce(t *testing.T) {
 			g.ack("api.default")
 		}
 		for _, to := range []mesh.MTLSMode{disable, strict} {
-			g.pub.Update(Update{Policy: apiMode(to)})
-			g.publish()
+			g.set(to)
 			if connected {
 				g.ack("api.default")
 				g.publish()
@@ -285,8 +289,7 @@ func TestMigrationCallerDisconnectsMidStep(t *testing.T) {
 	g := newMigration(t, strict, time.Minute)
 	g.pub.StreamOpened("web.default")
 	g.ack("web.default")
-	g.pub.Update(Update{Policy: apiMode(disable)})
-	g.publish()
+	g.set(disable)
 	g.expect("server not connected: callers switch at once", "both", "plaintext")
 	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default") {
 		t.Fatalf("waiting on %v, want web", w)
@@ -343,25 +346,21 @@ func TestMigrationPolicyRevertedMidway(t *testing.T) {
 	g.pub.StreamOpened("web.default")
 	g.ack("api.default")
 	g.ack("web.default")
-	g.pub.Update(Update{Policy: apiMode(disable)})
-	g.publish()
+	g.set(disable)
 	g.expect("disable requested", "both", "mtls")
 	// Back to STRICT before the server ACKed PERMISSIVE: web still sends
 	// mTLS and has ACKed that, so the server goes back to STRICT at once.
-	g.pub.Update(Update{Policy: apiMode(strict)})
-	g.publish()
+	g.set(strict)
 	g.expect("reverted", "mtls", "mtls")
 	g.done("reverted")
 
 	// Reverted after the callers moved to plaintext: they move back first,
 	// with the server still accepting both.
-	g.pub.Update(Update{Policy: apiMode(disable)})
-	g.publish()
+	g.set(disable)
 	g.ack("api.default")
 	g.publish()
 	g.expect("callers moved", "both", "plaintext")
-	g.pub.Update(Update{Policy: apiMode(strict)})
-	g.publish()
+	g.set(strict)
 	g.expect("reverted after callers moved", "both", "mtls")
 	g.ack("web.default")
 	g.publish()

@@ -6,15 +6,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/discovery/file"
+	"github.com/meshd/meshd/internal/inputfile"
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
@@ -166,18 +166,7 @@ func (fakeSecrets) NextRenewal() time.Time { return time.Time{} }
 // publishQuickstart publishes the quickstart catalog once.
 func publishQuickstart(t *testing.T, log *slog.Logger) (*snapshot.Publisher, *metrics.Metrics, *tracker.Tracker) {
 	t.Helper()
-	data, err := os.ReadFile("../../examples/quickstart/catalog.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var in struct {
-		Services []mesh.Service `yaml:"services"`
-		Proxies  []mesh.Proxy   `yaml:"proxies"`
-	}
-	if err := yaml.Unmarshal(data, &in); err != nil {
-		t.Fatal(err)
-	}
-	cat, err := mesh.NewCatalog(in.Services, in.Proxies)
+	cat, err := file.Load("../../examples/quickstart/catalog.yaml", inputfile.DefaultMaxSize)
 	if err != nil {
 		t.Fatal(err)
 	}

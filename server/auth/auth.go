@@ -369,30 +369,14 @@ func (s *authStream) RecvMsg(m any) error {
 		s.pending = nil
 		switch dst := m.(type) {
 		case *discoveryv3.DiscoveryRequest:
-			src, ok := p.(*discoveryv3.DiscoveryRequest)
-			if !ok {
-				return status.Error(codes.Internal, "xDS: request type mismatch")
-			}
-			dst.Reset()
-			moveInto(dst, src)
+			return replay(dst, p)
 		case *discoveryv3.DeltaDiscoveryRequest:
-			src, ok := p.(*discoveryv3.DeltaDiscoveryRequest)
-			if !ok {
-				return status.Error(codes.Internal, "xDS: request type mismatch")
-			}
-			dst.Reset()
-			moveInto(dst, src)
+			return replay(dst, p)
 		case *alsv3.StreamAccessLogsMessage:
-			src, ok := p.(*alsv3.StreamAccessLogsMessage)
-			if !ok {
-				return status.Error(codes.Internal, "xDS: request type mismatch")
-			}
-			dst.Reset()
-			moveInto(dst, src)
+			return replay(dst, p)
 		default:
 			return status.Errorf(codes.Internal, "xDS: unexpected message type %T", m)
 		}
-		return nil
 	}
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
@@ -409,6 +393,21 @@ func (s *authStream) RecvMsg(m any) error {
 		return err
 	}
 	s.filter(m)
+	return nil
+}
+
+// replay moves the request the interceptor read (p) into dst, which must be
+// of its type.
+func replay[T interface {
+	*discoveryv3.DiscoveryRequest | *discoveryv3.DeltaDiscoveryRequest | *alsv3.StreamAccessLogsMessage
+	proto.Message
+}](dst T, p any) error {
+	src, ok := p.(T)
+	if !ok {
+		return status.Error(codes.Internal, "xDS: request type mismatch")
+	}
+	proto.Reset(dst)
+	moveInto(dst, src)
 	return nil
 }
 
