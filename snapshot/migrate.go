@@ -293,6 +293,7 @@ func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet) *xds.Overrides {
 	for id := range p.workloads {
 		if !seen[id] {
 			delete(p.workloads, id)
+			delete(p.forced, id)
 		}
 	}
 	return ov
