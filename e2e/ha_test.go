@@ -83,7 +83,7 @@ func TestTwoReplicasAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, err := ca.IssueLeaf(mesh.Identity{TrustDomain: mesh.DefaultTrustDomain, Namespace: "default", ServiceAccount: "web"}, []string{"web"})
+	leaf, err := ca.IssueCredential(mesh.Identity{TrustDomain: mesh.DefaultTrustDomain, Namespace: "default", ServiceAccount: "web"}, []string{"web"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,8 +27,12 @@ const maxCSRBytes = 16 << 10
 //   - no extensions beyond the SANs (meshd decides key usage, EKU and
 //     basic constraints itself, so a CSR cannot ask for a CA).
 //
+// The certificate records origin, the credential the caller authenticated
+// with (CertOrigin): renewals with it inherit it, so revoking the bootstrap
+// token a chain of renewals started from ends the whole chain.
+//
 // The returned leaf carries the chain (leaf + intermediate) and no key.
-func (a *Authority) SignCSR(csrPEM []byte, id mesh.Identity, allowedDNS []string) (*Leaf, error) {
+func (a *Authority) SignCSR(csrPEM []byte, id mesh.Identity, allowedDNS []string, origin CertOrigin) (*Leaf, error) {
 	if err := a.checkTrustDomain(id); err != nil {
 		return nil, err
 	}
@@ -80,6 +84,7 @@ func (a *Authority) SignCSR(csrPEM []byte, id mesh.Identity, allowedDNS []string
 	iss, err := a.issue(g, now, issueRequest{
 		uri:  want,
 		cn:   cn,
+		ou:   origin.ou(),
 		dns:  dns,
 		ekus: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		pub:  pub,

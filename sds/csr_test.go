@@ -34,7 +34,7 @@ func TestSignCSR(t *testing.T) {
 	ca := newTestCA(t)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	allowed := []string{"cart", "cart.shop", "cart.shop.svc.cluster.local"}
-	leaf, err := ca.SignCSR(makeCSR(t, key, nil), testID, allowed)
+	leaf, err := ca.SignCSR(makeCSR(t, key, nil), testID, allowed, CertOrigin{TokenID: "0a1b2c"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +50,11 @@ func TestSignCSR(t *testing.T) {
 	}
 	if err := verifyLeaf(t, leaf.CertPEM, ca.RootPool(), t0, x509.ExtKeyUsageClientAuth); err != nil {
 		t.Error(err)
+	}
+	// The token the caller authenticated with is recorded in the
+	// certificate, so a renewal with it can be tied back to the token.
+	if o, ok, err := CertOriginOf(c); !ok || err != nil || o.TokenID != "0a1b2c" {
+		t.Errorf("origin %+v %v %v, want token 0a1b2c", o, ok, err)
 	}
 
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
@@ -80,7 +85,7 @@ func TestSignCSR(t *testing.T) {
 		"not PEM":     {[]byte("hello"), nil, "PEM"},
 		"huge":        {[]byte(strings.Repeat("A", maxCSRBytes+1)), nil, "at most"},
 	} {
-		if _, err := ca.SignCSR(tc.csr, testID, allowed); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := ca.SignCSR(tc.csr, testID, allowed, CertOrigin{}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error containing %q", name, err, tc.want)
 		}
 	}
@@ -88,7 +93,7 @@ func TestSignCSR(t *testing.T) {
 	good := makeCSR(t, key, nil)
 	block, _ := pem.Decode(good)
 	block.Bytes[len(block.Bytes)/2] ^= 0xff
-	if _, err := ca.SignCSR(pem.EncodeToMemory(block), testID, allowed); err == nil {
+	if _, err := ca.SignCSR(pem.EncodeToMemory(block), testID, allowed, CertOrigin{}); err == nil {
 		t.Error("tampered CSR signed")
 	}
 }

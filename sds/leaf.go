@@ -63,8 +63,12 @@ func (l Leaf) LogValue() slog.Value {
 // issueRequest describes one certificate to mint; IssueLeaf and the xDS server
 // certificate differ only in these fields.
 type issueRequest struct {
-	uri  string
-	cn   string
+	uri string
+	cn  string
+	// ou is the subject's organizational unit: the credential marker of a
+	// certificate that may authenticate to meshd (CertOrigin), empty for
+	// the workload leaves meshd serves over SDS.
+	ou   string
 	dns  []string
 	ips  []net.IP
 	ekus []x509.ExtKeyUsage
@@ -87,7 +91,22 @@ type issued struct {
 // It is signed by the signing generation's intermediate, and verified against
 // that chain for both server and client authentication before it is returned, so a bad template fails here rather
 // than in a proxy's handshake.
+//
+// The leaf is a workload identity for the data plane (what Leaf caches and
+// meshd serves over SDS): it does not authenticate to meshd. IssueCredential
+// mints one that does.
 func (a *Authority) IssueLeaf(id mesh.Identity, dnsNames []string) (*Leaf, error) {
+	return a.issueLeaf(id, dnsNames, "")
+}
+
+// IssueCredential is IssueLeaf for a certificate that also authenticates
+// to meshd as id (xDS, CSR renewals): one an operator issues by hand
+// (meshctl certs issue), marked as such (CertOrigin).
+func (a *Authority) IssueCredential(id mesh.Identity, dnsNames []string) (*Leaf, error) {
+	return a.issueLeaf(id, dnsNames, CertOrigin{}.ou())
+}
+
+func (a *Authority) issueLeaf(id mesh.Identity, dnsNames []string, ou string) (*Leaf, error) {
 	if err := a.checkTrustDomain(id); err != nil {
 		return nil, err
 	}
@@ -103,6 +122,7 @@ func (a *Authority) IssueLeaf(id mesh.Identity, dnsNames []string) (*Leaf, error
 	iss, err := a.issue(g, now, issueRequest{
 		uri:  id.SPIFFEID(),
 		cn:   cn,
+		ou:   ou,
 		dns:  dns,
 		ekus: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	})
@@ -122,7 +142,10 @@ func (a *Authority) issue(g *generation, now time.Time, req issueRequest) (*issu
 	}
 	// In deterministic mode the validity window starts at the epoch, not
 	// now, so that every replica computes the same one.
-	deterministic := a.opts.DeterministicLeaves && req.pub == nil
+	// Only workload leaves: a credential (ou) derived like them would share
+	// its key with the SDS leaf of its identity, whose holders could then
+	// present it to meshd.
+	deterministic := a.opts.DeterministicLeaves && req.pub == nil && req.ou == ""
 	start := now
 	var epochEnd time.Time
 	if deterministic {
@@ -173,8 +196,9 @@ func (a *Authority) issue(g *generation, now time.Time, req issueRequest) (*issu
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject: pkix.Name{
-			Organization: []string{a.opts.Organization},
-			CommonName:   req.cn,
+			Organization:       []string{a.opts.Organization},
+			OrganizationalUnit: ouList(req.ou),
+			CommonName:         req.cn,
 		},
 		NotBefore:   notBefore,
 		NotAfter:    notAfter,

@@ -163,7 +163,8 @@ func checkLeaf(cert, tmpl *x509.Certificate, pub crypto.PublicKey, g *generation
 	if !equalPublicKey(cert.PublicKey, pub) {
 		return errors.New("public key differs from the request")
 	}
-	if cert.Subject.CommonName != tmpl.Subject.CommonName || !slices.Equal(cert.Subject.Organization, tmpl.Subject.Organization) {
+	if cert.Subject.CommonName != tmpl.Subject.CommonName || !slices.Equal(cert.Subject.Organization, tmpl.Subject.Organization) ||
+		!slices.Equal(cert.Subject.OrganizationalUnit, tmpl.Subject.OrganizationalUnit) {
 		return errors.New("subject differs from the request")
 	}
 	if !slices.Equal(cert.DNSNames, tmpl.DNSNames) ||

@@ -25,6 +25,7 @@ import (
 // identity rules (docs/identity.md) rather than from the issuer's code.
 type expectedLeaf struct {
 	cn, org   string
+	ou        string // the credential mark (origin.go); "" for none
 	uri       string
 	dns       []string
 	ips       []net.IP
@@ -54,9 +55,16 @@ func checkAgainstExpectation(t *testing.T, g *generation, l *Leaf, want expected
 	if c.Version != 3 || c.SignatureAlgorithm != x509.ECDSAWithSHA256 || c.PublicKeyAlgorithm != x509.ECDSA {
 		t.Errorf("version %d, signature %v, key %v", c.Version, c.SignatureAlgorithm, c.PublicKeyAlgorithm)
 	}
+	names := 2
+	if want.ou != "" {
+		names = 3
+		if !slices.Equal(c.Subject.OrganizationalUnit, []string{want.ou}) {
+			t.Errorf("OU %q, want %q", c.Subject.OrganizationalUnit, want.ou)
+		}
+	}
 	if c.Subject.CommonName != want.cn || !slices.Equal(c.Subject.Organization, []string{want.org}) ||
-		len(c.Subject.Names) != 2 {
-		t.Errorf("subject %v, want CN=%s O=%s only", c.Subject, want.cn, want.org)
+		len(c.Subject.Names) != names {
+		t.Errorf("subject %v, want CN=%s O=%s OU=%q only", c.Subject, want.cn, want.org, want.ou)
 	}
 	if !bytes.Equal(c.RawIssuer, g.inter.RawSubject) || !bytes.Equal(c.AuthorityKeyId, g.inter.SubjectKeyId) {
 		t.Error("issuer or authority key id is not the signing intermediate's")
@@ -143,8 +151,9 @@ func TestIssuedLeafMatchesExpectation(t *testing.T) {
 		opts    func(*Options)
 		advance time.Duration
 		dns     []string
-		// server issues meshd's own certificate; csr signs agentKey.
-		server, csr bool
+		// server issues meshd's own certificate; csr signs agentKey;
+		// credential issues an operator's client certificate.
+		server, csr, credential bool
 		// want fills in what differs from a 24h sidecar leaf at now.
 		want func(e *expectedLeaf, now time.Time, g *generation)
 	}{
@@ -174,7 +183,11 @@ func TestIssuedLeafMatchesExpectation(t *testing.T) {
 			o.Clock, o.LeafTTL = c.Now, 48*time.Hour
 		}, dns: []string{"cart"}, want: func(e *expectedLeaf, now time.Time, _ *generation) { e.notAfter = now.Add(48 * time.Hour) }},
 		{name: "node agent CSR", csr: true, dns: []string{"cart", "cart.shop"},
-			want: func(e *expectedLeaf, _ time.Time, _ *generation) { e.pub = &agentKey.PublicKey }},
+			want: func(e *expectedLeaf, _ time.Time, _ *generation) {
+				e.pub, e.ou = &agentKey.PublicKey, "meshd-credential token 5eed"
+			}},
+		{name: "operator credential", credential: true, dns: []string{"cart"},
+			want: func(e *expectedLeaf, _ time.Time, _ *generation) { e.ou = "meshd-credential operator" }},
 		{name: "meshd server certificate", server: true, want: func(e *expectedLeaf, _ time.Time, _ *generation) {
 			e.cn, e.uri = "meshd.example", "spiffe://cluster.local/ns/meshd-system/sa/meshd"
 			e.dns = []string{"meshd.example", "localhost"}
@@ -194,7 +207,7 @@ func TestIssuedLeafMatchesExpectation(t *testing.T) {
 				now := ca.opts.Clock()
 				g := ca.signing()
 				start := now
-				if det && !tc.csr {
+				if det && !tc.csr && !tc.credential {
 					start, _ = ca.epoch(now)
 				}
 				cn := "cart"
@@ -217,7 +230,9 @@ func TestIssuedLeafMatchesExpectation(t *testing.T) {
 						l = iss.leaf
 					}
 				case tc.csr:
-					l, err = ca.SignCSR(makeCSR(t, agentKey, nil), testID, tc.dns)
+					l, err = ca.SignCSR(makeCSR(t, agentKey, nil), testID, tc.dns, CertOrigin{TokenID: "5eed"})
+				case tc.credential:
+					l, err = ca.IssueCredential(testID, tc.dns)
 				default:
 					l, err = ca.IssueLeaf(testID, tc.dns)
 				}

@@ -93,10 +93,11 @@ type TokenAuthority struct {
 	pub   *ecdsa.PublicKey
 	clock func() time.Time
 
-	mu         sync.Mutex
-	revoked    map[string]bool
-	revokedMod time.Time
-	revokedSz  int64
+	mu      sync.Mutex
+	revoked map[string]bool
+	// revokedInfo is the revocation list file as last read (nil: none):
+	// a change of inode (atomic replace), size or mtime re-reads it.
+	revokedInfo os.FileInfo
 
 	// parsed caches Parse's result for tokens whose signature has been
 	// verified, by the SHA-256 of the token (the token itself, a secret, is
@@ -288,31 +289,69 @@ type revokedEntry struct {
 
 func (t *TokenAuthority) revokedPath() string { return filepath.Join(t.dir, revokedFileName) }
 
-// isRevoked re-reads the list when its size or mtime changed, so
-// `meshctl token revoke` takes effect on the next stream without a restart.
+// isRevoked re-reads the list when it changed, so `meshctl token revoke`
+// takes effect on the next stream without a restart.
 func (t *TokenAuthority) isRevoked(id string) (bool, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if _, err := t.refreshLocked(); err != nil {
+		return false, err
+	}
+	return t.revoked[id], nil
+}
+
+// IsRevoked reports whether token id is on the revocation list, re-reading
+// the list if the file changed (one stat otherwise). An unreadable list is
+// an error: callers fail closed.
+func (t *TokenAuthority) IsRevoked(id string) (bool, error) { return t.isRevoked(id) }
+
+// Refresh re-reads the revocation list if the file changed since the last
+// read and reports whether it did; RevokedCached then answers from it
+// without touching the file. meshd's revocation watcher calls it when the
+// tokens directory changes and every second.
+func (t *TokenAuthority) Refresh() (bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.refreshLocked()
+}
+
+// RevokedCached answers from the list as last read (Refresh, IsRevoked,
+// Verify): a map lookup, for checking many credentials at once.
+func (t *TokenAuthority) RevokedCached(id string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.revoked[id]
+}
+
+// Dir is the directory holding the token key and the revocation list.
+func (t *TokenAuthority) Dir() string { return t.dir }
+
+// RevocationListPath is the revocation list's file.
+func (t *TokenAuthority) RevocationListPath() string { return t.revokedPath() }
+
+func (t *TokenAuthority) refreshLocked() (bool, error) {
 	info, err := os.Stat(t.revokedPath())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		t.revoked, t.revokedMod, t.revokedSz = map[string]bool{}, time.Time{}, 0
-		return false, nil
+		changed := t.revokedInfo != nil
+		t.revoked, t.revokedInfo = map[string]bool{}, nil
+		return changed, nil
 	case err != nil:
 		return false, err
 	}
-	if !info.ModTime().Equal(t.revokedMod) || info.Size() != t.revokedSz {
-		l, err := t.readRevoked()
-		if err != nil {
-			return false, err
-		}
-		m := map[string]bool{}
-		for _, e := range l.Revoked {
-			m[e.ID] = true
-		}
-		t.revoked, t.revokedMod, t.revokedSz = m, info.ModTime(), info.Size()
+	if old := t.revokedInfo; old != nil && os.SameFile(old, info) && info.ModTime().Equal(old.ModTime()) && info.Size() == old.Size() {
+		return false, nil
 	}
-	return t.revoked[id], nil
+	l, err := t.readRevoked()
+	if err != nil {
+		return false, err
+	}
+	m := map[string]bool{}
+	for _, e := range l.Revoked {
+		m[e.ID] = true
+	}
+	t.revoked, t.revokedInfo = m, info
+	return true, nil
 }
 
 func (t *TokenAuthority) readRevoked() (revocationList, error) {
@@ -330,8 +369,15 @@ func (t *TokenAuthority) readRevoked() (revocationList, error) {
 	return l, nil
 }
 
+// revokedRetention is how long a revoked token's id stays listed after the
+// token expired: certificates issued through it (CertOrigin) outlive it,
+// and cannot be renewed once it is revoked, so every one has expired after
+// the longest leaf lifetime — at most an intermediate's, a year.
+const revokedRetention = 366 * 24 * time.Hour
+
 // Revoke adds a token id to the revocation list (written atomically).
-// Entries whose token has expired anyway are dropped to keep the list short.
+// Entries whose token expired more than revokedRetention ago are dropped to
+// keep the list short.
 func (t *TokenAuthority) Revoke(c TokenClaims) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -340,7 +386,9 @@ func (t *TokenAuthority) Revoke(c TokenClaims) error {
 		return err
 	}
 	now := t.clock()
-	l.Revoked = slices.DeleteFunc(l.Revoked, func(e revokedEntry) bool { return !e.Expires.IsZero() && !now.Before(e.Expires) })
+	l.Revoked = slices.DeleteFunc(l.Revoked, func(e revokedEntry) bool {
+		return !e.Expires.IsZero() && !now.Before(e.Expires.Add(revokedRetention))
+	})
 	if !slices.ContainsFunc(l.Revoked, func(e revokedEntry) bool { return e.ID == c.ID }) {
 		l.Revoked = append(l.Revoked, revokedEntry{ID: c.ID, Namespace: c.Namespace, Service: c.Service, Expires: c.Expires, RevokedAt: now.UTC()})
 	}

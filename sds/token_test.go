@@ -222,3 +222,49 @@ func TestTokenVerifyCache(t *testing.T) {
 		t.Fatalf("cached token after expiry: %v", err)
 	}
 }
+
+// TestRevocationListRefresh: Refresh reports a change of the list made by
+// another process (meshctl token revoke) once, RevokedCached answers from
+// it; a revoked id stays listed while certificates issued through it may
+// still be valid (revokedRetention after its expiry), then is dropped.
+func TestRevocationListRefresh(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFakeClock(t0)
+	meshd, meshctl := newTokens(t, dir, clock), newTokens(t, dir, clock)
+	_, short, _ := meshctl.Create("shop", "cart", time.Hour)
+	_, long, _ := meshctl.Create("shop", "cart", 1000*time.Hour)
+	if changed, err := meshd.Refresh(); changed || err != nil {
+		t.Fatalf("Refresh without a list: %v %v", changed, err)
+	}
+	if err := meshctl.Revoke(short); err != nil {
+		t.Fatal(err)
+	}
+	if meshd.RevokedCached(short.ID) {
+		t.Error("the cached list changed without a Refresh")
+	}
+	if changed, err := meshd.Refresh(); !changed || err != nil || !meshd.RevokedCached(short.ID) || meshd.RevokedCached(long.ID) {
+		t.Fatalf("Refresh after a revocation: changed=%v err=%v", changed, err)
+	}
+	if changed, _ := meshd.Refresh(); changed {
+		t.Error("a second Refresh reports a change")
+	}
+	// A month after the short token expired its id is still listed: a
+	// node agent's certificate issued through it may still be valid.
+	clock.Advance(30 * 24 * time.Hour)
+	if err := meshctl.Revoke(long); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := meshd.IsRevoked(short.ID); !r || err != nil {
+		t.Errorf("expired revoked token dropped after a month: %v %v", r, err)
+	}
+	clock.Advance(revokedRetention)
+	if err := meshctl.Revoke(long); err != nil { // rewrites the list, pruning it
+		t.Fatal(err)
+	}
+	if r, _ := meshd.IsRevoked(short.ID); r {
+		t.Error("a token expired for longer than the retention is still listed")
+	}
+	if r, _ := meshd.IsRevoked(long.ID); !r {
+		t.Error("the long token's revocation was lost")
+	}
+}

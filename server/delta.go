@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshd/meshd/server/auth"
 	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/xds"
 )
@@ -178,13 +179,15 @@ type deltaState struct {
 }
 
 func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse], defaultType string) error {
-	ds := &deltaState{srv: s, st: st, id: s.deltaIDs.Add(1), sotw: &sotwStream{wake: make(chan struct{}, 1)}}
+	ds := &deltaState{srv: s, st: st, id: s.deltaIDs.Add(1), sotw: &sotwStream{wake: make(chan struct{}, 1), sess: auth.SessionFrom(st.Context())}}
 	defer s.ended(ds.key(), ds.sotw)
 	reqs := receive(s.ctx, st)
 	for {
 		select {
 		case <-s.ctx.Done():
 			return nil
+		case <-ds.sotw.sess.Done():
+			return ds.sotw.sess.Err() // as in serve (sotw.go)
 		case <-ds.sotw.wake:
 			if err := ds.push(); err != nil {
 				return err
@@ -383,6 +386,9 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 	}
 	if len(out) == 0 && len(removed) == 0 && !(t.wildcard && !t.answered) {
 		return nil
+	}
+	if err := checkSession(d.sotw.sess, typ); err != nil {
+		return err
 	}
 	d.nonce++
 	resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: version, Resources: out, RemovedResources: removed,

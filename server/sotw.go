@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshd/meshd/server/auth"
 	"github.com/meshd/meshd/server/tracker"
 	"github.com/meshd/meshd/snapshot"
 	"github.com/meshd/meshd/xds"
@@ -214,6 +215,9 @@ type sotwStream struct {
 	st   grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
 	id   int64
 	node string
+	// sess is the stream's hold on its credential (server/auth): its end
+	// ends the stream, and every push checks it first.
+	sess *auth.Session
 	next *sotwStream // the node's next stream (Cache.streams)
 	// wake is signalled (never blocking) when the node's snapshot changes.
 	wake  chan struct{}
@@ -259,13 +263,17 @@ func (s *sotwStream) notify() {
 }
 
 func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse], defaultType string) error {
-	ss := &sotwStream{srv: s, st: st, id: s.ids.Add(1), wake: make(chan struct{}, 1)}
+	ss := &sotwStream{srv: s, st: st, id: s.ids.Add(1), wake: make(chan struct{}, 1), sess: auth.SessionFrom(st.Context())}
 	defer s.ended(ss.key(), ss)
 	reqs := receive(s.ctx, st)
 	for {
 		select {
 		case <-s.ctx.Done():
 			return nil
+		case <-ss.sess.Done():
+			// The credential was revoked or expired: meshd ends the stream
+			// itself, without waiting for the proxy's next request.
+			return ss.sess.Err()
 		case <-ss.wake:
 			if err := ss.push(); err != nil {
 				return err
@@ -417,6 +425,9 @@ func (s *sotwStream) respond(typ string, ts *typeState) error {
 	if version == ts.known && covers(ts.returned, pick) {
 		return nil // the proxy has all of it
 	}
+	if err := checkSession(s.sess, typ); err != nil {
+		return err
+	}
 	send := pick
 	if pseudoDelta(typ) {
 		// Possibly none: the version moved without a subscribed resource
@@ -469,6 +480,17 @@ func changedSince(have, want []*xds.Resource) []*xds.Resource {
 		out = append(out, r)
 	}
 	return out
+}
+
+// checkSession says whether a stream may still be sent a response of typ:
+// nothing goes to a stream whose credential is no longer valid. Secrets
+// (private keys) get a fresh look at the revocation list; other types the
+// session's state, an atomic load.
+func checkSession(s *auth.Session, typ string) error {
+	if typ == resourcev3.SecretType {
+		return s.Check()
+	}
+	return s.Err()
 }
 
 // covers reports whether every resource of want is in have (both by name).

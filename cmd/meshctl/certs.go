@@ -87,7 +87,7 @@ func newCertsIssueCmd() *cobra.Command {
 			}
 			key := mesh.ServiceKey{Namespace: namespace, Name: service}
 			id := mesh.Identity{TrustDomain: trustDomain, Namespace: namespace, ServiceAccount: serviceAccount}
-			leaf, err := ca.IssueLeaf(id, xds.DNSNames(key, trustDomain))
+			leaf, err := ca.IssueCredential(id, xds.DNSNames(key, trustDomain))
 			if err != nil {
 				return fmt.Errorf("issuing a certificate for %s: %w", id.SPIFFEID(), err)
 			}

@@ -99,6 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.LivenessTimeout, "liveness-timeout", 30*time.Second, "/healthz fails (and logs why) when the publisher or the xDS stream machinery has had work pending this long without progress, so a supervisor restarts a wedged meshd; a publish of 10,000 proxies takes a few seconds, so keep it well above that")
 	fs.BoolVar(&c.Telemetry, "telemetry", true, "collect traffic telemetry: every Envoy sidecar streams its inbound access log to meshd (gRPC ALS on the xDS port, authenticated like xDS), for meshd_mesh_* metrics, meshctl stat, edges and tap (docs/operations.md). false: no access-log streams")
 	fs.IntVar(&c.TelemetryMaxEdges, "telemetry-max-edges", 10000, "most caller → service edges the telemetry store keeps (about 250 bytes each, and a few Prometheus series each); events of further edges still count for their service and in meshd_telemetry_dropped_events_total")
+	fs.DurationVar(&c.CredentialCheck, "credential-check-interval", time.Second, "how often meshd checks the credentials of open xDS streams against the token revocation list and their expiry; a revocation (meshctl token revoke) is normally seen at once through a file-system event, so this bounds how long a revoked or expired credential's streams stay open when events are lost")
 	fs.BoolVar(&c.InsecureXDS, "insecure-xds", false, "DEVELOPMENT ONLY: serve xDS in plaintext without authenticating proxies; any client can fetch any proxy's configuration and certificates")
 	fs.Var(&c.memoryLimit, "memory-limit", "soft memory `limit` for the Go runtime (debug.SetMemoryLimit), in bytes or with a unit: B, KiB, MiB, GiB, TiB (e.g. 900MiB); the garbage collector works harder as the heap nears it instead of letting RSS follow GOGC's goal. 0 or off: no limit. Default: GOMEMLIMIT if set, otherwise no limit")
 	fs.Var(&c.maxFileSize, "max-file-size", "largest catalog file meshd reads, and the most bytes the --policy-dir files may hold together (`size`: bytes, or with B, KiB, MiB, GiB); a larger one is refused without being read and the last good catalog or policy keeps serving. Non-regular files (pipes, devices) are always refused")
@@ -146,6 +147,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.LivenessTimeout < time.Second {
 		return nil, fmt.Errorf("--liveness-timeout %s is too short: use at least 1s (the default is 30s)", c.LivenessTimeout)
+	}
+	if c.CredentialCheck < 100*time.Millisecond || c.CredentialCheck > 10*time.Second {
+		return nil, fmt.Errorf("--credential-check-interval %s: use 100ms to 10s (the bound on how long a revoked token's streams stay open; default 1s)", c.CredentialCheck)
 	}
 	if c.MigrationOverdue <= 0 {
 		return nil, fmt.Errorf("--mtls-migration-overdue %s must be positive", c.MigrationOverdue)

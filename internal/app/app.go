@@ -71,6 +71,10 @@ type Config struct {
 	// Identity: operator-supplied CA files, and plaintext xDS for development.
 	CARootCert, CAInterCert, CAInterKey string
 	InsecureXDS                         bool
+	// CredentialCheck: how often open streams' credentials are checked
+	// for revocation and expiry besides file events
+	// (--credential-check-interval; 0: auth.DefaultRecheck).
+	CredentialCheck time.Duration
 	// MigrationOverdue: an mTLS migration step waiting longer is reported
 	// and can be forced (--mtls-migration-overdue).
 	MigrationOverdue time.Duration
@@ -174,6 +178,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		}
 	}
 	au := &auth.Authenticator{Tokens: tokens, TrustDomain: c.TrustDomain, Logger: log, Insecure: c.InsecureXDS,
+		RecheckEvery: c.CredentialCheck,
 		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
 			cat := pub.View().Catalog
 			if cat == nil || cat.Proxy(node) == nil || cat.Service(cat.Proxy(node).ServiceKey()) == nil {
@@ -228,6 +233,13 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	hs := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
 	go ca.RunRotation(ctx, tr, time.Second, pub.Republish)
+	// Revoked and expired credentials' streams are closed by meshd itself
+	// (server/auth/session.go).
+	go func() {
+		if err := au.Run(ctx); err != nil {
+			errc <- err
+		}
+	}()
 	go func() { errc <- xs.Serve(xlis) }()
 	go func() {
 		if err := hs.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -115,6 +115,10 @@ func Start(t testing.TB, configPath string, adminPort uint32) *Envoy {
 	return e
 }
 
+// Stop stops Envoy before the test ends (a restart with another
+// bootstrap); the test's clean-up then has nothing left to do.
+func (e *Envoy) Stop(t testing.TB) { e.stop(t) }
+
 // stop asks Envoy to exit (SIGTERM lets it flush logs), then kills it.
 func (e *Envoy) stop(t testing.TB) {
 	select {

@@ -42,9 +42,19 @@ const TokenMetadataKey = caclient.TokenMetadataKey
 // wildcard subscription.
 const deniedSecretName = "meshd.denied"
 
-// TokenVerifier checks a bootstrap token (sds.TokenAuthority implements it).
+// TokenVerifier checks bootstrap tokens and follows their revocation list
+// (sds.TokenAuthority implements it).
 type TokenVerifier interface {
+	// Verify checks a token: signature, trust domain, validity, revocation.
 	Verify(token string) (sds.TokenClaims, error)
+	// IsRevoked looks a token id up in the revocation list, re-read if its
+	// file changed; Refresh only re-reads it (reporting whether it
+	// changed); RevokedCached answers from the list as last read.
+	IsRevoked(id string) (bool, error)
+	Refresh() (bool, error)
+	RevokedCached(id string) bool
+	// RevocationListPath is the list's file, which Run watches.
+	RevocationListPath() string
 }
 
 // ProxyLookup resolves a node id to the catalog's service for it and the
@@ -62,18 +72,33 @@ type Authenticator struct {
 	// Insecure disables authentication (--insecure-xds): every stream is
 	// served and logged with a warning. Development only.
 	Insecure bool
-	// RecheckEvery is how often a long-lived stream's token is verified
-	// again, so expiry and revocation also end streams opened before them
-	// (each ACK is a request, so a busy stream is checked about this often).
-	// Zero: 30 seconds.
+	// RecheckEvery is how often Run sweeps the open streams' credentials
+	// for expiry and revocation when no change of the revocation list is
+	// seen (session.go). Zero: DefaultRecheck.
 	RecheckEvery time.Duration
+	// MaxStreamsPerNode bounds the streams one credential may hold open
+	// for one node (xDS and access-log streams together); 0: no bound.
+	// A credential grants only the nodes of its service, so it holds at
+	// most this many streams per proxy of the service in the catalog.
+	MaxStreamsPerNode int
+	// RefusalLogEvery is the least time between two log lines of the same
+	// refusal (the counters count every one). Zero: 10 seconds.
+	RefusalLogEvery time.Duration
 
 	once          sync.Once
 	refused       *prometheus.CounterVec
+	ended         *prometheus.CounterVec
 	secretsDenied *prometheus.CounterVec
+	// refusals logs refused streams and calls, each message at most once
+	// per RefusalLogEvery (ratelog.go).
+	refusals *slog.Logger
 	// accessLogLog logs refusals of access-log streams at most once a
 	// minute: a sidecar retries them at every flush.
 	accessLogLog *slog.Logger
+
+	// mu guards grants: one per credential holding streams (session.go).
+	mu     sync.Mutex
+	grants map[string]*grant
 }
 
 // accessLogMethod is Envoy's gRPC access log service (package telemetry),
@@ -85,7 +110,7 @@ const accessLogMethod = "/envoy.service.accesslog.v3.AccessLogService/StreamAcce
 // RegisterMetrics adds the authenticator's counters to reg.
 func (a *Authenticator) RegisterMetrics(reg prometheus.Registerer) {
 	a.init()
-	reg.MustRegister(a.refused, a.secretsDenied)
+	reg.MustRegister(a.refused, a.ended, a.secretsDenied)
 }
 
 func (a *Authenticator) init() {
@@ -95,9 +120,18 @@ func (a *Authenticator) init() {
 		}
 		a.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshd_xds_auth_refused_total",
-			Help: "xDS streams and requests refused by authentication, by reason (no_credential, bad_token, expired_token, revoked_token, unknown_node, identity_mismatch, node_changed).",
+			Help: "xDS streams and requests refused by authentication, by reason (no_credential, bad_token, expired_token, revoked_token, bad_certificate, not_a_credential, unknown_node, identity_mismatch, node_changed, no_node, bad_csr, too_many_streams).",
 		}, []string{"reason"})
-		a.accessLogLog = slog.New(newSampledHandler(a.Logger.With("stream", "access log").Handler(), time.Minute))
+		a.ended = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_xds_streams_ended_total",
+			Help: "Open xDS and access-log streams meshd closed because their credential became invalid, by reason (revoked, expired, revocation_list_unreadable).",
+		}, []string{"reason"})
+		every := a.RefusalLogEvery
+		if every <= 0 {
+			every = 10 * time.Second
+		}
+		a.refusals = NewLimitedLogger(a.Logger.Handler(), every)
+		a.accessLogLog = NewLimitedLogger(a.Logger.With("stream", "access log").Handler(), time.Minute)
 		a.secretsDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshd_sds_secret_requests_denied_total",
 			Help: "SDS secret names a proxy asked for that its credential does not grant (another identity's secret); nothing is returned for them.",
@@ -111,17 +145,25 @@ type credential struct {
 	service mesh.ServiceKey   // token: the service it names
 	id      mesh.Identity     // certificate: the SPIFFE ID it carries
 	claims  sds.TokenClaims   // token only
-	token   sds.Token         // token only, for re-checks (redacts itself)
 	leaf    *x509.Certificate // certificate only
 	peer    string            // remote address, for logs
+	// key names the credential's grant (session.go); tokenID is the token
+	// it is or was issued through (revocation ends it), "" for a
+	// certificate the operator issued; notAfter is when it expires.
+	key      string
+	tokenID  string
+	notAfter time.Time
 }
 
 func (c *credential) String() string {
 	if c.kind == "token" {
 		return "token " + c.claims.String()
 	}
-	return "certificate " + c.id.SPIFFEID()
+	return "certificate " + c.id.SPIFFEID() + " (serial " + c.leaf.SerialNumber.Text(16) + ")"
 }
+
+// origin is what a certificate signed for this credential records.
+func (c *credential) origin() sds.CertOrigin { return sds.CertOrigin{TokenID: c.tokenID} }
 
 // refuse counts a refusal under reason and returns its gRPC status.
 func (a *Authenticator) refuse(reason string, code codes.Code, format string, args ...any) error {
@@ -154,7 +196,8 @@ func (a *Authenticator) authenticate(ctx context.Context, log *slog.Logger) (*cr
 			log.Warn("xDS stream refused: bad bootstrap token", "peer", c.peer, "reason", reason, "err", err)
 			return nil, a.refuse(reason, codes.Unauthenticated, "xDS: bootstrap token refused: %v", err)
 		}
-		c.kind, c.service, c.claims, c.token = "token", claims.ServiceKey(), claims, sds.Token(strings.TrimSpace(tok))
+		c.kind, c.service, c.claims = "token", claims.ServiceKey(), claims
+		c.key, c.tokenID, c.notAfter = "token "+claims.ID, claims.ID, claims.Expires
 		return c, nil
 	}
 	if p != nil {
@@ -168,6 +211,9 @@ func (a *Authenticator) authenticate(ctx context.Context, log *slog.Logger) (*cr
 				return nil, a.refuse("bad_certificate", codes.Unauthenticated, "xDS: client certificate %s is not a workload identity of trust domain %q", leaf.URIs[0], a.TrustDomain)
 			}
 			c.kind, c.id, c.leaf = "certificate", id, leaf
+			if err := a.checkCertOrigin(c, log); err != nil {
+				return nil, err
+			}
 			return c, nil
 		}
 	}
@@ -181,12 +227,46 @@ func (a *Authenticator) authenticate(ctx context.Context, log *slog.Logger) (*cr
 		"xDS: no credential: send a bootstrap token (meshctl token create, then meshctl bootstrap --token-file) or a client certificate from the mesh CA")
 }
 
+// checkCertOrigin accepts a client certificate as a credential only if it
+// was issued as one (sds.CertOrigin: by a CSR, or by the operator) and the
+// token its chain started from is not revoked. The workload leaves meshd
+// serves over SDS are not credentials: whoever held a token for the
+// service received them, and would otherwise keep access after the
+// token's revocation (issue 13).
+func (a *Authenticator) checkCertOrigin(c *credential, log *slog.Logger) error {
+	o, ok, err := sds.CertOriginOf(c.leaf)
+	switch {
+	case err != nil:
+		return a.refuse("bad_certificate", codes.Unauthenticated, "xDS: client certificate %s: %v", c, err)
+	case !ok:
+		log.Warn("xDS stream refused: a workload certificate is not a credential", "credential", c.String(), "peer", c.peer)
+		return a.refuse("not_a_credential", codes.Unauthenticated,
+			"xDS: client %s is a workload certificate (served over SDS, or issued before meshd marked credentials), not a credential for meshd: authenticate with a bootstrap token, or with a certificate from mesh-agent or meshctl certs issue", c)
+	}
+	c.key, c.tokenID, c.notAfter = "certificate "+c.leaf.SerialNumber.Text(16), o.TokenID, c.leaf.NotAfter
+	if o.TokenID == "" {
+		return nil
+	}
+	revoked, err := a.Tokens.IsRevoked(o.TokenID)
+	if err != nil {
+		return a.refuse("bad_token", codes.Unavailable, "xDS: token revocation list: %v", err)
+	}
+	if revoked {
+		log.Warn("xDS stream refused: the certificate's bootstrap token has been revoked", "credential", c.String(), "token", o.TokenID, "peer", c.peer)
+		return a.refuse("revoked_token", codes.Unauthenticated,
+			"xDS: client %s was issued through bootstrap token %s, which has been revoked: give the workload a new token (meshctl token create)", c, o.TokenID)
+	}
+	return nil
+}
+
 // Caller is what a unary call's credential proved: the node's catalog
-// service and identity it grants, and the credential (for logs).
+// service and identity it grants, the credential (for logs), and what a
+// certificate signed for it records (sds.CertOrigin).
 type Caller struct {
 	Service    mesh.ServiceKey
 	Identity   mesh.Identity
 	Credential string
+	Origin     sds.CertOrigin
 }
 
 // AuthorizeCall authenticates a unary call (the CA service) and checks that
@@ -194,16 +274,16 @@ type Caller struct {
 // with Insecure: the CA service is a signing oracle otherwise.
 func (a *Authenticator) AuthorizeCall(ctx context.Context, nodeID string) (Caller, error) {
 	a.init()
-	cred, err := a.authenticate(ctx, a.Logger)
+	cred, err := a.authenticate(ctx, a.refusals)
 	if err != nil {
 		return Caller{}, err
 	}
-	id, err := a.authorize(cred, nodeID, a.Logger)
+	id, err := a.authorize(cred, nodeID, a.refusals)
 	if err != nil {
 		return Caller{}, err
 	}
 	svc, _, _ := a.Lookup(nodeID)
-	return Caller{Service: svc, Identity: id, Credential: cred.String()}, nil
+	return Caller{Service: svc, Identity: id, Credential: cred.String(), Origin: cred.origin()}, nil
 }
 
 // CountRefusal counts a refusal decided elsewhere (the CA service's bad
@@ -211,6 +291,13 @@ func (a *Authenticator) AuthorizeCall(ctx context.Context, nodeID string) (Calle
 func (a *Authenticator) CountRefusal(reason string) {
 	a.init()
 	a.refused.WithLabelValues(reason).Inc()
+}
+
+// LogRefusal logs a refusal decided elsewhere, at most once per
+// RefusalLogEvery per message.
+func (a *Authenticator) LogRefusal(msg string, args ...any) {
+	a.init()
+	a.refusals.Warn(msg, args...)
 }
 
 // authorize checks that the credential grants the node's catalog identity.
@@ -251,7 +338,7 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 				"method", info.FullMethod, "peer", peerAddr(ss.Context()))
 			return handler(srv, ss)
 		}
-		log := a.Logger
+		log := a.refusals
 		if info.FullMethod == accessLogMethod {
 			log = a.accessLogLog
 		}
@@ -279,11 +366,17 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 		if _, err := a.authorize(cred, node, log); err != nil {
 			return err
 		}
-		// No derived context: a violation is returned from RecvMsg, which
-		// ends go-control-plane's receive loop and so the stream; a
-		// cancellable child of the stream's context would cost every
-		// stream a context, a Done channel and an entry in its parent.
-		as := &authStream{ServerStream: ss, a: a, cred: cred, node: node, checked: time.Now()}
+		sess, err := a.acquire(cred, node)
+		if err != nil {
+			return err
+		}
+		defer a.release(sess)
+		// The session rides the stream's context (a value, not a
+		// cancellable child: that would cost every stream a Done channel
+		// and an entry in its parent); the stream loops take it from
+		// there and end the stream when it ends (session.go).
+		as := &authStream{ServerStream: ss, a: a, cred: cred, node: node, sess: sess,
+			ctx: context.WithValue(ss.Context(), sessionKey{}, sess)}
 		as.filter(first)
 		as.pending = first
 		err = handler(srv, as)
@@ -305,7 +398,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 			a.Logger.Warn("INSECURE: serving an xDS fetch without authentication (--insecure-xds)", "method", info.FullMethod, "peer", peerAddr(ctx))
 			return handler(ctx, req)
 		}
-		cred, err := a.authenticate(ctx, a.Logger)
+		cred, err := a.authenticate(ctx, a.refusals)
 		if err != nil {
 			return nil, err
 		}
@@ -313,7 +406,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if node == "" {
 			return nil, a.refuse("no_node", codes.InvalidArgument, "xDS: the request must carry the node")
 		}
-		if _, err := a.authorize(cred, node, a.Logger); err != nil {
+		if _, err := a.authorize(cred, node, a.refusals); err != nil {
 			return nil, err
 		}
 		as := &authStream{a: a, cred: cred, node: node}
@@ -352,11 +445,17 @@ type authStream struct {
 	cred    *credential
 	node    string
 	pending any
-	checked time.Time // last token re-check
+	// sess is the stream's hold on its credential; ctx carries it to the
+	// stream loops (SessionFrom).
+	sess *Session
+	ctx  context.Context
 
 	mu  sync.Mutex
 	bad error
 }
+
+// Context is the stream's context with its Session.
+func (s *authStream) Context() context.Context { return s.ctx }
 
 func (s *authStream) violation() error {
 	s.mu.Lock()
@@ -383,13 +482,19 @@ func (s *authStream) RecvMsg(m any) error {
 	}
 	if id := nodeIDOf(m); id != "" && id != s.node {
 		err := s.a.refuse("node_changed", codes.PermissionDenied, "xDS: stream authenticated as node %q cannot switch to node %q", s.node, id)
-		s.a.Logger.Warn("xDS stream ended: node changed mid-stream", "node", s.node, "new_node", id, "credential", s.cred.String())
+		s.a.refusals.Warn("xDS stream ended: node changed mid-stream", "node", s.node, "new_node", id, "credential", s.cred.String())
 		s.mu.Lock()
 		s.bad = err
 		s.mu.Unlock()
 		return err
 	}
-	if err := s.recheck(); err != nil {
+	// A stream whose credential ended takes nothing more (the stream
+	// loops end it themselves; this covers streams, such as access logs,
+	// whose handlers only read).
+	if err := s.sess.Err(); err != nil {
+		s.mu.Lock()
+		s.bad = err
+		s.mu.Unlock()
 		return err
 	}
 	s.filter(m)
@@ -422,35 +527,6 @@ func moveInto(dst, src proto.Message) {
 		return true
 	})
 	d.SetUnknown(s.GetUnknown())
-}
-
-const defaultRecheck = 30 * time.Second
-
-func (s *authStream) recheck() error {
-	every := s.a.RecheckEvery
-	if every == 0 {
-		every = defaultRecheck
-	}
-	if s.cred.kind != "token" || time.Since(s.checked) < every {
-		return nil
-	}
-	s.checked = time.Now()
-	if _, err := s.a.Tokens.Verify(string(s.cred.token)); err != nil {
-		reason := "bad_token"
-		switch {
-		case errors.Is(err, sds.ErrTokenExpired):
-			reason = "expired_token"
-		case errors.Is(err, sds.ErrTokenRevoked):
-			reason = "revoked_token"
-		}
-		e := s.a.refuse(reason, codes.Unauthenticated, "xDS: bootstrap token no longer valid: %v", err)
-		s.a.Logger.Warn("xDS stream ended: its token is no longer valid", "node", s.node, "credential", s.cred.String(), "err", err)
-		s.mu.Lock()
-		s.bad = e
-		s.mu.Unlock()
-		return e
-	}
-	return nil
 }
 
 // filter removes secret names the credential does not grant from a request,
@@ -491,7 +567,7 @@ func (s *authStream) filter(m any) {
 		return
 	}
 	s.a.secretsDenied.WithLabelValues(s.node).Add(float64(len(denied)))
-	s.a.Logger.Warn("SDS request for secrets the proxy's credential does not grant; nothing is returned for them",
+	s.a.refusals.Warn("SDS request for secrets the proxy's credential does not grant; nothing is returned for them",
 		"node", s.node, "credential", s.cred.String(), "denied", denied)
 	if len(kept) == 0 {
 		kept = []string{deniedSecretName}
@@ -501,43 +577,3 @@ func (s *authStream) filter(m any) {
 
 // String for logs.
 func (s *authStream) String() string { return fmt.Sprintf("authStream{node=%s}", s.node) }
-
-// sampledHandler passes at most one record per message per period to its
-// handler and drops the rest (the refusals of a retry loop). Derived
-// handlers share the periods.
-type sampledHandler struct {
-	slog.Handler
-	every time.Duration
-	last  *sampleTimes
-}
-
-type sampleTimes struct {
-	mu   sync.Mutex
-	last map[string]time.Time // by message: a handful of constant strings
-}
-
-func newSampledHandler(h slog.Handler, every time.Duration) *sampledHandler {
-	return &sampledHandler{Handler: h, every: every, last: &sampleTimes{last: map[string]time.Time{}}}
-}
-
-func (h *sampledHandler) Handle(ctx context.Context, r slog.Record) error {
-	h.last.mu.Lock()
-	last, seen := h.last.last[r.Message]
-	pass := !seen || r.Time.Sub(last) >= h.every
-	if pass {
-		h.last.last[r.Message] = r.Time
-	}
-	h.last.mu.Unlock()
-	if !pass {
-		return nil
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h *sampledHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return &sampledHandler{Handler: h.Handler.WithAttrs(as), every: h.every, last: h.last}
-}
-
-func (h *sampledHandler) WithGroup(name string) slog.Handler {
-	return &sampledHandler{Handler: h.Handler.WithGroup(name), every: h.every, last: h.last}
-}

@@ -18,7 +18,7 @@ import (
 
 // CertSigner is what the CA service needs from sds.Authority.
 type CertSigner interface {
-	SignCSR(csrPEM []byte, id mesh.Identity, allowedDNS []string) (*sds.Leaf, error)
+	SignCSR(csrPEM []byte, id mesh.Identity, allowedDNS []string, origin sds.CertOrigin) (*sds.Leaf, error)
 	RootCertPEM() []byte
 }
 
@@ -75,15 +75,18 @@ func Register(gs *grpc.Server, a *auth.Authenticator, ca CertSigner, dns func(me
 // certificate when renewing), checks the node's catalog identity against it,
 // then lets the CA check the CSR. A credential is required even under
 // --insecure-xds: a signing oracle for any identity is never acceptable.
+// The certificate records the token the caller's chain started from
+// (sds.CertOrigin), so revoking that token ends the chain: its
+// certificates are refused here and on xDS from then on.
 func (s *caServer) sign(ctx context.Context, req *caclient.SignRequest) (*caclient.SignResponse, error) {
 	caller, err := s.auth.AuthorizeCall(ctx, req.NodeID)
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := s.ca.SignCSR([]byte(req.CSR), caller.Identity, s.dns(caller.Service))
+	leaf, err := s.ca.SignCSR([]byte(req.CSR), caller.Identity, s.dns(caller.Service), caller.Origin)
 	if err != nil {
 		s.auth.CountRefusal("bad_csr")
-		s.auth.Logger.Warn("CSR refused", "node", req.NodeID, "credential", caller.Credential, "err", err)
+		s.auth.LogRefusal("CSR refused", "node", req.NodeID, "credential", caller.Credential, "err", err)
 		return nil, status.Errorf(codes.PermissionDenied, "CA: %v", err)
 	}
 	bundle := s.ca.RootCertPEM()
