@@ -58,9 +58,8 @@ const (
 )
 
 // waitConfigured waits, without sending traffic (every request reaching a
-// sidecar is counted), until the servers have their deny rules, every
-// listener is active and web's sidecar has healthy endpoints for api,
-// greeter and db.
+// sidecar is counted), until the servers have their deny rules, and then
+// as waitConfiguredPlain.
 func (e *enforceMesh) waitConfigured(t *testing.T) {
 	t.Helper()
 	for name, c := range map[string]struct {
@@ -74,6 +73,14 @@ func (e *enforceMesh) waitConfigured(t *testing.T) {
 			return nil
 		})
 	}
+	e.waitConfiguredPlain(t)
+}
+
+// waitConfiguredPlain waits, without sending traffic, until every listener
+// is active and web's sidecar has healthy endpoints for api, greeter and
+// db.
+func (e *enforceMesh) waitConfiguredPlain(t *testing.T) {
+	t.Helper()
 	assertEnvoyAccepted(t, "api", e.apiEnvoy, 1)
 	assertEnvoyAccepted(t, "greeter", e.greeterEnvoy, 1)
 	assertEnvoyAccepted(t, "db", e.dbEnvoy, 1)

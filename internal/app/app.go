@@ -222,7 +222,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		xlis.Close()
 		return fmt.Errorf("--admin-listen %s: %w", c.AdminListen, err)
 	}
-	adm := &admin.Admin{Publisher: pub, Tracker: tr, Metrics: m, Logger: log,
+	adm := &admin.Admin{Publisher: pub, Tracker: tr, Metrics: m, Logger: log, TrustDomain: c.TrustDomain,
 		CatalogStatus: src.catalogStatus(combiner), PolicyStatus: src.policyStatus(combiner),
 		// After a CA rotation step, re-render so the new bundle or the
 		// reissued leaves reach proxies now rather than at the next change.
@@ -230,6 +230,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		Liveness: &admin.Liveness{Bound: c.LivenessTimeout, Logger: log, Checks: map[string]admin.Stalled{
 			"publisher": pub.Stalled, "xds streams": server.StreamsStalled(cache, tr)}},
 		Routes: adminRoutes}
+	m.Registry.MustRegister(admin.NewSyncCollector(adm))
 	hs := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
 	go ca.RunRotation(ctx, tr, time.Second, pub.Republish)

@@ -48,6 +48,8 @@ type Admin struct {
 	Liveness *Liveness
 	// Routes add endpoints other packages serve (telemetry's /telemetry/).
 	Routes []func(*http.ServeMux)
+	// TrustDomain names the proxies' identities in /proxies.
+	TrustDomain string
 }
 
 // Handler returns the admin HTTP mux.
@@ -67,6 +69,9 @@ func (a *Admin) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics.Registry, promhttp.HandlerOpts{DisableCompression: true}))
 	mux.HandleFunc("GET /debug/config_dump", a.configDump)
 	mux.HandleFunc("GET /debug/status", a.status)
+	// Every proxy's sync state (meshctl status; proxies.go).
+	mux.HandleFunc("GET /proxies", a.proxies)
+	mux.HandleFunc("GET /proxies/{id}", a.proxies)
 	// Completes an overdue mTLS migration without the ACKs it waits for.
 	mux.HandleFunc("POST /migrations/force", a.forceMigration)
 	a.registerCA(mux)

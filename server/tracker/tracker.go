@@ -4,8 +4,10 @@
 package tracker
 
 import (
+	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -60,6 +62,11 @@ type nodeState struct {
 	// drainWarning says why this Envoy's drain settings are not meshd's
 	// (drain.go); logged once per node, shown in /debug/status.
 	drainWarning string
+	// connected is when the node's current run of streams began (its
+	// streams went from none to one).
+	connected time.Time
+	// meta is what the node's first request said about itself.
+	meta NodeMeta
 	// types holds the status of each response type the node was sent or
 	// asked for, indexed by go-control-plane's response type: a fixed array
 	// rather than a map per node (every proxy that ever connected has one).
@@ -76,9 +83,40 @@ func (n *nodeState) status(typeURL string) *TypeStatus {
 	return nil
 }
 
+// NodeMeta is what a proxy says about itself in its node (bootstrap).
+type NodeMeta struct {
+	// UserAgent is the client and its version (envoy 1.40.0, grpc-go 1.85.0).
+	UserAgent string `json:"userAgent,omitempty"`
+	// DrainTimeS and DrainStrategy are the drain flags the bootstrap asked
+	// Envoy to be started with (xds.NodeMetaDrainTimeS; meshctl bootstrap
+	// writes them); empty when the bootstrap did not say. Envoy does not
+	// report its command line over xDS: these say what was asked for.
+	DrainTimeS    string `json:"drainTimeS,omitempty"`
+	DrainStrategy string `json:"drainStrategy,omitempty"`
+}
+
+func metaOf(n *corev3.Node) NodeMeta {
+	m := NodeMeta{UserAgent: n.GetUserAgentName()}
+	if v := n.GetUserAgentBuildVersion().GetVersion(); v != nil {
+		m.UserAgent += fmt.Sprintf(" %d.%d.%d", v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch())
+	} else if v := n.GetUserAgentVersion(); v != "" {
+		m.UserAgent += " " + v
+	}
+	f := n.GetMetadata().GetFields()
+	if v, ok := f[xds.NodeMetaDrainTimeS]; ok {
+		m.DrainTimeS = strconv.FormatFloat(v.GetNumberValue(), 'f', -1, 64)
+		if s := v.GetStringValue(); s != "" {
+			m.DrainTimeS = s
+		}
+	}
+	m.DrainStrategy = f[xds.NodeMetaDrainStrategy].GetStringValue()
+	return m
+}
+
 // TypeStatus is the xDS state of one resource type for one proxy.
 type TypeStatus struct {
 	Sent      string    `json:"sent,omitempty"`
+	SentAt    time.Time `json:"sentAt,omitzero"`
 	Acked     string    `json:"acked,omitempty"`
 	Nacked    string    `json:"nacked,omitempty"`
 	NackError string    `json:"nackError,omitempty"`
@@ -129,10 +167,14 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 		t.nodes[id] = n
 	}
 	n.flavor = flavor
+	if n.streams == 0 {
+		n.connected = time.Now()
+	}
 	n.streams++
 	n.seen = time.Now()
 	warnDrain := drain != "" && n.drainWarning != drain
 	n.drainWarning = drain
+	n.meta = metaOf(node)
 	t.mu.Unlock()
 	t.m.ConnectedProxies.WithLabelValues(flavor).Inc()
 	if t.known != nil && !t.known(id) {
@@ -201,7 +243,7 @@ func (t *Tracker) typeStatus(k StreamKey, typeURL string) (string, *TypeStatus) 
 func (t *Tracker) Sent(k StreamKey, typeURL, nonce, version string, size int, secrets []*anypb.Any) {
 	t.mu.Lock()
 	if _, ts := t.typeStatus(k, typeURL); ts != nil {
-		ts.Sent = version
+		ts.Sent, ts.SentAt = version, time.Now()
 		ts.Pushes++
 	}
 	t.mu.Unlock()
@@ -246,12 +288,16 @@ func (t *Tracker) Nacked(k StreamKey, typeURL, nonce, version, detail string) {
 
 // NodeStatus is the connection and ACK state of one proxy.
 type NodeStatus struct {
-	ID        string                 `json:"id"`
-	Flavor    string                 `json:"flavor"`
-	Streams   int                    `json:"streams"`
-	Connected bool                   `json:"connected"`
-	LastSeen  time.Time              `json:"lastSeen"`
-	Types     map[string]*TypeStatus `json:"types"`
+	ID        string `json:"id"`
+	Flavor    string `json:"flavor"`
+	Streams   int    `json:"streams"`
+	Connected bool   `json:"connected"`
+	// ConnectedSince is when its current streams began (zero when not
+	// connected).
+	ConnectedSince time.Time              `json:"connectedSince,omitzero"`
+	LastSeen       time.Time              `json:"lastSeen"`
+	Meta           NodeMeta               `json:"node"`
+	Types          map[string]*TypeStatus `json:"types"`
 	// DrainWarning, for an Envoy, says why it may run without meshd's
 	// drain settings (DrainWarning); empty when its bootstrap records them.
 	DrainWarning string `json:"drainWarning,omitempty"`
@@ -263,8 +309,11 @@ func (t *Tracker) Status() []NodeStatus {
 	defer t.mu.Unlock()
 	out := make([]NodeStatus, 0, len(t.nodes))
 	for id, n := range t.nodes {
-		ns := NodeStatus{ID: id, Flavor: n.flavor, Streams: n.streams, Connected: n.streams > 0, LastSeen: n.seen, Types: map[string]*TypeStatus{},
+		ns := NodeStatus{ID: id, Flavor: n.flavor, Streams: n.streams, Connected: n.streams > 0, LastSeen: n.seen, Meta: n.meta, Types: map[string]*TypeStatus{},
 			DrainWarning: n.drainWarning}
+		if ns.Connected {
+			ns.ConnectedSince = n.connected
+		}
 		for i, ts := range n.types {
 			if ts == nil {
 				continue
