@@ -18,6 +18,7 @@ import (
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/server/admin"
+	"github.com/meshd/meshd/xds"
 )
 
 // meshctl against a running meshd with real Envoy sidecars (issue 15):
@@ -183,12 +184,12 @@ func TestMeshctlAgainstRunningMesh(t *testing.T) {
 	}
 	table, _, _ = m.meshctlCode("config", "web.default", "secrets")
 	t.Logf("meshctl config web.default secrets:\n%s", table)
-	checkTableRow(t, table, []string{"spiffe://cluster.local/ns/default/sa/web", "identity", "spiffe://cluster.local/ns/default/sa/web",
+	checkTableRow(t, table, []string{xds.IdentitySecretName, "identity", "spiffe://cluster.local/ns/default/sa/web",
 		webCert.Serial, webCert.NotAfter.UTC().Format(time.RFC3339)})
 	checkTableRow(t, table, []string{"ROOTCA", "trusted root"})
 	for _, format := range []string{"table", "json", "yaml"} {
 		out, _, _ := m.meshctlCode("config", "web.default", "all", "-o", format)
-		if strings.Contains(out, "PRIVATE KEY") || !strings.Contains(out, "web") {
+		if strings.Contains(out, "PRIVATE KEY") || !strings.Contains(out, "spiffe://cluster.local/ns/default/sa/api") {
 			t.Errorf("meshctl config web.default all -o %s shows a key or nothing", format)
 		}
 	}
