@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -240,31 +241,8 @@ func (a *agent) publish(bundle []byte) error {
 
 // serveSDS serves the secrets to the local Envoy on a Unix socket.
 func (a *agent) serveSDS(ctx context.Context, path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("--sds-socket %s: remove stale socket: %w", path, err)
-	}
-	// Only this user (Envoy runs as the workload's user) may connect: the
-	// socket hands out the private key. It is bound under a temporary name
-	// and renamed into place once it is 0600, so that the socket path never
-	// exists with the umask's mode (an e2e test saw 0755 in between).
-	tmp := path + ".new"
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("--sds-socket %s: remove stale socket: %w", tmp, err)
-	}
-	lis, err := net.Listen("unix", tmp)
+	lis, err := listenPrivate(path)
 	if err != nil {
-		return fmt.Errorf("--sds-socket %s: %w", path, err)
-	}
-	// The listener would unlink tmp on close, a name gone after the rename.
-	lis.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		lis.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("--sds-socket %s: chmod: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		lis.Close()
-		os.Remove(tmp)
 		return fmt.Errorf("--sds-socket %s: %w", path, err)
 	}
 	gs := grpc.NewServer()
@@ -276,6 +254,44 @@ func (a *agent) serveSDS(ctx context.Context, path string) error {
 	}()
 	a.log.Info("serving SDS to the local Envoy", "socket", path)
 	return gs.Serve(lis)
+}
+
+// listenPrivate binds a Unix socket at path that only this user (Envoy
+// runs as the workload's user) can connect to from the moment anyone can
+// reach it: the socket hands out the private key. A new socket has the
+// umask's mode, and a client that connects before a chmod stays connected,
+// so the socket is bound in a fresh directory next to path that only this
+// user may enter (os.MkdirTemp: 0700), made 0600 there, then renamed into
+// place; the directory is removed. An e2e test once saw the socket at 0755
+// when it was bound at path and chmodded after, and binding under a
+// temporary name beside path only moved that window to the other name.
+func listenPrivate(path string) (*net.UnixListener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".sds")
+	if err != nil {
+		return nil, fmt.Errorf("private directory to create the socket in: %w", err)
+	}
+	defer os.Remove(dir)
+	tmp := filepath.Join(dir, "s")
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	// The listener would unlink tmp on close, a name gone after the rename.
+	lis.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		lis.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("chmod: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		lis.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	return lis, nil
 }
 
 // run keeps the identity fresh until ctx ends.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -16,30 +17,42 @@ import (
 	"github.com/meshd/meshd/internal/testwait"
 )
 
-// The SDS socket hands out the private key: from the moment its path
-// exists it is 0600 (never the umask's mode), it serves, and it is gone
-// after shutdown.
+// The SDS socket hands out the private key: no socket that serves it can
+// be reached by another user at any moment (a client that connects while
+// the mode is the umask's stays connected after a chmod), it serves, and
+// it is gone after shutdown with nothing left beside it.
 func TestSDSSocketIsPrivateFromTheStart(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "sds.sock")
+	// A directory others may enter, as /run/meshd usually is (t.TempDir's
+	// is private already, which would hide the problem).
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "sds.sock")
 	a := &agent{log: slog.New(slog.DiscardHandler), cache: cachev3.NewSnapshotCache(false, oneNode{}, nil)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
 	go func() { served <- a.serveSDS(ctx, path) }()
-	// Watch the path as closely as a client could: the first time it
-	// exists, its mode must already be 0600.
+	// Watch the directory as closely as a client could: every socket in it,
+	// or in a directory under it, is either 0600 or in a directory only
+	// its owner may enter (tests run as root, who can look inside anyway).
 	deadline := time.Now().Add(testwait.Timeout)
 	for {
-		fi, err := os.Stat(path)
-		if err == nil {
-			if m := fi.Mode(); m&fs.ModeSocket == 0 || m.Perm() != 0o600 {
-				t.Fatalf("socket first seen with mode %v, want a 0600 socket", m)
-			}
-			break
+		if bad := reachableSockets(t, dir); bad != "" {
+			t.Fatal(bad)
 		}
-		if time.Now().After(deadline) {
+		if _, err := os.Stat(path); err == nil {
+			break
+		} else if time.Now().After(deadline) {
 			t.Fatalf("no socket at %s: %v", path, err)
 		}
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode()&fs.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket at %s: %v, %v; want a 0600 socket", path, fi.Mode(), err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("the socket's directory holds %v, want the socket alone", entries)
 	}
 	c, err := net.Dial("unix", path)
 	if err != nil {
@@ -53,7 +66,42 @@ func TestSDSSocketIsPrivateFromTheStart(t *testing.T) {
 	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("socket left behind after shutdown: %v", err)
 	}
-	if _, err := os.Stat(path + ".new"); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("temporary socket left behind: %v", err)
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("left behind after shutdown: %v", entries)
 	}
+}
+
+// reachableSockets describes a socket under dir (one level of directories
+// deep) that another user could connect to: not 0600, in a directory that
+// others may enter. Entries that vanish while it looks are skipped.
+func reachableSockets(t *testing.T, dir string) string {
+	t.Helper()
+	var check func(d string, depth int) string
+	check = func(d string, depth int) string {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return ""
+		}
+		dfi, err := os.Stat(d)
+		if err != nil {
+			return ""
+		}
+		for _, e := range entries {
+			p := filepath.Join(d, e.Name())
+			fi, err := os.Lstat(p)
+			if err != nil {
+				continue
+			}
+			switch {
+			case fi.Mode()&fs.ModeSocket != 0 && fi.Mode().Perm() != 0o600 && dfi.Mode().Perm()&0o077 != 0:
+				return fmt.Sprintf("socket %s has mode %v in %s (mode %v), which others may enter", p, fi.Mode(), d, dfi.Mode())
+			case fi.IsDir() && depth > 0:
+				if bad := check(p, depth-1); bad != "" {
+					return bad
+				}
+			}
+		}
+		return ""
+	}
+	return check(dir, 1)
 }
