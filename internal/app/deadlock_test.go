@@ -29,7 +29,12 @@ import (
 // PeerAuthentication flipped while proxies reconnected. This drives that
 // recipe — mesh-wide mode flips, catalog rewrites, callers reconnecting and
 // ACKing — against meshd's run, with a watchdog: every fresh stream must get
-// its first answer, and /debug/status must answer, within the bound.
+// its first answer, and /debug/status and /healthz must answer (200), within
+// the bound; after the churn, a proxy added to the catalog must get its
+// configuration. A fresh stream is answered from the cache and the status
+// from the published view even while the publisher's loop is wedged, so
+// those two alone would not see a loop that stopped taking changes: the
+// liveness check and the last proxy do.
 func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 	// The old code hung within about 20 s of this churn (3 runs of 3);
 	// MESHD_DEADLOCK_SOAK sets a longer run.
@@ -46,7 +51,9 @@ func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 	}
 	dir := t.TempDir()
 	const callers = 16
-	catalog := func(gen int) string {
+	// catalog is generation gen of the churned catalog; final adds the
+	// proxy that proves the publisher still takes changes after the churn.
+	catalog := func(gen int, final bool) string {
 		var b strings.Builder
 		fmt.Fprintf(&b, "services:\n  - {name: api, protocol: http, endpoints: [{address: 127.0.0.1, port: 20001, weight: %d}]}\n", 1+gen%3)
 		for i := range callers {
@@ -55,10 +62,16 @@ func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 		if gen%2 == 1 {
 			b.WriteString("  - {name: extra, protocol: http, endpoints: [{address: 127.0.0.1, port: 20200}]}\n")
 		}
+		if final {
+			b.WriteString("  - {name: final, protocol: http, endpoints: [{address: 127.0.0.1, port: 20300}]}\n")
+		}
 		b.WriteString("proxies:\n  - {service: api, address: 127.0.0.1, publicPort: 20001, appPort: 8001}\n")
 		for i := range callers {
 			fmt.Fprintf(&b, "  - {service: web%d, address: 127.0.0.1, publicPort: %d, appPort: %d, upstreams: [{service: api, localPort: %d}]}\n",
 				i, 20100+i, 8100+i, 9100+i)
+		}
+		if final {
+			b.WriteString("  - {service: final, address: 127.0.0.1, publicPort: 20300, appPort: 8300, upstreams: [{service: api, localPort: 9300}]}\n")
 		}
 		return b.String()
 	}
@@ -80,13 +93,15 @@ func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 		return fmt.Sprintf("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: meshd-system}\nspec:\n  mtls: {mode: %s}\n", mode)
 	}
 	catPath := filepath.Join(dir, "catalog.yaml")
-	write(catPath, catalog(0))
+	write(catPath, catalog(0, false))
 	write(filepath.Join(policyDir, "mesh.yaml"), meshWide("STRICT"))
 
 	c := testConfig(dir, catPath)
 	c.PolicyDir = policyDir
 	c.InsecureXDS = true
 	c.Holdoff, c.MaxDelay, c.CatalogHoldoff = 5*time.Millisecond, 20*time.Millisecond, 5*time.Millisecond
+	// Well below the watchdog's bound, far above a publish of 17 proxies.
+	c.LivenessTimeout = 5 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs := make(chan [2]string, 1)
 	runDone := make(chan error, 1)
@@ -178,13 +193,14 @@ func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 				return
 			case <-time.After(time.Duration(10+rand.IntN(40)) * time.Millisecond):
 			}
-			write(catPath, catalog(n))
+			write(catPath, catalog(n, false))
 			rewrites.Add(1)
 		}
 	}()
 
 	// The watchdog: a stream waiting for its first answer, or a status
-	// request, for longer than the bound means meshd is wedged.
+	// request, for longer than the bound, or a failing /healthz, means
+	// meshd is wedged.
 	const bound = 15 * time.Second
 	hc := &http.Client{Timeout: bound}
 	end := time.Now().Add(dur)
@@ -196,17 +212,34 @@ func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 				wedged = fmt.Sprintf("client %d has waited %s for its first answer", i, time.Since(time.Unix(0, since)).Round(time.Second))
 			}
 		}
-		if wedged == "" {
-			resp, err := hc.Get("http://" + adminAddr + "/debug/status")
+		for _, path := range []string{"/debug/status", "/healthz"} {
+			if wedged != "" {
+				break
+			}
+			resp, err := hc.Get("http://" + adminAddr + path)
 			if err != nil {
-				wedged = "/debug/status: " + err.Error()
-			} else {
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
+				wedged = path + ": " + err.Error()
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				wedged = fmt.Sprintf("%s: %d %s", path, resp.StatusCode, strings.TrimSpace(string(body)))
 			}
 		}
 	}
 	close(stop)
+	if wedged == "" {
+		// The publisher still takes changes: a proxy the catalog gains
+		// after the churn gets its first configuration within the bound.
+		wg.Wait()
+		write(catPath, catalog(0, true))
+		fctx, fcancel := context.WithTimeout(ctx, bound)
+		if err := adsSession(fctx, cc, "final.default", 1, func() {}); err != nil {
+			wedged = fmt.Sprintf("a proxy added after the churn got no configuration within %s: %v", bound, err)
+		}
+		fcancel()
+	}
 	if wedged != "" {
 		var b strings.Builder
 		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
