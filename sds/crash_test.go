@@ -274,9 +274,12 @@ func killedBySIGKILL(err error) bool {
 type crashStats struct {
 	deterministic, random int
 	restarts              []time.Duration
-	tempFilesRemoved      atomic.Int64
-	perOp                 map[string]int
-	randomAt              map[string]int // where random kills landed (last step point passed)
+	// leavesChecked counts the unexpired leaves proxies held that were
+	// verified after a restart: zero would mean the check proved nothing.
+	leavesChecked    int
+	tempFilesRemoved atomic.Int64
+	perOp            map[string]int
+	randomAt         map[string]int // where random kills landed (last step point passed)
 }
 
 // stateRoots returns the root fingerprints of the generations that
@@ -345,6 +348,7 @@ func checkRestart(t *testing.T, work string, stats *crashStats, context string) 
 		if _, err := c.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inters, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 			t.Fatalf("%s: a leaf a proxy holds (%s, valid until %s) no longer verifies after the restart: %v", context, filepath.Base(p), c.NotAfter, err)
 		}
+		stats.leavesChecked++
 	}
 	fresh, err := ca.IssueLeaf(testID, []string{"cart"})
 	if err != nil {
@@ -605,12 +609,17 @@ func TestCrashSafety(t *testing.T) {
 	total := stats.deterministic + stats.random
 	d := slices.Clone(stats.restarts)
 	slices.Sort(d)
-	t.Logf("SIGKILLs: %d (%d at step boundaries: %v; %d at random moments, by the last step point passed: %v); every restart healthy; temporary files found after kills and removed: %d; restart (LoadOrCreate incl. cleanup) p50 %s, max %s; test took %s",
-		total, stats.deterministic, stats.perOp, stats.random, stats.randomAt, stats.tempFilesRemoved.Load(),
+	t.Logf("SIGKILLs: %d (%d at step boundaries: %v; %d at random moments, by the last step point passed: %v); every restart healthy; proxies' leaves verified after restarts: %d; temporary files found after kills and removed: %d; restart (LoadOrCreate incl. cleanup) p50 %s, max %s; test took %s",
+		total, stats.deterministic, stats.perOp, stats.random, stats.randomAt, stats.leavesChecked, stats.tempFilesRemoved.Load(),
 		d[len(d)/2].Round(time.Microsecond), d[len(d)-1].Round(time.Microsecond), time.Since(started).Round(time.Millisecond))
 	fmt.Printf("crash test: %d SIGKILLs, every restart healthy\n", total)
 	if total < 50 {
 		t.Fatalf("only %d kills; the issue asks for at least 50", total)
+	}
+	// Every restart after the first op's issues checks the leaves handed
+	// out before it; far fewer than one per kill means they went missing.
+	if stats.leavesChecked < total {
+		t.Fatalf("only %d leaves held by proxies were verified after %d restarts: the leaf check proved nothing", stats.leavesChecked, total)
 	}
 }
 
