@@ -248,9 +248,16 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		}
 	}()
 	cat := first.Catalog
-	log.Info("meshd started", "xds", xlis.Addr().String(), "admin", alis.Addr().String(),
-		"catalog", c.Catalog, "trust_domain", c.TrustDomain, "ca_root", ca.Fingerprint(),
-		"consul", c.ConsulAddr, "services", len(cat.Services()), "proxies", len(cat.Proxies()))
+	started := []any{"xds", xlis.Addr().String(), "admin", alis.Addr().String()}
+	// Only the sources in use: an empty catalog= or consul="" says nothing.
+	if c.Catalog != "" {
+		started = append(started, "catalog", c.Catalog)
+	}
+	if c.ConsulAddr != "" {
+		started = append(started, "consul", c.ConsulAddr)
+	}
+	log.Info("meshd started", append(started, "trust_domain", c.TrustDomain, "ca_root", ca.Fingerprint(),
+		"services", len(cat.Services()), "proxies", len(cat.Proxies()))...)
 	if c.InsecureXDS {
 		log.Warn("INSECURE: --insecure-xds serves xDS in PLAINTEXT WITHOUT AUTHENTICATION: any client that reaches --xds-listen gets any proxy's configuration and certificates; development only",
 			"xds", xlis.Addr().String())
