@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -12,6 +15,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/envoytest"
 	"github.com/meshd/meshd/internal/meshcheck"
@@ -348,4 +357,191 @@ func TestMeshctlCheckFailsOnStuckMigration(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+const authzPolicies = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api-callers, namespace: default}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: ALLOW
+  rules:
+    - from: [{source: {principals: ["cluster.local/ns/default/sa/web", "cluster.local/ns/default/sa/ops"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ops-no-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: DENY
+  rules:
+    - from: [{source: {principals: ["cluster.local/ns/default/sa/ops"]}}]
+      to: [{operation: {paths: ["/admin*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: greeter-deny, namespace: default}
+spec:
+  selector: {matchLabels: {app: greeter}}
+  action: DENY
+  rules:
+    - from: [{source: {principals: ["cluster.local/ns/default/sa/web"]}}]
+      to: [{operation: {paths: ["/grpc.testing.TestService/EmptyCall"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-no-ops, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules:
+    - from: [{source: {principals: ["cluster.local/ns/default/sa/ops"]}}]
+`
+
+// TestMeshctlAuthzMatchesEnvoy: meshctl authz check predicts, for HTTP,
+// gRPC and tcp callers, what the real sidecars then do with the request,
+// rule included; meshctl describe shows the policies, the mode and why,
+// and the callers' fate.
+func TestMeshctlAuthzMatchesEnvoy(t *testing.T) {
+	e := startEnforceMeshWith(t, "STRICT", authzPolicies)
+	e.waitConfiguredPlain(t)
+	m := e.m
+	for _, svc := range []struct {
+		envoy *envoytest.Envoy
+		rule  string
+	}{{e.apiEnvoy, "default/ops-no-admin/rule-0"}, {e.greeterEnvoy, "default/greeter-deny/rule-0"}, {e.dbEnvoy, "default/db-no-ops/rule-0"}} {
+		eventually(t, 30*time.Second, func() error {
+			if !strings.Contains(svc.envoy.AdminGET(t, "/config_dump"), svc.rule) {
+				return fmt.Errorf("rule %s not served yet", svc.rule)
+			}
+			return nil
+		})
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	httpStatus := func(port uint32, path string) int {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	grpcCode := func(port uint32, empty bool) codes.Code {
+		cc, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := testgrpc.NewTestServiceClient(cc)
+		if empty {
+			_, err = c.EmptyCall(ctx, &testgrpc.Empty{})
+		} else {
+			_, err = c.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+		}
+		return status.Code(err)
+	}
+	tcpEcho := func(port uint32) bool {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintln(c, "ping")
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return err == nil && line == "db:ping\n"
+	}
+	for _, c := range []struct {
+		name, source, dest string
+		args               []string
+		allowed            bool
+		rule               string
+		real               func() bool // the request through the real sidecars was allowed
+	}{
+		{"http allowed", "web", "api", []string{"--path", "/hello"}, true, "default/api-callers/rule-0", func() bool { return httpStatus(e.webAPI, "/hello") == 200 }},
+		{"http denied by a DENY rule", "ops", "api", []string{"--path", "/admin/x"}, false, "default/ops-no-admin/rule-0", func() bool { return httpStatus(e.opsAPI, "/admin/x") == 200 }},
+		{"the DENY rule is for ops only", "web", "api", []string{"--path", "/admin/x"}, true, "default/api-callers/rule-0", func() bool { return httpStatus(e.webAPI, "/admin/x") == 200 }},
+		{"grpc denied", "web", "greeter", []string{"--path", "/grpc.testing.TestService/EmptyCall"}, false, "default/greeter-deny/rule-0", func() bool { return grpcCode(e.webGreeter, true) == codes.OK }},
+		{"grpc allowed", "web", "greeter", []string{"--path", "/grpc.testing.TestService/UnaryCall"}, true, "", func() bool { return grpcCode(e.webGreeter, false) == codes.OK }},
+		{"tcp denied", "ops", "db", nil, false, "default/db-no-ops/rule-0", func() bool { return tcpEcho(e.opsDB) }},
+		{"tcp allowed", "web", "db", nil, true, "", func() bool { return tcpEcho(e.webDB) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, errOut, code := m.meshctlCode(append([]string{"authz", "check", c.source, c.dest, "-o", "json"}, c.args...)...)
+			var r admin.AuthzReport
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("meshctl authz check -o json: %v\n%s%s", err, out, errOut)
+			}
+			if len(r.Results) != 1 || r.Source.Identity != "spiffe://cluster.local/ns/default/sa/"+c.source || !r.Source.MTLS || r.Destination != c.dest+".default" {
+				t.Fatalf("report %+v", r)
+			}
+			got := r.Results[0]
+			if got.Proxy != c.dest+".default" || got.Allowed != c.allowed || got.Error != "" || (!c.allowed && got.DeniedBy != c.rule) || (c.allowed && got.AllowedBy != c.rule) {
+				t.Errorf("prediction %+v; want allowed=%v by %q", got, c.allowed, c.rule)
+			}
+			if (code == 0) != c.allowed {
+				t.Errorf("exit status %d for allowed=%v", code, c.allowed)
+			}
+			if real := c.real(); real != c.allowed {
+				t.Errorf("meshctl said allowed=%v, the real sidecars allowed=%v", c.allowed, real)
+			}
+		})
+	}
+	// Plaintext to a STRICT workload: refused, as the real one is.
+	out, _, code := m.meshctlCode("authz", "check", "plaintext", "api")
+	if code != 1 || !strings.Contains(out, "REFUSED") {
+		t.Errorf("meshctl authz check plaintext api: %d\n%s", code, out)
+	}
+	if httpStatus(e.api.public, "/hello") != 0 {
+		t.Error("a plaintext request reached STRICT api")
+	}
+	table, _, _ := m.meshctlCode("authz", "check", "ops", "api", "--path", "/admin/users")
+	checkTableRow(t, table, []string{"api.default", "DENY", "default/ops-no-admin/rule-0", "denied by DENY rule default/ops-no-admin/rule-0"})
+
+	// meshctl describe.
+	out, _, code = m.meshctlCode("describe", "api", "-o", "json")
+	var d admin.Description
+	if err := json.Unmarshal([]byte(out), &d); err != nil || code != 0 {
+		t.Fatalf("meshctl describe api -o json: %d %v\n%s", code, err, out)
+	}
+	if d.Service != "api.default" || d.Protocol != "http" || d.Identity != "spiffe://cluster.local/ns/default/sa/api" || len(d.Proxies) != 1 {
+		t.Fatalf("describe %+v", d)
+	}
+	p := d.Proxies[0]
+	if p.Proxy != "api.default" || p.MTLS.Policy != "STRICT" || p.MTLS.Served != "STRICT" || !strings.Contains(p.MTLS.DecidedBy, "PeerAuthentication meshd-system/default (mesh-wide") ||
+		p.Labels["app"] != "api" || len(p.Policies) != 2 {
+		t.Errorf("describe api proxy %+v", p)
+	}
+	pol := map[string]admin.PolicyRef{}
+	for _, ap := range p.Policies {
+		pol[ap.Name] = ap
+	}
+	if a := pol["api-callers"]; a.Action != "ALLOW" || len(a.Rules) != 1 || a.Rules[0] != "default/api-callers/rule-0" {
+		t.Errorf("api-callers %+v", a)
+	}
+	if a := pol["ops-no-admin"]; a.Action != "DENY" || len(a.Rules) != 1 || a.Rules[0] != "default/ops-no-admin/rule-0" {
+		t.Errorf("ops-no-admin %+v", a)
+	}
+	callers := map[string]admin.CallerAccess{}
+	for _, c := range p.Callers {
+		callers[c.Caller] = c
+	}
+	if c := callers["web.default"]; !c.Allowed || c.AllowedBy != "default/api-callers/rule-0" || c.Identity != "spiffe://cluster.local/ns/default/sa/web" {
+		t.Errorf("caller web %+v", c)
+	}
+	if c := callers["ops.default"]; !c.Allowed {
+		t.Errorf("caller ops (GET /) %+v", c)
+	}
+	if c := callers["plaintext"]; c.Allowed || !c.Refused {
+		t.Errorf("plaintext caller %+v", c)
+	}
+	table, _, _ = m.meshctlCode("describe", "api")
+	t.Logf("meshctl describe api:\n%s", table)
+	for _, want := range []string{"mTLS: STRICT, decided by PeerAuthentication meshd-system/default", "default/ops-no-admin", "web.default (spiffe://cluster.local/ns/default/sa/web)"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("meshctl describe api lacks %q", want)
+		}
+	}
 }

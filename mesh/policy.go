@@ -192,13 +192,28 @@ func (ps *PolicySet) authzAppliesTo(a *AuthorizationPolicy, w Workload) bool {
 	return ps.appliesTo(a.Namespace, a.Selector, w)
 }
 
-// MTLSModeFor resolves the effective mTLS mode of a workload with Istio's
+// MTLSDecision is a workload's effective mTLS mode and what decided it.
+type MTLSDecision struct {
+	Mode MTLSMode `json:"mode"`
+	// Policy is the PeerAuthentication that decided (nil: DefaultMode);
+	// Level is "workload", "namespace" or "mesh" (a root-namespace policy
+	// without selector), "" for DefaultMode; Port is set when a port-level
+	// mode of Policy decided.
+	Policy *PeerAuthentication `json:"-"`
+	Level  string              `json:"level,omitempty"`
+	Port   bool                `json:"portLevel,omitempty"`
+}
+
+// MTLSModeFor resolves the effective mTLS mode of a workload (DecideMTLS).
+func (ps *PolicySet) MTLSModeFor(w Workload) MTLSMode { return ps.DecideMTLS(w).Mode }
+
+// DecideMTLS resolves the effective mTLS mode of a workload with Istio's
 // precedence: a workload-selecting policy over a namespace-wide one over a
 // mesh-wide one (root namespace, no selector) over DefaultMode; UNSET defers
 // to the next level; a port-level mode for the workload's port wins within
 // its policy. Among several policies at one level, the one whose
 // namespace/name sorts first wins (meshctl analyze warns about the conflict).
-func (ps *PolicySet) MTLSModeFor(w Workload) MTLSMode {
+func (ps *PolicySet) DecideMTLS(w Workload) MTLSDecision {
 	var workload, namespace, meshWide []*PeerAuthentication
 	for i := range ps.Peer {
 		p := &ps.Peer[i]
@@ -211,24 +226,25 @@ func (ps *PolicySet) MTLSModeFor(w Workload) MTLSMode {
 			meshWide = append(meshWide, p)
 		}
 	}
-	for _, level := range [][]*PeerAuthentication{workload, namespace, meshWide} {
+	for li, level := range [][]*PeerAuthentication{workload, namespace, meshWide} {
 		slices.SortFunc(level, func(a, b *PeerAuthentication) int {
 			return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 		})
+		name := [...]string{"workload", "namespace", "mesh"}[li]
 		for _, p := range level {
 			if m, ok := p.PortModes[w.Port]; ok && m != MTLSUnset && m != "" {
-				return m
+				return MTLSDecision{Mode: m, Policy: p, Level: name, Port: true}
 			}
 			if p.Mode != MTLSUnset && p.Mode != "" {
-				return p.Mode
+				return MTLSDecision{Mode: p.Mode, Policy: p, Level: name}
 			}
 			break // only the first policy of a level counts
 		}
 	}
 	if ps.DefaultMode == "" || ps.DefaultMode == MTLSUnset {
-		return MTLSPermissive
+		return MTLSDecision{Mode: MTLSPermissive}
 	}
-	return ps.DefaultMode
+	return MTLSDecision{Mode: ps.DefaultMode}
 }
 
 // AuthorizationsFor returns the authorization policies that apply to w, in

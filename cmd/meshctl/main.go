@@ -83,6 +83,8 @@ func newRoot() *cobra.Command {
 		newStatusCmd(),
 		newConfigCmd(),
 		newCheckCmd(),
+		newAuthzCmd(),
+		newDescribeCmd(),
 		newStatCmd(),
 		newEdgesCmd(),
 		newTapCmd(),

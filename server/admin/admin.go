@@ -72,6 +72,10 @@ func (a *Admin) Handler() http.Handler {
 	// Every proxy's sync state (meshctl status; proxies.go).
 	mux.HandleFunc("GET /proxies", a.proxies)
 	mux.HandleFunc("GET /proxies/{id}", a.proxies)
+	// What a proxy's authorization decides (meshctl authz check,
+	// describe; authz.go).
+	mux.HandleFunc("GET /authz/check", a.authzCheck)
+	mux.HandleFunc("GET /describe", a.describe)
 	// Completes an overdue mTLS migration without the ACKs it waits for.
 	mux.HandleFunc("POST /migrations/force", a.forceMigration)
 	a.registerCA(mux)
