@@ -38,7 +38,7 @@ func TestUsageErrors(t *testing.T) {
 		wantStderr []string
 	}{
 		{"no command", nil, []string{"Commands:", "bootstrap", "certs", "version", "completion"}},
-		{"unknown command", []string{"frobnicate"}, []string{`unknown command "frobnicate"; commands: analyze, bootstrap,`, "meshctl --help"}},
+		{"unknown command", []string{"frobnicate"}, []string{`unknown command "frobnicate"; commands: analyze,`, " bootstrap,", "meshctl --help"}},
 		{"mistyped command", []string{"bootstarp"}, []string{`meshctl: unknown command "bootstarp"; did you mean "bootstrap"?`}},
 		{"mistyped subcommand", []string{"ca", "stauts"}, []string{`meshctl ca: unknown command "stauts"; did you mean "status"?`, "meshctl ca --help"}},
 		{"unknown flag", []string{"bootstrap", "--bogus"}, []string{"unknown flag: --bogus", "meshctl bootstrap --help"}},
