@@ -248,6 +248,8 @@ type Proxy struct {
 	nackMsg     string
 	watch       func(*Proxy) bool
 	watchHit    time.Time
+	// endStream cancels the current stream (Reconnect); nil between streams.
+	endStream context.CancelFunc
 }
 
 // ProxyView is a copy of a proxy's counters and timestamps.
@@ -337,9 +339,30 @@ func (p *Proxy) run(ctx context.Context) {
 // types follow what those contain.
 var wildcardTypes = []string{resourcev3.ClusterType, resourcev3.ListenerType}
 
+// Reconnect ends the proxy's current stream as a dropped connection would;
+// the proxy opens a new one after its usual back-off, with empty state (a
+// restarted Envoy), and must sync again. A reconnect storm is this on many
+// proxies at once.
+func (p *Proxy) Reconnect() {
+	p.mu.Lock()
+	end := p.endStream
+	p.mu.Unlock()
+	if end != nil {
+		end()
+	}
+}
+
 func (p *Proxy) runStream(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	p.mu.Lock()
+	p.endStream = cancel
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.endStream = nil
+		p.mu.Unlock()
+	}()
 	if p.token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+p.token)
 	}

@@ -385,3 +385,54 @@ func checkPolicyChurn(t *testing.T, dir string, change *Change) {
 		t.Fatalf("after the policy churn step (add=%v) meshd reads %d authorization policies", adding, n)
 	}
 }
+
+// TestReconnectOpensANewStreamAndSyncsAgain ends a synced proxy's stream:
+// it must open a second one and sync on it, with state from that stream
+// only.
+func TestReconnectOpensANewStreamAndSyncsAgain(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {
+			addr, cache := testServer(t)
+			setSnap(t, cache, "n0", "v1", time.Second)
+			f, err := NewFleet(ClientConfig{Address: addr, Delta: delta}, []NodeSpec{{ID: "n0"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Start(context.Background())
+			defer f.Stop()
+			p := f.Proxy("n0")
+			testwait.For(t, testwait.Timeout, "first sync", func() bool { return !p.View().SyncedAt.IsZero() })
+			first := p.View()
+			p.Reconnect()
+			testwait.For(t, testwait.Timeout, "sync on a second stream", func() bool {
+				v := p.View()
+				return v.Streams == 2 && !v.SyncedAt.IsZero()
+			})
+			if v := p.View(); !v.StreamStart.After(first.SyncedAt) || v.Responses <= first.Responses {
+				t.Errorf("second stream started %v (first synced %v), responses %d then %d: not a fresh sync", v.StreamStart, first.SyncedAt, first.Responses, v.Responses)
+			}
+			if f.NACKs.Load() != 0 {
+				t.Errorf("%d NACKs", f.NACKs.Load())
+			}
+		})
+	}
+}
+
+func TestNodeSpecs(t *testing.T) {
+	cat, err := Generate(Scenario{Name: "t", Proxies: 3, Services: 2, Endpoints: 1, Upstreams: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := func(k mesh.ServiceKey) (string, error) { return "token-of-" + k.Name, nil }
+	nodes, err := cat.NodeSpecs([]string{"proxy-00001"}, tok, map[string]any{"X": "y"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cat.Proxy("proxy-00001")
+	if len(nodes) != 1 || nodes[0].ID != "proxy-00001" || nodes[0].Token != "token-of-"+p.Service || nodes[0].Metadata["X"] != "y" || nodes[0].Cluster != p.Service {
+		t.Errorf("node specs: %+v", nodes)
+	}
+	if _, err := cat.NodeSpecs([]string{"nope"}, tok, nil); err == nil {
+		t.Error("an id not in the catalog was accepted")
+	}
+}

@@ -336,45 +336,13 @@ func (r *runner) setup(ctx context.Context) ([]NodeSpec, error) {
 		tok := strings.TrimSpace(string(b))
 		token = func(mesh.ServiceKey) (string, error) { return tok, nil }
 	case r.cfg.DataDir != "" && r.cat != nil:
-		td := r.cfg.TrustDomain
-		if td == "" {
-			td = mesh.DefaultTrustDomain
-		}
-		ta, err := sds.LoadOrCreateTokens(r.cfg.DataDir, td, true, nil)
-		if err != nil {
-			return nil, fmt.Errorf("bootstrap tokens from meshd's data dir: %w", err)
-		}
-		minted := map[mesh.ServiceKey]string{}
-		token = func(k mesh.ServiceKey) (string, error) {
-			if t, ok := minted[k]; ok {
-				return t, nil
-			}
-			t, _, err := ta.Create(k.Namespace, k.Name, 24*time.Hour)
-			if err != nil {
-				return "", fmt.Errorf("token for %s: %w", k, err)
-			}
-			minted[k] = string(t)
-			return string(t), nil
+		var err error
+		if token, err = TokenMinter(r.cfg.DataDir, r.cfg.TrustDomain); err != nil {
+			return nil, err
 		}
 	}
 	if r.cat != nil {
-		var nodes []NodeSpec
-		for _, id := range r.cat.ProxyIDs() {
-			p := r.cat.Proxy(id)
-			md := map[string]any{xds.NodeMetaNamespace: p.Namespace, xds.NodeMetaService: p.Service, xds.NodeMetaFlavor: string(mesh.FlavorEnvoy)}
-			for k, v := range cfg.NodeMetadata {
-				md[k] = v
-			}
-			tok, err := token(p.ServiceKey())
-			if err != nil {
-				return nil, err
-			}
-			nodes = append(nodes, NodeSpec{ID: id, Cluster: p.Service, Metadata: md, Token: tok})
-		}
-		if len(nodes) == 0 {
-			return nil, errors.New("the catalog has no Envoy proxies to simulate")
-		}
-		return nodes, nil
+		return r.cat.NodeSpecs(r.cat.ProxyIDs(), token, cfg.NodeMetadata)
 	}
 	nodes, err := templateNodes(cfg.NodeIDTemplate, cfg.Proxies, cfg.NodeMetadata)
 	if err != nil {
@@ -384,6 +352,57 @@ func (r *runner) setup(ctx context.Context) ([]NodeSpec, error) {
 		if nodes[i].Token, err = token(mesh.ServiceKey{}); err != nil {
 			return nil, err
 		}
+	}
+	return nodes, nil
+}
+
+// TokenMinter signs bootstrap tokens with the key in meshd's data
+// directory, as "meshctl token create" does: one per service, minted once
+// and reused, valid for a day. trustDomain "" is meshd's default.
+func TokenMinter(dataDir, trustDomain string) (func(mesh.ServiceKey) (string, error), error) {
+	if trustDomain == "" {
+		trustDomain = mesh.DefaultTrustDomain
+	}
+	ta, err := sds.LoadOrCreateTokens(dataDir, trustDomain, true, nil)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap tokens from meshd's data dir: %w", err)
+	}
+	minted := map[mesh.ServiceKey]string{}
+	return func(k mesh.ServiceKey) (string, error) {
+		if t, ok := minted[k]; ok {
+			return t, nil
+		}
+		t, _, err := ta.Create(k.Namespace, k.Name, 24*time.Hour)
+		if err != nil {
+			return "", fmt.Errorf("token for %s: %w", k, err)
+		}
+		minted[k] = string(t)
+		return string(t), nil
+	}, nil
+}
+
+// NodeSpecs describes the catalog's proxies ids as simulated Envoys: node
+// metadata as meshctl's bootstraps set it (plus extra), and each proxy's
+// service's token.
+func (c *Catalog) NodeSpecs(ids []string, token func(mesh.ServiceKey) (string, error), extra map[string]any) ([]NodeSpec, error) {
+	var nodes []NodeSpec
+	for _, id := range ids {
+		p := c.Proxy(id)
+		if p == nil {
+			return nil, fmt.Errorf("proxy %q is not in the catalog", id)
+		}
+		md := map[string]any{xds.NodeMetaNamespace: p.Namespace, xds.NodeMetaService: p.Service, xds.NodeMetaFlavor: string(mesh.FlavorEnvoy)}
+		for k, v := range extra {
+			md[k] = v
+		}
+		tok, err := token(p.ServiceKey())
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, NodeSpec{ID: id, Cluster: p.Service, Metadata: md, Token: tok})
+	}
+	if len(nodes) == 0 {
+		return nil, errors.New("the catalog has no Envoy proxies to simulate")
 	}
 	return nodes, nil
 }
