@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -135,9 +136,23 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	for _, w := range datadir.Check(c.DataDir) {
 		log.Warn(w)
 	}
+	// The lock on the data directory is held until everything that may
+	// write there has stopped (the deferred functions run last in, first out).
+	defer ca.Close()
 	m := metrics.New()
+	// Every goroutine Run starts is in goroutines, and Run returns only once
+	// they have all stopped: a caller (a test, a supervisor restarting meshd
+	// in-process) never has a rotation writing to the data directory, or a
+	// watcher reading files, after Run returned.
+	var goroutines sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	defer func() {
+		cancel()
+		goroutines.Wait()
+	}()
+	// One slot per goroutine that reports an error (four sources, the
+	// session reaper, the xDS and admin servers): a send never blocks, even
+	// after Run stopped reading.
 	errc := make(chan error, 8)
 	cache := server.NewCache()
 	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
@@ -145,7 +160,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		Holdoff:   c.Holdoff, MaxDelay: c.MaxDelay, MigrationOverdue: c.MigrationOverdue,
 		Logger: log, Metrics: m,
 	})
-	src, err := startSources(ctx, c, log, m, errc)
+	src, err := startSources(ctx, c, log, m, errc, &goroutines)
 	if err != nil {
 		return err
 	}
@@ -167,8 +182,8 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	if _, err := pub.Publish(); err != nil {
 		log.Error("some proxies could not be rendered; see /debug/status", "err", err)
 	}
-	go combiner.Run(ctx, src.channels)
-	go pub.Run(ctx)
+	goroutines.Go(func() { combiner.Run(ctx, src.channels) })
+	goroutines.Go(func() { pub.Run(ctx) })
 
 	tr := tracker.NewTracker(log, m, func(id string) bool { return pub.View().Known(id) })
 	var hosts []string
@@ -233,20 +248,20 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	m.Registry.MustRegister(admin.NewSyncCollector(adm))
 	hs := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 5 * time.Second}
 
-	go ca.RunRotation(ctx, tr, time.Second, pub.Republish)
+	goroutines.Go(func() { ca.RunRotation(ctx, tr, time.Second, pub.Republish) })
 	// Revoked and expired credentials' streams are closed by meshd itself
 	// (server/auth/session.go).
-	go func() {
+	goroutines.Go(func() {
 		if err := au.Run(ctx); err != nil {
 			errc <- err
 		}
-	}()
-	go func() { errc <- xs.Serve(xlis) }()
-	go func() {
+	})
+	goroutines.Go(func() { errc <- xs.Serve(xlis) })
+	goroutines.Go(func() {
 		if err := hs.Serve(alis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("admin server: %w", err)
 		}
-	}()
+	})
 	cat := first.Catalog
 	started := []any{"xds", xlis.Addr().String(), "admin", alis.Addr().String()}
 	// Only the sources in use: an empty catalog= or consul="" says nothing.

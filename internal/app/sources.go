@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/meshd/meshd/discovery/consul"
@@ -28,8 +29,9 @@ type sources struct {
 }
 
 // startSources creates and runs the watchers the configuration asks for and
-// waits for each to produce its first value.
-func startSources(ctx context.Context, c *Config, log *slog.Logger, m *metrics.Metrics, errc chan<- error) (*sources, error) {
+// waits for each to produce its first value. Their goroutines are added to
+// goroutines and report on errc.
+func startSources(ctx context.Context, c *Config, log *slog.Logger, m *metrics.Metrics, errc chan<- error, goroutines *sync.WaitGroup) (*sources, error) {
 	s := &sources{initial: inputs.Initial{Catalogs: map[string]*mesh.Catalog{}}}
 	if c.Catalog != "" {
 		w, err := file.NewWatcher(c.Catalog, log, file.WithPollInterval(c.PollInterval), file.WithHoldoff(c.CatalogHoldoff),
@@ -42,7 +44,7 @@ func startSources(ctx context.Context, c *Config, log *slog.Logger, m *metrics.M
 			func() float64 { return float64(w.Status().Rejected) })
 		s.initial.Catalogs["file"] = w.Current()
 		s.channels.FileCatalogs = w.Updates()
-		go func() { errc <- w.Run(ctx) }()
+		goroutines.Go(func() { errc <- w.Run(ctx) })
 	}
 	if c.ConsulAddr != "" {
 		w, err := consul.NewWatcher(consul.Options{Address: c.ConsulAddr, Datacenter: c.ConsulDC, TokenFile: c.ConsulTokenFile,
@@ -51,7 +53,7 @@ func startSources(ctx context.Context, c *Config, log *slog.Logger, m *metrics.M
 			return nil, fmt.Errorf("consul: %w", err)
 		}
 		s.consul = w
-		go func() { errc <- w.Run(ctx) }()
+		goroutines.Go(func() { errc <- w.Run(ctx) })
 		select {
 		case <-w.Synced():
 		case <-time.After(c.ConsulSyncTimeout):
@@ -83,7 +85,7 @@ func startSources(ctx context.Context, c *Config, log *slog.Logger, m *metrics.M
 			func() float64 { return float64(w.Status().Rejected) })
 		s.initial.Policy = w.Current()
 		s.channels.Policies = w.Updates()
-		go func() { errc <- w.Run(ctx) }()
+		goroutines.Go(func() { errc <- w.Run(ctx) })
 	} else {
 		// No files, but the default inbound policy (flag or endpoint
 		// labels) still applies.
@@ -97,7 +99,7 @@ func startSources(ctx context.Context, c *Config, log *slog.Logger, m *metrics.M
 			return nil, fmt.Errorf("consul intentions: %w", err)
 		}
 		s.intentions = w
-		go func() { errc <- w.Run(ctx) }()
+		goroutines.Go(func() { errc <- w.Run(ctx) })
 		select {
 		case <-w.Synced():
 		case <-time.After(c.ConsulSyncTimeout):
