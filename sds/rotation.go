@@ -110,6 +110,8 @@ type BundleGate interface {
 	// BundleAcked reports whether every connected proxy that receives the
 	// trust bundle has ACKed a bundle containing the root with this hex
 	// SHA-256 fingerprint; pending names those that have not (sorted).
+	// It is called while a rotation step holds the CA's transition lock:
+	// it must not call the Authority's rotation methods.
 	BundleAcked(rootFingerprint string) (ok bool, pending []string)
 }
 
@@ -343,9 +345,10 @@ func (a *Authority) advanceRotation(gate BundleGate) (bool, error) {
 	}
 	toRoot := a.gens[r.To].rootFP
 	a.mu.Unlock()
-	// The gate (the xDS server's ACK record) is asked without holding a.mu:
-	// no lock of ours is held while calling into another package. The
-	// state cannot change meanwhile: every transition holds a.tx.
+	// The gate (the xDS server's ACK record) is asked without holding a.mu,
+	// which issuance and status take. a.tx stays held, so the state cannot
+	// change meanwhile (every transition holds it): the gate must never call
+	// back into the Authority's transitions (the tracker never calls the CA).
 	acked, pending := true, []string(nil)
 	if gate != nil {
 		acked, pending = gate.BundleAcked(toRoot)
