@@ -132,10 +132,6 @@ func merge(catalogs map[string]*mesh.Catalog) (*mesh.Catalog, error) {
 // Status returns the latest status.
 func (c *Combiner) Status() Status { return *c.status.Load() }
 
-// Catalog returns the merged catalog of the latest update (for logs).
-// Run's goroutine, or before Run.
-func (c *Combiner) Catalog() *mesh.Catalog { return c.merged }
-
 // policy is the set in force: the directory's (or the defaults) plus the
 // intentions mapped against the merged catalog. A mapping error keeps the
 // previous intentions in force.
