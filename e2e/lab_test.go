@@ -339,6 +339,22 @@ func stopLoad(t *testing.T, p *netnstest.Proc) (ok, failed int) {
 	return ok, failed
 }
 
+// answeredBy waits until the calls of the README's StepCalls are answered
+// by exactly the payments instances want (sorted), within timeout.
+func (r *labRun) answeredBy(t *testing.T, timeout time.Duration, want ...string) {
+	t.Helper()
+	eventually(t, timeout, func() error {
+		out, err := r.exec(lab.StepCalls)
+		if err != nil {
+			return fmt.Errorf("%v\n%s", err, out)
+		}
+		if got := answeredBy(out); !slices.Equal(got, want) {
+			return fmt.Errorf("%s: answered by %v, want %v", lab.StepCalls.Compose(), got, want)
+		}
+		return nil
+	})
+}
+
 // answeredBy are the payments instances that answered a step's calls.
 func answeredBy(out string) []string {
 	var ids []string
@@ -387,16 +403,7 @@ func TestLabWalkthrough(t *testing.T) {
 		}
 		// Both payments instances are in orders' endpoints once Consul's
 		// checks of their sidecars pass.
-		eventually(t, 60*time.Second, func() error {
-			out, err := r.exec(lab.StepCalls)
-			if err != nil {
-				return fmt.Errorf("%v\n%s", err, out)
-			}
-			if got := answeredBy(out); !slices.Equal(got, []string{"payments-1", "payments-2"}) {
-				return fmt.Errorf("answered by %v", got)
-			}
-			return nil
-		})
+		r.answeredBy(t, 60*time.Second, "payments-1", "payments-2")
 	})
 
 	t.Run("plaintext refused under STRICT", func(t *testing.T) {
@@ -512,31 +519,11 @@ func TestLabWalkthrough(t *testing.T) {
 		if !slices.Contains(checks, struct{ CheckID, Status string }{"_service_maintenance:payments-2", "critical"}) {
 			t.Fatalf("Consul does not show payments-2 critical in maintenance: %+v", checks)
 		}
-		var out string
-		eventually(t, 30*time.Second, func() error {
-			var err error
-			out, err = r.exec(lab.StepCalls)
-			if err != nil {
-				return fmt.Errorf("%v\n%s", err, out)
-			}
-			if got := answeredBy(out); !slices.Equal(got, []string{"payments-1"}) {
-				return fmt.Errorf("answered by %v", got)
-			}
-			return nil
-		})
+		r.answeredBy(t, 30*time.Second, "payments-1")
 		if out, err := r.exec(lab.StepMaintOff); err != nil {
 			t.Fatalf("%s: %v\n%s", lab.StepMaintOff.Compose(), err, out)
 		}
-		eventually(t, 30*time.Second, func() error {
-			out, err := r.exec(lab.StepCalls)
-			if err != nil {
-				return fmt.Errorf("%v\n%s", err, out)
-			}
-			if got := answeredBy(out); !slices.Equal(got, []string{"payments-1", "payments-2"}) {
-				return fmt.Errorf("answered by %v", got)
-			}
-			return nil
-		})
+		r.answeredBy(t, 30*time.Second, "payments-1", "payments-2")
 		ok, _ := stopLoad(t, load)
 		t.Logf("payments-2 out of and back into rotation: %d calls, 0 failed", ok)
 	})
