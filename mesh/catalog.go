@@ -123,6 +123,11 @@ func cloneService(in *Service) *Service {
 func cloneProxy(in *Proxy) *Proxy {
 	p := *in
 	p.Upstreams = slices.Clone(in.Upstreams)
+	p.UpstreamNamespaces = slices.Clone(in.UpstreamNamespaces)
+	p.Listeners = slices.Clone(in.Listeners)
+	for i := range p.Listeners {
+		p.Listeners[i].Routes = slices.Clone(in.Listeners[i].Routes)
+	}
 	return &p
 }
 
@@ -165,12 +170,36 @@ func applyProxyDefaults(p *Proxy) {
 	if p.ID == "" {
 		p.ID = p.Service + "." + p.Namespace
 	}
-	if p.Address == "" && p.Flavor == FlavorEnvoy {
+	if p.Address == "" && p.Flavor.IsEnvoy() {
 		p.Address = "0.0.0.0"
 	}
 	for i := range p.Upstreams {
 		if p.Upstreams[i].Namespace == "" {
 			p.Upstreams[i].Namespace = p.Namespace
+		}
+	}
+	if p.Mode == ModeTransparent && p.Flavor == FlavorEnvoy {
+		if p.CapturePort == 0 {
+			p.CapturePort = DefaultCapturePort
+		}
+		if p.Passthrough == "" {
+			// Istio's default (ALLOW_ANY): turning interception on does
+			// not cut the application off from everything outside the mesh.
+			p.Passthrough = PassthroughAllow
+		}
+	}
+	for i := range p.Listeners {
+		for j := range p.Listeners[i].Routes {
+			r := &p.Listeners[i].Routes[j]
+			if r.Namespace == "" {
+				r.Namespace = p.Namespace
+			}
+			if r.Host == "" {
+				r.Host = "*"
+			}
+			if r.PathPrefix == "" {
+				r.PathPrefix = "/"
+			}
 		}
 	}
 }

@@ -75,6 +75,41 @@ func TestNewCatalogDefaults(t *testing.T) {
 	}
 }
 
+func TestNewCatalogDefaultsTransparentAndGateway(t *testing.T) {
+	services := []mesh.Service{
+		{Name: "web", Protocol: mesh.ProtocolHTTP, Address: "10.96.0.1", Port: 80},
+		{Name: "ingress", Namespace: "edge", Protocol: mesh.ProtocolHTTP},
+	}
+	in := []mesh.Proxy{
+		{Service: "web", Mode: mesh.ModeTransparent, UpstreamNamespaces: []string{"*"}},
+		{Service: "ingress", Namespace: "edge", Flavor: mesh.FlavorGateway, Listeners: []mesh.GatewayListener{
+			{Port: 8080, Routes: []mesh.GatewayRoute{{Service: "web", Namespace: "default"}, {Service: "ingress", PathPrefix: "/self"}}},
+		}},
+	}
+	c, err := mesh.NewCatalog(services, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp := c.Proxy("web.default")
+	if wp.CapturePort != mesh.DefaultCapturePort || wp.Passthrough != mesh.PassthroughAllow || !wp.Transparent() {
+		t.Errorf("transparent defaults: capturePort %d passthrough %q; want %d, allow", wp.CapturePort, wp.Passthrough, mesh.DefaultCapturePort)
+	}
+	gw := c.Proxy("ingress.edge")
+	if gw.Address != "0.0.0.0" || !gw.SecretsFromMeshd() {
+		t.Errorf("gateway defaults: address %q, secrets from meshd %v; want 0.0.0.0, true", gw.Address, gw.SecretsFromMeshd())
+	}
+	r := gw.Listeners[0].Routes
+	if r[0].Host != "*" || r[0].PathPrefix != "/" || r[0].Namespace != "default" || r[1].Namespace != "edge" || r[1].PathPrefix != "/self" {
+		t.Errorf("route defaults: %+v, want host *, pathPrefix /, namespace given or the gateway's", r)
+	}
+	// The catalog's routes are its own.
+	in[1].Listeners[0].Routes[0].Service = "changed"
+	in[0].UpstreamNamespaces[0] = "changed"
+	if gw.Listeners[0].Routes[0].Service != "web" || wp.UpstreamNamespaces[0] != "*" {
+		t.Error("changing the input changed the catalog's gateway routes or upstream namespaces")
+	}
+}
+
 func proxyIDs(c *mesh.Catalog) []string {
 	var ids []string
 	for _, p := range c.Proxies() {

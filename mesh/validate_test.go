@@ -172,7 +172,103 @@ func TestValidationErrors(t *testing.T) {
 		{"grpc proxy with appPort", func(s *S, p *P) { (*p)[1].AppPort = 8080 },
 			[]wantErr{{grpcPx, "appPort", "a proxyless gRPC application has no separate app port"}}},
 		{"unknown flavor", func(s *S, p *P) { (*p)[0].Flavor = "linkerd" },
-			[]wantErr{{webPx, "flavor", `unknown flavor "linkerd": use envoy or grpc`}}},
+			[]wantErr{{webPx, "flavor", `unknown flavor "linkerd": use envoy, grpc or gateway`}}},
+
+		// Virtual addresses (transparent interception).
+		{"service address without port", func(s *S, p *P) { (*s)[1].Address = "10.96.0.2" },
+			[]wantErr{{api, "port", "0 is not a port: a service with an address needs the port applications call"}}},
+		{"service port without address", func(s *S, p *P) { (*s)[1].Port = 80 },
+			[]wantErr{{api, "port", "port 80 without an address"}}},
+		{"service address not an IP", func(s *S, p *P) { (*s)[1].Address, (*s)[1].Port = "api.internal", 80 },
+			[]wantErr{{api, "address", `"api.internal" is not an IP address`}}},
+		{"service address on loopback", func(s *S, p *P) { (*s)[1].Address, (*s)[1].Port = "127.0.0.5", 80 },
+			[]wantErr{{api, "address", "127.0.0.5 cannot be a service address"}}},
+		{"service address IPv6", func(s *S, p *P) { (*s)[1].Address, (*s)[1].Port = "fd00::96", 80 },
+			[]wantErr{{api, "address", "captures IPv4 only"}}},
+		{"two services at one address and port", func(s *S, p *P) {
+			(*s)[0].Address, (*s)[0].Port = "10.96.0.2", 80
+			(*s)[1].Address, (*s)[1].Port = "10.96.0.2", 80
+		}, []wantErr{{api, "address", "10.96.0.2:80 is also the address and port of web.default"}}},
+
+		// Transparent sidecars.
+		{"unknown mode", func(s *S, p *P) { (*p)[0].Mode = "magic" },
+			[]wantErr{{webPx, "mode", `unknown mode "magic": use explicit or transparent`}}},
+		{"capturePort on an explicit sidecar", func(s *S, p *P) { (*p)[0].CapturePort = 15001 },
+			[]wantErr{{webPx, "capturePort", "only a transparent sidecar has a capture listener"}}},
+		{"passthrough on an explicit sidecar", func(s *S, p *P) { (*p)[0].Passthrough = mesh.PassthroughBlock },
+			[]wantErr{{webPx, "passthrough", "only a transparent sidecar captures"}}},
+		{"upstreamNamespaces on an explicit sidecar", func(s *S, p *P) { (*p)[0].UpstreamNamespaces = []string{"*"} },
+			[]wantErr{{webPx, "upstreamNamespaces", "an explicit sidecar needs a localPort for each upstream"}}},
+		{"transparent upstream without address or localPort", func(s *S, p *P) {
+			(*p)[0].Mode, (*p)[0].CapturePort, (*p)[0].Upstreams[0].LocalPort = mesh.ModeTransparent, 15006, 0
+		}, []wantErr{{webPx, "upstreams[0].service", "upstream api.default has no address"}}},
+		{"unknown passthrough", func(s *S, p *P) {
+			(*p)[0].Mode, (*p)[0].CapturePort, (*p)[0].Passthrough = mesh.ModeTransparent, 15006, "maybe"
+		},
+			[]wantErr{{webPx, "passthrough", `unknown passthrough "maybe": use allow or block`}}},
+		{"capture port is the public port (the default 15001)", func(s *S, p *P) { (*p)[0].Mode = mesh.ModeTransparent },
+			[]wantErr{{webPx, "capturePort", "equals publicPort 15001"}}},
+		{"capture port is the app port", func(s *S, p *P) { (*p)[0].Mode, (*p)[0].CapturePort = mesh.ModeTransparent, 8080 },
+			[]wantErr{{webPx, "capturePort", "equals appPort 8080"}}},
+		{"capture port is an upstream's local port", func(s *S, p *P) { (*p)[0].Mode, (*p)[0].CapturePort = mesh.ModeTransparent, 9001 },
+			[]wantErr{{webPx, "upstreams[0].localPort", "equals capturePort 9001"}}},
+		{"capture ports of two transparent sidecars on one host", func(s *S, p *P) {
+			(*p)[0].Mode, (*p)[0].CapturePort = mesh.ModeTransparent, 15006
+			*p = append(*p, mesh.Proxy{ID: "job", Service: "api", Address: "10.0.0.1", Mode: mesh.ModeTransparent, CapturePort: 15006})
+		}, []wantErr{{proxy2 + ` "job"`, "capturePort", "port 15006 on 10.0.0.1 is already used by " + webPx + " capturePort"}}},
+		{"bad upstream namespace", func(s *S, p *P) {
+			(*p)[0].Mode, (*p)[0].CapturePort = mesh.ModeTransparent, 15006
+			(*p)[0].UpstreamNamespaces = []string{"Prod", "*", "*"}
+		}, []wantErr{
+			{webPx, "upstreamNamespaces[0]", `"Prod" is not a valid name`},
+			{webPx, "upstreamNamespaces[2]", `namespace "*" is listed twice (also upstreamNamespaces[1])`},
+		}},
+		{"grpc proxy with mode", func(s *S, p *P) { (*p)[1].Mode = mesh.ModeTransparent },
+			[]wantErr{{grpcPx, "mode", "a proxyless gRPC application dials its upstreams itself"}}},
+
+		// Gateways.
+		{"gateway without listeners", func(s *S, p *P) {
+			*p = append(*p, mesh.Proxy{ID: "gw", Service: "web", Flavor: mesh.FlavorGateway})
+		}, []wantErr{{proxy2 + ` "gw"`, "listeners", "a gateway needs at least one listener"}}},
+		{"gateway with a mesh side and upstreams", func(s *S, p *P) {
+			*p = append(*p, mesh.Proxy{ID: "gw", Service: "web", Flavor: mesh.FlavorGateway, PublicPort: 15009, AppPort: 8081,
+				Upstreams: []mesh.Upstream{{Service: "api", LocalPort: 9009}}, Mode: mesh.ModeTransparent, UpstreamNamespaces: []string{"*"},
+				Listeners: []mesh.GatewayListener{{Port: 8443, Routes: []mesh.GatewayRoute{{Service: "api"}}}}})
+		}, []wantErr{
+			{proxy2 + ` "gw"`, "publicPort", "a gateway accepts clients from outside the mesh"},
+			{proxy2 + ` "gw"`, "appPort", "a gateway fronts no application"},
+			{proxy2 + ` "gw"`, "mode", "a gateway is not a sidecar"},
+			{proxy2 + ` "gw"`, "upstreamNamespaces", "a gateway calls the services its listeners' routes name"},
+			{proxy2 + ` "gw"`, "upstreams[0]", "a gateway calls the services its listeners' routes name; remove upstreams"},
+		}},
+		{"gateway listener mistakes", func(s *S, p *P) {
+			*p = append(*p, mesh.Proxy{ID: "gw", Service: "web", Flavor: mesh.FlavorGateway, Listeners: []mesh.GatewayListener{
+				{Port: 8443, TLS: mesh.GatewayTLS{CertificateFile: "tls.crt", SDSSocket: "/run/sds.sock"}, Routes: []mesh.GatewayRoute{
+					{Host: "Shop.example.com", Service: "api"},
+					{Host: "*.example.com", PathPrefix: "api", Service: "db", Namespace: "data"},
+					{Service: "greeter", PathPrefix: "/g"},
+					{Service: "greeter", PathPrefix: "/g"},
+				}},
+				{Port: 8443},
+				{Port: 8444, TLS: mesh.GatewayTLS{CertificateFile: "/etc/gw/tls.crt", KeyFile: "tls.key"}, Routes: []mesh.GatewayRoute{{Service: "api"}}},
+				{Port: 8445, TLS: mesh.GatewayTLS{SDSSocket: "/run/sds.sock"}, Routes: []mesh.GatewayRoute{{Service: "api"}}},
+			}})
+			*s = append(*s, mesh.Service{Name: "db", Namespace: "data"})
+		}, []wantErr{
+			{proxy2 + ` "gw"`, "listeners[0].tls", "either as files (certificateFile, keyFile) or from SDS"},
+			{proxy2 + ` "gw"`, "listeners[0].routes[0].host", `"Shop.example.com" is not a host name`},
+			{proxy2 + ` "gw"`, "listeners[0].routes[1].pathPrefix", `"api" must start with /`},
+			{proxy2 + ` "gw"`, "listeners[0].routes[1].service", "service db.data has protocol tcp; a gateway routes HTTP requests"},
+			{proxy2 + ` "gw"`, "listeners[0].routes[3]", `host "*" and pathPrefix "/g" are also routes[2]'s`},
+			{proxy2 + ` "gw"`, "listeners[1].port", "port 8443 is also listeners[0]'s"},
+			{proxy2 + ` "gw"`, "listeners[1].routes", "a listener needs at least one route"},
+			{proxy2 + ` "gw"`, "listeners[2].tls.keyFile", `"tls.key": give the absolute path`},
+			{proxy2 + ` "gw"`, "listeners[3].tls.sdsSecret", "the name of the secret to ask the SDS server for is required"},
+		}},
+		{"gateway listener port taken on its host", func(s *S, p *P) {
+			*p = append(*p, mesh.Proxy{ID: "gw", Service: "web", Flavor: mesh.FlavorGateway, Address: "10.0.0.1",
+				Listeners: []mesh.GatewayListener{{Port: 15001, Routes: []mesh.GatewayRoute{{Service: "api"}}}}})
+		}, []wantErr{{proxy2 + ` "gw"`, "listeners[0].port", "port 15001 on 10.0.0.1 is already used by " + webPx + " publicPort"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,6 +343,31 @@ func TestValidVariations(t *testing.T) {
 			for i, h := range []mesh.Health{mesh.HealthHealthy, mesh.HealthUnhealthy, mesh.HealthDraining, mesh.HealthUnknown} {
 				(*s)[1].Endpoints = append((*s)[1].Endpoints, mesh.Endpoint{Address: "10.0.1.1", Port: uint32(1000 + i), Health: h})
 			}
+		}},
+		{"transparent sidecar seeing every namespace", func(s *S, p *P) {
+			(*s)[1].Address, (*s)[1].Port = "10.96.0.2", 80
+			(*p)[0].Mode, (*p)[0].CapturePort = mesh.ModeTransparent, 15006
+			(*p)[0].Upstreams[0].LocalPort = 0 // reached at 10.96.0.2:80
+			(*p)[0].UpstreamNamespaces = []string{"*"}
+		}},
+		{"transparent sidecar with an explicit upstream too", func(s *S, p *P) {
+			(*p)[0].Mode, (*p)[0].CapturePort, (*p)[0].Passthrough = mesh.ModeTransparent, 15006, mesh.PassthroughBlock
+			(*p)[0].UpstreamNamespaces = []string{"default", "data"}
+		}},
+		{"proxyless grpc client seeing a namespace", func(s *S, p *P) {
+			*p = append(*p, mesh.Proxy{ID: "client", Service: "greeter", Flavor: mesh.FlavorGRPC, UpstreamNamespaces: []string{"default"}})
+		}},
+		{"gateway", func(s *S, p *P) {
+			*s = append(*s, mesh.Service{Name: "ingress"})
+			*p = append(*p, mesh.Proxy{ID: "gw", Service: "ingress", Flavor: mesh.FlavorGateway, Listeners: []mesh.GatewayListener{
+				{Port: 8443, TLS: mesh.GatewayTLS{CertificateFile: "/etc/gw/tls.crt", KeyFile: "/etc/gw/tls.key"}, Routes: []mesh.GatewayRoute{
+					{Host: "shop.example.com", PathPrefix: "/api", Service: "api"},
+					{Host: "*.example.com", Service: "web"},
+					{Service: "greeter", PathPrefix: "/helloworld.Greeter/"},
+				}},
+				{Port: 8080, Routes: []mesh.GatewayRoute{{Service: "web"}}},
+				{Port: 9443, TLS: mesh.GatewayTLS{SDSSecret: "shop-cert", SDSSocket: "/run/sds/sds.sock"}, Routes: []mesh.GatewayRoute{{Service: "web"}}},
+			}})
 		}},
 		{"every protocol", func(s *S, p *P) {
 			for _, pr := range []mesh.Protocol{mesh.ProtocolHTTP, mesh.ProtocolHTTP2, mesh.ProtocolGRPC, mesh.ProtocolTCP} {

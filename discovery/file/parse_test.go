@@ -99,7 +99,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown field in second service without a close match",
 			in:   validService + "  - name: api\n    colour: blue\n",
-			want: []string{`catalog.yaml: line 7: unknown field "colour" in service (services[1]); valid fields are name, namespace, protocol, serviceAccount, endpoints; see docs/catalog.md`},
+			want: []string{`catalog.yaml: line 7: unknown field "colour" in service (services[1]); valid fields are name, namespace, protocol, serviceAccount, endpoints, address, port; see docs/catalog.md`},
 		},
 		{
 			name: "unknown field in endpoint",
@@ -115,6 +115,16 @@ func TestParseErrors(t *testing.T) {
 			name: "unknown field in upstream",
 			in:   validService + "proxies:\n  - service: web\n    upstreams:\n      - service: web\n        port: 9000\n",
 			want: []string{`catalog.yaml: line 10: unknown field "port" in upstream (proxies[0].upstreams[0]); valid fields are service, namespace, localPort;`},
+		},
+		{
+			name: "unknown fields in a gateway's listener, tls and route",
+			in: validService + "proxies:\n  - service: web\n    flavor: gateway\n    listeners:\n      - port: 8443\n" +
+				"        tls: {certFile: /etc/x.crt}\n        routes:\n          - {pathPrefx: /api, service: web}\n        rout: []\n",
+			want: []string{
+				`catalog.yaml: line 11: unknown field "certFile" in tls (proxies[0].listeners[0].tls); valid fields are certificateFile, keyFile, sdsSecret, sdsSocket;`,
+				`catalog.yaml: line 13: unknown field "pathPrefx" in route (proxies[0].listeners[0].routes[0]); did you mean "pathPrefix"?`,
+				`catalog.yaml: line 14: unknown field "rout" in listener (proxies[0].listeners[0]); did you mean "routes"?`,
+			},
 		},
 		{
 			name:   "every unknown field at once",

@@ -40,6 +40,10 @@ var objectNames = map[reflect.Type]string{
 	reflect.TypeFor[mesh.Locality](): "locality",
 	reflect.TypeFor[mesh.Proxy]():    "proxy",
 	reflect.TypeFor[mesh.Upstream](): "upstream",
+	// A gateway's listeners (docs/catalog.md, gateway).
+	reflect.TypeFor[mesh.GatewayListener](): "listener",
+	reflect.TypeFor[mesh.GatewayTLS]():      "tls",
+	reflect.TypeFor[mesh.GatewayRoute]():    "route",
 }
 
 // typesByName finds the types yaml.v3 names in its messages (by their Go
