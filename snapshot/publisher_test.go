@@ -152,6 +152,42 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
+// A gateway is served its identity, the bundle and, for a listener whose
+// certificate comes from files, the secret naming them (paths, no key).
+func TestPublishGatewaySecrets(t *testing.T) {
+	svcs := []mesh.Service{
+		{Name: "ingress"},
+		{Name: "api", Protocol: mesh.ProtocolHTTP, Endpoints: []mesh.Endpoint{{Address: "10.0.0.3", Port: 15006}}},
+	}
+	pxs := []mesh.Proxy{{ID: "gw", Service: "ingress", Flavor: mesh.FlavorGateway, Listeners: []mesh.GatewayListener{
+		{Port: 8443, TLS: mesh.GatewayTLS{CertificateFile: "/etc/gw/tls.crt", KeyFile: "/etc/gw/tls.key"}, Routes: []mesh.GatewayRoute{{Service: "api"}}},
+		{Port: 8080, Routes: []mesh.GatewayRoute{{Service: "api"}}},
+	}}}
+	pub, cache := newTestPublisher(&fakeSecrets{})
+	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
+	if _, err := pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := cache.GetSnapshot("gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := snap.(*Snapshot).GetResources(resourcev3.SecretType)
+	want := []string{xds.IdentitySecretName, xds.TrustBundleSecretName, xds.GatewayTLSSecretName(8443)}
+	if len(secrets) != len(want) {
+		t.Fatalf("gateway secrets %v, want %v", keys(secrets), want)
+	}
+	for _, n := range want {
+		if _, ok := secrets[n]; !ok {
+			t.Errorf("gateway secrets %v lack %s", keys(secrets), n)
+		}
+	}
+	files := secrets[xds.GatewayTLSSecretName(8443)].(*tlsv3.Secret).GetTlsCertificate()
+	if files.GetCertificateChain().GetFilename() != "/etc/gw/tls.crt" || files.GetPrivateKey().GetFilename() != "/etc/gw/tls.key" || files.GetPrivateKey().GetInlineBytes() != nil {
+		t.Errorf("certificate secret %v: want the two paths and no key material", files)
+	}
+}
+
 func TestEndpointChangeRerendersOnlyDependents(t *testing.T) {
 	svcs, pxs := quickstart(t)
 	pub, cache := newTestPublisher(&fakeSecrets{})

@@ -153,7 +153,9 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 		return fail(err)
 	}
 	sets := res.ByType()
-	sets[resourcev3.SecretType] = secrets
+	// The CA's secrets, then those translation rendered (a gateway's
+	// certificate files, by path).
+	sets[resourcev3.SecretType] = append(secrets, res.Secrets...)
 	if err := xds.CheckReferences(sets); err != nil {
 		return fail(err)
 	}

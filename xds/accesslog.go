@@ -123,3 +123,23 @@ func telemetryTCPAccessLog() (*accesslogv3.AccessLog, error) {
 	}
 	return &accesslogv3.AccessLog{Name: accessLogTCPGRPC, ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg}}, nil
 }
+
+// blockedFormat: where the application tried to connect (the original
+// destination the capture listener restored) and from where.
+const blockedFormat = BlockedLogPrefix + " %START_TIME% tcp dst=%DOWNSTREAM_LOCAL_ADDRESS% from=%DOWNSTREAM_REMOTE_ADDRESS%\n"
+
+// blockedAccessLog logs every connection a transparent sidecar closed
+// because its destination is not a mesh service the proxy sees
+// (passthrough: block), so an operator can tell what the application
+// tried to reach.
+func blockedAccessLog() (*accesslogv3.AccessLog, error) {
+	cfg, err := anyOf(&streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
+		Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
+			InlineString: blockedFormat,
+		}}},
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &accesslogv3.AccessLog{Name: accessLogStdout, ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg}}, nil
+}

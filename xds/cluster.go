@@ -125,3 +125,34 @@ func setHTTP2(c *clusterv3.Cluster, p mesh.Protocol) error {
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsK: opts}
 	return nil
 }
+
+// buildPassthroughCluster connects a transparent sidecar's captured
+// connection to its original destination (the address the capture
+// listener's original_dst filter restored): non-mesh traffic passes as if
+// there were no sidecar. Envoy's own connections are excluded from
+// capture by its uid, so this cannot loop back into the listener.
+func buildPassthroughCluster() (*Resource, error) {
+	c := &clusterv3.Cluster{
+		Name:                 PassthroughClusterName,
+		AltStatName:          PassthroughClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       connectTimeout,
+	}
+	return newResource(PassthroughClusterName, c)
+}
+
+// buildBlackholeCluster has no endpoints: tcp_proxy to it closes the
+// connection (passthrough: block). A cluster rather than no default
+// chain, so blocked connections are counted (cluster.blackhole.*) and
+// logged with their destination.
+func buildBlackholeCluster() (*Resource, error) {
+	c := &clusterv3.Cluster{
+		Name:                 BlackholeClusterName,
+		AltStatName:          BlackholeClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       connectTimeout,
+		LoadAssignment:       &endpointv3.ClusterLoadAssignment{ClusterName: BlackholeClusterName},
+	}
+	return newResource(BlackholeClusterName, c)
+}

@@ -18,6 +18,7 @@ const (
 	transportSocketTLS   = "envoy.transport_sockets.tls"
 	transportSocketRaw   = "envoy.transport_sockets.raw_buffer"
 	listenerTLSInspector = "envoy.filters.listener.tls_inspector"
+	listenerOriginalDst  = "envoy.filters.listener.original_dst"
 	httpProtocolOptionsK = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 

@@ -47,6 +47,8 @@ func (f *fingerprinter) service(s *mesh.Service, withEndpoints bool) string {
 	f.str(s.Namespace)
 	f.str(string(s.Protocol))
 	f.str(s.ServiceAccount)
+	f.str(s.Address)
+	f.u32(s.Port)
 	if withEndpoints {
 		f.u32(uint32(len(s.Endpoints)))
 		for i := range s.Endpoints {
@@ -88,6 +90,29 @@ func (f *fingerprinter) proxy(p *mesh.Proxy, trustDomain string, deps []string) 
 		f.str(u.Service)
 		f.str(u.Namespace)
 		f.u32(u.LocalPort)
+	}
+	f.str(string(p.Mode))
+	f.u32(p.CapturePort)
+	f.str(string(p.Passthrough))
+	f.u32(uint32(len(p.UpstreamNamespaces)))
+	for _, ns := range p.UpstreamNamespaces {
+		f.str(ns)
+	}
+	f.u32(uint32(len(p.Listeners)))
+	for i := range p.Listeners {
+		l := &p.Listeners[i]
+		f.u32(l.Port)
+		f.str(l.TLS.CertificateFile)
+		f.str(l.TLS.KeyFile)
+		f.str(l.TLS.SDSSecret)
+		f.str(l.TLS.SDSSocket)
+		f.u32(uint32(len(l.Routes)))
+		for _, r := range l.Routes {
+			f.str(r.Host)
+			f.str(r.PathPrefix)
+			f.str(r.Service)
+			f.str(r.Namespace)
+		}
 	}
 	for _, d := range deps {
 		f.str(d)

@@ -103,7 +103,7 @@ func TestGolden(t *testing.T) {
 					written[file] = true
 					compareGolden(t, file, []byte(strings.Join(r.Warnings, "\n")+"\n"))
 				}
-				for kind, list := range map[string][]*Resource{"listeners": r.Listeners, "clusters": r.Clusters, "routes": r.Routes, "endpoints": r.Endpoints} {
+				for kind, list := range map[string][]*Resource{"listeners": r.Listeners, "clusters": r.Clusters, "routes": r.Routes, "endpoints": r.Endpoints, "secrets": r.Secrets} {
 					if len(list) == 0 {
 						continue
 					}
@@ -130,6 +130,9 @@ func TestGolden(t *testing.T) {
 func checkProxy(t *testing.T, id string, r *ProxyResources) {
 	t.Helper()
 	sets := r.ByType()
+	// Secrets translation renders itself (file references) are checked
+	// like the rest; the CA's are stood in for by name below.
+	sets["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"] = r.Secrets
 	msgs := map[string][]proto.Message{}
 	for typ, list := range sets {
 		for _, res := range list {

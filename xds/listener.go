@@ -1,13 +1,17 @@
 package xds
 
 import (
+	"fmt"
+
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -219,23 +223,7 @@ func dedupRefs(refs []Ref) []Ref {
 // one upstream on loopback; the cluster behind it originates mTLS.
 func buildEnvoyOutboundListener(up *mesh.Service, u *mesh.Upstream) (*Resource, error) {
 	name := OutboundListenerName(u)
-	stat := OutboundStatPrefix(up.Key())
-	var filter *listenerv3.Filter
-	var ref Ref
-	var err error
-	if up.Protocol.IsHTTP() {
-		route := OutboundRouteName(up.Key())
-		hcm, herr := rdsHCM(stat, route)
-		if herr != nil {
-			return nil, herr
-		}
-		filter, err = networkFilter(filterHCM, hcm)
-		ref = Ref{TypeURL: resourcev3.RouteType, Name: route}
-	} else {
-		cluster := OutboundClusterName(up.Key())
-		filter, err = tcpProxyFilter(stat, cluster)
-		ref = Ref{TypeURL: resourcev3.ClusterType, Name: cluster}
-	}
+	filter, ref, err := outboundFilter(up)
 	if err != nil {
 		return nil, err
 	}
@@ -246,6 +234,159 @@ func buildEnvoyOutboundListener(up *mesh.Service, u *mesh.Upstream) (*Resource, 
 		FilterChains:     []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{filter}}},
 	}
 	return newResource(name, l, ref)
+}
+
+// outboundFilter is the network filter for an application's plaintext
+// calls to a service, the same behind a loopback listener and in a capture
+// listener's chain: an HTTP connection manager on the service's outbound
+// route, or tcp_proxy to its cluster (which originates mTLS).
+func outboundFilter(up *mesh.Service) (*listenerv3.Filter, Ref, error) {
+	stat := OutboundStatPrefix(up.Key())
+	if up.Protocol.IsHTTP() {
+		route := OutboundRouteName(up.Key())
+		hcm, err := rdsHCM(stat, route)
+		if err != nil {
+			return nil, Ref{}, err
+		}
+		f, err := networkFilter(filterHCM, hcm)
+		return f, Ref{TypeURL: resourcev3.RouteType, Name: route}, err
+	}
+	cluster := OutboundClusterName(up.Key())
+	f, err := tcpProxyFilter(stat, cluster)
+	return f, Ref{TypeURL: resourcev3.ClusterType, Name: cluster}, err
+}
+
+// buildCaptureListener is a transparent sidecar's outbound capture
+// listener on every address at port: the packet filter redirects the
+// application's outbound TCP here (meshctl redirect-traffic), the
+// original_dst listener filter restores where each connection was going,
+// and one filter chain per service matches its virtual address and port
+// (the most specific match wins, so order does not matter). A connection
+// to anything else takes the default chain: on to its original
+// destination (passthrough allow) or closed and logged (block).
+//
+// Why chains in one listener and not a listener per service (Istio's
+// per-port listeners with bind_to_port false, reached through
+// use_original_dst): one resource whose chains are each shared between
+// every proxy that sees the service, and a listener that, with the same
+// visible set (every service, say), is byte-identical for every proxy and
+// rendered once.
+func buildCaptureListener(port uint32, services []*mesh.Service, passthrough mesh.Passthrough) (*Resource, error) {
+	var refs []Ref
+	chains := make([]*listenerv3.FilterChain, 0, len(services))
+	for _, up := range services {
+		c, ref, err := captureChain(up)
+		if err != nil {
+			return nil, fmt.Errorf("service %s: %w", up.Key(), err)
+		}
+		chains = append(chains, c)
+		refs = append(refs, ref)
+	}
+	def, ref, err := passthroughChain(passthrough)
+	if err != nil {
+		return nil, err
+	}
+	refs = append(refs, ref)
+	origDst, err := anyOf(&originaldstv3.OriginalDst{})
+	if err != nil {
+		return nil, err
+	}
+	l := &listenerv3.Listener{
+		Name:             CaptureListenerName,
+		Address:          socketAddress(CaptureBindAddress, port),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       listenerOriginalDst,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: origDst},
+		}},
+		FilterChains:       chains,
+		DefaultFilterChain: def,
+	}
+	return newResource(CaptureListenerName, l, dedupRefs(refs)...)
+}
+
+// captureChain is the capture listener's chain for one service: its
+// virtual address and port, and the same filter as a loopback listener's.
+// It depends on the service's shape only, so every proxy shares it.
+func captureChain(up *mesh.Service) (*listenerv3.FilterChain, Ref, error) {
+	f, ref, err := outboundFilter(up)
+	if err != nil {
+		return nil, Ref{}, err
+	}
+	return &listenerv3.FilterChain{
+		Name: OutboundClusterName(up.Key()),
+		FilterChainMatch: &listenerv3.FilterChainMatch{
+			DestinationPort: wrapperspb.UInt32(up.Port),
+			PrefixRanges:    []*corev3.CidrRange{{AddressPrefix: up.Address, PrefixLen: wrapperspb.UInt32(32)}},
+		},
+		Filters: []*listenerv3.Filter{f},
+	}, ref, nil
+}
+
+// passthroughChain is the capture listener's default chain.
+func passthroughChain(mode mesh.Passthrough) (*listenerv3.FilterChain, Ref, error) {
+	if mode == mesh.PassthroughBlock {
+		log, err := blockedAccessLog()
+		if err != nil {
+			return nil, Ref{}, err
+		}
+		f, err := tcpProxyFilter(BlockedStatPrefix, BlackholeClusterName, log)
+		return &listenerv3.FilterChain{Name: BlackholeClusterName, Filters: []*listenerv3.Filter{f}},
+			Ref{TypeURL: resourcev3.ClusterType, Name: BlackholeClusterName}, err
+	}
+	f, err := tcpProxyFilter(PassthroughStatPrefix, PassthroughClusterName)
+	return &listenerv3.FilterChain{Name: PassthroughClusterName, Filters: []*listenerv3.Filter{f}},
+		Ref{TypeURL: resourcev3.ClusterType, Name: PassthroughClusterName}, err
+}
+
+// buildGatewayListener is one port of an ingress gateway, for clients
+// outside the mesh: HTTP, or HTTPS when the listener has TLS (the
+// certificate from files on the gateway's host, served as an SDS secret
+// that names them, or from a host-local SDS server), routed by host and
+// path on the route configuration of the same name. It is an edge: the
+// client's address is taken from the connection (use_remote_address), a
+// port in the Host header is ignored for routing, and anything a client
+// claims in x-forwarded-client-cert is dropped.
+func buildGatewayListener(p *mesh.Proxy, gl *mesh.GatewayListener) (*Resource, error) {
+	name := GatewayListenerName(gl.Port)
+	hcm, err := rdsHCM(GatewayStatPrefix(gl.Port), name)
+	if err != nil {
+		return nil, err
+	}
+	hcm.UseRemoteAddress = wrapperspb.Bool(true)
+	hcm.StripPortMode = &hcmv3.HttpConnectionManager_StripAnyHostPort{StripAnyHostPort: true}
+	hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE
+	filter, err := networkFilter(filterHCM, hcm)
+	if err != nil {
+		return nil, err
+	}
+	refs := []Ref{{TypeURL: resourcev3.RouteType, Name: name}}
+	chain := &listenerv3.FilterChain{Name: FilterChainPlaintext, Filters: []*listenerv3.Filter{filter}}
+	if gl.TLS.Enabled() {
+		var sds *tlsv3.SdsSecretConfig
+		if gl.TLS.FromFiles() {
+			sds = &tlsv3.SdsSecretConfig{Name: GatewayTLSSecretName(gl.Port), SdsConfig: adsSource()}
+			refs = append(refs, Ref{TypeURL: resourcev3.SecretType, Name: sds.Name})
+		} else {
+			sds = hostSDSSecret(gl.TLS.SDSSecret, gl.TLS.SDSSocket)
+		}
+		ts, err := tlsTransportSocket(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      tlsParams(),
+			AlpnProtocols:                  []string{alpnH2, alpnHTTP11},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sds},
+		}})
+		if err != nil {
+			return nil, err
+		}
+		chain.Name, chain.TransportSocket = FilterChainTLS, ts
+	}
+	l := &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(p.Address, gl.Port),
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		FilterChains:     []*listenerv3.FilterChain{chain},
+	}
+	return newResource(name, l, refs...)
 }
 
 // buildGRPCClientListener is what a proxyless gRPC client resolves for

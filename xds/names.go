@@ -48,6 +48,10 @@ const (
 	LocalAppAddress = "127.0.0.1"
 	// OutboundBindAddress is where a sidecar's outbound listeners bind.
 	OutboundBindAddress = "127.0.0.1"
+	// CaptureBindAddress is where a transparent sidecar's capture listener
+	// binds: every IPv4 address, since the packet filter's REDIRECT
+	// delivers to the address of the interface a connection left by.
+	CaptureBindAddress = "0.0.0.0"
 
 	// Filter chain names of inbound listeners: FilterChainMTLS takes TLS
 	// offering the mesh ALPN; the default chain is FilterChainPlaintext
@@ -55,6 +59,9 @@ const (
 	FilterChainMTLS        = "mtls"
 	FilterChainMTLSDefault = "mtls-default"
 	FilterChainPlaintext   = "plaintext"
+	// FilterChainTLS is a gateway listener's chain terminating clients'
+	// (one-way) TLS.
+	FilterChainTLS = "tls"
 
 	// MeshALPN is offered first by every sidecar originating mesh mTLS. A
 	// PERMISSIVE inbound listener routes TLS that offers it to the mTLS
@@ -116,7 +123,56 @@ const (
 	// DeniedLogPrefix starts every access log line a sidecar writes for a
 	// request or connection an authorization policy denied.
 	DeniedLogPrefix = "[meshd-denied]"
+
+	// CaptureListenerName is a transparent sidecar's outbound capture
+	// listener: the packet filter redirects the application's outbound
+	// connections to it, and it matches their original destination
+	// against the services' virtual addresses.
+	CaptureListenerName = "outbound|capture"
+	// PassthroughClusterName sends a captured connection that matches no
+	// service on to its original destination (passthrough: allow).
+	PassthroughClusterName = "passthrough"
+	// BlackholeClusterName has no endpoints: a captured connection that
+	// matches no service is closed (passthrough: block).
+	BlackholeClusterName = "blackhole"
+	// PassthroughStatPrefix and BlockedStatPrefix are the tcp_proxy stat
+	// prefixes of the capture listener's default chain.
+	PassthroughStatPrefix = "passthrough"
+	BlockedStatPrefix     = "blocked"
+	// BlockedLogPrefix starts the access log line a transparent sidecar
+	// writes for every connection it closed because its destination is
+	// not a mesh service it sees (passthrough: block).
+	BlockedLogPrefix = "[meshd-blocked]"
+
+	// GatewaySDSStatPrefix is the stat prefix of a gateway's gRPC stream to
+	// a host-local SDS server (tls.sdsSocket).
+	GatewaySDSStatPrefix = "gateway_sds"
 )
+
+// GatewayListenerName names a gateway's listener on port (also the name
+// of its route configuration).
+func GatewayListenerName(port uint32) string {
+	return "gateway|" + strconv.FormatUint(uint64(port), 10)
+}
+
+// GatewayStatPrefix is the stat prefix of a gateway listener's HTTP
+// connection manager.
+func GatewayStatPrefix(port uint32) string {
+	return "gateway." + strconv.FormatUint(uint64(port), 10)
+}
+
+// GatewayTLSSecretName names the SDS secret meshd serves a gateway for a
+// listener whose certificate comes from files: it carries the files'
+// paths on the gateway's host, never their contents (Envoy reads them,
+// and reloads them when they are replaced).
+func GatewayTLSSecretName(port uint32) string {
+	return GatewayTLSSecretPrefix + strconv.FormatUint(uint64(port), 10)
+}
+
+// GatewayTLSSecretPrefix starts every GatewayTLSSecretName. Such secrets
+// hold only file paths, so the server lets any proxy subscribe to them; a
+// proxy's snapshot holds those of its own listeners only.
+const GatewayTLSSecretPrefix = "gateway-tls|"
 
 // InboundListenerName names a sidecar's public (mTLS-terminating) listener.
 func InboundListenerName(p *mesh.Proxy) string {

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"slices"
+
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -60,4 +62,44 @@ func forwardAll(name string, domains []string, cluster string) *routev3.VirtualH
 			}},
 		}},
 	}
+}
+
+// buildGatewayRoute routes one gateway listener's requests, by host and
+// path prefix, to mesh services' outbound clusters (which originate mTLS
+// with the gateway's identity). One virtual host per host: Envoy prefers
+// an exact host, then the longest wildcard, then "*"; within a host the
+// longest path prefix wins (routes are tried in order, so they are sorted
+// by prefix length, longest first, keeping the catalog's order on ties).
+func buildGatewayRoute(gl *mesh.GatewayListener) (*Resource, error) {
+	name := GatewayListenerName(gl.Port)
+	byHost := map[string][]*mesh.GatewayRoute{}
+	var hosts []string
+	for i := range gl.Routes {
+		r := &gl.Routes[i]
+		if _, ok := byHost[r.Host]; !ok {
+			hosts = append(hosts, r.Host)
+		}
+		byHost[r.Host] = append(byHost[r.Host], r)
+	}
+	slices.Sort(hosts)
+	rc := &routev3.RouteConfiguration{Name: name}
+	var refs []Ref
+	for _, h := range hosts {
+		routes := byHost[h]
+		slices.SortStableFunc(routes, func(a, b *mesh.GatewayRoute) int { return len(b.PathPrefix) - len(a.PathPrefix) })
+		vh := &routev3.VirtualHost{Name: name + "|" + h, Domains: []string{h}}
+		for _, r := range routes {
+			cluster := OutboundClusterName(r.Key())
+			vh.Routes = append(vh.Routes, &routev3.Route{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: r.PathPrefix}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+					Timeout:          noTimeout,
+				}},
+			})
+			refs = append(refs, Ref{TypeURL: resourcev3.ClusterType, Name: cluster})
+		}
+		rc.VirtualHosts = append(rc.VirtualHosts, vh)
+	}
+	return newResource(name, rc, dedupRefs(refs)...)
 }

@@ -34,3 +34,21 @@ func BuildTrustBundleSecret(rootsPEM []byte) (*Resource, error) {
 func inlineBytes(b []byte) *corev3.DataSource {
 	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 }
+
+// BuildGatewayFileSecret renders a gateway listener's certificate as an
+// SDS secret that names the PEM files on the gateway's host. It carries
+// paths only: Envoy reads the files itself, so the key never reaches
+// meshd, and an SDS-delivered certificate with file sources is watched
+// (its directory), so replacing the files (a rename into place, as
+// certbot or a mounted secret does) reloads it without a restart.
+func BuildGatewayFileSecret(port uint32, certFile, keyFile string) (*Resource, error) {
+	name := GatewayTLSSecretName(port)
+	s := &tlsv3.Secret{
+		Name: name,
+		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: certFile}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: keyFile}},
+		}},
+	}
+	return newResource(name, s)
+}

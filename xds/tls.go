@@ -40,6 +40,24 @@ func sdsSecret(name string, agent bool) *tlsv3.SdsSecretConfig {
 	}}
 }
 
+// hostSDSSecret refers to a secret served by an SDS server on the proxy's
+// host, at a Unix socket (a gateway's tls.sdsSocket). Envoy's own gRPC
+// client (envoy_grpc) would need a cluster for the socket in the
+// bootstrap; the Google gRPC client dials the socket by URI, so the
+// catalog alone describes it.
+func hostSDSSecret(name, socket string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &corev3.ConfigSource{
+		ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+			ApiType:             corev3.ApiConfigSource_GRPC,
+			TransportApiVersion: corev3.ApiVersion_V3,
+			GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_GoogleGrpc_{
+				GoogleGrpc: &corev3.GrpcService_GoogleGrpc{TargetUri: "unix:" + socket, StatPrefix: GatewaySDSStatPrefix},
+			}}},
+		}},
+	}}
+}
+
 // secretRefs are the secrets a TLS context needs from meshd: none when a
 // mesh-agent serves them.
 func secretRefs(identitySecret string, agent bool) []Ref {

@@ -28,13 +28,16 @@ type Options struct {
 }
 
 // ProxyResources is everything one proxy is served, by type, each list sorted
-// by name. Secrets are not included: they come from the CA at publish time
-// (see SecretNames).
+// by name. Identity secrets are not included: they come from the CA at
+// publish time (see SecretNames).
 type ProxyResources struct {
 	Listeners []*Resource
 	Clusters  []*Resource
 	Routes    []*Resource
 	Endpoints []*Resource
+	// Secrets are the SDS secrets translation renders itself, which hold no
+	// key material: a gateway listener's certificate files, by path.
+	Secrets []*Resource
 	// Identity is the identity the proxy runs as; an Envoy proxy is served its
 	// certificate under IdentitySecretName plus the trust bundle.
 	Identity mesh.Identity
@@ -48,10 +51,14 @@ type ProxyResources struct {
 
 // SecretNames lists the SDS secrets the proxy must be served.
 func (r *ProxyResources) SecretNames() []string {
-	if !r.SDS {
-		return nil
+	var names []string
+	if r.SDS {
+		names = []string{IdentitySecretName, TrustBundleSecretName}
 	}
-	return []string{IdentitySecretName, TrustBundleSecretName}
+	for _, s := range r.Secrets {
+		names = append(names, s.Name)
+	}
+	return names
 }
 
 // Translate renders one proxy's resources from a catalog without policies.
@@ -99,6 +106,10 @@ type Generation struct {
 	modes map[mesh.ServiceKey][]mesh.MTLSMode
 	// policyFP fingerprints each authorization policy's content.
 	policyFP map[*mesh.AuthorizationPolicy]string
+	// vis holds the visible service sets computed so far, by selector
+	// (visible.go).
+	visMu sync.Mutex
+	vis   map[string]*visibleSet
 }
 
 // Overrides replace the mTLS modes policy asks for while a mode change is
@@ -138,6 +149,7 @@ func (t *Translator) GenerationWith(cat *mesh.Catalog, ps *mesh.PolicySet, ov *O
 		shapeFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
 		modes:    make(map[mesh.ServiceKey][]mesh.MTLSMode, len(cat.Services())),
 		policyFP: make(map[*mesh.AuthorizationPolicy]string, len(ps.Authorizations)),
+		vis:      map[string]*visibleSet{},
 	}
 	// Which proxy serves which endpoint decides the endpoint's mTLS mode.
 	byEndpoint := map[string]*mesh.Proxy{}
@@ -185,12 +197,17 @@ func (g *Generation) Close() {
 
 // Fingerprint summarises every input that proxy's resources depend on. If it
 // is unchanged between generations the proxy need not be re-rendered: its
-// own definition, the shape of its own service, and its upstreams in full.
+// own definition, the shape of its own service, and its upstreams in full
+// (its visible service set's, computed once per selector, when it has one).
 func (g *Generation) Fingerprint(p *mesh.Proxy) string {
 	deps := make([]string, 0, len(p.Upstreams)+3)
 	deps = append(deps, g.shapeFP[p.ServiceKey()])
-	for i := range p.Upstreams {
-		deps = append(deps, g.fullFP[p.Upstreams[i].Key()])
+	if usesVisibleSet(p) {
+		deps = append(deps, g.visible(p).full)
+	} else {
+		for i := range p.Upstreams {
+			deps = append(deps, g.fullFP[p.Upstreams[i].Key()])
+		}
 	}
 	if p.Inbound() {
 		w := g.cat.WorkloadOf(p)
@@ -420,6 +437,8 @@ func (g *Generation) Proxy(id string) (*ProxyResources, error) {
 	switch p.Flavor {
 	case mesh.FlavorEnvoy:
 		err = g.envoy(p, self, out)
+	case mesh.FlavorGateway:
+		err = g.gateway(p, out)
 	case mesh.FlavorGRPC:
 		err = g.grpc(p, self, out)
 	default:
@@ -428,7 +447,7 @@ func (g *Generation) Proxy(id string) (*ProxyResources, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy %q: %w", id, err)
 	}
-	for _, l := range [][]*Resource{out.Listeners, out.Clusters, out.Routes, out.Endpoints} {
+	for _, l := range [][]*Resource{out.Listeners, out.Clusters, out.Routes, out.Endpoints, out.Secrets} {
 		slices.SortFunc(l, func(a, b *Resource) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return out, nil
@@ -467,48 +486,161 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 			out.Routes = append(out.Routes, r)
 		}
 	}
+	u := g.newUpstreams(p, out)
 	for i := range p.Upstreams {
-		u := &p.Upstreams[i]
-		up, err := g.upstream(u)
+		up, err := g.upstream(&p.Upstreams[i])
 		if err != nil {
 			return err
 		}
-		shape := g.shapeFP[up.Key()]
-		l, err := g.memo("lds-out|"+strconv.FormatUint(uint64(u.LocalPort), 10)+"|"+shape, func() (*Resource, error) {
-			r, err := buildEnvoyOutboundListener(up, u)
-			if err != nil {
-				return nil, err
-			}
-			return r, g.shareOutboundListenerParts(r.Message.(*listenerv3.Listener))
-		})
-		if err != nil {
-			return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
+		if p.Upstreams[i].LocalPort == 0 {
+			continue // transparent: reached at its address, below
 		}
-		agent := !p.SecretsFromMeshd()
-		c, err := g.memo("cds-envoy|"+shape+"|"+strconv.FormatBool(agent), func() (*Resource, error) {
-			r, err := buildEnvoyOutboundCluster(up, td, agent)
-			if err != nil {
-				return nil, err
-			}
-			return r, g.shareClusterParts(r.Message.(*clusterv3.Cluster))
-		})
-		if err != nil {
-			return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
+		if err := g.loopbackListener(up, &p.Upstreams[i], out); err != nil {
+			return err
 		}
-		e, err := g.endpoints(up)
+		if err := u.add(up); err != nil {
+			return err
+		}
+	}
+	if p.Transparent() {
+		return g.transparent(p, u, out)
+	}
+	return nil
+}
+
+// loopbackListener adds an explicit upstream's listener on loopback,
+// shared by every sidecar with the same local port for the service.
+func (g *Generation) loopbackListener(up *mesh.Service, u *mesh.Upstream, out *ProxyResources) error {
+	l, err := g.memo("lds-out|"+strconv.FormatUint(uint64(u.LocalPort), 10)+"|"+g.shapeFP[up.Key()], func() (*Resource, error) {
+		r, err := buildEnvoyOutboundListener(up, u)
 		if err != nil {
-			return fmt.Errorf("upstream %s: endpoints: %w", up.Key(), err)
+			return nil, err
+		}
+		return r, g.shareOutboundListenerParts(r.Message.(*listenerv3.Listener))
+	})
+	if err != nil {
+		return fmt.Errorf("upstream %s: listener: %w", up.Key(), err)
+	}
+	out.Listeners = append(out.Listeners, l)
+	return nil
+}
+
+// transparent adds a transparent sidecar's capture listener and what its
+// chains refer to: every service of the visible set that has a virtual
+// address, and the passthrough or blackhole cluster.
+func (g *Generation) transparent(p *mesh.Proxy, u *upstreams, out *ProxyResources) error {
+	vs := g.visible(p)
+	for _, up := range vs.captured {
+		if err := u.add(up); err != nil {
+			return err
+		}
+	}
+	key := "lds-capture|" + strconv.FormatUint(uint64(p.CapturePort), 10) + "|" + string(p.Passthrough) + "|" + vs.captureShape
+	l, err := g.memo(key, func() (*Resource, error) {
+		r, err := buildCaptureListener(p.CapturePort, vs.captured, p.Passthrough)
+		if err != nil {
+			return nil, err
+		}
+		// Each chain depends on its service only: shared with every
+		// other capture listener that has it.
+		return r, shareEach(g, r.Message.(*listenerv3.Listener).FilterChains)
+	})
+	if err != nil {
+		return fmt.Errorf("capture listener: %w", err)
+	}
+	out.Listeners = append(out.Listeners, l)
+	build, name := buildPassthroughCluster, "cds-passthrough"
+	if p.Passthrough == mesh.PassthroughBlock {
+		build, name = buildBlackholeCluster, "cds-blackhole"
+	}
+	c, err := g.memo(name, build)
+	if err != nil {
+		return fmt.Errorf("capture listener: %w", err)
+	}
+	out.Clusters = append(out.Clusters, c)
+	return nil
+}
+
+// gateway renders an ingress gateway: per listener its own listener (its
+// address, port and TLS source), route configuration and, for a
+// certificate from files, the secret naming them; and the outbound
+// cluster and endpoints of every service its routes name, shared with
+// every sidecar calling them (the gateway's identity is its secret named
+// IdentitySecretName, as a sidecar's).
+func (g *Generation) gateway(p *mesh.Proxy, out *ProxyResources) error {
+	for i := range p.Listeners {
+		gl := &p.Listeners[i]
+		l, err := buildGatewayListener(p, gl)
+		if err != nil {
+			return fmt.Errorf("listener %d: %w", gl.Port, err)
+		}
+		r, err := buildGatewayRoute(gl)
+		if err != nil {
+			return fmt.Errorf("listener %d: route: %w", gl.Port, err)
 		}
 		out.Listeners = append(out.Listeners, l)
-		out.Clusters = append(out.Clusters, c)
-		out.Endpoints = append(out.Endpoints, e)
-		if up.Protocol.IsHTTP() {
-			r, err := g.memo("rds-out|"+shape, func() (*Resource, error) { return buildOutboundRoute(up) })
+		out.Routes = append(out.Routes, r)
+		if gl.TLS.FromFiles() {
+			s, err := BuildGatewayFileSecret(gl.Port, gl.TLS.CertificateFile, gl.TLS.KeyFile)
 			if err != nil {
-				return fmt.Errorf("upstream %s: route: %w", up.Key(), err)
+				return fmt.Errorf("listener %d: certificate: %w", gl.Port, err)
 			}
-			out.Routes = append(out.Routes, r)
+			out.Secrets = append(out.Secrets, s)
 		}
+	}
+	u := g.newUpstreams(p, out)
+	for _, up := range g.visible(p).services {
+		if err := u.add(up); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// upstreams adds each upstream service's outbound cluster, endpoints and
+// (HTTP) route to a proxy's resources once, however many listeners or
+// chains lead to it. All three are shared by every Envoy calling the
+// service with the same SDS source.
+type upstreams struct {
+	g     *Generation
+	out   *ProxyResources
+	agent bool
+	seen  map[mesh.ServiceKey]bool
+}
+
+func (g *Generation) newUpstreams(p *mesh.Proxy, out *ProxyResources) *upstreams {
+	return &upstreams{g: g, out: out, agent: !p.SecretsFromMeshd(), seen: map[mesh.ServiceKey]bool{}}
+}
+
+func (u *upstreams) add(up *mesh.Service) error {
+	if u.seen[up.Key()] {
+		return nil
+	}
+	u.seen[up.Key()] = true
+	g, td := u.g, u.g.t.opts.TrustDomain
+	shape := g.shapeFP[up.Key()]
+	c, err := g.memo("cds-envoy|"+shape+"|"+strconv.FormatBool(u.agent), func() (*Resource, error) {
+		r, err := buildEnvoyOutboundCluster(up, td, u.agent)
+		if err != nil {
+			return nil, err
+		}
+		return r, g.shareClusterParts(r.Message.(*clusterv3.Cluster))
+	})
+	if err != nil {
+		return fmt.Errorf("upstream %s: cluster: %w", up.Key(), err)
+	}
+	e, err := g.endpoints(up)
+	if err != nil {
+		return fmt.Errorf("upstream %s: endpoints: %w", up.Key(), err)
+	}
+	u.out.Clusters = append(u.out.Clusters, c)
+	u.out.Endpoints = append(u.out.Endpoints, e)
+	if up.Protocol.IsHTTP() {
+		r, err := g.memo("rds-out|"+shape, func() (*Resource, error) { return buildOutboundRoute(up) })
+		if err != nil {
+			return fmt.Errorf("upstream %s: route: %w", up.Key(), err)
+		}
+		u.out.Routes = append(u.out.Routes, r)
 	}
 	return nil
 }
@@ -538,11 +670,18 @@ func (g *Generation) grpc(p *mesh.Proxy, self *mesh.Service, out *ProxyResources
 		}
 		out.Listeners = append(out.Listeners, l)
 	}
+	ups := make([]*mesh.Service, 0, len(p.Upstreams))
 	for i := range p.Upstreams {
 		up, err := g.upstream(&p.Upstreams[i])
 		if err != nil {
 			return err
 		}
+		ups = append(ups, up)
+	}
+	if usesVisibleSet(p) {
+		ups = g.visible(p).services
+	}
+	for _, up := range ups {
 		shape := g.shapeFP[up.Key()]
 		l, err := g.memo("lds-grpc|"+shape, func() (*Resource, error) { return buildGRPCClientListener(up) })
 		if err != nil {

@@ -556,8 +556,9 @@ func (s *authStream) filter(m any) {
 	var denied []string
 	for _, n := range *names {
 		// Every proxy's identity secret has the same name; its snapshot
-		// holds its own identity under it, and no other.
-		if n == xds.TrustBundleSecretName || n == xds.IdentitySecretName || n == deniedSecretName {
+		// holds its own identity under it, and no other. A gateway's
+		// certificate secrets name files on its host and hold no key.
+		if n == xds.TrustBundleSecretName || n == xds.IdentitySecretName || n == deniedSecretName || strings.HasPrefix(n, xds.GatewayTLSSecretPrefix) {
 			kept = append(kept, n)
 		} else {
 			denied = append(denied, n)

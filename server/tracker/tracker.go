@@ -131,7 +131,7 @@ func NewTracker(log *slog.Logger, m *metrics.Metrics, known func(string) bool) *
 }
 
 func flavorOf(n *corev3.Node) string {
-	if f := n.GetMetadata().GetFields()[xds.NodeMetaFlavor].GetStringValue(); f == "envoy" || f == "grpc" {
+	if f := n.GetMetadata().GetFields()[xds.NodeMetaFlavor].GetStringValue(); f == "envoy" || f == "grpc" || f == "gateway" {
 		return f
 	}
 	ua := strings.ToLower(n.GetUserAgentName())
@@ -152,7 +152,7 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 		return
 	}
 	drain := ""
-	if flavor == "envoy" {
+	if flavor == "envoy" || flavor == "gateway" {
 		drain = DrainWarning(node)
 	}
 	t.mu.Lock()

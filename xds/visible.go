@@ -1,0 +1,118 @@
+package xds
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// A proxy's visible service set is what it may call: its explicit
+// upstreams, every service of its upstreamNamespaces ("*": all of them;
+// for proxyless gRPC, the grpc ones), and a gateway's route destinations.
+// Proxies that name whole namespaces share a set: it is computed once per
+// distinct selector per generation, with its fingerprints, so neither the
+// catalog nor the work grows with proxies × services (issue 14 item 4). A
+// transparent sidecar reaches the services of its set that have a virtual
+// address through its capture listener.
+
+// visibleSet is one selector's services, in the catalog's canonical order.
+type visibleSet struct {
+	services []*mesh.Service
+	// full fingerprints every service in full (endpoints and their mTLS
+	// modes included): a proxy's resources depend on it.
+	full string
+	// captured are the services with a virtual address, and captureShape
+	// fingerprints their shapes: what a capture listener depends on.
+	captured     []*mesh.Service
+	captureShape string
+}
+
+// usesVisibleSet reports whether a proxy's upstreams come from its visible
+// service set rather than from its upstreams list alone.
+func usesVisibleSet(p *mesh.Proxy) bool {
+	return len(p.UpstreamNamespaces) > 0 || p.Transparent() || p.Flavor == mesh.FlavorGateway
+}
+
+// selectorKey names everything a visible set is computed from.
+func selectorKey(p *mesh.Proxy) string {
+	var b strings.Builder
+	b.WriteString(string(p.Flavor))
+	ns := slices.Clone(p.UpstreamNamespaces)
+	slices.Sort(ns)
+	for _, n := range ns {
+		b.WriteString("|ns:" + n)
+	}
+	keys := make([]string, 0, len(p.Upstreams))
+	for i := range p.Upstreams {
+		keys = append(keys, p.Upstreams[i].Key().String())
+	}
+	for i := range p.Listeners {
+		for j := range p.Listeners[i].Routes {
+			keys = append(keys, p.Listeners[i].Routes[j].Key().String())
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range slices.Compact(keys) {
+		b.WriteString("|svc:" + k)
+	}
+	return b.String()
+}
+
+// visible returns the proxy's visible set, computed once per selector in
+// this generation. Safe for concurrent use.
+func (g *Generation) visible(p *mesh.Proxy) *visibleSet {
+	key := selectorKey(p)
+	g.visMu.Lock()
+	vs, ok := g.vis[key]
+	g.visMu.Unlock()
+	if ok {
+		return vs
+	}
+	vs = g.buildVisible(p)
+	g.visMu.Lock()
+	if prev, ok := g.vis[key]; ok {
+		vs = prev
+	} else {
+		g.vis[key] = vs
+	}
+	g.visMu.Unlock()
+	return vs
+}
+
+func (g *Generation) buildVisible(p *mesh.Proxy) *visibleSet {
+	named := map[mesh.ServiceKey]bool{}
+	for i := range p.Upstreams {
+		named[p.Upstreams[i].Key()] = true
+	}
+	for i := range p.Listeners {
+		for j := range p.Listeners[i].Routes {
+			named[p.Listeners[i].Routes[j].Key()] = true
+		}
+	}
+	all := slices.Contains(p.UpstreamNamespaces, mesh.AllNamespaces)
+	namespaces := map[string]bool{}
+	for _, ns := range p.UpstreamNamespaces {
+		namespaces[ns] = true
+	}
+	vs := &visibleSet{}
+	full, shape := newFingerprinter(), newFingerprinter()
+	for _, s := range g.cat.Services() {
+		in := named[s.Key()]
+		if !in && (all || namespaces[s.Namespace]) {
+			// Proxyless gRPC can only call grpc services.
+			in = p.Flavor != mesh.FlavorGRPC || s.Protocol == mesh.ProtocolGRPC
+		}
+		if !in {
+			continue
+		}
+		vs.services = append(vs.services, s)
+		full.str(g.fullFP[s.Key()])
+		if s.VirtualAddress() {
+			vs.captured = append(vs.captured, s)
+			shape.str(g.shapeFP[s.Key()])
+		}
+	}
+	vs.full, vs.captureShape = full.sum(), shape.sum()
+	return vs
+}
