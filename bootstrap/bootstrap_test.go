@@ -59,6 +59,10 @@ func envoyCases() []envoyCase {
 			return bootstrap.EnvoyOptions{Service: "cart", Namespace: "shop", XDSAddress: "127.0.0.1:15012", CAFile: "/etc/meshd/root-cert.pem",
 				Delta: true, TrustDomain: "example.org", DrainTime: 45 * time.Second}
 		}},
+		{"envoy-gateway", func(*testing.T) bootstrap.EnvoyOptions {
+			return bootstrap.EnvoyOptions{NodeID: "ingress-1", Service: "ingress", Namespace: "edge", XDSAddress: "10.0.0.2:15012",
+				CAFile: "/etc/meshd/root-cert.pem", Gateway: true, MaxDownstreamConnections: 20000}
+		}},
 	}
 }
 

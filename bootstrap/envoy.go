@@ -3,6 +3,7 @@ package bootstrap
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -11,9 +12,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v3"
+	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	upstreamcodecv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/upstream_codec/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	downstreamconnectionsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -71,6 +74,13 @@ type EnvoyOptions struct {
 	// own identity in it (mesh.ControlPlaneIdentity). Default
 	// mesh.DefaultTrustDomain.
 	TrustDomain string
+	// Gateway makes the bootstrap an ingress gateway's (the catalog's
+	// flavor: gateway): the node says so, and Envoy's overload manager
+	// caps the connections clients outside the mesh may hold open at
+	// MaxDownstreamConnections (DefaultMaxDownstreamConnections when 0),
+	// as Envoy advises for an edge.
+	Gateway                  bool
+	MaxDownstreamConnections uint64
 	// DrainTime is the --drain-time-s Envoy is to be started with
 	// (EnvoyDrainArgs); default DefaultDrainTime. The bootstrap cannot set
 	// it: it is stated in a comment at the top (EnvoyYAML) and in the node
@@ -118,7 +128,11 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, err
 	}
-	node, err := buildNode(id, mesh.FlavorEnvoy)
+	flavor := mesh.FlavorEnvoy
+	if o.Gateway {
+		flavor = mesh.FlavorGateway
+	}
+	node, err := buildNode(id, flavor)
 	if err != nil {
 		return nil, err
 	}
@@ -161,10 +175,39 @@ func Envoy(o EnvoyOptions) (*bootstrapv3.Bootstrap, error) {
 		// Service and namespace as labels, not in metric names (stats.go).
 		StatsConfig: &metricsv3.StatsConfig{StatsTags: StatsTags()},
 	}
+	if o.Gateway {
+		if b.OverloadManager, err = gatewayOverload(o.MaxDownstreamConnections); err != nil {
+			return nil, err
+		}
+	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("generated Envoy bootstrap is invalid (a bug in meshd, please report it): %w", err)
 	}
 	return b, nil
+}
+
+// DefaultMaxDownstreamConnections bounds a gateway's open client
+// connections unless told otherwise.
+const DefaultMaxDownstreamConnections = 50000
+
+// gatewayOverload caps a gateway's downstream connections, across all its
+// listeners: without a limit Envoy warns at start that clients outside
+// the mesh can open connections until memory or file descriptors run out.
+func gatewayOverload(max uint64) (*overloadv3.OverloadManager, error) {
+	if max == 0 {
+		max = DefaultMaxDownstreamConnections
+	}
+	if max > math.MaxInt64 {
+		return nil, fmt.Errorf("max downstream connections %d is too large", max)
+	}
+	cfg, err := marshalAny(&downstreamconnectionsv3.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(max)})
+	if err != nil {
+		return nil, err
+	}
+	return &overloadv3.OverloadManager{ResourceMonitors: []*overloadv3.ResourceMonitor{{
+		Name:       "envoy.resource_monitors.global_downstream_max_connections",
+		ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: cfg},
+	}}}, nil
 }
 
 // EnvoyYAML renders Envoy's bootstrap as YAML with Envoy's snake_case field

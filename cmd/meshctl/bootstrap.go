@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/internal/suggest"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -34,6 +35,10 @@ namespace) and how it reaches meshd's xDS server over TLS. Everything else
   (a relative path is resolved against Envoy's working directory);
   --inline-ca embeds the root instead, so the bootstrap works on another
   machine.
+--flavor gateway prints the Envoy bootstrap of an ingress gateway (the
+  catalog's flavor: gateway): the same, with the node marked as a gateway
+  and its client connections capped by Envoy's overload manager
+  (--max-connections).
 --flavor grpc prints a proxyless gRPC xDS bootstrap as JSON, for
   GRPC_XDS_BOOTSTRAP=FILE. gRPC reads its identity from --cert-dir
   (cert.pem, key.pem, ca.pem), which "meshctl certs issue" can fill.`
@@ -50,6 +55,10 @@ const bootstrapExamples = `
   meshctl bootstrap --service api --namespace shop \
       --xds-address meshd.example:15012 --inline-ca > api.yaml
 
+  # An ingress gateway (catalog: id ingress-1, service ingress, flavor gateway):
+  meshctl bootstrap --flavor gateway --service ingress --namespace edge --node-id ingress-1 \
+      --xds-address meshd.example:15012 --inline-ca --token-ttl 720h -o ingress.yaml
+
   # A proxyless gRPC server:
   meshctl certs issue --service hello --out ~/.local/state/meshd/certs/hello
   meshctl bootstrap --flavor grpc --service hello --cert-dir ~/.local/state/meshd/certs/hello -o hello.json
@@ -58,8 +67,9 @@ const bootstrapExamples = `
 // Flags that only one flavor uses; giving them to the other is a mistake
 // worth reporting rather than ignoring.
 var (
-	envoyOnlyFlags = []string{"admin-port", "inline-ca", "trust-domain", "delta", "token-file", "token-ttl", "agent-socket", "drain-time"}
-	grpcOnlyFlags  = []string{"cert-dir", "refresh-interval"}
+	envoyOnlyFlags   = []string{"admin-port", "inline-ca", "trust-domain", "delta", "token-file", "token-ttl", "agent-socket", "drain-time"}
+	grpcOnlyFlags    = []string{"cert-dir", "refresh-interval"}
+	gatewayOnlyFlags = []string{"max-connections"}
 )
 
 type bootstrapFlags struct {
@@ -68,6 +78,7 @@ type bootstrapFlags struct {
 	caFile, dataDir, flavor, certDir     string
 	refresh, out, trustDomain, tokenFile string
 	agentSocket                          string
+	maxConnections                       uint64
 	inlineCA, delta                      bool
 	tokenTTL, drainTime                  time.Duration
 }
@@ -76,7 +87,7 @@ func newBootstrapCmd() *cobra.Command {
 	var f bootstrapFlags
 	cmd := &cobra.Command{
 		Use:     "bootstrap --service NAME [flags]",
-		Short:   "print the bootstrap an Envoy sidecar or a proxyless gRPC app needs to reach meshd",
+		Short:   "print the bootstrap an Envoy sidecar or gateway, or a proxyless gRPC app, needs to reach meshd",
 		Long:    strings.TrimSpace(bootstrapDescription),
 		Example: strings.Trim(bootstrapExamples, "\n"),
 		Args:    noArgs,
@@ -93,7 +104,8 @@ func newBootstrapCmd() *cobra.Command {
 	fs.StringVar(&f.caFile, "ca-file", "", "`PATH` of the mesh root CA PEM the proxy verifies meshd with (default <data-dir>/ca/root-cert.pem)")
 	fs.BoolVar(&f.inlineCA, "inline-ca", false, "envoy only: embed the root CA read from --ca-file in the bootstrap instead of referring to the file")
 	dataDirFlag(fs, &f.dataDir, "`DIR` where meshd keeps its state; the root CA is DIR/ca/root-cert.pem")
-	fs.StringVar(&f.flavor, "flavor", string(mesh.FlavorEnvoy), "`FLAVOR` of proxy: envoy (an Envoy sidecar) or grpc (a proxyless gRPC application)")
+	fs.StringVar(&f.flavor, "flavor", string(mesh.FlavorEnvoy), "`FLAVOR` of proxy: envoy (an Envoy sidecar), gateway (an Envoy ingress gateway) or grpc (a proxyless gRPC application)")
+	fs.Uint64Var(&f.maxConnections, "max-connections", bootstrap.DefaultMaxDownstreamConnections, "gateway only: the most client connections the gateway holds open at once, across its listeners (Envoy's overload manager); more are refused")
 	fs.StringVar(&f.certDir, "cert-dir", "", "grpc only (required): `DIR` holding the app's cert.pem, key.pem and ca.pem (see meshctl certs issue)")
 	fs.StringVar(&f.refresh, "refresh-interval", bootstrap.DefaultRefreshInterval, "grpc only: how often gRPC re-reads --cert-dir, as a Go `DURATION` (60s, 5m)")
 	fs.StringVarP(&f.out, "output", "o", "", "write to `FILE` instead of standard output")
@@ -103,7 +115,7 @@ func newBootstrapCmd() *cobra.Command {
 	fs.DurationVar(&f.tokenTTL, "token-ttl", 0, "envoy only: instead of --token-file, sign a new bootstrap token for --service valid this long (a Go `DURATION`: 720h) with meshd's token key in --data-dir, and embed it; its id is printed for meshctl token revoke. One command provisions a sidecar (e.g. a container started before its Envoy)")
 	fs.DurationVar(&f.drainTime, "drain-time", bootstrap.DefaultDrainTime, "envoy only: the --drain-time-s to start Envoy with, in whole seconds (`DURATION`: 5s, 45s): how long a connection opened before an mTLS mode or tcp policy change may still be served. Written into the bootstrap (a comment with the command, and node metadata)")
 	fs.StringVar(&f.agentSocket, "agent-socket", "", "envoy only: `PATH` of a local mesh-agent's SDS Unix socket; Envoy then takes its certificate and key from the agent (keys never leave the machine)")
-	_ = cmd.RegisterFlagCompletionFunc("flavor", cobra.FixedCompletions([]string{string(mesh.FlavorEnvoy), string(mesh.FlavorGRPC)}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("flavor", cobra.FixedCompletions([]string{string(mesh.FlavorEnvoy), string(mesh.FlavorGateway), string(mesh.FlavorGRPC)}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.MarkFlagDirname("cert-dir")
 	_ = cmd.MarkFlagDirname("data-dir")
 	return cmd
@@ -118,11 +130,20 @@ func runBootstrap(cmd *cobra.Command, f *bootstrapFlags) error {
 	var wrongFlavor []string
 	switch mesh.Flavor(f.flavor) {
 	case mesh.FlavorEnvoy:
+		wrongFlavor = intersect(given, append(grpcOnlyFlags, gatewayOnlyFlags...))
+	case mesh.FlavorGateway:
 		wrongFlavor = intersect(given, grpcOnlyFlags)
 	case mesh.FlavorGRPC:
-		wrongFlavor = intersect(given, envoyOnlyFlags)
+		wrongFlavor = intersect(given, append(envoyOnlyFlags, gatewayOnlyFlags...))
 	default:
-		return usageErrorf("--flavor %q is not supported: use envoy or grpc", f.flavor)
+		msg := fmt.Sprintf("--flavor %q is not supported: use envoy, gateway or grpc", f.flavor)
+		if c := suggest.Closest(f.flavor, []string{string(mesh.FlavorEnvoy), string(mesh.FlavorGateway), string(mesh.FlavorGRPC)}); c != "" {
+			msg = fmt.Sprintf("--flavor %q is not supported: did you mean %s? (use envoy, gateway or grpc)", f.flavor, c)
+		}
+		return usageErrorf("%s", msg)
+	}
+	if f.maxConnections == 0 {
+		return usageErrorf("--max-connections must be at least 1")
 	}
 	if len(wrongFlavor) > 0 {
 		return usageErrorf("--%s does not apply to --flavor %s", wrongFlavor[0], f.flavor)
@@ -166,6 +187,7 @@ func runBootstrap(cmd *cobra.Command, f *bootstrapFlags) error {
 			NodeID: f.nodeID, Service: f.service, Namespace: f.namespace, XDSAddress: f.xdsAddr,
 			AdminPort: uint32(f.adminPort), TrustDomain: f.trustDomain, Delta: f.delta,
 			AgentSocket: f.agentSocket, DrainTime: f.drainTime,
+			Gateway: mesh.Flavor(f.flavor) == mesh.FlavorGateway, MaxDownstreamConnections: f.maxConnections,
 		}
 		if f.tokenFile != "" {
 			tok, err := os.ReadFile(f.tokenFile)
@@ -209,7 +231,7 @@ func runBootstrap(cmd *cobra.Command, f *bootstrapFlags) error {
 		return err
 	}
 	fmt.Fprint(stderr, minted)
-	if mesh.Flavor(f.flavor) == mesh.FlavorEnvoy && f.out != "" && f.out != "-" {
+	if mesh.Flavor(f.flavor).IsEnvoy() && f.out != "" && f.out != "-" {
 		// Envoy has no bootstrap field for its drain settings: say how to
 		// start it where an operator sees it (with no -o, standard output
 		// is the bootstrap, whose first lines say the same).

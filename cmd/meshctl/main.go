@@ -88,6 +88,7 @@ func newRoot() *cobra.Command {
 		newStatCmd(),
 		newEdgesCmd(),
 		newTapCmd(),
+		newRedirectCmd(),
 		newVersionCmd(),
 	)
 	root.SetHelpCommand(newHelpCmd())

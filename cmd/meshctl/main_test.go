@@ -47,7 +47,7 @@ func TestUsageErrors(t *testing.T) {
 		{"mistyped output format", []string{"certs", "list", "-o", "jsn"}, []string{"did you mean json?"}},
 		{"bad admin address", []string{"certs", "list", "--admin-address", "ftp://x"}, []string{`scheme "ftp" is not supported`}},
 		{"missing service", []string{"bootstrap"}, []string{"--service is required", "meshctl bootstrap --help"}},
-		{"bad flavor", []string{"bootstrap", "--service", "web", "--flavor", "nginx"}, []string{`--flavor "nginx"`, "envoy or grpc"}},
+		{"bad flavor", []string{"bootstrap", "--service", "web", "--flavor", "nginx"}, []string{`--flavor "nginx"`, "envoy, gateway or grpc"}},
 		{"grpc needs cert dir", []string{"bootstrap", "--service", "hello", "--flavor", "grpc"}, []string{"--cert-dir is required", "meshctl certs issue --service hello"}},
 		{"admin port with grpc", []string{"bootstrap", "--service", "hello", "--flavor", "grpc", "--cert-dir", "c", "--admin-port", "1"}, []string{"--admin-port does not apply to --flavor grpc"}},
 		{"inline ca with grpc", []string{"bootstrap", "--service", "hello", "--flavor", "grpc", "--cert-dir", "c", "--inline-ca"}, []string{"--inline-ca does not apply"}},
@@ -61,6 +61,16 @@ func TestUsageErrors(t *testing.T) {
 		{"certs issue without out", []string{"certs", "issue", "--service", "hello"}, []string{"--out is required"}},
 		{"certs issue without service", []string{"certs", "issue", "--out", "x"}, []string{"--service is required"}},
 		{"certs issue bad name", []string{"certs", "issue", "--service", "Hello", "--out", "x"}, []string{"--service", "not a valid name"}},
+		{"max connections with envoy", []string{"bootstrap", "--service", "web", "--max-connections", "10"}, []string{"--max-connections does not apply to --flavor envoy"}},
+		{"mistyped flavor", []string{"bootstrap", "--service", "web", "--flavor", "gatway"}, []string{"did you mean gateway?"}},
+		{"redirect without proxy uid", []string{"redirect-traffic", "install", "--app-port", "8080", "--public-port", "15006"}, []string{"--proxy-uid is required"}},
+		{"redirect as root", []string{"redirect-traffic", "install", "--proxy-uid", "0"}, []string{"cannot be 0"}},
+		{"redirect app port without public port", []string{"redirect-traffic", "install", "--proxy-uid", "1337", "--app-port", "8080"}, []string{"--app-port needs --public-port"}},
+		{"redirect unknown user", []string{"redirect-traffic", "install", "--proxy-uid", "no-such-user-here"}, []string{`--proxy-uid "no-such-user-here": no such user here`}},
+		{"redirect bad port", []string{"redirect-traffic", "install", "--proxy-uid", "1337", "--capture-port", "70000"}, []string{"70000 is not a TCP port"}},
+		{"redirect bad cidr", []string{"redirect-traffic", "install", "--proxy-uid", "1337", "--exclude-outbound-cidr", "10.0.0/8"}, []string{`--exclude-outbound-cidr "10.0.0/8"`}},
+		{"redirect bad backend", []string{"redirect-traffic", "remove", "--backend", "pf"}, []string{`--backend "pf": use auto, nft or iptables`}},
+		{"redirect unknown subcommand", []string{"redirect-traffic", "instal"}, []string{`did you mean "install"?`}},
 		{"help unknown", []string{"help", "nope"}, []string{`unknown command "nope"`}},
 		{"help unknown subcommand", []string{"help", "ca", "rotate-roo"}, []string{`unknown command "rotate-roo"; did you mean "rotate-root"?`}},
 	} {
@@ -412,5 +422,21 @@ func TestReadmeCommandsReproduceEnvoyConfigs(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("envoy-configs/README.md has no `go run ./cmd/meshctl` commands")
+	}
+}
+
+// --dry-run prints what would be run and changes nothing; the rules are
+// redirect's (tested there and, on real kernels, in e2e).
+func TestRedirectTrafficDryRun(t *testing.T) {
+	r := runArgs("redirect-traffic", "install", "--backend", "nft", "--proxy-uid", "1337", "--exclude-uid", "999",
+		"--app-port", "8080", "--public-port", "15006", "--exclude-outbound-port", "22", "--exclude-outbound-cidr", "10.1.0.0/16,192.168.0.1", "--dry-run")
+	if r.code != exitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"# nft -f -", "tcp dport 8080 redirect to :15006", "meta skuid { 999, 1337 } return",
+		"ip daddr { 10.1.0.0/16, 192.168.0.1/32 } return", "tcp dport 22 return", "meta l4proto tcp redirect to :15001"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("dry run lacks %q:\n%s", want, r.stdout)
+		}
 	}
 }
