@@ -27,6 +27,8 @@ fi
 #                     Docker engine (docker-compose config);
 #   systemd-analyze   verifies examples/consul-vm's units offline (systemd's
 #                     package; it is not started, PID 1 stays as it is).
+#   iptables, nft     the packet filters meshctl redirect-traffic writes
+#                     (e2e TestRedirectRules, TestTransparentInterception).
 # Without apt (or root) the tests that need one are skipped, and this says so.
 need_deb() { # COMMAND PACKAGE SKIP_VARIABLE WHY
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -45,6 +47,8 @@ need_deb() { # COMMAND PACKAGE SKIP_VARIABLE WHY
 }
 need_deb docker-compose docker-compose MESHD_ALLOW_NO_COMPOSE "validating examples/lab/docker-compose.yaml"
 need_deb systemd-analyze systemd MESHD_ALLOW_NO_SYSTEMD_ANALYZE "verifying examples/consul-vm's systemd units"
+need_deb iptables iptables MESHD_ALLOW_NO_IPTABLES "transparent interception (meshctl redirect-traffic) on network-namespace hosts"
+need_deb nft nftables MESHD_ALLOW_NO_NFT "the nft backend of meshctl redirect-traffic"
 
 # Hidden directories (.venv, .tools, .meshd, .git) hold no code of ours.
 unformatted="$(find . -path './.*' -prune -o -name '*.go' -type f -print0 | xargs -0 --no-run-if-empty gofmt -l)"
