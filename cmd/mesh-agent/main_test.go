@@ -1,9 +1,13 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/meshd/meshd/internal/flagdoc"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -36,4 +40,13 @@ func TestParseFlagsVersion(t *testing.T) {
 	if err != nil || !c.version {
 		t.Fatalf("--version: %+v, %v", c, err)
 	}
+}
+
+// Every flag of mesh-agent is in docs/configuration.md.
+func TestEveryFlagIsDocumented(t *testing.T) {
+	var help strings.Builder
+	if _, err := parseFlags([]string{"-h"}, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	flagdoc.Check(t, "mesh-agent", help.String(), 10)
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/flagdoc"
 	"github.com/meshd/meshd/internal/inputfile"
 )
 
@@ -63,4 +66,13 @@ func TestFlags(t *testing.T) {
 			t.Errorf("%v: error %q does not name %s", bad, err, bad[2])
 		}
 	}
+}
+
+// Every flag of meshd is in docs/configuration.md.
+func TestEveryFlagIsDocumented(t *testing.T) {
+	var help strings.Builder
+	if _, err := parseFlags([]string{"-h"}, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	flagdoc.Check(t, "meshd", help.String(), 30)
 }
