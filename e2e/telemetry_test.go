@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -22,6 +23,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/internal/envoytest"
 	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/telemetry"
@@ -268,8 +270,8 @@ func TestTelemetryCountsTrafficOfKnownShape(t *testing.T) {
 			t.Errorf("/metrics %s%v = %q (present %v), want %s", c.name, c.labels, got, ok, c.want)
 		}
 	}
-	if _, ok := promSample(metricsText, "meshd_mesh_plaintext_in_strict_total", map[string]string{"destination_service": "api", "destination_namespace": "default"}); ok {
-		t.Error("plaintext to a PERMISSIVE workload counted as plaintext in STRICT")
+	if v, ok := promSample(metricsText, "meshd_mesh_plaintext_in_strict_total", map[string]string{"destination_service": "api", "destination_namespace": "default"}); !ok || v != "0" {
+		t.Errorf("plaintext to a PERMISSIVE workload: meshd_mesh_plaintext_in_strict_total = %q (present %v), want 0", v, ok)
 	}
 
 	// meshctl tap shows a denied request, with the rule, within a second.
@@ -384,4 +386,73 @@ func promSample(text, name string, labels map[string]string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// TestMonitoringMetricsAreExported: every metric examples/monitoring's alert
+// rules and dashboard use (examples/monitoring/metrics.txt, which
+// tools/monitoring keeps in step with them) is exported by a real meshd —
+// with a catalog file, Consul and a policy directory — or by its real Envoy
+// sidecars started from meshctl's bootstraps (with the stats tags), once
+// traffic (allowed and denied) has flowed.
+func TestMonitoringMetricsAreExported(t *testing.T) {
+	agent := consultest.Start(t, "")
+	e := startEnforceMeshWith(t, "STRICT", telemetryPolicies, "--consul-address", agent.Addr)
+	e.waitConfigured(t)
+	client := &http.Client{Timeout: 10 * time.Second}
+	for _, path := range []string{"/hello", "/secret/x"} {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", e.webAPI, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", e.webDB), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(c, "ping")
+	bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	names := map[string]bool{}
+	sample := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]`)
+	collect := func(text string) {
+		for _, l := range strings.Split(text, "\n") {
+			if m := sample.FindStringSubmatch(l); m != nil {
+				names[m[1]] = true
+			}
+		}
+	}
+	eventually(t, 15*time.Second, func() error {
+		_, text := e.m.adminGET("/metrics")
+		if !strings.Contains(text, `decision="deny"`) || !strings.Contains(text, "meshd_mesh_tcp_connections_total{") {
+			return fmt.Errorf("the denied request or the tcp connection is not in meshd's telemetry yet")
+		}
+		collect(text)
+		return nil
+	})
+	for _, envoy := range []*envoytest.Envoy{e.apiEnvoy, e.greeterEnvoy, e.dbEnvoy, e.webEnvoy, e.opsEnvoy} {
+		collect(envoy.AdminGET(t, "/stats/prometheus"))
+	}
+	root, err := envoytest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := os.ReadFile(filepath.Join(root, "examples", "monitoring", "metrics.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(list), "\n") {
+		if l = strings.TrimSpace(l); l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		n++
+		if !names[l] {
+			t.Errorf("examples/monitoring uses %s, which neither meshd nor its Envoy sidecars export", l)
+		}
+	}
+	if n < 30 {
+		t.Errorf("metrics.txt lists only %d metrics", n)
+	}
 }

@@ -69,3 +69,9 @@ go test -race -count=1 -timeout 30m "$@" ./...
 # frontend checks the Dockerfile and .dockerignore, and whose build steps it
 # runs) stays out of meshd's go.mod.
 (cd tools/dockerfile && go vet ./... && go test -count=1 -timeout 20m "$@" ./...)
+
+# tools/monitoring checks examples/monitoring (alert rules, Grafana
+# dashboard) with Prometheus's own rule and PromQL parsers (what promtool
+# check rules runs), in a module of its own so that Prometheus stays out of
+# meshd's go.mod.
+(cd tools/monitoring && go vet ./... && go test -count=1 -timeout 10m "$@" ./...)

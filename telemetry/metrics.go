@@ -101,9 +101,8 @@ func (s *Store) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstHistogram(descLatency, cum, c.sum, buckets, svc, ns)
 		}
-		if c.plaintextInStrict > 0 {
-			ch <- prometheus.MustNewConstMetric(descPlaintextStrict, prometheus.CounterValue, float64(c.plaintextInStrict), svc, ns)
-		}
+		// From 0, so that increase() sees the first one.
+		ch <- prometheus.MustNewConstMetric(descPlaintextStrict, prometheus.CounterValue, float64(c.plaintextInStrict), svc, ns)
 	}
 	ch <- prometheus.MustNewConstMetric(descEdges, prometheus.GaugeValue, float64(len(edges)))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(droppedEdges), "edge_limit")

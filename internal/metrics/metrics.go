@@ -35,6 +35,9 @@ type Metrics struct {
 	MigrationWaitingSince atomic.Int64
 }
 
+// XDSTypes are the short type names of the type label.
+var XDSTypes = []string{"Listener", "Cluster", "RouteConfiguration", "ClusterLoadAssignment", "Secret"}
+
 // New creates and registers meshd's metrics on a fresh registry (plus the
 // standard Go and process collectors).
 func New() *Metrics {
@@ -78,6 +81,19 @@ func New() *Metrics {
 		MigrationsPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshd_mtls_migrations_in_progress", Help: "mTLS mode changes in progress (workloads whose rendered modes have not reached their policy's yet).",
 		}),
+	}
+	// Every series an alert or dashboard reads starts at 0: Prometheus's
+	// increase() and rate() cannot see a counter's first step from absent
+	// to 1 (the first NACK would never fire MeshdProxyRejectedConfiguration
+	// in examples/monitoring).
+	for _, t := range XDSTypes {
+		m.Pushes.WithLabelValues(t)
+		m.PushBytes.WithLabelValues(t)
+		m.ACKs.WithLabelValues(t)
+		m.NACKs.WithLabelValues(t)
+	}
+	for _, f := range []string{"envoy", "grpc", "unknown"} {
+		m.ConnectedProxies.WithLabelValues(f)
 	}
 	r.MustRegister(m.ConnectedProxies, m.Pushes, m.PushBytes, m.ACKs, m.NACKs, m.SnapshotBuilds,
 		m.SnapshotBuildDuration, m.ProxiesRendered, m.ProxiesSkipped, m.PublishesUnchanged,

@@ -101,6 +101,10 @@ type Authenticator struct {
 	grants map[string]*grant
 }
 
+// refusalReasons are the reason labels of meshd_xds_auth_refused_total.
+var refusalReasons = []string{"no_credential", "bad_token", "expired_token", "revoked_token", "not_a_credential",
+	"bad_certificate", "no_node", "unknown_node", "identity_mismatch", "node_changed", "bad_csr", "too_many_streams"}
+
 // accessLogMethod is Envoy's gRPC access log service (package telemetry),
 // served on the xDS port behind the same authentication as xDS: the node
 // of a stream's first message must be one its credential grants, so a
@@ -122,6 +126,10 @@ func (a *Authenticator) init() {
 			Name: "meshd_xds_auth_refused_total",
 			Help: "xDS streams and requests refused by authentication, by reason (no_credential, bad_token, expired_token, revoked_token, bad_certificate, not_a_credential, unknown_node, identity_mismatch, node_changed, no_node, bad_csr, too_many_streams).",
 		}, []string{"reason"})
+		// Each reason starts at 0, so that increase() sees the first refusal.
+		for _, r := range refusalReasons {
+			a.refused.WithLabelValues(r)
+		}
 		a.ended = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshd_xds_streams_ended_total",
 			Help: "Open xDS and access-log streams meshd closed because their credential became invalid, by reason (revoked, expired, revocation_list_unreadable).",
