@@ -275,6 +275,10 @@ func listenPrivate(path string) (*net.UnixListener, error) {
 	}
 	defer os.Remove(dir)
 	tmp := filepath.Join(dir, "s")
+	// Linux keeps a socket's path in 108 bytes, the final NUL included.
+	if len(tmp) > 107 {
+		return nil, fmt.Errorf("path too long for a Unix socket once in its temporary directory (%s, %d bytes; at most 107): use a shorter path", tmp, len(tmp))
+	}
 	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,4 +105,23 @@ func reachableSockets(t *testing.T, dir string) string {
 		return ""
 	}
 	return check(dir, 1)
+}
+
+// A socket whose temporary path (in a directory beside it) would not fit
+// Linux's limit is refused with a message that says so, and leaves nothing.
+func TestSDSSocketPathTooLong(t *testing.T) {
+	// A directory of 95 bytes: the socket's own path (102 bytes) fits,
+	// the temporary one beside it does not.
+	dir := filepath.Join(t.TempDir(), "d")
+	dir += strings.Repeat("d", 95-len(dir))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "s.sock")
+	if _, err := listenPrivate(path); err == nil || !strings.Contains(err.Error(), "too long for a Unix socket") {
+		t.Fatalf("listenPrivate(%d-byte path) = %v, want the length named", len(path), err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("left behind: %v", entries)
+	}
 }
