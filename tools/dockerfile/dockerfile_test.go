@@ -284,6 +284,30 @@ func holdsPrivateKey(b []byte) bool {
 	}
 }
 
+// The build context holds every package the four binaries import: a new
+// top-level package that .dockerignore does not let through breaks the
+// image build (it did twice: telemetry/, then redirect/). go list resolves
+// the imports without compiling, so this is quick and runs with -short,
+// unlike TestBuildCommands.
+func TestBuildContextHoldsEveryPackage(t *testing.T) {
+	ctxDir := buildContext(t)
+	args := []string{"list", "-deps", "-f", "{{if .Error}}{{.ImportPath}}: {{.Error}}{{end}}"}
+	for _, b := range binaries {
+		pkg := "./cmd/" + b
+		if b == "demoapp" {
+			pkg = "./examples/demoapp"
+		}
+		args = append(args, pkg)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Dir = ctxDir
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=readonly")
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("the build context lacks packages the binaries import (let their directories through in .dockerignore): %v\n%s", err, out)
+	}
+}
+
 // The go commands the Dockerfile runs, as BuildKit would run them (the
 // exec steps of its build graph, with their arguments and build args), run
 // here on exactly the build context: they must build four static binaries
