@@ -498,6 +498,9 @@ func (g *Generation) envoy(p *mesh.Proxy, self *mesh.Service, out *ProxyResource
 		if err := g.loopbackListener(up, &p.Upstreams[i], out); err != nil {
 			return err
 		}
+		if p.Transparent() && up.VirtualAddress() {
+			continue // its cluster comes with the visible set's, below
+		}
 		if err := u.add(up); err != nil {
 			return err
 		}
@@ -530,11 +533,13 @@ func (g *Generation) loopbackListener(up *mesh.Service, u *mesh.Upstream, out *P
 // address, and the passthrough or blackhole cluster.
 func (g *Generation) transparent(p *mesh.Proxy, u *upstreams, out *ProxyResources) error {
 	vs := g.visible(p)
-	for _, up := range vs.captured {
-		if err := u.add(up); err != nil {
-			return err
-		}
+	shared, err := g.captured(vs, u.agent)
+	if err != nil {
+		return err
 	}
+	out.Clusters = append(out.Clusters, shared.Clusters...)
+	out.Endpoints = append(out.Endpoints, shared.Endpoints...)
+	out.Routes = append(out.Routes, shared.Routes...)
 	key := "lds-capture|" + strconv.FormatUint(uint64(p.CapturePort), 10) + "|" + string(p.Passthrough) + "|" + vs.captureShape
 	l, err := g.memo(key, func() (*Resource, error) {
 		r, err := buildCaptureListener(p.CapturePort, vs.captured, p.Passthrough)
@@ -595,6 +600,32 @@ func (g *Generation) gateway(p *mesh.Proxy, out *ProxyResources) error {
 		}
 	}
 	return nil
+}
+
+// captured returns the clusters, endpoints and routes of a visible set's
+// services with a virtual address, sorted by name: computed once per set
+// and SDS source in a generation and appended whole to every proxy that
+// has the set (the list itself is shared, not only its resources), so a
+// proxy seeing every service does not look up every service's resources.
+func (g *Generation) captured(vs *visibleSet, agent bool) (*ProxyResources, error) {
+	i := 0
+	if agent {
+		i = 1
+	}
+	c := &vs.upstreams[i]
+	c.once.Do(func() {
+		c.res = &ProxyResources{}
+		u := &upstreams{g: g, out: c.res, agent: agent, seen: make(map[mesh.ServiceKey]bool, len(vs.captured))}
+		for _, up := range vs.captured {
+			if c.err = u.add(up); c.err != nil {
+				return
+			}
+		}
+		for _, l := range [][]*Resource{c.res.Clusters, c.res.Endpoints, c.res.Routes} {
+			slices.SortFunc(l, func(a, b *Resource) int { return strings.Compare(a.Name, b.Name) })
+		}
+	})
+	return c.res, c.err
 }
 
 // upstreams adds each upstream service's outbound cluster, endpoints and

@@ -3,6 +3,7 @@ package xds
 import (
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -26,6 +27,13 @@ type visibleSet struct {
 	// fingerprints their shapes: what a capture listener depends on.
 	captured     []*mesh.Service
 	captureShape string
+	// upstreams holds what captured renders, per SDS source (meshd,
+	// mesh-agent), once.
+	upstreams [2]struct {
+		once sync.Once
+		res  *ProxyResources
+		err  error
+	}
 }
 
 // usesVisibleSet reports whether a proxy's upstreams come from its visible

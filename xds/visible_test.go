@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/meshd/meshd/mesh"
@@ -199,4 +200,79 @@ func TestGatewayFingerprint(t *testing.T) {
 			t.Errorf("%s: the gateway's fingerprint did not change", name)
 		}
 	}
+}
+
+// allServicesMesh is issue 14's shape: services × endpoints, each with a
+// virtual address, and proxies transparent sidecars that see every
+// service.
+func allServicesMesh(tb testing.TB, services, endpoints, proxies int, extra string) *mesh.Catalog {
+	tb.Helper()
+	svcs := make([]mesh.Service, services)
+	for i := range svcs {
+		svcs[i] = mesh.Service{Name: fmt.Sprintf("svc-%04d", i), Namespace: fmt.Sprintf("ns-%d", i%10), Protocol: mesh.ProtocolHTTP,
+			Address: fmt.Sprintf("10.96.%d.%d", i/250, i%250+1), Port: 80}
+		if i%5 == 1 {
+			svcs[i].Protocol = mesh.ProtocolTCP
+		}
+		for e := range endpoints {
+			svcs[i].Endpoints = append(svcs[i].Endpoints, mesh.Endpoint{Address: fmt.Sprintf("10.%d.%d.%d", i/250, i%250, e+1), Port: 15006})
+		}
+	}
+	if extra != "" {
+		svcs[0].Endpoints = append(svcs[0].Endpoints, mesh.Endpoint{Address: extra, Port: 15006})
+	}
+	pxs := make([]mesh.Proxy, proxies)
+	for i := range pxs {
+		s := &svcs[i%services]
+		pxs[i] = mesh.Proxy{ID: fmt.Sprintf("proxy-%05d", i), Service: s.Name, Namespace: s.Namespace,
+			Address: fmt.Sprintf("10.200.%d.%d", i/250, i%250), PublicPort: 15006, AppPort: 8080,
+			Mode: mesh.ModeTransparent, UpstreamNamespaces: []string{mesh.AllNamespaces}}
+	}
+	cat, err := mesh.NewCatalog(svcs, pxs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cat
+}
+
+// BenchmarkAllServicesGeneration renders 1,000 transparent sidecars that
+// see all 200 services (× 10 endpoints) after one endpoint change, with
+// the previous generation's resources warm, and reports how many distinct
+// resources the whole fleet holds: one capture listener and one cluster,
+// endpoint set and route per service, whatever the number of proxies.
+// (Every proxy is rendered: each sees the changed service.)
+func BenchmarkAllServicesGeneration(b *testing.B) {
+	cats := []*mesh.Catalog{allServicesMesh(b, 200, 10, 1000, ""), allServicesMesh(b, 200, 10, 1000, "10.99.0.1")}
+	tr := NewTranslator(Options{TrustDomain: "cluster.local"})
+	render := func(cat *mesh.Catalog) map[string]map[*Resource]bool {
+		gen := tr.Generation(cat, nil)
+		defer gen.Close()
+		distinct := map[string]map[*Resource]bool{"listeners": {}, "clusters": {}, "endpoints": {}, "routes": {}}
+		for _, p := range cat.Proxies() {
+			r, err := gen.Proxy(p.ID)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for kind, list := range map[string][]*Resource{"listeners": r.Listeners, "clusters": r.Clusters, "endpoints": r.Endpoints, "routes": r.Routes} {
+				for _, x := range list {
+					if kind != "listeners" || x.Name == CaptureListenerName {
+						distinct[kind][x] = true
+					}
+				}
+			}
+		}
+		return distinct
+	}
+	render(cats[0])
+	b.ReportAllocs()
+	var distinct map[string]map[*Resource]bool
+	i := 0
+	for b.Loop() {
+		i++
+		distinct = render(cats[i%2])
+	}
+	b.ReportMetric(float64(len(distinct["listeners"])), "capture-listeners")
+	b.ReportMetric(float64(len(distinct["clusters"])), "clusters")
+	b.ReportMetric(float64(len(distinct["endpoints"])), "endpoint-sets")
+	b.ReportMetric(float64(len(distinct["routes"])), "routes")
 }
