@@ -531,7 +531,11 @@ func TestConsulVM(t *testing.T) {
 		})
 		t.Logf("serving after %s:\n%s", time.Since(start).Round(time.Millisecond), firstLines(out, 2))
 		// The certificates came from the mesh-agents: meshd served none.
-		_, dump, err := meshdVM.host.Get("http://127.0.0.1:15014/debug/config_dump?proxy=vm2/api-sidecar-proxy")
+		tok, err := os.ReadFile(meshdVM.at("/var/lib/meshd/admin.token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, dump, err := meshdVM.host.GetWithToken("http://127.0.0.1:15014/debug/config_dump?proxy=vm2/api-sidecar-proxy", strings.TrimSpace(string(tok)))
 		if err != nil || !strings.Contains(dump, "meshd_agent_sds") || strings.Contains(dump, "[redacted]") {
 			t.Errorf("vm2's api sidecar should take its secrets from mesh-agent (%v):\n%s", err, excerpt(dump, "sds"))
 		}

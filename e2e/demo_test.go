@@ -47,7 +47,8 @@ func TestFreshClone(t *testing.T) {
 		cmdline := readmeSetupCommand(t, clone, "go run ./cmd/meshd")
 		r := startInClone(t, clone, "bash", "-c", cmdline)
 		if !r.waitFor(t, 3*time.Minute, func() bool {
-			code, body := getURL("http://127.0.0.1:15014/debug/status")
+			tok, _ := os.ReadFile(filepath.Join(r.home, ".local", "state", "meshd", "admin.token"))
+			code, body := getURL("http://127.0.0.1:15014/debug/status", strings.TrimSpace(string(tok)))
 			return code == 200 && strings.Contains(body, `"ready": true`) && strings.Count(body, `"renderedAt"`) == 6
 		}) {
 			t.Fatalf("meshd (%s) not ready with the quickstart's 6 proxies on 127.0.0.1:15014:\n%s", cmdline, r.output())
@@ -181,9 +182,17 @@ func goCaches(t *testing.T) []string {
 	return []string{"GOCACHE=" + v[0], "GOMODCACHE=" + v[1], "GOPATH=" + v[2]}
 }
 
-func getURL(url string) (int, string) {
+// getURL fetches url with meshd's admin token (unless token is empty).
+func getURL(url, token string) (int, string) {
 	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, err.Error()
 	}

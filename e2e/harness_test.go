@@ -101,6 +101,9 @@ func (m *meshd) start(extraArgs ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if d := flagValue(extraArgs, "--data-dir"); d != "" {
+		m.dataDir = d // the test's own (the last flag wins), for the admin token
+	}
 	args := append([]string{
 		"--catalog", m.catalogPath, "--data-dir", m.dataDir,
 		"--xds-listen", m.xdsAddr, "--admin-listen", m.adminAddr,
@@ -199,15 +202,46 @@ func (m *meshd) writeCatalog(content string) {
 	}
 }
 
+// adminGET reads an admin endpoint with meshd's admin token, as meshctl
+// does (the token is meshd's <data-dir>/admin.token).
 func (m *meshd) adminGET(path string) (int, string) {
+	return m.adminDo(http.MethodGet, path)
+}
+
+// adminPOST asks for an admin action, with the token and the content type
+// meshd requires of actions.
+func (m *meshd) adminPOST(path string) (int, string) {
+	return m.adminDo(http.MethodPost, path)
+}
+
+func (m *meshd) adminDo(method, path string) (int, string) {
+	req, err := http.NewRequest(method, "http://"+m.adminAddr+path, nil)
+	if err != nil {
+		return 0, err.Error()
+	}
+	req.Header.Set("Authorization", "Bearer "+m.adminToken())
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	c := &http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + m.adminAddr + path)
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, err.Error()
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// adminTokenFile is where meshd keeps its admin token.
+func (m *meshd) adminTokenFile() string { return filepath.Join(m.dataDir, "admin.token") }
+
+func (m *meshd) adminToken() string {
+	b, err := os.ReadFile(m.adminTokenFile())
+	if err != nil {
+		m.t.Fatalf("meshd's admin token: %v", err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func (m *meshd) rootCAFile() string { return filepath.Join(m.dataDir, "ca", "root-cert.pem") }
@@ -217,7 +251,7 @@ func (m *meshd) meshctl(args ...string) string {
 	m.t.Helper()
 	// meshd authenticates proxies: Envoy bootstraps get a token for their
 	// service unless the test passes its own (identity_test.go).
-	args = m.withToken(args)
+	args = m.withAdminToken(m.withToken(args))
 	cmd := exec.Command(filepath.Join(binDir, "meshctl"), args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

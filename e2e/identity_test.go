@@ -71,7 +71,18 @@ func (m *meshd) withToken(args []string) []string {
 	return append(slices.Clone(args), "--token-file", path)
 }
 
-// runMeshctl runs meshctl exactly as given and fails the test on error.
+// withAdminToken points a meshctl command that asks this meshd's admin API
+// at its admin token (this meshd's data directory is not meshctl's
+// default), unless the test gives its own.
+func (m *meshd) withAdminToken(args []string) []string {
+	if !slices.Contains(args, "--admin-address") || slices.Contains(args, "--admin-token-file") {
+		return args
+	}
+	return append(slices.Clone(args), "--admin-token-file", m.adminTokenFile())
+}
+
+// runMeshctl runs meshctl as given (with the admin token, withAdminToken)
+// and fails the test on error.
 func (m *meshd) runMeshctl(args ...string) string {
 	m.t.Helper()
 	out, errOut, err := m.tryMeshctl(args...)
@@ -82,7 +93,7 @@ func (m *meshd) runMeshctl(args ...string) string {
 }
 
 func (m *meshd) tryMeshctl(args ...string) (string, string, error) {
-	cmd := exec.Command(filepath.Join(binDir, "meshctl"), args...)
+	cmd := exec.Command(filepath.Join(binDir, "meshctl"), m.withAdminToken(args)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -183,9 +183,35 @@ func startLab(t *testing.T) *labRun {
 }
 
 // env is every process's environment: nothing of the test's own
-// (CONSUL_HTTP_* variables, say) leaks in.
+// (CONSUL_HTTP_* variables, say) leaks in. XDG_STATE_HOME is the images'
+// (/var/lib, docs/containers.md), mapped like a path: its meshd is
+// meshd's data volume, so meshctl in the meshd container finds meshd's
+// admin token where it does in the image.
 func (r *labRun) env() []string {
-	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + r.nw.Dir()}
+	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + r.nw.Dir(), "XDG_STATE_HOME=" + r.stateHome()}
+}
+
+// stateHome is the lab's /var/lib: a directory whose meshd is meshd's
+// data volume.
+func (r *labRun) stateHome() string {
+	dir := filepath.Join(r.nw.Dir(), "var-lib")
+	link := filepath.Join(dir, "meshd")
+	if _, err := os.Lstat(link); err == nil {
+		return dir
+	}
+	var data lab.Mount
+	for _, m := range lab.ContainerByName("meshd").Mounts {
+		if m.Target == lab.MeshdData {
+			data = m
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := os.Symlink(r.source(data), link); err != nil {
+		r.t.Fatal(err)
+	}
+	return dir
 }
 
 func (r *labRun) host(c lab.Container) *netnstest.Host {
@@ -255,7 +281,7 @@ func (r *labRun) waitHealthy(c lab.Container) {
 	r.t.Helper()
 	argv := r.command(c, c.Health)
 	testwait.Until(r.t, time.Minute, func() error {
-		out, err := r.host(c).Run(10*time.Second, argv[0], argv[1:]...)
+		out, err := r.host(c).RunEnv(10*time.Second, r.env(), argv[0], argv[1:]...)
 		if err == nil {
 			return nil
 		}
@@ -279,7 +305,7 @@ func (r *labRun) checkRunning() {
 func (r *labRun) exec(s lab.Step) (string, error) {
 	c := lab.ContainerByName(s.Container)
 	argv := r.command(c, s.Argv)
-	return r.host(c).Run(time.Minute, argv[0], argv[1:]...)
+	return r.host(c).RunEnv(time.Minute, r.env(), argv[0], argv[1:]...)
 }
 
 // start runs a step in the background (a second terminal).
@@ -301,7 +327,15 @@ func (r *labRun) get(host, url string) string {
 func (r *labRun) caStatus() sds.Status {
 	r.t.Helper()
 	var st sds.Status
-	if err := json.Unmarshal([]byte(r.get("meshd", "http://127.0.0.1:15014/ca/status")), &st); err != nil {
+	tok, err := os.ReadFile(filepath.Join(r.stateHome(), "meshd", "admin.token"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	code, body, err := r.hosts["meshd"].GetWithToken("http://127.0.0.1:15014/ca/status", strings.TrimSpace(string(tok)))
+	if err != nil || code != 200 {
+		r.t.Fatalf("GET /ca/status on meshd: %d %v\n%s", code, err, body)
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
 		r.t.Fatal(err)
 	}
 	return st

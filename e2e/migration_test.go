@@ -147,13 +147,8 @@ func runMigrations(t *testing.T, c migrationCase) {
 	if v := m.metric(t, "meshd_mtls_migration_pending_seconds"); v < 2 {
 		t.Errorf("meshd_mtls_migration_pending_seconds = %v while a step is overdue", v)
 	}
-	resp, err := http.Post("http://"+m.adminAddr+"/migrations/force?proxy="+c.server, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("force: HTTP %d", resp.StatusCode)
+	if code, body := m.adminPOST("/migrations/force?proxy=" + c.server); code != http.StatusOK {
+		t.Fatalf("force: HTTP %d %s", code, body)
 	}
 	eventually(t, 20*time.Second, served(true))
 	settled("forced")

@@ -182,7 +182,7 @@ func TestTelemetryCountsTrafficOfKnownShape(t *testing.T) {
 	var edges telemetry.EdgesReport
 	eventually(t, 15*time.Second, func() error {
 		edges = telemetry.EdgesReport{}
-		out := e.m.runMeshctl("edges", "-o", "json", "--admin-address", e.m.adminAddr)
+		out := e.m.runMeshctl("edges", "-o", "json", "--admin-address", e.m.adminAddr, "--admin-token-file", e.m.adminTokenFile())
 		if err := json.Unmarshal([]byte(out), &edges); err != nil {
 			t.Fatalf("meshctl edges -o json: %v\n%s", err, out)
 		}
@@ -276,7 +276,7 @@ func TestTelemetryCountsTrafficOfKnownShape(t *testing.T) {
 
 	// meshctl tap shows a denied request, with the rule, within a second.
 	t.Run("tap", func(t *testing.T) {
-		tap := exec.Command(filepath.Join(binDir, "meshctl"), "tap", "api", "--denied", "--count", "1", "-o", "json", "--admin-address", e.m.adminAddr)
+		tap := exec.Command(filepath.Join(binDir, "meshctl"), "tap", "api", "--denied", "--count", "1", "-o", "json", "--admin-address", e.m.adminAddr, "--admin-token-file", e.m.adminTokenFile())
 		stderr, _ := tap.StderrPipe()
 		stdout, _ := tap.StdoutPipe()
 		if err := tap.Start(); err != nil {

@@ -64,7 +64,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, "\nEndpoints on --admin-listen: /healthz /readyz /metrics /debug/status /debug/config_dump?proxy=<node-id> /debug/pprof/ (POST) /debug/gc (POST) /migrations/force?proxy=<node-id>\n")
+		fmt.Fprint(stderr, "\nEndpoints on --admin-listen, open: /healthz /readyz /metrics; with the admin token (Authorization: Bearer, from --admin-token-file): /debug/status /debug/config_dump?proxy=<node-id> /debug/pprof/ /ca/status /telemetry/... and the actions (POST, Content-Type: application/json) /debug/gc /migrations/force?proxy=<node-id> /ca/rotate-root /ca/rotate-intermediate (and .../abort)\n")
 	}
 	fs.StringVar(&c.Catalog, "catalog", "", "catalog `file` to watch (YAML; see docs/catalog.md). At least one of --catalog and --consul-address is required; with both, the catalogs merge and a service defined twice is refused")
 	fs.StringVar(&c.ConsulAddr, "consul-address", "", "Consul HTTP API `address` (host:port or https://host:port): discover services from Consul's catalog (docs/consul.md)")
@@ -79,7 +79,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.DataDir, "data-dir", datadir.DefaultOr(""), "`directory` for meshd's state: the CA's keys and certificates (ca/) and the token signing key (tokens/), mode 0700. Default $XDG_STATE_HOME/meshd, else ~/.local/state/meshd: outside the working directory, where nothing started there can publish the keys; meshd warns if it is open to other users or inside a git work tree")
 	fs.StringVar(&c.TrustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh: identities are spiffe://<domain>/ns/<ns>/sa/<sa>")
 	fs.StringVar(&c.XDSListen, "xds-listen", "127.0.0.1:15012", "`address` of the xDS gRPC server (TLS). Use 0.0.0.0:15012 to serve other hosts")
-	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15014", "`address` of the admin HTTP server (health, metrics, debug); keep it on loopback or a private network")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15014", "`address` of the admin HTTP server (health, readiness and metrics open; everything else needs the admin token, see --admin-token-file); keep it on loopback or a private network: it is plain HTTP")
+	fs.StringVar(&c.AdminTokenFile, "admin-token-file", "", "`file` holding the token the admin API requires for everything but /healthz, /readyz and /metrics (Authorization: Bearer <token>); created (mode 0600, random) if missing. Default: admin.token in --data-dir, where meshctl looks for it")
+	fs.StringVar(&c.AdminHosts, "admin-hosts", "", "comma-separated DNS `names` the admin API answers to besides localhost and IP addresses (the Host of a request; others are refused, against DNS rebinding): the names meshctl --admin-address or a proxy use")
 	fs.StringVar(&c.ServerHosts, "server-hosts", "", "comma-separated extra DNS names and IPs for the xDS server certificate (localhost and 127.0.0.1 are always included); list every name proxies use to reach meshd")
 	fs.DurationVar(&c.LeafTTL, "leaf-ttl", 24*time.Hour, "lifetime of workload certificates; each is reissued at half its life")
 	fs.DurationVar(&c.Holdoff, "debounce-holdoff", 100*time.Millisecond, "a change after at least this long without a push is pushed at once; changes within this long of a push are batched until quiet this long (coalesces bursts)")

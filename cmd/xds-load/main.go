@@ -93,6 +93,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "`directory` for the started meshd's catalog, data dir and log (default: a new temporary directory, kept so the log can be read)")
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "", "`host:port` of a running control plane's xDS server (instead of --meshd)")
 	fs.StringVar(&cfg.AdminAddress, "admin-address", "", "`host:port` of a running meshd's admin server: enables heap, CPU, push-counter and /debug/status figures")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "`file` with meshd's admin token, which its admin API requires for /debug/status, /debug/gc and /debug/pprof (default: admin.token in --data-dir)")
 	fs.StringVar(&cfg.CatalogFile, "catalog-file", "", "catalog `file` the running meshd watches: its proxies become the fleet, and churn edits it (write to a temp file, then rename). With --meshd: use this catalog instead of generating one")
 	fs.IntVar(&cfg.MeshdPID, "meshd-pid", 0, "`pid` of a running meshd on this host, to read its CPU and RSS from /proc too")
 	// Transport.

@@ -174,9 +174,14 @@ const (
 // Dependency is one entry of depends_on.
 type Dependency struct{ Container, Condition string }
 
+// MeshdData is meshd's data directory in its container: $XDG_STATE_HOME/meshd
+// of the images, so meshctl there finds meshd's CA and admin token without
+// flags.
+const MeshdData = "/var/lib/meshd"
+
 // Paths inside the containers.
 const (
-	meshdData      = "/var/lib/meshd"
+	meshdData      = MeshdData
 	meshdPolicy    = "/etc/meshd/policy"
 	consulData     = "/consul/data"
 	consulServices = "/consul/lab"

@@ -14,10 +14,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/meshd/meshd/internal/datadir"
 )
 
 // DefaultAddress is meshd's default --admin-listen.
@@ -25,6 +29,20 @@ const DefaultAddress = "127.0.0.1:15014"
 
 // DefaultTimeout bounds one request (not a stream, such as tap's).
 const DefaultTimeout = 10 * time.Second
+
+// TokenFileName is the admin token's file in meshd's data directory
+// (server/admin.TokenFileName; not imported, so that meshctl's admin client
+// does not pull in the server).
+const TokenFileName = "admin.token"
+
+// DefaultTokenFile is where a meshd with the default --data-dir keeps its
+// admin token ("" when there is no default data directory).
+func DefaultTokenFile() string {
+	if d := datadir.DefaultOr(""); d != "" {
+		return filepath.Join(d, TokenFileName)
+	}
+	return ""
+}
 
 // Options are the flags of every command that talks to meshd.
 type Options struct {
@@ -34,6 +52,12 @@ type Options struct {
 	Address string
 	// Timeout bounds each request.
 	Timeout time.Duration
+	// TokenFile holds meshd's admin token, sent with every request (meshd
+	// requires it for everything but health, readiness and metrics). The
+	// default file may be missing (the request then goes without, and a
+	// refusal says where the token was looked for); a file given
+	// explicitly must exist.
+	TokenFile string
 }
 
 // AddFlags registers the options on a command's flags.
@@ -41,6 +65,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Address, "admin-address", DefaultAddress,
 		"meshd's admin API: `HOST:PORT` (meshd's --admin-listen), or a URL such as http://10.0.0.5:15014 or https://meshd-admin.example")
 	fs.DurationVar(&o.Timeout, "timeout", DefaultTimeout, "give up on a request to meshd after this `DURATION`")
+	fs.StringVar(&o.TokenFile, "admin-token-file", DefaultTokenFile(),
+		"`FILE` holding meshd's admin token (meshd's <data-dir>/admin.token, or its --admin-token-file); needs read access to it")
 }
 
 // Client returns a client for the options, or an error for an address that
@@ -54,7 +80,19 @@ func (o *Options) Client() (*Client, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Client{base: base, timeout: timeout, http: &http.Client{}}, nil
+	c := &Client{base: base, timeout: timeout, http: &http.Client{}, tokenFile: o.TokenFile}
+	if o.TokenFile != "" {
+		b, err := os.ReadFile(o.TokenFile)
+		switch {
+		case err == nil:
+			c.token = strings.TrimSpace(string(b))
+		case errors.Is(err, os.ErrNotExist) && o.TokenFile == DefaultTokenFile():
+			// meshd may run elsewhere, or ask for nothing this command needs.
+		default:
+			return nil, fmt.Errorf("--admin-token-file: %w", err)
+		}
+	}
+	return c, nil
 }
 
 // ParseAddress turns --admin-address into the API's base URL.
@@ -95,6 +133,8 @@ type Client struct {
 	base    *url.URL
 	timeout time.Duration
 	http    *http.Client
+	// token is meshd's admin token ("" if tokenFile was not found).
+	token, tokenFile string
 }
 
 // Base is the API's base URL (for messages).
@@ -108,7 +148,9 @@ type Error struct {
 	Status      int    // HTTP status, 0 when meshd did not answer
 	Message     string // meshd's answer, or the transport error
 	Unreachable bool
-	err         error
+	// Hint says what to do about a refused credential.
+	Hint string
+	err  error
 }
 
 func (e *Error) Error() string {
@@ -121,6 +163,9 @@ func (e *Error) Error() string {
 	msg := fmt.Sprintf("meshd answered %d %s to %s %s", e.Status, http.StatusText(e.Status), e.Method, e.URL)
 	if e.Message != "" {
 		msg += ": " + e.Message
+	}
+	if e.Hint != "" {
+		msg += " (" + e.Hint + ")"
 	}
 	return msg
 }
@@ -215,6 +260,14 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 		return nil, &Error{Method: method, URL: u, Message: err.Error(), err: err}
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if method != http.MethodGet && method != http.MethodHead {
+		// meshd refuses actions in any other type: web pages can send
+		// those to it without asking.
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, c.transportError(method, path, query, err)
@@ -222,9 +275,24 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return nil, &Error{Method: method, URL: u, Status: resp.StatusCode, Message: string(bytes.TrimSpace(b))}
+		e := &Error{Method: method, URL: u, Status: resp.StatusCode, Message: string(bytes.TrimSpace(b))}
+		if resp.StatusCode == http.StatusUnauthorized {
+			e.Hint = c.tokenHint()
+		}
+		return nil, e
 	}
 	return resp, nil
+}
+
+// tokenHint says where meshctl looked for the admin token.
+func (c *Client) tokenHint() string {
+	switch {
+	case c.tokenFile == "":
+		return "no admin token: pass --admin-token-file with meshd's <data-dir>/" + TokenFileName
+	case c.token == "":
+		return "no admin token in " + c.tokenFile + ": pass --admin-token-file with meshd's <data-dir>/" + TokenFileName
+	}
+	return "the admin token in " + c.tokenFile + " was refused: is it this meshd's <data-dir>/" + TokenFileName + "?"
 }
 
 func (c *Client) transportError(method, path string, query url.Values, err error) error {

@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -91,6 +94,59 @@ func TestCalls(t *testing.T) {
 	err = c.GetJSON(ctx, "/ok", nil, &v)
 	if !IsUnreachable(err) || !strings.Contains(err.Error(), "cannot reach meshd's admin API at "+srv.URL+"/prefix/ok") {
 		t.Errorf("closed server: %v", err)
+	}
+}
+
+// TestAdminToken: the token in --admin-token-file goes with every request,
+// actions say application/json; a refusal says where the token was looked
+// for; an explicit file that is missing is an error before any request.
+func TestAdminToken(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Method+" "+r.Header.Get("Authorization")+" "+r.Header.Get("Content-Type"))
+		if r.Header.Get("Authorization") != "Bearer s3cret-admin-token" {
+			http.Error(w, "this endpoint needs meshd's admin token", http.StatusUnauthorized)
+			return
+		}
+		w.Write([]byte(`{}`))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(file, []byte("s3cret-admin-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := (&Options{Address: srv.URL, TokenFile: file}).Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.GetJSON(ctx, "/debug/status", nil, new(any)); err != nil {
+		t.Errorf("GET with the token: %v", err)
+	}
+	if err := c.PostJSON(ctx, "/ca/rotate-root", nil, nil); err != nil {
+		t.Errorf("POST with the token: %v", err)
+	}
+	want := []string{"GET Bearer s3cret-admin-token ", "POST Bearer s3cret-admin-token application/json"}
+	if !slices.Equal(got, want) {
+		t.Errorf("requests %q, want %q", got, want)
+	}
+
+	if err := os.WriteFile(file, []byte("another\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, _ = (&Options{Address: srv.URL, TokenFile: file}).Client()
+	err = c.GetJSON(ctx, "/debug/status", nil, new(any))
+	if !IsRefused(err) || !strings.Contains(err.Error(), "the admin token in "+file+" was refused") {
+		t.Errorf("wrong token: %v", err)
+	}
+	c, _ = (&Options{Address: srv.URL}).Client()
+	err = c.GetJSON(ctx, "/debug/status", nil, new(any))
+	if !IsRefused(err) || !strings.Contains(err.Error(), "pass --admin-token-file") {
+		t.Errorf("no token: %v", err)
+	}
+	if _, err := (&Options{Address: srv.URL, TokenFile: filepath.Join(dir, "missing")}).Client(); err == nil || !strings.Contains(err.Error(), "--admin-token-file") {
+		t.Errorf("missing explicit token file: %v", err)
 	}
 }
 

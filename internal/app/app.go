@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -72,6 +73,12 @@ type Config struct {
 	// Identity: operator-supplied CA files, and plaintext xDS for development.
 	CARootCert, CAInterCert, CAInterKey string
 	InsecureXDS                         bool
+	// AdminTokenFile holds the token the admin API's sensitive endpoints
+	// require (--admin-token-file; empty: DataDir/admin.token, created at
+	// first start); AdminHosts are the names besides localhost and IP
+	// addresses its requests may carry in Host (--admin-hosts).
+	AdminTokenFile string
+	AdminHosts     string
 	// CredentialCheck: how often open streams' credentials are checked
 	// for revocation and expiry besides file events
 	// (--credential-check-interval; 0: auth.DefaultRecheck).
@@ -98,6 +105,35 @@ func (c *Config) Networks() []string {
 	for _, n := range strings.Split(c.ClusterNetworks, ",") {
 		if n = strings.TrimSpace(n); n != "" {
 			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// loadAdminToken reads (or at first start creates) the admin API's token.
+func loadAdminToken(c *Config, log *slog.Logger) (string, error) {
+	path := c.AdminTokenFile
+	if path == "" {
+		path = filepath.Join(c.DataDir, admin.TokenFileName)
+	}
+	tok, created, warn, err := admin.LoadOrCreateToken(path)
+	if err != nil {
+		return "", fmt.Errorf("--admin-token-file: %w", err)
+	}
+	if created {
+		log.Info("created the admin API token; meshctl reads it from there (--admin-token-file)", "path", path)
+	}
+	if warn != "" {
+		log.Warn(warn)
+	}
+	return tok, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, h := range strings.Split(s, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			out = append(out, h)
 		}
 	}
 	return out
@@ -131,6 +167,10 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	tokens, err := sds.LoadOrCreateTokens(c.DataDir, c.TrustDomain, false, nil)
 	if err != nil {
 		return fmt.Errorf("bootstrap tokens: %w", err)
+	}
+	adminToken, err := loadAdminToken(c, log)
+	if err != nil {
+		return err
 	}
 	// The keys are in place now; say so if others could reach them.
 	for _, w := range datadir.Check(c.DataDir) {
@@ -186,12 +226,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	goroutines.Go(func() { pub.Run(ctx) })
 
 	tr := tracker.NewTracker(log, m, func(id string) bool { return pub.View().Known(id) })
-	var hosts []string
-	for _, h := range strings.Split(c.ServerHosts, ",") {
-		if h = strings.TrimSpace(h); h != "" {
-			hosts = append(hosts, h)
-		}
-	}
+	hosts := splitList(c.ServerHosts)
 	au := &auth.Authenticator{Tokens: tokens, TrustDomain: c.TrustDomain, Logger: log, Insecure: c.InsecureXDS,
 		RecheckEvery: c.CredentialCheck,
 		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
@@ -237,7 +272,13 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		xlis.Close()
 		return fmt.Errorf("--admin-listen %s: %w", c.AdminListen, err)
 	}
-	adm := &admin.Admin{Publisher: pub, Tracker: tr, Metrics: m, Logger: log, TrustDomain: c.TrustDomain,
+	access := admin.NewAccess(adminToken, splitList(c.AdminHosts), log)
+	access.RegisterMetrics(m.Registry)
+	if !admin.Loopback(alis.Addr().String()) {
+		log.Warn("the admin API listens beyond loopback, over plain HTTP: its token crosses the network in clear text, and health, readiness and metrics are open to whoever reaches it; keep --admin-listen on loopback or a private network, or put a TLS proxy in front",
+			"admin", alis.Addr().String())
+	}
+	adm := &admin.Admin{Publisher: pub, Tracker: tr, Metrics: m, Logger: log, TrustDomain: c.TrustDomain, Access: access,
 		CatalogStatus: src.catalogStatus(combiner), PolicyStatus: src.policyStatus(combiner),
 		// After a CA rotation step, re-render so the new bundle or the
 		// reissued leaves reach proxies now rather than at the next change.
@@ -246,7 +287,10 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 			"publisher": pub.Stalled, "xds streams": server.StreamsStalled(cache, tr)}},
 		Routes: adminRoutes}
 	m.Registry.MustRegister(admin.NewSyncCollector(adm))
-	hs := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 5 * time.Second,
+		// Idle keep-alive connections are not kept for ever; requests and
+		// their headers are bounded (tap streams have no write timeout).
+		IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10}
 
 	goroutines.Go(func() { ca.RunRotation(ctx, tr, time.Second, pub.Republish) })
 	// Revoked and expired credentials' streams are closed by meshd itself

@@ -14,6 +14,7 @@ import (
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/server/admin"
 )
 
 // testConfig is meshd's defaults (cmd/meshd's flags) on loopback ports
@@ -94,4 +95,14 @@ func TestRunStopsEverythingItStarted(t *testing.T) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		t.Errorf("the data directory is still locked after Run returned: %v", err)
 	}
+}
+
+// adminToken is the admin token meshd made in c's data directory.
+func adminToken(t testing.TB, c *Config) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.DataDir, admin.TokenFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -216,7 +216,12 @@ func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 			if wedged != "" {
 				break
 			}
-			resp, err := hc.Get("http://" + adminAddr + path)
+			req, err := http.NewRequest(http.MethodGet, "http://"+adminAddr+path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+adminToken(t, c))
+			resp, err := hc.Do(req)
 			if err != nil {
 				wedged = path + ": " + err.Error()
 				continue

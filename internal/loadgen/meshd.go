@@ -84,7 +84,7 @@ func (m *Meshd) Start(ctx context.Context) error {
 		return err
 	}
 	m.XDSAddr, m.AdminAddr = xds, adminAddr
-	admin := NewAdmin(m.AdminAddr)
+	admin := NewAdmin(m.AdminAddr, AdminTokenFile(m.DataDir))
 	for time.Now().Before(deadline) {
 		select {
 		case <-done:

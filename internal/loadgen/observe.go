@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,11 +19,42 @@ import (
 type Admin struct {
 	Address string // host:port; empty means no admin endpoint
 	client  http.Client
+	// token is meshd's admin token, sent with every request; "" for none
+	// (another control plane, or a meshd whose token file is elsewhere).
+	token string
 }
 
-// NewAdmin returns a reader for the admin endpoint at address.
-func NewAdmin(address string) *Admin {
-	return &Admin{Address: address, client: http.Client{Timeout: 30 * time.Second}}
+// NewAdmin returns a reader for the admin endpoint at address. tokenFile,
+// if it exists, holds meshd's admin token (<data-dir>/admin.token), which
+// meshd requires for everything but health, readiness and metrics.
+func NewAdmin(address, tokenFile string) *Admin {
+	a := &Admin{Address: address, client: http.Client{Timeout: 30 * time.Second}}
+	if tokenFile != "" {
+		if b, err := os.ReadFile(tokenFile); err == nil {
+			a.token = strings.TrimSpace(string(b))
+		}
+	}
+	return a
+}
+
+// AdminTokenFile is where a meshd with data directory dir keeps its admin
+// token ("" without a data directory).
+func AdminTokenFile(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, "admin.token")
+}
+
+// authorize adds the admin token, and for actions the content type meshd
+// requires of them.
+func (a *Admin) authorize(req *http.Request) {
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
+	if req.Method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
 }
 
 func (a *Admin) get(ctx context.Context, path string) ([]byte, int, error) {
@@ -30,6 +62,7 @@ func (a *Admin) get(ctx context.Context, path string) ([]byte, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("admin %s: %w", path, err)
 	}
+	a.authorize(req)
 	resp, err := a.client.Do(req)
 	if err != nil {
 		return nil, 0, fmt.Errorf("admin %s: %w", path, err)
@@ -49,6 +82,7 @@ func (a *Admin) post(ctx context.Context, path string) (int, string, error) {
 	if err != nil {
 		return 0, "", fmt.Errorf("admin %s: %w", path, err)
 	}
+	a.authorize(req)
 	resp, err := a.client.Do(req)
 	if err != nil {
 		return 0, "", fmt.Errorf("admin %s: %w", path, err)

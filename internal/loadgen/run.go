@@ -56,9 +56,12 @@ type Config struct {
 	// signs one bootstrap token per service with meshd's token key, like
 	// "meshctl token create". TokenFile instead sends one token for every
 	// node (generic mode, or a fleet of one service).
-	DataDir     string
-	TrustDomain string
-	TokenFile   string
+	DataDir string
+	// AdminTokenFile holds meshd's admin token (default: DataDir's
+	// admin.token, if there is one).
+	AdminTokenFile string
+	TrustDomain    string
+	TokenFile      string
 
 	// Client behaviour.
 	Delta          bool
@@ -324,7 +327,7 @@ func (r *runner) setup(ctx context.Context) ([]NodeSpec, error) {
 		r.res.Title += " (JSON catalog)"
 	}
 	if r.cfg.AdminAddress != "" {
-		r.admin = NewAdmin(r.cfg.AdminAddress)
+		r.admin = NewAdmin(r.cfg.AdminAddress, r.adminTokenFile())
 	}
 	token := func(mesh.ServiceKey) (string, error) { return "", nil }
 	switch {
@@ -858,7 +861,7 @@ func (r *runner) reconnect(ctx context.Context) {
 		r.problem("restarting meshd: %v", err)
 		return
 	}
-	r.admin = NewAdmin(r.meshd.AdminAddr)
+	r.admin = NewAdmin(r.meshd.AdminAddr, r.adminTokenFile())
 	r.waitAll(ctx, r.cfg.SyncTimeout, func(v ProxyView) bool {
 		return v.Streams > streams[r.fleet.Proxy(v.ID)] && !v.SyncedAt.IsZero()
 	})
@@ -876,4 +879,13 @@ func (r *runner) reconnect(ctx context.Context) {
 	if missing > 0 {
 		r.problem("reconnect storm: %d proxies not re-synced within %s", missing, r.cfg.SyncTimeout)
 	}
+}
+
+// adminTokenFile is the file with meshd's admin token: the configured one,
+// else the data directory's.
+func (r *runner) adminTokenFile() string {
+	if r.cfg.AdminTokenFile != "" {
+		return r.cfg.AdminTokenFile
+	}
+	return AdminTokenFile(r.cfg.DataDir)
 }

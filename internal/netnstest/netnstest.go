@@ -211,7 +211,13 @@ func (h *Host) Command(name string, args ...string) *exec.Cmd {
 // Run runs a command in the host to completion and returns its combined
 // output; err is set if it failed or took longer than timeout.
 func (h *Host) Run(timeout time.Duration, name string, args ...string) (string, error) {
+	return h.RunEnv(timeout, nil, name, args...)
+}
+
+// RunEnv is Run with the environment env (nil: the test's own).
+func (h *Host) RunEnv(timeout time.Duration, env []string, name string, args ...string) (string, error) {
 	cmd := h.Command(name, args...)
+	cmd.Env = env
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -412,7 +418,20 @@ func (h *Host) HTTPClient(timeout time.Duration) *http.Client {
 
 // Get fetches url from inside the host and returns the status and body.
 func (h *Host) Get(url string) (int, string, error) {
-	resp, err := h.HTTPClient(10 * time.Second).Get(url)
+	return h.GetWithToken(url, "")
+}
+
+// GetWithToken is Get with Authorization: Bearer token (meshd's admin
+// API), unless token is empty.
+func (h *Host) GetWithToken(url, token string) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := h.HTTPClient(10 * time.Second).Do(req)
 	if err != nil {
 		return 0, "", err
 	}

@@ -268,7 +268,7 @@ func (r *runner) setup() error {
 		return err
 	}
 	r.sum.MeshdLog = m.LogPath
-	if r.admin, err = adminClient(m.AdminAddr); err != nil {
+	if r.admin, err = adminClient(m.AdminAddr, loadgen.AdminTokenFile(m.DataDir)); err != nil {
 		return err
 	}
 	token, err := loadgen.TokenMinter(m.DataDir, "")
@@ -291,8 +291,10 @@ func (r *runner) setup() error {
 // adminClient is how the soak reaches meshd's admin API: the same client
 // meshctl uses, so that admin credentials, when meshd asks for them, are
 // added in one place.
-func adminClient(addr string) (*adminclient.Client, error) {
-	o := adminclient.Options{Address: addr, Timeout: 15 * time.Second}
+// adminClient asks the soak's meshd, with the admin token of its data
+// directory (meshd requires it for /debug/status).
+func adminClient(addr, tokenFile string) (*adminclient.Client, error) {
+	o := adminclient.Options{Address: addr, Timeout: 15 * time.Second, TokenFile: tokenFile}
 	return o.Client()
 }
 

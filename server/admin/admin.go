@@ -50,10 +50,21 @@ type Admin struct {
 	Routes []func(*http.ServeMux)
 	// TrustDomain names the proxies' identities in /proxies.
 	TrustDomain string
+	// Access, when set, guards every endpoint but health, readiness and
+	// metrics (access.go). meshd always sets it; tests of handlers may not.
+	Access *Access
 }
 
-// Handler returns the admin HTTP mux.
+// Handler returns the admin HTTP mux, behind Access.
 func (a *Admin) Handler() http.Handler {
+	mux := a.mux()
+	if a.Access == nil {
+		return mux
+	}
+	return a.Access.Wrap(mux)
+}
+
+func (a *Admin) mux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.Liveness.handler)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -83,7 +94,7 @@ func (a *Admin) Handler() http.Handler {
 		r(mux)
 	}
 	// Go's profiler, for profile-driven performance work (docs/performance.md);
-	// the admin server is meant for loopback or a private network only.
+	// behind the admin token like everything but health and metrics.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)

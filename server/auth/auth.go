@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/meshd/meshd/internal/ratelog"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/server/caclient"
@@ -90,7 +91,7 @@ type Authenticator struct {
 	ended         *prometheus.CounterVec
 	secretsDenied *prometheus.CounterVec
 	// refusals logs refused streams and calls, each message at most once
-	// per RefusalLogEvery (ratelog.go).
+	// per RefusalLogEvery (internal/ratelog).
 	refusals *slog.Logger
 	// accessLogLog logs refusals of access-log streams at most once a
 	// minute: a sidecar retries them at every flush.
@@ -138,8 +139,8 @@ func (a *Authenticator) init() {
 		if every <= 0 {
 			every = 10 * time.Second
 		}
-		a.refusals = NewLimitedLogger(a.Logger.Handler(), every)
-		a.accessLogLog = NewLimitedLogger(a.Logger.With("stream", "access log").Handler(), time.Minute)
+		a.refusals = ratelog.New(a.Logger.Handler(), every)
+		a.accessLogLog = ratelog.New(a.Logger.With("stream", "access log").Handler(), time.Minute)
 		a.secretsDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshd_sds_secret_requests_denied_total",
 			Help: "SDS secret names a proxy asked for that its credential does not grant (another identity's secret); nothing is returned for them.",

@@ -1,4 +1,7 @@
-package auth
+// Package ratelog limits how often a message is logged: a refusal an
+// attacker (or a misconfigured client in a retry loop) can provoke at will
+// is written at most once per period, with the count of the ones left out.
+package ratelog
 
 import (
 	"context"
@@ -11,8 +14,8 @@ import (
 // handler and counts the rest; the next record that passes carries the
 // count as "suppressed" (issue 13: 10 s of unauthenticated stream attempts
 // wrote 24 MB of warnings). The refusal counters (meshd_xds_auth_refused_total,
-// meshd_xds_connections_refused_total) carry the full count. Derived
-// handlers (With) share the periods.
+// meshd_xds_connections_refused_total, meshd_admin_requests_refused_total)
+// carry the full count. Derived handlers (With) share the periods.
 type limitedHandler struct {
 	slog.Handler
 	every time.Duration
@@ -26,9 +29,9 @@ type limitState struct {
 	suppressed map[string]int
 }
 
-// NewLimitedLogger returns a logger that writes at most one record per
-// message every period through h and counts the others.
-func NewLimitedLogger(h slog.Handler, every time.Duration) *slog.Logger {
+// New returns a logger that writes at most one record per message every
+// period through h and counts the others.
+func New(h slog.Handler, every time.Duration) *slog.Logger {
 	return slog.New(&limitedHandler{Handler: h, every: every,
 		st: &limitState{last: map[string]time.Time{}, suppressed: map[string]int{}}})
 }
