@@ -455,4 +455,28 @@ func TestMonitoringMetricsAreExported(t *testing.T) {
 	if n < 30 {
 		t.Errorf("metrics.txt lists only %d metrics", n)
 	}
+	// And every metric meshd exports is documented in docs/operations.md.
+	ops, err := os.ReadFile(filepath.Join(root, "docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := 0
+	for name := range names {
+		if !strings.HasPrefix(name, "meshd_") {
+			continue
+		}
+		base := name
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if b, ok := strings.CutSuffix(name, suffix); ok && names[b+"_bucket"] {
+				base = b
+			}
+		}
+		if !strings.Contains(string(ops), "`"+base+"`") {
+			t.Errorf("meshd exports %s, which docs/operations.md does not document", base)
+		}
+		documented++
+	}
+	if documented < 30 {
+		t.Errorf("only %d meshd metrics seen", documented)
+	}
 }

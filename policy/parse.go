@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshd/meshd/internal/yamlsyntax"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -112,28 +113,11 @@ func Parse(path string, data []byte) (*Policies, error) {
 	return out, nil
 }
 
-var syntaxRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
+// syntaxProblem is a yaml.v3 syntax error on the line where the error is
+// (internal/yamlsyntax).
 func syntaxProblem(path string, data []byte, err error) Problem {
-	msg := err.Error()
-	if m := syntaxRE.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		text := "YAML syntax error: " + m[2]
-		if hasLeadingTab(data, line) || hasLeadingTab(data, line+1) {
-			text += " (indent with spaces: YAML does not allow tabs for indentation)"
-		}
-		return Problem{File: path, Line: line, Message: text}
-	}
-	return Problem{File: path, Message: "YAML syntax error: " + strings.TrimPrefix(msg, "yaml: ")}
-}
-
-func hasLeadingTab(data []byte, line int) bool {
-	lines := strings.Split(string(data), "\n")
-	if line < 1 || line > len(lines) {
-		return false
-	}
-	l := lines[line-1]
-	return strings.Contains(l[:len(l)-len(strings.TrimLeft(l, " \t"))], "\t")
+	line, text := yamlsyntax.Explain(data, err)
+	return Problem{File: path, Line: line, Message: text}
 }
 
 // maxValues bounds the values one document may hold once aliases are

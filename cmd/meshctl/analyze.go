@@ -123,22 +123,25 @@ func newAnalyzeCmd() *cobra.Command {
 		var findings []policy.Finding
 		var cat *mesh.Catalog
 		if catalogPath != "" {
-			cat, err = file.Load(catalogPath, int64(maxSize))
-			if err != nil {
-				findings = append(findings, catalogFindings(catalogPath, err)...)
+			var catErr error
+			if cat, catErr = file.Load(catalogPath, int64(maxSize)); catErr != nil {
+				findings = append(findings, catalogFindings(catalogPath, catErr)...)
 			}
 		}
+		// Its own error variable: the catalog's error must not be reported
+		// again as the policy's (it was, once per catalog problem).
 		var pols *policy.Policies
+		var polErr error
 		switch {
 		case policyDir != "":
-			pols, err = policy.LoadDir(policyDir, int64(maxSize))
+			pols, polErr = policy.LoadDir(policyDir, int64(maxSize))
 		case len(files) > 0:
-			pols, err = policy.LoadFiles(files, int64(maxSize))
+			pols, polErr = policy.LoadFiles(files, int64(maxSize))
 		default:
 			pols = &policy.Policies{}
 		}
-		if err != nil {
-			findings = append(findings, policyFindings(err)...)
+		if polErr != nil {
+			findings = append(findings, policyFindings(polErr)...)
 		}
 		// Analysis needs valid policy; a bad catalog only limits it to the
 		// checks that need none, so policy mistakes are still all reported.

@@ -221,3 +221,29 @@ spec:
 		}
 	}
 }
+
+// A catalog's problems are each reported once, with their line, in text and
+// in JSON (issue 15: each was printed twice, the second copy without a line
+// and, in JSON, as one finding of every problem).
+func TestAnalyzeCatalogProblemsOnceWithLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "catalog.yaml")
+	cat := "services:\n  - name: web\n    protocol: http\n    endpoints:\n      - {address: 10.0.0.1, port: 15001}\n  - name: api\n    protocol: htp\n    endpoints:\n      - {address: 10.0.0.2, port: 99999}\n"
+	if err := os.WriteFile(path, []byte(cat), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runArgs("analyze", "--catalog", path)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != exitError || len(lines) != 2 || !strings.Contains(lines[0], path+":7: ") || !strings.Contains(lines[1], path+":9: ") ||
+		!strings.Contains(r.stderr, "2 errors") {
+		t.Errorf("exit %d\nstdout:\n%s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	r = runArgs("analyze", "--catalog", path, "-o", "json")
+	var rep analyzeReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Errors != 2 || len(rep.Findings) != 2 || rep.Findings[0].File != path+":7" || rep.Findings[1].File != path+":9" ||
+		!strings.Contains(rep.Findings[0].Message, `unknown protocol "htp"`) {
+		t.Errorf("JSON: %+v", rep)
+	}
+}

@@ -101,7 +101,7 @@ func (p *incremental) fast(path string, data []byte) (*mesh.Catalog, error) {
 	if err != nil {
 		return nil, err
 	}
-	cat, err := buildCatalog(path, doc)
+	cat, err := buildCatalog(path, nil, doc) // problems go to the full parse
 	if err != nil {
 		// The full parse reports the same problems, and any YAML problem
 		// that might come before them.

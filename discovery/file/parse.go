@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -176,7 +178,7 @@ func parseYAML(path string, data []byte) (*mesh.Catalog, error) {
 	if doc.empty() {
 		return nil, emptyError(path)
 	}
-	return buildCatalog(path, doc)
+	return buildCatalog(path, data, doc)
 }
 
 // decodeYAML decodes data strictly, reporting every problem it can find.
@@ -232,21 +234,73 @@ func decodeYAML(path string, data []byte) (document, error) {
 }
 
 // buildCatalog validates a decoded document, reporting every problem as a
-// line naming the object and the field.
-func buildCatalog(path string, doc document) (*mesh.Catalog, error) {
+// line naming the object and the field, on the line of data where that
+// field (or, if the field is missing, its object) is written.
+func buildCatalog(path string, data []byte, doc document) (*mesh.Catalog, error) {
 	cat, err := mesh.NewCatalog(doc.Services, doc.Proxies)
 	if err != nil {
 		var verrs mesh.ValidationErrors
 		if !errors.As(err, &verrs) {
 			return nil, &ParseError{Path: path, Problems: []Problem{{Message: err.Error()}}, Err: err}
 		}
+		var root yaml.Node
+		if data != nil {
+			_ = yaml.Unmarshal(data, &root) // it decoded once already
+		}
 		problems := make([]Problem, len(verrs))
 		for i, fe := range verrs {
-			problems[i] = Problem{Message: fe.Error()}
+			problems[i] = Problem{Line: fieldLine(&root, fe.Object, fe.Field), Message: fe.Error()}
 		}
 		return nil, &ParseError{Path: path, Problems: problems, Err: err}
 	}
 	return cat, nil
+}
+
+var pathStep = regexp.MustCompile(`^([A-Za-z0-9_]+)(?:\[(\d+)\])?$`)
+
+// fieldLine finds the line of a validation problem's field: object is
+// `services[1] "api.default"`, field a path within it such as
+// endpoints[0].port. It returns the line of the deepest node of the path
+// the document has (the object's, when the field is missing), 0 if none.
+func fieldLine(root *yaml.Node, object, field string) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 0
+	steps := strings.Split(strings.Fields(object + " ")[0], ".")
+	if field != "" {
+		steps = append(steps, strings.Split(field, ".")...)
+	}
+	for _, step := range steps {
+		m := pathStep.FindStringSubmatch(step)
+		if m == nil || n == nil || n.Kind != yaml.MappingNode {
+			return line
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == m[1] {
+				next = n.Content[i+1]
+				if line == 0 || m[2] == "" {
+					line = n.Content[i].Line
+				}
+				break
+			}
+		}
+		if next == nil {
+			return line
+		}
+		if m[2] != "" {
+			idx, _ := strconv.Atoi(m[2])
+			if next.Kind != yaml.SequenceNode || idx >= len(next.Content) {
+				return line
+			}
+			next = next.Content[idx]
+			line = next.Line
+		}
+		n = next
+	}
+	return line
 }
 
 func emptyError(path string) error {

@@ -341,12 +341,13 @@ func TestParseJSONErrors(t *testing.T) {
 		{
 			name: "trailing garbage",
 			in:   jsonService + "\n}\nx\n",
-			want: []string{`catalog.json: line 11: YAML syntax error: `},
+			// On the line of the x (yaml.v3 says 11, the object's end).
+			want: []string{`catalog.json: line 12: YAML syntax error: `},
 		},
 		{
 			name: "a second object",
 			in:   jsonService + "\n}\n{\"services\": []}\n",
-			want: []string{`catalog.json: line 11: YAML syntax error: `},
+			want: []string{`catalog.json: line 12: YAML syntax error: `},
 		},
 		{
 			name: "truncated write",
@@ -371,15 +372,15 @@ func TestParseJSONErrors(t *testing.T) {
 		{
 			name: "invalid port",
 			in:   strings.Replace(jsonService, "8080", "70000", 1) + "\n}\n",
-			want: []string{`catalog.json: services[0] "web.default": field endpoints[0].port: 70000 is not a port: use 1-65535`},
+			want: []string{`catalog.json: line 7: services[0] "web.default": field endpoints[0].port: 70000 is not a port: use 1-65535`},
 		},
 		{
 			name: "validation problems, every one",
 			in:   strings.Replace(jsonService, `"10.0.0.1", "port": 8080`, `"web.example.com", "port": 0`, 1) + ",\n  \"proxies\": [{\"service\": \"nope\"}]\n}\n",
 			want: []string{
-				`catalog.json: services[0] "web.default": field endpoints[0].address: "web.example.com" is not a usable IP address`,
-				`catalog.json: services[0] "web.default": field endpoints[0].port: 0 is not a port: use 1-65535`,
-				`catalog.json: proxies[0] "nope.default": field service: no service nope.default in the catalog`,
+				`catalog.json: line 7: services[0] "web.default": field endpoints[0].address: "web.example.com" is not a usable IP address`,
+				`catalog.json: line 7: services[0] "web.default": field endpoints[0].port: 0 is not a port: use 1-65535`,
+				`catalog.json: line 11: proxies[0] "nope.default": field service: no service nope.default in the catalog`,
 			},
 		},
 		{

@@ -211,10 +211,11 @@ func TestParseErrors(t *testing.T) {
 				"proxies:\n" +
 				"  - service: nope\n",
 			want: []string{
-				`catalog.yaml: services[1] "web.default": field name: duplicate service web.default`,
-				`catalog.yaml: services[1] "web.default": field endpoints[0].address: "web.example.com" is not a usable IP address`,
-				`catalog.yaml: services[1] "web.default": field endpoints[0].port: 0 is not a port: use 1-65535`,
-				`catalog.yaml: proxies[0] "nope.default": field service: no service nope.default in the catalog`,
+				// Each on the line of its field (issue 15: they had none).
+				`catalog.yaml: line 6: services[1] "web.default": field name: duplicate service web.default`,
+				`catalog.yaml: line 8: services[1] "web.default": field endpoints[0].address: "web.example.com" is not a usable IP address`,
+				`catalog.yaml: line 9: services[1] "web.default": field endpoints[0].port: 0 is not a port: use 1-65535`,
+				`catalog.yaml: line 11: proxies[0] "nope.default": field service: no service nope.default in the catalog`,
 			},
 			nLines: 4,
 		},

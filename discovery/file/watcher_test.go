@@ -537,7 +537,7 @@ func TestWatcherUpdatesKeepsOnlyTheLatest(t *testing.T) {
 func TestNewWatcherRefusesBadCatalog(t *testing.T) {
 	path := newCatalogFile(t, "services:\n  - name: web\n    endpoints:\n      - address: 10.0.0.1\n        port: 70000\n")
 	_, err := NewWatcher(path, slog.New(slog.DiscardHandler))
-	want := path + `: services[0] "web.default": field endpoints[0].port: 70000 is not a port: use 1-65535`
+	want := path + `: line 5: services[0] "web.default": field endpoints[0].port: 70000 is not a port: use 1-65535`
 	if err == nil || err.Error() != want {
 		t.Errorf("NewWatcher(invalid) = %v, want %q", err, want)
 	}

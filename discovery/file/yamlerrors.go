@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/meshd/meshd/internal/suggest"
+	"github.com/meshd/meshd/internal/yamlsyntax"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -25,7 +26,6 @@ import (
 // numbers are yaml.v3's and are kept as they are.
 
 var (
-	syntaxRE    = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 	unknownRE   = regexp.MustCompile(`^line (\d+): field (.*) not found in type (.*)$`)
 	typeRE      = regexp.MustCompile("^line (\\d+): cannot unmarshal (\\S+)(?: `(.*)`)? into (.*)$")
 	duplicateRE = regexp.MustCompile(`^line (\d+): mapping key (".*") already defined at line (\d+)$`)
@@ -69,29 +69,11 @@ var typesByName = func() map[string]reflect.Type {
 	return m
 }()
 
-// syntaxProblem turns a yaml.v3 syntax error into a Problem.
+// syntaxProblem turns a yaml.v3 syntax error into a Problem, on the line
+// where the error is (internal/yamlsyntax).
 func syntaxProblem(data []byte, err error) Problem {
-	msg := err.Error()
-	if m := syntaxRE.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		text := "YAML syntax error: " + m[2]
-		if hasLeadingTab(data, line) || hasLeadingTab(data, line+1) {
-			// yaml.v3 says "found character that cannot start any token",
-			// which does not tell anyone that the character is a tab.
-			text += " (indent with spaces: YAML does not allow tabs for indentation)"
-		}
-		return Problem{Line: line, Message: text}
-	}
-	return Problem{Message: "YAML syntax error: " + strings.TrimPrefix(msg, "yaml: ")}
-}
-
-func hasLeadingTab(data []byte, line int) bool {
-	lines := strings.Split(string(data), "\n")
-	if line < 1 || line > len(lines) {
-		return false
-	}
-	l := lines[line-1]
-	return strings.Contains(l[:len(l)-len(strings.TrimLeft(l, " \t"))], "\t")
+	line, text := yamlsyntax.Explain(data, err)
+	return Problem{Line: line, Message: text}
 }
 
 // explainTypeErrors rewrites each of yaml.v3's field-level errors.
