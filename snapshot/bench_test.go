@@ -3,10 +3,12 @@ package snapshot
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"testing"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/internal/metrics"
 	"github.com/meshd/meshd/mesh"
@@ -97,34 +99,127 @@ func BenchmarkPublishCold(b *testing.B) {
 	b.ReportMetric(heapPerProxy, "heap-B/proxy")
 }
 
-// BenchmarkPublishEndpointChange measures one endpoint added to one service
-// in the same mesh: only that service's callers are re-rendered.
+// BenchmarkPublishEndpointChange publishes one endpoint added to (and, on
+// alternate rounds, removed from) the most called service, at 1,000, 3,000
+// and 10,000 proxies (issue 14):
+//
+//   - scoped: 5 upstreams per proxy, 200/600/1,000 services × 10 endpoints
+//     (scenarios M and L of docs/performance.md), so the change concerns
+//     about 25/25/50 callers;
+//   - all: every proxy calls every other one of 200 services × 10
+//     endpoints, so the change concerns every proxy but the service's own.
+//
+// It reports the proxies the publish looked at (visited), rendered and
+// patched, the bytes of resources the publish newly encoded, and the bytes
+// meshd's state-of-the-world loop sends per changed proxy for it
+// (pseudo-delta: changed resources only, but complete listener and
+// cluster sets).
+//
+//	go test -run '^$' -bench PublishEndpointChange -benchtime 20x ./snapshot/
 func BenchmarkPublishEndpointChange(b *testing.B) {
-	svcs, pxs := largeMesh(1000, 10, 10000, 5)
-	pub, _ := benchPublisher()
-	cat := publishMesh(b, pub, svcs, pxs)
-	// Alternate between two catalogs that differ by one endpoint of svc-0042.
-	changed := make([]mesh.Service, len(svcs))
-	copy(changed, svcs)
-	changed[42].Endpoints = append(append([]mesh.Endpoint(nil), svcs[42].Endpoints...), mesh.Endpoint{Address: "10.99.0.1", Port: 15001})
-	cat2, err := mesh.NewCatalog(changed, pxs)
-	if err != nil {
-		b.Fatal(err)
+	for _, c := range []struct {
+		name                         string
+		proxies, services, upstreams int
+	}{
+		{"scoped/1000", 1000, 200, 5}, {"scoped/3000", 3000, 600, 5}, {"scoped/10000", 10000, 1000, 5},
+		{"all/1000", 1000, 200, -1}, {"all/3000", 3000, 200, -1}, {"all/10000", 10000, 200, -1},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ups := c.upstreams
+			if ups < 0 {
+				ups = c.services - 1
+			}
+			svcs, pxs := largeMesh(c.services, 10, c.proxies, ups)
+			pub, cache := benchPublisher()
+			cat := publishMesh(b, pub, svcs, pxs)
+			// Two catalogs that differ by one endpoint of the most called
+			// service (every service is called by about as many proxies).
+			changed := make([]mesh.Service, len(svcs))
+			copy(changed, svcs)
+			changed[1].Endpoints = append(slices.Clone(svcs[1].Endpoints), mesh.Endpoint{Address: "10.99.0.1", Port: 15001})
+			cat2, err := mesh.NewCatalog(changed, pxs)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cats := []*mesh.Catalog{cat2, cat}
+			var st Stats
+			var encoded, sent float64
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				b.StopTimer()
+				before := map[string]cachev3.ResourceSnapshot{}
+				for _, p := range pxs {
+					before[p.ID], _ = cache.GetSnapshot(p.ID)
+				}
+				b.StartTimer()
+				pub.Update(Update{Catalog: cats[i%2]})
+				i++
+				var err error
+				if st, err = pub.Publish(); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				encoded, sent = pushCost(b, pxs, before, cache)
+				b.StartTimer()
+			}
+			if st.Pushed == 0 {
+				b.Fatalf("nothing pushed: %+v", st)
+			}
+			b.ReportMetric(float64(st.Visited), "visited/op")
+			b.ReportMetric(float64(st.Rendered), "rendered/op")
+			b.ReportMetric(float64(st.Patched), "patched/op")
+			b.ReportMetric(encoded, "encoded-B/op")
+			b.ReportMetric(sent/float64(st.Pushed), "sent-B/pushed-proxy")
+		})
 	}
-	cats := []*mesh.Catalog{cat2, cat}
-	b.ReportAllocs()
-	var rendered int
-	i := 0
-	for b.Loop() {
-		pub.Update(Update{Catalog: cats[i%2]})
-		i++
-		st, err := pub.Publish()
-		if err != nil {
-			b.Fatal(err)
+}
+
+// pushCost compares every proxy's snapshot with its previous one: the
+// bytes of distinct resources that are new in this publish (what it
+// encoded), and the bytes of the resources meshd's SotW loop sends for the
+// change (changed resources of pseudo-delta types; every resource of a
+// changed Listener or Cluster set).
+func pushCost(b *testing.B, pxs []mesh.Proxy, before map[string]cachev3.ResourceSnapshot, cache cachev3.SnapshotCache) (encoded, sent float64) {
+	seen := map[*xds.Resource]bool{}
+	for _, p := range pxs {
+		s, _ := cache.GetSnapshot(p.ID)
+		old, _ := before[p.ID].(*Snapshot)
+		cur, _ := s.(*Snapshot)
+		if old == nil || cur == nil || old == cur {
+			continue
 		}
-		rendered = st.Rendered
+		for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.RouteType, resourcev3.EndpointType, resourcev3.SecretType} {
+			was, wv := old.Resources(typ)
+			now, nv := cur.Resources(typ)
+			if wv == nv {
+				continue
+			}
+			had := map[string]string{}
+			for _, r := range was {
+				had[r.Name] = r.Hash
+			}
+			full := typ == resourcev3.ListenerType || typ == resourcev3.ClusterType
+			for _, r := range now {
+				size := 0
+				if r.Wire != nil {
+					size = len(r.Wire.GetValue())
+				} else {
+					size = proto.Size(r.Message)
+				}
+				if had[r.Name] != r.Hash {
+					if !seen[r] {
+						seen[r] = true
+						encoded += float64(size)
+					}
+				} else if !full {
+					continue
+				}
+				sent += float64(size)
+			}
+		}
 	}
-	b.ReportMetric(float64(rendered), "proxies-rendered/op")
+	return encoded, sent
 }
 
 // BenchmarkTranslateProxy renders one proxy with a warm shared-resource memo

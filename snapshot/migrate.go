@@ -86,12 +86,14 @@ func (ph phase) String() string {
 
 // workload is one inbound workload's migration state.
 type workload struct {
-	id      string
-	svc     mesh.ServiceKey
-	envoy   bool // a sidecar: can accept both transports (PERMISSIVE)
-	applied modes
-	target  modes
-	phase   phase
+	id  string
+	svc mesh.ServiceKey
+	// endpoint names the workload's endpoint for xds.Overrides.CallerMode.
+	endpoint string
+	envoy    bool // a sidecar: can accept both transports (PERMISSIVE)
+	applied  modes
+	target   modes
+	phase    phase
 	// rendered: a publish has rendered the current step (set after each
 	// publish, cleared by every transition that changes a mode).
 	rendered bool
@@ -156,29 +158,9 @@ func (w *workload) step(waiting []string, forced bool, now time.Time) bool {
 	return true
 }
 
-// callerIndex lists, per service, the proxies that call it, for the catalog
-// it was built from (built on first need per catalog).
-type callerIndex struct {
-	cat *mesh.Catalog
-	by  map[mesh.ServiceKey][]string
-}
-
-func (p *Publisher) callersOf(k mesh.ServiceKey) []string {
-	if p.callers.cat != p.current || p.callers.by == nil {
-		p.callers = callerIndex{cat: p.current, by: map[mesh.ServiceKey][]string{}}
-		if p.current != nil {
-			for _, c := range p.current.Proxies() {
-				for i := range c.Upstreams {
-					uk := c.Upstreams[i].Key()
-					if l := p.callers.by[uk]; len(l) == 0 || l[len(l)-1] != c.ID {
-						p.callers.by[uk] = append(l, c.ID)
-					}
-				}
-			}
-		}
-	}
-	return p.callers.by[k]
-}
+// callersOf lists the proxies that call service k, in the catalog being
+// published (the publisher's index).
+func (p *Publisher) callersOf(k mesh.ServiceKey) []string { return p.idx.consumerIDs(k) }
 
 var (
 	serverTypes = []types.ResponseType{types.Listener}
@@ -250,27 +232,37 @@ func (p *Publisher) evaluate(w *workload, now time.Time) bool {
 	if w.applied != before {
 		changed = true
 	}
+	p.track(w)
 	return changed
 }
 
-// plan updates every workload's target from the policy, runs its machine
-// and returns the modes to render. Loop only, at the start of a publish.
-func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet) *xds.Overrides {
-	ov := &xds.Overrides{ServerMode: map[string]mesh.MTLSMode{}, CallerMode: map[string]mesh.MTLSMode{}}
+// plan updates the workloads' targets from the policy, runs their
+// machines and returns the modes to render. Only what a publish may have
+// changed is looked at: every inbound proxy when all is set (a policy
+// change, the first publish), otherwise the proxies diff names, the
+// proxies of services that changed (their endpoints' labels select
+// policies), and the migrations in progress. The overrides hold only
+// workloads whose rendered modes differ from their policy's (those in
+// progress): for the others translation's own reading of the policy is
+// the same. It also returns what differs from the previous plan's
+// overrides: proxies whose server mode changed and services whose
+// endpoints' caller mode changed. Loop only, at the start of a publish.
+func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet, all bool, d catalogDiff) (*xds.Overrides, map[string]bool, map[mesh.ServiceKey]bool) {
 	if ps == nil {
 		ps = &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace}
 	}
-	// The callers index and the node lookups use the catalog being planned.
+	// Node lookups (waitingFor) use the catalog being planned.
 	prev := p.current
 	p.current = cat
 	defer func() { p.current = prev }()
 	now := time.Now()
-	seen := map[string]bool{}
-	for _, s := range cat.Proxies() {
-		if !s.Inbound() {
-			continue
+	consider := func(s *mesh.Proxy) {
+		if s == nil || !s.Inbound() {
+			if s != nil {
+				p.dropWorkload(s.ID)
+			}
+			return
 		}
-		seen[s.ID] = true
 		target := targetOf(ps.MTLSModeFor(cat.WorkloadOf(s)))
 		w := p.workloads[s.ID]
 		if w == nil {
@@ -279,6 +271,7 @@ func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet) *xds.Overrides {
 			p.workloads[s.ID] = w
 		}
 		w.svc, w.envoy = s.ServiceKey(), s.Flavor == mesh.FlavorEnvoy
+		w.endpoint = xds.EndpointKey(s.ServiceKey(), &mesh.Endpoint{Address: s.Address, Port: s.PublicPort})
 		if w.target != target {
 			if !w.pending() {
 				w.from = w.applied.server
@@ -287,21 +280,97 @@ func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet) *xds.Overrides {
 			w.target = target
 		}
 		p.evaluate(w, now)
-		ov.ServerMode[s.ID] = w.applied.server
-		ov.CallerMode[xds.EndpointKey(s.ServiceKey(), &mesh.Endpoint{Address: s.Address, Port: s.PublicPort})] = w.applied.caller
 	}
-	for id := range p.workloads {
-		if !seen[id] {
-			delete(p.workloads, id)
-			delete(p.forced, id)
+	if all {
+		for _, s := range cat.Proxies() {
+			consider(s)
+		}
+		for id := range p.workloads {
+			if s := cat.Proxy(id); s == nil || !s.Inbound() {
+				p.dropWorkload(id)
+			}
+		}
+	} else {
+		for _, id := range d.removed {
+			p.dropWorkload(id)
+		}
+		for _, id := range d.proxies {
+			consider(cat.Proxy(id))
+		}
+		for _, k := range d.services {
+			for _, s := range p.idx.membersOf(k) {
+				consider(s)
+			}
+		}
+		for _, w := range p.migrating {
+			p.evaluate(w, now)
 		}
 	}
-	return ov
+	ov := &xds.Overrides{ServerMode: map[string]mesh.MTLSMode{}, CallerMode: map[string]mesh.MTLSMode{}}
+	serviceOf := map[string]mesh.ServiceKey{}
+	for _, w := range p.migrating {
+		if w.pending() {
+			ov.ServerMode[w.id] = w.applied.server
+			ov.CallerMode[w.endpoint] = w.applied.caller
+			serviceOf[w.endpoint] = w.svc
+		}
+	}
+	proxies, services := map[string]bool{}, map[mesh.ServiceKey]bool{}
+	last := p.lastPlan
+	if last.ov == nil {
+		last.ov = &xds.Overrides{}
+	}
+	for id, m := range ov.ServerMode {
+		if old, ok := last.ov.ServerMode[id]; !ok || old != m {
+			proxies[id] = true
+		}
+	}
+	for id := range last.ov.ServerMode {
+		if _, ok := ov.ServerMode[id]; !ok {
+			proxies[id] = true
+		}
+	}
+	for ep, m := range ov.CallerMode {
+		if old, ok := last.ov.CallerMode[ep]; !ok || old != m {
+			services[serviceOf[ep]] = true
+		}
+	}
+	for ep := range last.ov.CallerMode {
+		if _, ok := ov.CallerMode[ep]; !ok {
+			services[last.serviceOf[ep]] = true
+		}
+	}
+	p.lastPlan = planned{ov: ov, serviceOf: serviceOf}
+	return ov, proxies, services
+}
+
+// planned is what the last plan rendered.
+type planned struct {
+	ov        *xds.Overrides
+	serviceOf map[string]mesh.ServiceKey // endpoint key → service
+}
+
+// dropWorkload forgets a workload that is no longer inbound.
+func (p *Publisher) dropWorkload(id string) {
+	delete(p.workloads, id)
+	delete(p.migrating, id)
+	delete(p.forced, id)
+}
+
+// track keeps the set of workloads a migration is in (anything but
+// settled with nothing pending), the only ones that ACKs, publishes and
+// status reports look at.
+func (p *Publisher) track(w *workload) {
+	if w.pending() || w.phase != phaseSettled {
+		p.migrating[w.id] = w
+	} else {
+		delete(p.migrating, w.id)
+	}
 }
 
 // renderedMigrations records that a publish rendered every current step.
 func (p *Publisher) renderedMigrations() {
-	for _, w := range p.workloads {
+	for _, w := range p.migrating {
 		w.rendered = true
 	}
 }
@@ -314,11 +383,9 @@ func (p *Publisher) advanceMigrations() bool {
 	}
 	now := time.Now()
 	changed := false
-	for _, w := range p.workloads {
-		if w.pending() || w.phase != phaseSettled || p.forced[w.id] {
-			if p.evaluate(w, now) {
-				changed = true
-			}
+	for _, w := range p.migrating {
+		if p.evaluate(w, now) {
+			changed = true
 		}
 	}
 	return changed
@@ -376,7 +443,7 @@ func (p *Publisher) transitions() []Transition {
 	now := time.Now()
 	var out []Transition
 	oldest := time.Time{}
-	for _, w := range p.workloads {
+	for _, w := range p.migrating {
 		if !w.pending() {
 			continue
 		}
@@ -402,7 +469,7 @@ func (p *Publisher) transitions() []Transition {
 // nextOverdue is when the next waiting step becomes overdue (zero: none).
 func (p *Publisher) nextOverdue() time.Time {
 	var next time.Time
-	for _, w := range p.workloads {
+	for _, w := range p.migrating {
 		if w.pending() && len(w.waiting) > 0 && !w.reported {
 			at := w.stepSince.Add(p.opts.MigrationOverdue)
 			if next.IsZero() || at.Before(next) {
@@ -416,7 +483,7 @@ func (p *Publisher) nextOverdue() time.Time {
 // reportOverdue logs each step that has waited longer than the bound, once.
 func (p *Publisher) reportOverdue() {
 	now := time.Now()
-	for _, w := range p.workloads {
+	for _, w := range p.migrating {
 		if w.pending() && len(w.waiting) > 0 && !w.reported && now.Sub(w.stepSince) >= p.opts.MigrationOverdue {
 			w.reported = true
 			p.log.Warn("mTLS migration step overdue: still waiting for proxies to ACK; check them in /debug/status, or force it with POST /migrations/force?proxy=<id>",

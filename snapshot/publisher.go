@@ -103,10 +103,29 @@ type Publisher struct {
 	// nodes is what each connected proxy has ACKed (stream events).
 	nodes map[string]*nodeAcks
 	// workloads is the mTLS migration state of every inbound workload
-	// (migrate.go); callers indexes who calls each service.
+	// (migrate.go); migrating those in a migration; lastPlan the
+	// overrides the last publish rendered.
 	workloads map[string]*workload
-	callers   callerIndex
+	migrating map[string]*workload
 	forced    map[string]bool
+	lastPlan  planned
+	// idx knows who depends on what in the catalog being published
+	// (index.go), so a publish visits only the proxies a change concerns.
+	idx *index
+	// gen, genPolicy and genBundle are the last publish's generation,
+	// policy set and trust bundle: the next reuses what did not change.
+	gen       *xds.Generation
+	genPolicy *mesh.PolicySet
+	genBundle *xds.Resource
+	// checkSecrets: the CA may have reissued leaves (renewal due, or a
+	// Republish); the next publish compares every identity's certificate.
+	checkSecrets bool
+	// failed are the proxies whose last render was rejected; every
+	// publish tries them again.
+	failed map[string]bool
+	// viewDirty are the proxies whose view entry changed since the last
+	// view was published.
+	viewDirty map[string]bool
 
 	// rendered, in tests, sees the inputs of every render.
 	rendered func(*mesh.Catalog, *mesh.PolicySet)
@@ -118,9 +137,14 @@ type secretEntry struct {
 }
 
 type proxyState struct {
-	inputKey string    // fingerprint of every input; unchanged → skip render
-	snap     *Snapshot // last set in the cache (nil: none yet)
-	status   *ProxyStatus
+	// structural, endpoints and secrets fingerprint every input of the
+	// last render (xds.Generation.Fingerprints, and the secrets' hashes):
+	// unchanged → no render.
+	structural string
+	endpoints  uint64
+	secrets    string
+	snap       *Snapshot // last set in the cache (nil: none yet)
+	status     *ProxyStatus
 }
 
 // nodeAcks is what the loop knows about one connected node.
@@ -160,7 +184,11 @@ func New(cache cachev3.SnapshotCache, secrets Secrets, opts Options) *Publisher 
 		sets:       newSetTable(),
 		nodes:      map[string]*nodeAcks{},
 		workloads:  map[string]*workload{},
+		migrating:  map[string]*workload{},
 		forced:     map[string]bool{},
+		idx:        newIndex(),
+		failed:     map[string]bool{},
+		viewDirty:  map[string]bool{},
 	}
 	p.view.Store(&View{})
 	return p
@@ -334,6 +362,7 @@ func (p *Publisher) drain() change {
 	}
 	if republish {
 		c.render = true
+		p.checkSecrets = true
 	}
 	if len(events) > 0 {
 		for node, evs := range events {
@@ -447,6 +476,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			fired = true
 		case <-timerC(renew):
 			renew, fired = nil, true
+			p.checkSecrets = true
 		case <-timerC(overdue):
 			overdue = nil
 			p.busySince.Store(time.Now().UnixNano())

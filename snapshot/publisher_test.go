@@ -209,8 +209,28 @@ func TestEndpointChangeRerendersOnlyDependents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Rendered != 1 || st.Pushed != 1 || st.Skipped != len(pxs)-1 {
-		t.Fatalf("stats %+v: want exactly web re-rendered and pushed", st)
+	// web (api's one caller) gets api's new endpoint set in place of the
+	// old one, without a render; api (whose own endpoints changed) is
+	// looked at and found unchanged; nothing else is even looked at.
+	if st.Patched != 1 || st.Rendered != 0 || st.Pushed != 1 || st.Visited != 2 || st.Skipped != len(pxs)-1 {
+		t.Fatalf("stats %+v: want web patched and pushed, api visited, nothing else", st)
+	}
+	// The patched snapshot is exactly what a render gives.
+	want, err := xds.Translate(mustCatalog(t, svcs, pxs), "web.default", xds.Options{TrustDomain: "cluster.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, _ := cache.GetSnapshot("web.default")
+	for typ, list := range want.ByType() {
+		got := patched.GetVersionMap(typ)
+		if len(got) != len(list) {
+			t.Fatalf("%s: patched snapshot has %d resources, a render %d", typ, len(got), len(list))
+		}
+		for _, r := range list {
+			if got[r.Name] != r.Hash {
+				t.Errorf("%s %s: patched version %.12s, rendered %.12s", typ, r.Name, got[r.Name], r.Hash)
+			}
+		}
 	}
 	after, _ := cache.GetSnapshot("web.default")
 	for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.RouteType, resourcev3.SecretType} {
@@ -286,6 +306,8 @@ func TestSecretRotationRepublishesOnlyThatIdentity(t *testing.T) {
 	}
 	before, _ := cache.GetSnapshot("api.default")
 	sec.rotate("spiffe://cluster.local/ns/default/sa/api")
+	// The CA tells the publisher (OnCAChange), or its renewal timer fires.
+	pub.Republish()
 	st, err := pub.Publish()
 	if err != nil {
 		t.Fatal(err)

@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/mesh"
@@ -17,11 +19,22 @@ import (
 
 // Stats describes one publish.
 type Stats struct {
-	Rendered, Skipped, Unchanged, Pushed, Failed, Removed int
+	// Visited: proxies whose inputs were looked at (fingerprinted) because
+	// something they depend on changed; the rest were not touched at all.
+	Visited int
+	// Rendered: proxies rendered again; Patched: proxies whose only change
+	// was one or more upstreams' endpoint sets, which replaced those in
+	// their snapshot without a render.
+	Rendered, Patched  int
+	Skipped, Unchanged int
+	Pushed, Failed     int
+	Removed            int
 }
 
 func (s *Stats) add(o Stats) {
+	s.Visited += o.Visited
 	s.Rendered += o.Rendered
+	s.Patched += o.Patched
 	s.Skipped += o.Skipped
 	s.Unchanged += o.Unchanged
 	s.Pushed += o.Pushed
@@ -53,6 +66,12 @@ func (p *Publisher) publish() (Stats, error) {
 	return total, err
 }
 
+// Why a proxy is visited in a publish.
+const (
+	visitRender    uint8 = 1 << iota // its own inputs may have changed: render
+	visitEndpoints                   // upstreams' endpoint sets changed: patch
+)
+
 func (p *Publisher) publishOnce() (Stats, error) {
 	start := time.Now()
 	cat := p.catalog
@@ -60,50 +79,152 @@ func (p *Publisher) publishOnce() (Stats, error) {
 	if cat == nil {
 		return st, errors.New("no catalog yet")
 	}
-	gen := p.tr.GenerationWith(cat, p.policy, p.plan(cat, p.policy))
+	bundle, err := p.bundleSecret()
+	if err != nil {
+		return st, fmt.Errorf("trust bundle: %w", err)
+	}
+	// Everything is looked at the first time, after a policy change (it
+	// can change any workload's mode and authorizations) and after a new
+	// trust bundle (every sidecar's secrets).
+	all := p.gen == nil || p.policy != p.genPolicy || bundle != p.genBundle
+	diff := p.idx.update(cat)
+	ov, ovProxies, ovServices := p.plan(cat, p.policy, all, diff)
+	changed := map[mesh.ServiceKey]bool{}
+	for _, k := range diff.services {
+		changed[k] = true
+	}
+	for k := range diff.membersChanged {
+		changed[k] = true
+	}
+	for k := range ovServices {
+		changed[k] = true
+	}
+	gen := p.tr.GenerationFrom(cat, p.policy, ov, xds.Reuse{Prev: p.gen, Members: p.idx.membersOf,
+		Changed: func(k mesh.ServiceKey) bool { return changed[k] }})
 	defer gen.Close()
 	if p.rendered != nil {
 		p.rendered(cat, p.policy)
 	}
 
-	bundle, err := p.bundleSecret()
-	if err != nil {
-		return st, fmt.Errorf("trust bundle: %w", err)
+	// visit: slot → why (and, for patches, how the endpoints
+	// fingerprint moves).
+	visit := map[int32]visitReason{}
+	mark := func(slots []int32, why uint8) {
+		for _, s := range slots {
+			v := visit[s]
+			v.why |= why
+			visit[s] = v
+		}
 	}
+	// newEndpoints: the endpoint sets that replace the old ones of the
+	// same name in the snapshots of proxies patched below.
+	newEndpoints := map[string]*xds.Resource{}
+	// identitiesMoved: a service's identity or a proxy may be gone, so
+	// cached identities are checked for being still in use.
+	identitiesMoved := all || len(diff.removed) > 0 || len(diff.proxies) > 0
+	markIDs := func(ids func(yield func(string) bool)) {
+		for id := range ids {
+			if s, ok := p.idx.slots[id]; ok {
+				mark([]int32{s}, visitRender)
+			}
+		}
+	}
+	if all {
+		for _, px := range cat.Proxies() {
+			visit[p.idx.slots[px.ID]] = visitReason{why: visitRender}
+		}
+	} else {
+		markIDs(slices.Values(diff.proxies))
+		markIDs(maps.Keys(ovProxies))
+		markIDs(maps.Keys(p.failed))
+		for k := range changed {
+			mark(p.idx.members[k], visitRender)
+			var old *mesh.Service
+			if p.current != nil {
+				old = p.current.Service(k)
+			}
+			now := cat.Service(k)
+			renderCallers := func(slots []int32) { mark(slots, visitRender) }
+			switch gen.ServiceChangeSince(p.gen, k) {
+			case xds.ServiceShape:
+				identitiesMoved = true
+				p.idx.callers(old, now, k, renderCallers)
+			case xds.ServiceEndpoints:
+				r, err := gen.Endpoints(k)
+				if err != nil {
+					p.idx.callers(old, now, k, renderCallers) // the render reports it
+					continue
+				}
+				newEndpoints[r.Name] = r
+				delta := gen.EndpointsTerm(k) - p.gen.EndpointsTerm(k)
+				p.idx.callers(old, now, k, func(slots []int32) {
+					for _, s := range slots {
+						v := visit[s]
+						v.why |= visitEndpoints
+						v.delta += delta
+						visit[s] = v
+					}
+				})
+			}
+		}
+		if p.checkSecrets {
+			// The CA may have reissued leaves (a renewal fell due, or it
+			// changed): the proxies of identities whose certificate
+			// changed are rendered again.
+			for _, svc := range cat.Services() {
+				if p.identityChanged(svc) {
+					mark(p.idx.members[svc.Key()], visitRender)
+				}
+			}
+		}
+	}
+	p.checkSecrets = false
+
 	var errs []error
-	seen := make(map[string]bool, len(cat.Proxies()))
 	// Each identity's secret is fetched and hashed once per publish, however
 	// many proxies share it.
 	idSecrets := map[mesh.Identity]secretResult{}
-	for _, px := range cat.Proxies() {
-		seen[px.ID] = true
-		if err := p.publishProxy(gen, cat, px, bundle, idSecrets, &st); err != nil {
+	// Proxies sharing an endpoint set share its patched successor.
+	patched := map[*typeSet]*typeSet{}
+	for slot, why := range visit {
+		px := cat.Proxy(p.idx.ids[slot])
+		if px == nil {
+			continue
+		}
+		st.Visited++
+		if err := p.publishProxy(gen, cat, px, why, bundle, idSecrets, newEndpoints, patched, &st); err != nil {
 			st.Failed++
 			errs = append(errs, err)
 		}
 	}
-	for id, state := range p.proxies {
-		if !seen[id] {
-			// A proxy removed from the catalog keeps whatever it has but gets
-			// nothing new; a reconnect gets nothing at all.
+	st.Skipped = len(cat.Proxies()) - st.Rendered - st.Patched
+	for _, id := range diff.removed {
+		// A proxy removed from the catalog keeps whatever it has but gets
+		// nothing new; a reconnect gets nothing at all.
+		if state := p.proxies[id]; state != nil {
 			p.cache.ClearSnapshot(id)
 			p.sets.release(state.snap)
 			delete(p.proxies, id)
+			p.viewChanged(id)
 			st.Removed++
 		}
+		delete(p.failed, id)
 	}
-	p.forgetIdentities(cat)
+	if identitiesMoved {
+		p.forgetIdentities(cat)
+	}
 	p.current, p.currentPolicy, p.currentSeq = cat, p.policy, p.seq
+	p.gen, p.genPolicy, p.genBundle = gen, p.policy, bundle
 	p.published = true
 	p.renderedMigrations()
 	p.m.SnapshotBuilds.Inc()
 	p.m.SnapshotBuildDuration.Observe(time.Since(start).Seconds())
-	p.m.ProxiesRendered.Add(float64(st.Rendered))
+	p.m.ProxiesRendered.Add(float64(st.Rendered + st.Patched))
 	p.m.ProxiesSkipped.Add(float64(st.Skipped))
 	p.m.PublishesUnchanged.Add(float64(st.Unchanged))
 	p.m.SnapshotErrors.Add(float64(st.Failed))
-	p.log.Debug("published", "rendered", st.Rendered, "skipped", st.Skipped, "unchanged", st.Unchanged,
-		"pushed", st.Pushed, "failed", st.Failed, "removed", st.Removed, "took", time.Since(start))
+	p.log.Debug("published", "visited", st.Visited, "rendered", st.Rendered, "patched", st.Patched, "skipped", st.Skipped,
+		"unchanged", st.Unchanged, "pushed", st.Pushed, "failed", st.Failed, "removed", st.Removed, "took", time.Since(start))
 	return st, errors.Join(errs...)
 }
 
@@ -112,7 +233,16 @@ type secretResult struct {
 	err error
 }
 
-func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mesh.Proxy, bundle *xds.Resource, idSecrets map[mesh.Identity]secretResult, st *Stats) error {
+// visitReason is why a publish visits a proxy: visitRender and
+// visitEndpoints bits, and the sum of the endpoint terms by which its
+// upstreams' endpoint sets moved its endpoints fingerprint (patches only).
+type visitReason struct {
+	why   uint8
+	delta uint64
+}
+
+func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mesh.Proxy, why visitReason, bundle *xds.Resource,
+	idSecrets map[mesh.Identity]secretResult, newEndpoints map[string]*xds.Resource, patched map[*typeSet]*typeSet, st *Stats) error {
 	state := p.proxies[px.ID]
 	if state == nil {
 		state = &proxyState{status: &ProxyStatus{ID: px.ID}}
@@ -122,12 +252,25 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 		s := *state.status
 		s.Error, s.ErrorAt = err.Error(), time.Now()
 		state.status = &s
+		p.failed[px.ID] = true
+		p.viewChanged(px.ID)
 		p.log.Error("proxy snapshot rejected; its last good snapshot keeps serving", "proxy", px.ID, "err", err)
 		return fmt.Errorf("proxy %q: %w", px.ID, err)
 	}
 
+	if why.why == visitEndpoints && state.snap != nil && state.status.Error == "" {
+		// Only upstreams' endpoint sets changed (xds.ServiceEndpoints):
+		// the new configuration is the old one with those sets replaced,
+		// as a render would make it, without rendering; the inputs'
+		// fingerprint moves by those sets' terms.
+		st.Patched++
+		state.endpoints += why.delta
+		snap := p.patchEndpoints(state.snap, newEndpoints, patched)
+		return p.set(px, state, snap, &ProxyStatus{ID: px.ID, OKAt: time.Now(), Warnings: state.status.Warnings}, st)
+	}
 	var secrets []*xds.Resource
-	inputKey := gen.Fingerprint(px)
+	structural, endpoints := gen.Fingerprints(px)
+	secretsKey := ""
 	if px.SecretsFromMeshd() {
 		svc := cat.Service(px.ServiceKey())
 		id := mesh.IdentityOf(p.opts.Translate.TrustDomain, svc)
@@ -141,10 +284,9 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 			return fail(fmt.Errorf("identity %s: %w", id, err))
 		}
 		secrets = []*xds.Resource{idSecret, bundle}
-		inputKey += "|" + idSecret.Hash + "|" + bundle.Hash
+		secretsKey = idSecret.Hash + "|" + bundle.Hash
 	}
-	if inputKey == state.inputKey && state.status.Error == "" {
-		st.Skipped++
+	if structural == state.structural && endpoints == state.endpoints && secretsKey == state.secrets && state.status.Error == "" {
 		return nil
 	}
 	st.Rendered++
@@ -160,12 +302,19 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 		return fail(err)
 	}
 	snap := p.sets.build(sets)
-	state.inputKey = inputKey
+	state.structural, state.endpoints, state.secrets = structural, endpoints, secretsKey
 	if len(res.Warnings) > 0 && !slices.Equal(res.Warnings, state.status.Warnings) {
 		p.log.Warn("policy warnings for proxy", "proxy", px.ID, "warnings", res.Warnings)
 	}
 	// A new status record: views already published keep the old one.
-	status := &ProxyStatus{ID: px.ID, OKAt: time.Now(), Warnings: res.Warnings}
+	return p.set(px, state, snap, &ProxyStatus{ID: px.ID, OKAt: time.Now(), Warnings: res.Warnings}, st)
+}
+
+// set makes snap (held) the proxy's snapshot, unless it has the versions
+// of the current one.
+func (p *Publisher) set(px *mesh.Proxy, state *proxyState, snap *Snapshot, status *ProxyStatus, st *Stats) error {
+	delete(p.failed, px.ID)
+	p.viewChanged(px.ID)
 	if snap.sameVersions(state.snap) {
 		p.sets.release(snap)
 		state.status = status
@@ -174,13 +323,52 @@ func (p *Publisher) publishProxy(gen *xds.Generation, cat *mesh.Catalog, px *mes
 	}
 	if err := p.cache.SetSnapshot(context.Background(), px.ID, snap); err != nil {
 		p.sets.release(snap)
-		return fail(fmt.Errorf("set snapshot: %w", err))
+		s := *state.status
+		s.Error, s.ErrorAt = "set snapshot: "+err.Error(), time.Now()
+		state.status = &s
+		p.failed[px.ID] = true
+		return fmt.Errorf("proxy %q: set snapshot: %w", px.ID, err)
 	}
 	p.forgetAcks(px.ID, state.snap, snap)
 	p.sets.release(state.snap)
 	state.snap, state.status = snap, status
 	st.Pushed++
 	return nil
+}
+
+// patchEndpoints returns old (held) with every endpoint set named in
+// replace replaced by the new one. Proxies with the same endpoint sets
+// share the result (patched, for one publish).
+func (p *Publisher) patchEndpoints(old *Snapshot, replace map[string]*xds.Resource, patched map[*typeSet]*typeSet) *Snapshot {
+	const i = types.Endpoint
+	prev := old.sets[i]
+	if prev == nil {
+		return p.sets.with(old, i, nil)
+	}
+	next, ok := patched[prev]
+	if !ok {
+		sorted := slices.Clone(prev.sorted)
+		for j, r := range sorted {
+			if n := replace[r.Name]; n != nil {
+				sorted[j] = n
+			}
+		}
+		next = p.sets.entry(resourcev3.EndpointType, sorted)
+		patched[prev] = next
+	}
+	return p.sets.with(old, i, next)
+}
+
+// identityChanged reports whether the CA now has another certificate for
+// the identity of svc than the one its proxies were last rendered with.
+func (p *Publisher) identityChanged(svc *mesh.Service) bool {
+	id := mesh.IdentityOf(p.opts.Translate.TrustDomain, svc)
+	e := p.identities[id.SPIFFEID()]
+	if e == nil {
+		return false // none rendered yet: its proxies are new, visited anyway
+	}
+	cert, _, err := p.secrets.Identity(id, xds.DNSNames(svc.Key(), id.TrustDomain))
+	return err != nil || hashBytes(cert) != e.key
 }
 
 // forgetAcks drops what a connected node ACKed of each type whose version

@@ -32,6 +32,10 @@ var _ cachev3.ResourceSnapshot = (*Snapshot)(nil)
 // typeSet is one type's resources as snapshots hold them. Never modified
 // once built: many snapshots share it.
 type typeSet struct {
+	key typeSetKey // its entry in the publisher's setTable
+	// held counts the publisher's snapshots holding the set (setTable: the
+	// publisher's goroutine only; the stream loops never read it).
+	held    int
 	version string
 	// sorted is the set's resources sorted by name, with their shared
 	// encodings (xds.Resource.Wire). A slice, not a map: a set is held per
@@ -156,25 +160,22 @@ type typeSetKey struct {
 // holds; a stream still answering from an older snapshot keeps its set
 // alive through the snapshot, not through the table).
 type setTable struct {
-	sets map[typeSetKey]*tableEntry
+	sets map[typeSetKey]*typeSet
+	buf  []byte // scratch for key
 }
 
-type tableEntry struct {
-	set  *typeSet
-	held int
-}
+func newSetTable() *setTable { return &setTable{sets: map[typeSetKey]*typeSet{}} }
 
-func newSetTable() *setTable { return &setTable{sets: map[typeSetKey]*tableEntry{}} }
-
-func setKey(typ string, sorted []*xds.Resource) typeSetKey {
-	// The same digest as writing each name and hash to a hash.Hash, from
-	// one buffer: no per-field conversion garbage for every proxy.
-	var scratch [1024]byte
-	buf := scratch[:0]
+// key returns the table's key of a sorted set: the full SHA-256 over every
+// resource's name and hash, written to one reused buffer (the same digest
+// as writing each to a hash.Hash, without garbage per proxy).
+func (t *setTable) key(typ string, sorted []*xds.Resource) typeSetKey {
+	buf := t.buf[:0]
 	for _, r := range sorted {
 		buf = append(append(buf, r.Name...), 0)
 		buf = append(append(buf, r.Hash...), 0)
 	}
+	t.buf = buf
 	return typeSetKey{typ: typ, sum: sha256.Sum256(buf)}
 }
 
@@ -193,24 +194,45 @@ func (t *setTable) build(sets map[string][]*xds.Resource) *Snapshot {
 		if !slices.IsSortedFunc(list, byResourceName) {
 			sorted = slices.SortedFunc(slices.Values(list), byResourceName)
 		}
-		key := setKey(typ, sorted)
-		e := t.sets[key]
-		if e == nil {
-			// The version is the first 8 bytes of the content hash, as
-			// since versions were content hashes: unchanged across
-			// releases, replicas and restarts.
-			v := hex.EncodeToString(key.sum[:8])
-			if len(sorted) == 0 {
-				// An empty set still needs a version so subscribers get an
-				// (empty) answer instead of waiting forever.
-				v = "empty"
-			}
-			// A copy: sorted may be the caller's slice.
-			e = &tableEntry{set: &typeSet{version: v, sorted: slices.Clone(sorted)}}
-			t.sets[key] = e
+		ts := t.entry(typ, sorted)
+		ts.held++
+		snap.sets[i] = ts
+	}
+	return snap
+}
+
+// entry returns the table's set for a sorted set of typ, made if new (not
+// yet held).
+func (t *setTable) entry(typ string, sorted []*xds.Resource) *typeSet {
+	key := t.key(typ, sorted)
+	ts := t.sets[key]
+	if ts == nil {
+		// The version is the first 8 bytes of the content hash, as
+		// since versions were content hashes: unchanged across
+		// releases, replicas and restarts.
+		v := hex.EncodeToString(key.sum[:8])
+		if len(sorted) == 0 {
+			// An empty set still needs a version so subscribers get an
+			// (empty) answer instead of waiting forever.
+			v = "empty"
 		}
-		e.held++
-		snap.sets[i] = e.set
+		// A copy: sorted may be the caller's slice.
+		ts = &typeSet{key: key, version: v, sorted: slices.Clone(sorted)}
+		t.sets[key] = ts
+	}
+	return ts
+}
+
+// with returns a snapshot equal to old but for type i, whose set is
+// replaced by set (a set of this table), and holds it: old's other sets
+// are shared, not rebuilt.
+func (t *setTable) with(old *Snapshot, i types.ResponseType, set *typeSet) *Snapshot {
+	snap := &Snapshot{sets: old.sets}
+	snap.sets[i] = set
+	for _, ts := range snap.sets {
+		if ts != nil {
+			ts.held++
+		}
 	}
 	return snap
 }
@@ -220,16 +242,12 @@ func (t *setTable) release(s *Snapshot) {
 	if s == nil {
 		return
 	}
-	for i, ts := range s.sets {
+	for _, ts := range s.sets {
 		if ts == nil {
 			continue
 		}
-		typ, _ := cachev3.GetResponseTypeURL(types.ResponseType(i))
-		key := setKey(typ, ts.sorted)
-		if e := t.sets[key]; e != nil && e.set == ts {
-			if e.held--; e.held <= 0 {
-				delete(t.sets, key)
-			}
+		if ts.held--; ts.held <= 0 && t.sets[ts.key] == ts {
+			delete(t.sets, ts.key)
 		}
 	}
 }

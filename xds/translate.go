@@ -5,10 +5,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"weak"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -80,6 +82,13 @@ type Translator struct {
 	// hit is always correct, and a resource unused for a whole generation is
 	// dropped for the garbage collector.
 	prev, cur map[string]*Resource
+	// live finds, by the same keys, every resource still in use anywhere
+	// (a proxy's snapshot), however many generations ago it was built: a
+	// publish that renders only the few proxies a change concerns (issue
+	// 14) would otherwise rebuild, for each, every shared resource that
+	// no other render of the last two generations happened to use. Weak:
+	// an entry goes when the collector frees its resource.
+	live map[string]weak.Pointer[Resource]
 	// prevShared and curShared hold, with the same lifecycle, messages
 	// found identical between proxies by content (shareMessage): the parts
 	// of per-proxy resources that do not depend on the proxy.
@@ -88,7 +97,7 @@ type Translator struct {
 
 // NewTranslator returns a translator for the given mesh options.
 func NewTranslator(opts Options) *Translator {
-	return &Translator{opts: opts, prev: map[string]*Resource{}, cur: map[string]*Resource{},
+	return &Translator{opts: opts, prev: map[string]*Resource{}, cur: map[string]*Resource{}, live: map[string]weak.Pointer[Resource]{},
 		prevShared: map[string]proto.Message{}, curShared: map[string]proto.Message{}}
 }
 
@@ -97,7 +106,9 @@ type Generation struct {
 	t   *Translator
 	cat *mesh.Catalog
 	ps  *mesh.PolicySet
-	ov  *Overrides
+	// psIn is the policy set as given (nil for none), which Reuse compares.
+	psIn *mesh.PolicySet
+	ov   *Overrides
 	// fullFP fingerprints a service with its endpoints and their mTLS
 	// modes; shapeFP without them (what clusters, routes and listeners
 	// depend on).
@@ -138,52 +149,165 @@ func (t *Translator) Generation(cat *mesh.Catalog, ps *mesh.PolicySet) *Generati
 
 // GenerationWith is Generation with mode overrides.
 func (t *Translator) GenerationWith(cat *mesh.Catalog, ps *mesh.PolicySet, ov *Overrides) *Generation {
+	return t.GenerationFrom(cat, ps, ov, Reuse{})
+}
+
+// Reuse tells GenerationFrom what it may take from the previous
+// generation instead of working it out again: a one-endpoint change should
+// cost one service's fingerprints and modes, not every service's (issue
+// 14).
+type Reuse struct {
+	// Prev is the previous generation (nil: nothing to reuse). Nothing is
+	// reused if the policy set differs from Prev's (by pointer).
+	Prev *Generation
+	// Changed reports whether the inputs of a service's per-service data
+	// may differ from Prev's: its definition, the proxies serving its
+	// endpoints (their workloads decide the endpoints' mTLS modes), or the
+	// CallerMode overrides of its endpoints. Required with Prev.
+	Changed func(mesh.ServiceKey) bool
+	// Members lists the proxies of a service (those whose endpoints it
+	// may serve); required with Prev.
+	Members func(mesh.ServiceKey) []*mesh.Proxy
+}
+
+// GenerationFrom is GenerationWith that reuses what did not change since
+// reuse.Prev. The result is the same as GenerationWith's.
+func (t *Translator) GenerationFrom(cat *mesh.Catalog, ps *mesh.PolicySet, ov *Overrides, reuse Reuse) *Generation {
 	if ov == nil {
 		ov = &Overrides{}
 	}
+	prev := reuse.Prev
+	if prev != nil && (prev.psIn != ps || prev.t != t) {
+		prev = nil
+	}
+	psIn := ps
 	if ps == nil {
 		ps = &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace}
 	}
-	g := &Generation{t: t, cat: cat, ps: ps, ov: ov,
-		fullFP:   make(map[mesh.ServiceKey]string, len(cat.Services())),
-		shapeFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
-		modes:    make(map[mesh.ServiceKey][]mesh.MTLSMode, len(cat.Services())),
-		policyFP: make(map[*mesh.AuthorizationPolicy]string, len(ps.Authorizations)),
-		vis:      map[string]*visibleSet{},
+	g := &Generation{t: t, cat: cat, ps: ps, psIn: psIn, ov: ov,
+		fullFP:  make(map[mesh.ServiceKey]string, len(cat.Services())),
+		shapeFP: make(map[mesh.ServiceKey]string, len(cat.Services())),
+		modes:   make(map[mesh.ServiceKey][]mesh.MTLSMode, len(cat.Services())),
+		vis:     map[string]*visibleSet{},
 	}
 	// Which proxy serves which endpoint decides the endpoint's mTLS mode.
-	byEndpoint := map[string]*mesh.Proxy{}
-	for _, p := range cat.Proxies() {
-		if p.Inbound() {
-			byEndpoint[p.Namespace+"/"+p.Service+"/"+p.Address+":"+strconv.FormatUint(uint64(p.PublicPort), 10)] = p
+	var byEndpoint map[string]*mesh.Proxy
+	endpointKey := func(p *mesh.Proxy) string {
+		return p.Namespace + "/" + p.Service + "/" + p.Address + ":" + strconv.FormatUint(uint64(p.PublicPort), 10)
+	}
+	if prev == nil {
+		byEndpoint = map[string]*mesh.Proxy{}
+		for _, p := range cat.Proxies() {
+			if p.Inbound() {
+				byEndpoint[endpointKey(p)] = p
+			}
 		}
 	}
 	f := newFingerprinter()
 	for _, s := range cat.Services() {
+		k := s.Key()
+		if prev != nil && !reuse.Changed(k) {
+			if full, ok := prev.fullFP[k]; ok {
+				g.fullFP[k], g.shapeFP[k], g.modes[k] = full, prev.shapeFP[k], prev.modes[k]
+				continue
+			}
+		}
+		serving := byEndpoint
+		if prev != nil {
+			serving = map[string]*mesh.Proxy{}
+			for _, p := range reuse.Members(k) {
+				if p.Inbound() {
+					serving[endpointKey(p)] = p
+				}
+			}
+		}
 		modes := make([]mesh.MTLSMode, len(s.Endpoints))
 		for i := range s.Endpoints {
 			e := &s.Endpoints[i]
 			w := mesh.Workload{Service: s.Name, Namespace: s.Namespace, Labels: e.Labels}
-			if p := byEndpoint[s.Namespace+"/"+s.Name+"/"+e.HostPort()]; p != nil {
+			if p := serving[s.Namespace+"/"+s.Name+"/"+e.HostPort()]; p != nil {
 				w = cat.WorkloadOf(p)
 			}
 			modes[i] = ps.MTLSModeFor(w)
-			if m, ok := ov.CallerMode[EndpointKey(s.Key(), e)]; ok {
+			if m, ok := ov.CallerMode[EndpointKey(k, e)]; ok {
 				modes[i] = m
 			}
+			// Callers only tell plaintext (DISABLE) from mTLS: an
+			// endpoint's mode is kept as they see it, so a workload moving
+			// between PERMISSIVE and STRICT changes no caller's inputs.
+			if modes[i] != mesh.MTLSDisable {
+				modes[i] = mesh.MTLSStrict
+			}
 		}
-		g.modes[s.Key()] = modes
+		g.modes[k] = modes
 		for _, m := range modes {
 			f.str(string(m))
 		}
-		g.fullFP[s.Key()] = f.service(s, true)
-		g.shapeFP[s.Key()] = f.service(s, false)
+		g.fullFP[k] = f.service(s, true)
+		g.shapeFP[k] = f.service(s, false)
 	}
-	ps.EachAuthorization(func(a *mesh.AuthorizationPolicy) {
-		b, _ := json.Marshal(a) // plain data; map keys sorted
-		g.policyFP[a] = hashString(string(b))
-	})
+	if prev != nil {
+		g.policyFP = prev.policyFP // the same policy set: read-only from here
+	} else {
+		g.policyFP = make(map[*mesh.AuthorizationPolicy]string, len(ps.Authorizations))
+		ps.EachAuthorization(func(a *mesh.AuthorizationPolicy) {
+			b, _ := json.Marshal(a) // plain data; map keys sorted
+			g.policyFP[a] = hashString(string(b))
+		})
+	}
 	return g
+}
+
+// ServiceChange is how a service's rendering inputs differ between two
+// generations, as its callers see them.
+type ServiceChange uint8
+
+const (
+	ServiceUnchanged ServiceChange = iota
+	// ServiceEndpoints: only the service's endpoint set (its
+	// ClusterLoadAssignment, Endpoints) differs; every other resource a
+	// caller is rendered from the service is the same. A caller's new
+	// configuration is its old one with that one resource replaced.
+	ServiceEndpoints
+	// ServiceShape: anything else (protocol, identity, the transport its
+	// callers use, the service added or removed): callers must be
+	// rendered again.
+	ServiceShape
+)
+
+// ServiceChangeSince classifies how service k changed for its callers
+// since prev (nil: ServiceShape). It is the contract the publisher's
+// endpoint-only update relies on (snapshot: patchEndpoints), so anything
+// translation derives from a service's endpoints for its callers, other
+// than its ClusterLoadAssignment, must make this report ServiceShape
+// (TestServiceChangeEndpointsOnlyChangesEndpoints).
+func (g *Generation) ServiceChangeSince(prev *Generation, k mesh.ServiceKey) ServiceChange {
+	if prev == nil {
+		return ServiceShape
+	}
+	full, ok := g.fullFP[k]
+	prevFull, prevOK := prev.fullFP[k]
+	switch {
+	case !ok || !prevOK || g.shapeFP[k] != prev.shapeFP[k]:
+		return ServiceShape
+	case full == prevFull:
+		return ServiceUnchanged
+	case allDisabled(g.modes[k]) != allDisabled(prev.modes[k]):
+		// A proxyless gRPC caller's cluster is plaintext when every
+		// endpoint is (buildGRPCCluster).
+		return ServiceShape
+	}
+	return ServiceEndpoints
+}
+
+// Endpoints returns the shared ClusterLoadAssignment of service k, as
+// Proxy renders it for every caller.
+func (g *Generation) Endpoints(k mesh.ServiceKey) (*Resource, error) {
+	s := g.cat.Service(k)
+	if s == nil {
+		return nil, fmt.Errorf("service %s is not in the catalog", k)
+	}
+	return g.endpoints(s)
 }
 
 // Close ends the generation: resources not used in it are forgotten.
@@ -199,14 +323,35 @@ func (g *Generation) Close() {
 // is unchanged between generations the proxy need not be re-rendered: its
 // own definition, the shape of its own service, and its upstreams in full
 // (its visible service set's, computed once per selector, when it has one).
+// It is Fingerprints' two parts in one string.
 func (g *Generation) Fingerprint(p *mesh.Proxy) string {
-	deps := make([]string, 0, len(p.Upstreams)+3)
+	structural, endpoints := g.Fingerprints(p)
+	return EndpointsFingerprint(structural, endpoints)
+}
+
+// EndpointsFingerprint joins Fingerprints' two parts as Fingerprint does.
+func EndpointsFingerprint(structural string, endpoints uint64) string {
+	return structural + "/" + strconv.FormatUint(endpoints, 16)
+}
+
+// Fingerprints is Fingerprint in two parts: structural covers every input
+// but the content of the upstreams' endpoint sets, and endpoints sums one
+// term per upstream (EndpointsTerm), so that when some upstreams' endpoint
+// sets change (ServiceEndpoints) the sum moves by their terms' difference,
+// without going over the proxy's other upstreams (issue 14: 199 of them
+// when every proxy sees every service).
+func (g *Generation) Fingerprints(p *mesh.Proxy) (structural string, endpoints uint64) {
+	deps := make([]string, 0, 2*len(p.Upstreams)+3)
 	deps = append(deps, g.shapeFP[p.ServiceKey()])
 	if usesVisibleSet(p) {
-		deps = append(deps, g.visible(p).full)
+		vs := g.visible(p)
+		deps = append(deps, vs.structural)
+		endpoints = vs.endpoints
 	} else {
 		for i := range p.Upstreams {
-			deps = append(deps, g.fullFP[p.Upstreams[i].Key()])
+			k := p.Upstreams[i].Key()
+			deps = append(deps, g.shapeFP[k], g.transport(k))
+			endpoints += g.EndpointsTerm(k)
 		}
 	}
 	if p.Inbound() {
@@ -218,7 +363,30 @@ func (g *Generation) Fingerprint(p *mesh.Proxy) string {
 	}
 	f := fingerprinters.Get().(*fingerprinter)
 	defer fingerprinters.Put(f)
-	return f.proxy(p, g.t.opts.TrustDomain, deps)
+	return f.proxy(p, g.t.opts.TrustDomain, deps), endpoints
+}
+
+// transport is what callers derive from a service's endpoints besides its
+// endpoint set (ServiceChangeSince says the same): a proxyless caller's
+// cluster is plaintext when every endpoint's workload is DISABLE.
+func (g *Generation) transport(k mesh.ServiceKey) string {
+	if allDisabled(g.modes[k]) {
+		return "plaintext"
+	}
+	return "mtls"
+}
+
+// EndpointsTerm is service k's term in its callers' endpoints fingerprint:
+// 64 bits of the fingerprint of its endpoints and their modes (which
+// names the service, so two services trading endpoint sets still change
+// both terms). 0 for a service not in the catalog.
+func (g *Generation) EndpointsTerm(k mesh.ServiceKey) uint64 {
+	full := g.fullFP[k]
+	if len(full) < 16 {
+		return 0
+	}
+	v, _ := strconv.ParseUint(full[:16], 16, 64)
+	return v
 }
 
 // memo returns the resource built for key, building it at most once per
@@ -235,6 +403,11 @@ func (g *Generation) memo(key string, build func() (*Resource, error)) (*Resourc
 		t.mu.Unlock()
 		return r, nil
 	}
+	if r := t.live[key].Value(); r != nil {
+		t.cur[key] = r
+		t.mu.Unlock()
+		return r, nil
+	}
 	t.mu.Unlock()
 	// Built outside the lock: two proxies racing for the same key build
 	// identical resources and one wins, which is cheaper than serialising.
@@ -247,9 +420,21 @@ func (g *Generation) memo(key string, build func() (*Resource, error)) (*Resourc
 		r = prev
 	} else {
 		t.cur[key] = r
+		t.live[key] = weak.Make(r)
+		runtime.AddCleanup(r, t.forget, key)
 	}
 	t.mu.Unlock()
 	return r, nil
+}
+
+// forget drops a live entry whose resource the collector freed (unless the
+// key has been built again since).
+func (t *Translator) forget(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.live[key].Value() == nil {
+		delete(t.live, key)
+	}
 }
 
 // shareMessage returns the message of this or the previous generation with

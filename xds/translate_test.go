@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -401,5 +402,93 @@ func TestInboundPartsSharedOnlyForSameInputs(t *testing.T) {
 	}
 	if chains["db-v1"] != chains["db-v1b"] {
 		t.Error("tcp sidecars with the same inputs do not share their filter chain")
+	}
+}
+
+// The contract ServiceChangeSince makes with the publisher: when it says
+// only a service's endpoints changed (ServiceEndpoints), every caller's
+// render differs from the previous one in that service's
+// ClusterLoadAssignment alone, so the publisher may replace just that
+// (snapshot: patchEndpoints). Anything else must be ServiceShape. The
+// callers here are an Envoy sidecar and a proxyless gRPC client, whose
+// cluster turns plaintext when every endpoint of the service is DISABLE.
+func TestServiceChangeEndpointsOnlyChangesEndpoints(t *testing.T) {
+	base := func(labels []string, extra ...mesh.Endpoint) []mesh.Service {
+		g := mesh.Service{Name: "g", Namespace: "b", Protocol: mesh.ProtocolGRPC}
+		for i, l := range labels {
+			g.Endpoints = append(g.Endpoints, mesh.Endpoint{Address: fmt.Sprintf("10.0.0.%d", i+1), Port: 15001, Labels: map[string]string{"v": l}})
+		}
+		g.Endpoints = append(g.Endpoints, extra...)
+		return []mesh.Service{g, {Name: "web", Namespace: "b", Protocol: mesh.ProtocolHTTP}, {Name: "cli", Namespace: "b", Protocol: mesh.ProtocolGRPC}}
+	}
+	proxies := []mesh.Proxy{
+		{ID: "web", Service: "web", Namespace: "b", Address: "10.1.0.1", Upstreams: []mesh.Upstream{{Service: "g", LocalPort: 9000}}},
+		{ID: "cli", Service: "cli", Namespace: "b", Flavor: mesh.FlavorGRPC, Upstreams: []mesh.Upstream{{Service: "g"}}},
+	}
+	ps := &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace, Peer: []mesh.PeerAuthentication{
+		{Name: "plain", Namespace: "b", Selector: map[string]string{"v": "1"}, Mode: mesh.MTLSDisable}}}
+	g := mesh.ServiceKey{Namespace: "b", Name: "g"}
+	for _, tc := range []struct {
+		name     string
+		from, to []mesh.Service
+		want     ServiceChange
+	}{
+		{"nothing", base([]string{"0", "1"}), base([]string{"0", "1"}), ServiceUnchanged},
+		{"endpoint added", base([]string{"0", "1"}), base([]string{"0", "1"}, mesh.Endpoint{Address: "10.0.0.9", Port: 15001}), ServiceEndpoints},
+		{"endpoint unhealthy", base([]string{"0", "1"}), base([]string{"0"}, mesh.Endpoint{Address: "10.0.0.2", Port: 15001, Labels: map[string]string{"v": "1"}, Health: mesh.HealthUnhealthy}), ServiceEndpoints},
+		{"one endpoint turns plaintext", base([]string{"0", "0"}), base([]string{"0", "1"}), ServiceEndpoints},
+		{"every endpoint plaintext", base([]string{"0", "1"}), base([]string{"1", "1"}), ServiceShape},
+		{"back to mTLS", base([]string{"1", "1"}), base([]string{"0", "1"}), ServiceShape},
+		{"identity", base([]string{"0"}), func() []mesh.Service { s := base([]string{"0"}); s[0].ServiceAccount = "other"; return s }(), ServiceShape},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := NewTranslator(Options{TrustDomain: "cluster.local"})
+			from, err := mesh.NewCatalog(tc.from, proxies)
+			if err != nil {
+				t.Fatal(err)
+			}
+			to, err := mesh.NewCatalog(tc.to, proxies)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g1 := tr.Generation(from, ps)
+			g2 := tr.Generation(to, ps)
+			if got := g2.ServiceChangeSince(g1, g); got != tc.want {
+				t.Fatalf("ServiceChangeSince = %d, want %d", got, tc.want)
+			}
+			if tc.want != ServiceEndpoints {
+				return
+			}
+			cla, err := g2.Endpoints(g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range proxies {
+				a, err := g1.Proxy(p.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := g2.Proxy(p.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for typ, before := range a.ByType() {
+					after := b.ByType()[typ]
+					if len(after) != len(before) {
+						t.Fatalf("%s %s: %d resources, before %d", p.ID, typ, len(after), len(before))
+					}
+					for i := range after {
+						switch {
+						case after[i].Name == cla.Name && typ == resourcev3.EndpointType:
+							if after[i].Hash != cla.Hash || after[i].Hash == before[i].Hash {
+								t.Errorf("%s: the endpoint set is not the new one Endpoints gives", p.ID)
+							}
+						case after[i].Hash != before[i].Hash:
+							t.Errorf("%s %s %s changed, though only endpoints did", p.ID, typ, after[i].Name)
+						}
+					}
+				}
+			}
+		})
 	}
 }

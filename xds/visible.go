@@ -21,8 +21,12 @@ import (
 type visibleSet struct {
 	services []*mesh.Service
 	// full fingerprints every service in full (endpoints and their mTLS
-	// modes included): a proxy's resources depend on it.
-	full string
+	// modes included): a proxy's resources depend on it. structural and
+	// endpoints are the same in the two parts of Generation.Fingerprints:
+	// everything but the endpoint sets, and the sum of their terms.
+	full       string
+	structural string
+	endpoints  uint64
 	// captured are the services with a virtual address, and captureShape
 	// fingerprints their shapes: what a capture listener depends on.
 	captured     []*mesh.Service
@@ -40,6 +44,53 @@ type visibleSet struct {
 // service set rather than from its upstreams list alone.
 func usesVisibleSet(p *mesh.Proxy) bool {
 	return len(p.UpstreamNamespaces) > 0 || p.Transparent() || p.Flavor == mesh.FlavorGateway
+}
+
+// Selector is what a proxy's visible set is computed from: its flavor,
+// the services it names (upstreams, a gateway's routes) and its
+// upstreamNamespaces. Proxies with equal Keys have the same visible set.
+// The publisher groups proxies by it to find, for a changed service, the
+// proxies that see it (snapshot's index).
+type Selector struct {
+	Key        string
+	flavor     mesh.Flavor
+	named      map[mesh.ServiceKey]bool
+	all        bool
+	namespaces map[string]bool
+}
+
+// VisibleSelector returns the selector of a proxy's visible set, or nil if
+// the proxy calls only its upstreams list (usesVisibleSet).
+func VisibleSelector(p *mesh.Proxy) *Selector {
+	if !usesVisibleSet(p) {
+		return nil
+	}
+	sel := &Selector{Key: selectorKey(p), flavor: p.Flavor, named: map[mesh.ServiceKey]bool{},
+		all: slices.Contains(p.UpstreamNamespaces, mesh.AllNamespaces), namespaces: map[string]bool{}}
+	for i := range p.Upstreams {
+		sel.named[p.Upstreams[i].Key()] = true
+	}
+	for i := range p.Listeners {
+		for j := range p.Listeners[i].Routes {
+			sel.named[p.Listeners[i].Routes[j].Key()] = true
+		}
+	}
+	for _, ns := range p.UpstreamNamespaces {
+		sel.namespaces[ns] = true
+	}
+	return sel
+}
+
+// Includes reports whether service s is in the visible set.
+func (sel *Selector) Includes(s *mesh.Service) bool {
+	if sel.named[s.Key()] {
+		return true
+	}
+	if sel.all || sel.namespaces[s.Namespace] {
+		// Proxyless gRPC can only call grpc services.
+		return sel.flavor != mesh.FlavorGRPC || s.Protocol == mesh.ProtocolGRPC
+	}
+	return false
 }
 
 // selectorKey names everything a visible set is computed from.
@@ -89,38 +140,23 @@ func (g *Generation) visible(p *mesh.Proxy) *visibleSet {
 }
 
 func (g *Generation) buildVisible(p *mesh.Proxy) *visibleSet {
-	named := map[mesh.ServiceKey]bool{}
-	for i := range p.Upstreams {
-		named[p.Upstreams[i].Key()] = true
-	}
-	for i := range p.Listeners {
-		for j := range p.Listeners[i].Routes {
-			named[p.Listeners[i].Routes[j].Key()] = true
-		}
-	}
-	all := slices.Contains(p.UpstreamNamespaces, mesh.AllNamespaces)
-	namespaces := map[string]bool{}
-	for _, ns := range p.UpstreamNamespaces {
-		namespaces[ns] = true
-	}
+	sel := VisibleSelector(p)
 	vs := &visibleSet{}
-	full, shape := newFingerprinter(), newFingerprinter()
+	full, shape, structural := newFingerprinter(), newFingerprinter(), newFingerprinter()
 	for _, s := range g.cat.Services() {
-		in := named[s.Key()]
-		if !in && (all || namespaces[s.Namespace]) {
-			// Proxyless gRPC can only call grpc services.
-			in = p.Flavor != mesh.FlavorGRPC || s.Protocol == mesh.ProtocolGRPC
-		}
-		if !in {
+		if !sel.Includes(s) {
 			continue
 		}
 		vs.services = append(vs.services, s)
 		full.str(g.fullFP[s.Key()])
+		structural.str(g.shapeFP[s.Key()])
+		structural.str(g.transport(s.Key()))
+		vs.endpoints += g.EndpointsTerm(s.Key())
 		if s.VirtualAddress() {
 			vs.captured = append(vs.captured, s)
 			shape.str(g.shapeFP[s.Key()])
 		}
 	}
-	vs.full, vs.captureShape = full.sum(), shape.sum()
+	vs.full, vs.captureShape, vs.structural = full.sum(), shape.sum(), structural.sum()
 	return vs
 }
