@@ -174,8 +174,8 @@ type deltaState struct {
 	st    grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 	id    int64
 	nonce int64
-	types [types.UnknownType]deltaType
-	sotw  *sotwStream // the registration that wakes the stream (its wake channel)
+	types [types.UnknownType]*deltaType // nil until asked for (sotwStream.types)
+	sotw  *sotwStream                   // the registration that wakes the stream (its wake channel)
 }
 
 func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse], defaultType string) error {
@@ -216,7 +216,11 @@ func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType
 		return nil
 	}
 	typ = canonicalType(typ)
-	t := &d.types[i]
+	t := d.types[i]
+	if t == nil {
+		t = &deltaType{}
+		d.types[i] = t
+	}
 	if nonce := req.GetResponseNonce(); nonce != "" {
 		if r, ok := t.takeAnswer(nonce); ok {
 			if detail := req.GetErrorDetail(); detail != nil {
@@ -294,8 +298,8 @@ func (t *deltaType) subscribe(typ string, req *discoveryv3.DeltaDiscoveryRequest
 // snapshot change, in pushOrder.
 func (d *deltaState) push() error {
 	for _, i := range pushOrder {
-		t := &d.types[i]
-		if !t.subscribed || t.pending {
+		t := d.types[i]
+		if t == nil || !t.subscribed || t.pending {
 			continue
 		}
 		typ, _ := cachev3.GetResponseTypeURL(i)

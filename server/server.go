@@ -102,6 +102,11 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 		grpc.ReadBufferSize(4<<10),
 		grpc.WriteBufferSize(16<<10),
 		grpc.SharedWriteBuffer(true),
+		// No HPACK dynamic table for the headers proxies send: a proxy
+		// opens one stream on its connection, so a table entry is never
+		// used twice, and each connection would keep its proxy's headers
+		// (a bootstrap token is most of a kilobyte) for its whole life.
+		grpc.HeaderTableSize(0),
 		grpc.InitialWindowSize(64<<10),
 		grpc.InitialConnWindowSize(64<<10),
 		// Message buffers (read, and encoded by the codec) from free lists

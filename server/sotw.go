@@ -222,7 +222,10 @@ type sotwStream struct {
 	// wake is signalled (never blocking) when the node's snapshot changes.
 	wake  chan struct{}
 	nonce int64
-	types [types.UnknownType]typeState
+	// types holds the state of each type the proxy has asked for (nil
+	// until then): a proxy asks for five of the ten, and the rest would
+	// cost every stream their size.
+	types [types.UnknownType]*typeState
 }
 
 // typeState is what a stream knows about one type.
@@ -306,7 +309,11 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest, defaultType stri
 		return nil // nothing meshd serves: never answered, as a watch that never fires
 	}
 	typ = canonicalType(typ)
-	ts := &s.types[i]
+	ts := s.types[i]
+	if ts == nil {
+		ts = &typeState{}
+		s.types[i] = ts
+	}
 	nonce := req.GetResponseNonce()
 	switch {
 	case ts.nonce == "":
@@ -380,8 +387,8 @@ func (ts *typeState) subscribe(typ string, names []string) {
 // in pushOrder, after a snapshot change.
 func (s *sotwStream) push() error {
 	for _, i := range pushOrder {
-		ts := &s.types[i]
-		if !ts.subscribed || ts.pending {
+		ts := s.types[i]
+		if ts == nil || !ts.subscribed || ts.pending {
 			continue
 		}
 		typ, _ := cachev3.GetResponseTypeURL(i)
