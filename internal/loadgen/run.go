@@ -15,6 +15,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
@@ -181,6 +182,8 @@ type runner struct {
 	fleet *Fleet
 	start time.Time
 	base  Metrics // scrape before the fleet connected
+	// coldProfile is closed when the cold sync's CPU profile is saved.
+	coldProfile chan struct{}
 }
 
 func (r *runner) problem(format string, args ...any) {
@@ -394,7 +397,10 @@ func (c *Catalog) NodeSpecs(ids []string, token func(mesh.ServiceKey) (string, e
 		if p == nil {
 			return nil, fmt.Errorf("proxy %q is not in the catalog", id)
 		}
-		md := map[string]any{xds.NodeMetaNamespace: p.Namespace, xds.NodeMetaService: p.Service, xds.NodeMetaFlavor: string(mesh.FlavorEnvoy)}
+		// What meshctl's Envoy bootstraps carry, drain settings included
+		// (meshd warns about an Envoy without them).
+		md := map[string]any{xds.NodeMetaNamespace: p.Namespace, xds.NodeMetaService: p.Service, xds.NodeMetaFlavor: string(mesh.FlavorEnvoy),
+			xds.NodeMetaDrainTimeS: bootstrap.DefaultDrainTime.Seconds(), xds.NodeMetaDrainStrategy: bootstrap.DrainStrategy}
 		for k, v := range extra {
 			md[k] = v
 		}
@@ -529,7 +535,10 @@ func (r *runner) coldSync(ctx context.Context) {
 	t0 := time.Now()
 	if r.cfg.ProfileDir != "" && r.admin != nil {
 		// The CPU profile covers the cold sync, the busiest phase.
+		done := make(chan struct{})
+		r.coldProfile = done
 		go func() {
+			defer close(done)
 			if err := r.admin.Profile(ctx, 10*time.Second, filepath.Join(r.cfg.ProfileDir, "meshd-cold.cpu.pprof")); err != nil {
 				r.log.Warn("cold-sync CPU profile", "err", err)
 			}
@@ -634,6 +643,10 @@ func (r *runner) churn(ctx context.Context) {
 		m0, _ = r.admin.Scrape(ctx)
 	}
 	if r.cfg.ProfileDir != "" && r.admin != nil {
+		if r.coldProfile != nil {
+			// Go's profiler takes one CPU profile at a time.
+			<-r.coldProfile
+		}
 		go func() {
 			if err := r.admin.Profile(ctx, 20*time.Second, filepath.Join(r.cfg.ProfileDir, "meshd-churn.cpu.pprof")); err != nil {
 				r.log.Warn("churn CPU profile", "err", err)
