@@ -3,7 +3,6 @@ package bootstrap_test
 import (
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/internal/promtext"
 	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
@@ -145,14 +145,10 @@ func TestStatsTagsWithRealEnvoy(t *testing.T) {
 		}
 		return nil
 	})
-	for _, line := range strings.Split(prom, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		name, _, _ := strings.Cut(line, "{")
+	for _, sample := range promtext.Samples(prom) {
 		for _, leak := range []string{"_api_", "_db_", "_shop_", "_deny_web_", "_no_web_"} {
-			if strings.Contains(name+"_", leak) {
-				t.Errorf("metric name %s holds a service, namespace or rule: %s", name, line)
+			if strings.Contains(sample.Name+"_", leak) {
+				t.Errorf("metric name %s holds a service, namespace or rule: %v", sample.Name, sample.Labels)
 			}
 		}
 	}
@@ -176,35 +172,13 @@ func TestStatsTagsWithRealEnvoy(t *testing.T) {
 		{"envoy_inbound_mtls_deny_policy_rbac_denied", tags("db", "shop", bootstrap.TagRBACRule, tcpRule), "1"},
 		{"envoy_tcp_downstream_cx_total", tags("db", "shop", "envoy_tcp_prefix", "inbound_mtls"), "1"},
 	} {
-		if got, ok := series(prom, want.name, want.labels); !ok || got != want.value {
+		if got, ok := promtext.Find(prom, want.name, want.labels); !ok || got != want.value {
 			t.Errorf("/stats/prometheus: %s%v = %q (found %v), want %s", want.name, want.labels, got, ok, want.value)
 		}
 	}
 	if t.Failed() {
 		t.Logf("meshd-related series:\n%s", grepLines(prom, "meshd_|_rbac_"))
 	}
-}
-
-var promLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)$`)
-var promLabel = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
-
-// series finds the sample of name with exactly labels in Prometheus's text
-// format, whatever the order of the labels.
-func series(prom, name string, labels map[string]string) (string, bool) {
-	for _, line := range strings.Split(prom, "\n") {
-		m := promLine.FindStringSubmatch(line)
-		if m == nil || m[1] != name {
-			continue
-		}
-		got := map[string]string{}
-		for _, l := range promLabel.FindAllStringSubmatch(m[2], -1) {
-			got[l[1]] = l[2]
-		}
-		if maps.Equal(got, labels) {
-			return m[3], true
-		}
-	}
-	return "", false
 }
 
 func splitYAMLList(s string) []string {

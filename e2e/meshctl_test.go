@@ -24,6 +24,7 @@ import (
 
 	"github.com/meshd/meshd/internal/envoytest"
 	"github.com/meshd/meshd/internal/meshcheck"
+	"github.com/meshd/meshd/internal/promtext"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/server/admin"
@@ -352,7 +353,7 @@ func TestMeshctlCheckFailsOnStuckMigration(t *testing.T) {
 			return fmt.Errorf("plaintext to api: %d %v", code, err)
 		}
 		_, metrics := m.adminGET("/metrics")
-		if v, ok := promSample(metrics, "meshd_mesh_plaintext_in_strict_total", map[string]string{"destination_service": "api", "destination_namespace": "default"}); !ok || v == "0" {
+		if v, ok := promtext.Find(metrics, "meshd_mesh_plaintext_in_strict_total", map[string]string{"destination_service": "api", "destination_namespace": "default"}); !ok || v == "0" {
 			return fmt.Errorf("meshd_mesh_plaintext_in_strict_total for api: %q", v)
 		}
 		return nil
@@ -378,16 +379,7 @@ spec:
     - from: [{source: {principals: ["cluster.local/ns/default/sa/ops"]}}]
       to: [{operation: {paths: ["/admin*"]}}]
 ---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: greeter-deny, namespace: default}
-spec:
-  selector: {matchLabels: {app: greeter}}
-  action: DENY
-  rules:
-    - from: [{source: {principals: ["cluster.local/ns/default/sa/web"]}}]
-      to: [{operation: {paths: ["/grpc.testing.TestService/EmptyCall"]}}]
----
+` + greeterDenyPolicy + `---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: db-no-ops, namespace: default}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/meshd/meshd/internal/consultest"
 	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/internal/promtext"
 	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/telemetry"
 )
@@ -43,7 +44,10 @@ spec:
     - from: [{source: {principals: ["cluster.local/ns/default/sa/web"]}}]
       to: [{operation: {paths: ["/secret*"]}}]
 ---
-apiVersion: security.istio.io/v1
+` + greeterDenyPolicy
+
+// greeterDenyPolicy denies web gRPC's EmptyCall on greeter.
+const greeterDenyPolicy = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: greeter-deny, namespace: default}
 spec:
@@ -266,11 +270,11 @@ func TestTelemetryCountsTrafficOfKnownShape(t *testing.T) {
 		{"meshd_mesh_tcp_connections_total", with(apiLabels, "destination_service", "db", "source_identity", webSPIFFE, "tls", "mtls", "decision", "allow"), fmt.Sprint(lTCP)},
 		{"meshd_mesh_request_duration_seconds_count", map[string]string{"destination_service": "api", "destination_namespace": "default"}, fmt.Sprint(nHTTP + mPlaintext)},
 	} {
-		if got, ok := promSample(metricsText, c.name, c.labels); !ok || got != c.want {
+		if got, ok := promtext.Find(metricsText, c.name, c.labels); !ok || got != c.want {
 			t.Errorf("/metrics %s%v = %q (present %v), want %s", c.name, c.labels, got, ok, c.want)
 		}
 	}
-	if v, ok := promSample(metricsText, "meshd_mesh_plaintext_in_strict_total", map[string]string{"destination_service": "api", "destination_namespace": "default"}); !ok || v != "0" {
+	if v, ok := promtext.Find(metricsText, "meshd_mesh_plaintext_in_strict_total", map[string]string{"destination_service": "api", "destination_namespace": "default"}); !ok || v != "0" {
 		t.Errorf("plaintext to a PERMISSIVE workload: meshd_mesh_plaintext_in_strict_total = %q (present %v), want 0", v, ok)
 	}
 
@@ -356,38 +360,6 @@ func with(m map[string]string, kv ...string) map[string]string {
 	return out
 }
 
-var (
-	promLineRE  = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$`)
-	promLabelRE = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
-)
-
-// promSample finds the sample of name whose labels are exactly labels
-// (labels with an empty value are absent, as Prometheus treats them).
-func promSample(text, name string, labels map[string]string) (string, bool) {
-	wantLabels := map[string]string{}
-	for k, v := range labels {
-		if v != "" {
-			wantLabels[k] = v
-		}
-	}
-	for _, line := range strings.Split(text, "\n") {
-		m := promLineRE.FindStringSubmatch(line)
-		if m == nil || m[1] != name {
-			continue
-		}
-		got := map[string]string{}
-		for _, l := range promLabelRE.FindAllStringSubmatch(m[2], -1) {
-			if l[2] != "" {
-				got[l[1]] = l[2]
-			}
-		}
-		if maps.Equal(got, wantLabels) {
-			return m[3], true
-		}
-	}
-	return "", false
-}
-
 // TestMonitoringMetricsAreExported: every metric examples/monitoring's alert
 // rules and dashboard use (examples/monitoring/metrics.txt, which
 // tools/monitoring keeps in step with them) is exported by a real meshd —
@@ -415,12 +387,9 @@ func TestMonitoringMetricsAreExported(t *testing.T) {
 	bufio.NewReader(c).ReadString('\n')
 	c.Close()
 	names := map[string]bool{}
-	sample := regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]`)
 	collect := func(text string) {
-		for _, l := range strings.Split(text, "\n") {
-			if m := sample.FindStringSubmatch(l); m != nil {
-				names[m[1]] = true
-			}
+		for _, s := range promtext.Samples(text) {
+			names[s.Name] = true
 		}
 	}
 	eventually(t, 15*time.Second, func() error {

@@ -347,6 +347,16 @@ func (a *Authority) Leaf(id mesh.Identity, dnsNames []string) (*Leaf, error) {
 	return f.leaf, f.err
 }
 
+// Identity is Leaf as PEM certificate chain and key: what the publisher
+// puts in a proxy's SDS secret (the Authority is the publisher's Secrets).
+func (a *Authority) Identity(id mesh.Identity, dnsNames []string) (certPEM, keyPEM []byte, err error) {
+	l, err := a.Leaf(id, dnsNames)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.CertPEM, l.KeyPEM, nil
+}
+
 // NextRenewal returns the earliest RenewAt among cached leaves, or the zero
 // time if none is cached; a leaf signed by a generation that no longer signs
 // (a rotation switched) is due now. The control plane arms one timer on it

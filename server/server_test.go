@@ -30,18 +30,6 @@ import (
 	"github.com/meshd/meshd/xds"
 )
 
-type caSecrets struct{ ca *sds.Authority }
-
-func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
-	l, err := s.ca.Leaf(id, dns)
-	if err != nil {
-		return nil, nil, err
-	}
-	return l.CertPEM, l.KeyPEM, nil
-}
-func (s caSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
-func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
-
 type fixture struct {
 	addr    string
 	ca      *sds.Authority
@@ -73,7 +61,7 @@ func publishQuickstart(t testing.TB, ca *sds.Authority, log *slog.Logger) (*mesh
 	}
 	m := metrics.New()
 	cache := NewCache()
-	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
+	pub := snapshot.New(cache, ca, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
 	pub.Update(snapshot.Update{Catalog: cat})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)

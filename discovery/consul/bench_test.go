@@ -22,19 +22,6 @@ import (
 	"github.com/meshd/meshd/xds"
 )
 
-// benchSecrets gives the publisher the CA, as cmd/meshd does.
-type benchSecrets struct{ ca *sds.Authority }
-
-func (s benchSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
-	l, err := s.ca.Leaf(id, dns)
-	if err != nil {
-		return nil, nil, err
-	}
-	return l.CertPEM, l.KeyPEM, nil
-}
-func (s benchSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
-func (s benchSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
-
 // TestScaleHealthFlip is a benchmark (a test, so that its expensive set-up
 // runs once, not once per b.N round). Against a real Consul agent holding
 // services × instances application instances, each with a Connect sidecar,
@@ -96,7 +83,7 @@ func TestScaleHealthFlip(t *testing.T) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pub := snapshot.New(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), benchSecrets{ca},
+	pub := snapshot.New(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), ca,
 		snapshot.Options{Translate: xds.Options{TrustDomain: mesh.DefaultTrustDomain}, Logger: testLogger(b)})
 	pub.Update(snapshot.Update{Catalog: c})
 	start = time.Now()

@@ -139,22 +139,6 @@ func splitList(s string) []string {
 	return out
 }
 
-// caSecrets adapts the CA to what the publisher needs.
-type caSecrets struct{ ca *sds.Authority }
-
-func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
-	l, err := s.ca.Leaf(id, dns)
-	if err != nil {
-		return nil, nil, err
-	}
-	return l.CertPEM, l.KeyPEM, nil
-}
-func (s caSecrets) Bundle() []byte         { return s.ca.RootCertPEM() }
-func (s caSecrets) NextRenewal() time.Time { return s.ca.NextRenewal() }
-
-// Forget lets the publisher drop leaves of identities no proxy uses any more.
-func (s caSecrets) Forget(keep map[string]bool) { s.ca.Forget(keep) }
-
 // Run starts everything and blocks until ctx ends. ready, if not nil,
 // receives the bound xDS and admin addresses once both listen (for tests).
 func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, adminAddr string)) error {
@@ -195,7 +179,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	// after Run stopped reading.
 	errc := make(chan error, 8)
 	cache := server.NewCache()
-	pub := snapshot.New(cache, caSecrets{ca}, snapshot.Options{
+	pub := snapshot.New(cache, ca, snapshot.Options{
 		Translate: xds.Options{TrustDomain: c.TrustDomain, Telemetry: c.Telemetry},
 		Holdoff:   c.Holdoff, MaxDelay: c.MaxDelay, MigrationOverdue: c.MigrationOverdue,
 		Logger: log, Metrics: m,

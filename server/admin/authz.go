@@ -50,15 +50,9 @@ type AuthzReport struct {
 // authzCheck serves GET /authz/check?source=&destination=[&path=&method=
 // &host=&header=name:value].
 func (a *Admin) authzCheck(w http.ResponseWriter, r *http.Request) {
-	v := a.Publisher.View()
-	if v.Catalog == nil {
-		http.Error(w, "no catalog published yet", http.StatusServiceUnavailable)
-		return
-	}
 	q := r.URL.Query()
-	dst, proxies, err := destinationProxies(v.Catalog, q.Get("destination"))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
+	v, dst, svc, proxies, ok := a.destination(w, q.Get("destination"))
+	if !ok {
 		return
 	}
 	src, err := resolveSource(v.Catalog, a.TrustDomain, q.Get("source"))
@@ -66,7 +60,6 @@ func (a *Admin) authzCheck(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	svc := v.Catalog.Service(proxies[0].ServiceKey())
 	req := requestFor(src, svc, a.TrustDomain)
 	if m := q.Get("method"); m != "" {
 		req.Method = strings.ToUpper(m)
@@ -90,6 +83,23 @@ func (a *Admin) authzCheck(w http.ResponseWriter, r *http.Request) {
 		rep.Results = append(rep.Results, evaluateProxy(v, p, a.TrustDomain, req))
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// destination is where both handlers start: the published view, and the
+// named destination's service key, service and the proxies that receive
+// its traffic. It answers the request itself when there is none (ok false).
+func (a *Admin) destination(w http.ResponseWriter, name string) (v *snapshot.View, key string, svc *mesh.Service, proxies []*mesh.Proxy, ok bool) {
+	v = a.Publisher.View()
+	if v.Catalog == nil {
+		http.Error(w, "no catalog published yet", http.StatusServiceUnavailable)
+		return nil, "", nil, nil, false
+	}
+	key, proxies, err := destinationProxies(v.Catalog, name)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return nil, "", nil, nil, false
+	}
+	return v, key, v.Catalog.Service(proxies[0].ServiceKey()), proxies, true
 }
 
 // destinationProxies resolves name.namespace, a bare name (namespace
@@ -308,21 +318,14 @@ type Description struct {
 
 // describe serves GET /describe?service=.
 func (a *Admin) describe(w http.ResponseWriter, r *http.Request) {
-	v := a.Publisher.View()
-	if v.Catalog == nil {
-		http.Error(w, "no catalog published yet", http.StatusServiceUnavailable)
-		return
-	}
-	dst, proxies, err := destinationProxies(v.Catalog, r.URL.Query().Get("service"))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
+	v, dst, svc, proxies, ok := a.destination(w, r.URL.Query().Get("service"))
+	if !ok {
 		return
 	}
 	ps := v.Policy
 	if ps == nil {
 		ps = &mesh.PolicySet{}
 	}
-	svc := v.Catalog.Service(proxies[0].ServiceKey())
 	d := Description{Service: dst, Protocol: string(svc.Protocol), Identity: mesh.IdentityOf(a.TrustDomain, svc).SPIFFEID()}
 	migr := map[string]*snapshot.Transition{}
 	for i := range v.Migrations {

@@ -25,19 +25,6 @@ import (
 	"github.com/meshd/meshd/xds"
 )
 
-type caSecrets struct{ ca *sds.Authority }
-
-func (s caSecrets) Identity(id mesh.Identity, dns []string) ([]byte, []byte, error) {
-	l, err := s.ca.Leaf(id, dns)
-	if err != nil {
-		return nil, nil, err
-	}
-	return l.CertPEM, l.KeyPEM, nil
-}
-func (s caSecrets) Bundle() []byte              { return s.ca.RootCertPEM() }
-func (s caSecrets) NextRenewal() time.Time      { return s.ca.NextRenewal() }
-func (s caSecrets) Forget(keep map[string]bool) { s.ca.Forget(keep) }
-
 // proxiesFixture publishes web, api and db; web is synced, api NACKed its
 // listeners and is behind on clusters, db never connected, and a stranger
 // connected with a node id not in the catalog.
@@ -61,7 +48,7 @@ func proxiesFixture(t *testing.T) (*Admin, *tracker.Tracker, *snapshot.View) {
 		t.Fatal(err)
 	}
 	m := metrics.New()
-	pub := snapshot.New(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), caSecrets{ca}, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
+	pub := snapshot.New(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), ca, snapshot.Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: log})
 	pub.Update(snapshot.Update{Catalog: cat})
 	if _, err := pub.Publish(); err != nil {
 		t.Fatal(err)
