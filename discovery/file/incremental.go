@@ -40,8 +40,9 @@ import (
 //     not more indented than the item; a quoted scalar could, but then the
 //     item alone ends inside the quotes and fails to decode;
 //   - nothing that can tie one item to another or change how lines are
-//     read: no anchors, aliases or tags (any '&', '*' or '!' at all), no flow
-//     collections (any '{', '}', '[' or ']'), no document markers or
+//     read: no anchors, aliases or tags (any '&', '*' or '!' outside a
+//     quoted scalar that starts and ends on its line), no flow collections
+//     (any '{', '}', '[' or ']', with the same exception), no document markers or
 //     directives, no tabs, no BOM, no line breaks other than LF and CRLF (YAML
 //     also breaks lines at CR, NEL, U+2028 and U+2029), and no character
 //     yaml.v3 refuses, so that the lines the decoder never sees (top-level
@@ -330,6 +331,68 @@ var plainASCII = func() (t [utf8.RuneSelf]bool) {
 	return t
 }()
 
+// inQuotedScalar reports whether data[pos] is inside a quoted scalar that
+// starts and ends on pos's line, where a node may start (at the start of
+// the line's content, after "- " or after ": "): there an indicator is
+// just a character of a string (`upstreamNamespaces: ['*']` is written
+// `- '*'`, every sidecar seeing every namespace, issue 14). Anything else
+// answers false, and the caller refuses the file as before.
+func inQuotedScalar(data []byte, pos int) bool {
+	start := bytes.LastIndexByte(data[:pos], '\n') + 1
+	end := bytes.IndexByte(data[pos:], '\n')
+	if end < 0 {
+		end = len(data)
+	} else {
+		end += pos
+	}
+	line, pos := bytes.TrimSuffix(data[start:end], []byte{'\r'}), pos-start
+	canStart := true // a node may start here
+	for j := 0; j < len(line) && j <= pos; {
+		c := line[j]
+		switch {
+		case c == ' ':
+			j++
+		case c == '-' && canStart && (j+1 == len(line) || line[j+1] == ' '):
+			j++ // a sequence entry: a node may start after it
+		case c == ':' && (j+1 == len(line) || line[j+1] == ' '):
+			j, canStart = j+1, true
+		case (c == '\'' || c == '"') && canStart:
+			close := closingQuote(line, j)
+			if close < 0 {
+				return false // runs on to another line
+			}
+			if pos > j && pos < close {
+				return true
+			}
+			j, canStart = close+1, false
+		default:
+			j, canStart = j+1, false
+		}
+	}
+	return false
+}
+
+// closingQuote returns the index of the quote that ends the quoted scalar
+// opening at line[open], or -1 if it does not end on the line.
+func closingQuote(line []byte, open int) int {
+	q := line[open]
+	for j := open + 1; j < len(line); j++ {
+		switch {
+		case q == '\'' && line[j] == '\'':
+			if j+1 < len(line) && line[j+1] == '\'' {
+				j++ // '' is a quote inside
+				continue
+			}
+			return j
+		case q == '"' && line[j] == '\\':
+			j++ // an escaped character
+		case q == '"' && line[j] == '"':
+			return j
+		}
+	}
+	return -1
+}
+
 // checkIncrementalText refuses every byte or character that could make
 // splitCatalog's reading of the lines differ from yaml.v3's, or that yaml.v3
 // would refuse in a line the incremental path never decodes.
@@ -353,7 +416,9 @@ func checkIncrementalText(data []byte) error {
 				// Tabs included: out of caution, not only in indentation.
 				return fmt.Errorf("%w: offset %d: control character %#x", errNotIncremental, i, b)
 			case b == '&' || b == '*' || b == '!' || b == '{' || b == '}' || b == '[' || b == ']':
-				return fmt.Errorf("%w: offset %d: %q may be an anchor, alias, tag or flow collection", errNotIncremental, i, b)
+				if !inQuotedScalar(data, i) {
+					return fmt.Errorf("%w: offset %d: %q may be an anchor, alias, tag or flow collection", errNotIncremental, i, b)
+				}
 			}
 			i++
 			continue
