@@ -419,15 +419,7 @@ func (s *sotwStream) respond(typ string, ts *typeState) error {
 	all := resourcesOf(snap, typ, version)
 	pick := all
 	if !ts.wildcard {
-		pick = make([]*xds.Resource, 0, len(ts.names.list()))
-		for _, n := range ts.names.list() {
-			if i, found := slices.BinarySearchFunc(all, n, byName); found {
-				pick = append(pick, all[i])
-			}
-		}
-		if len(pick) == len(all) {
-			pick = all // the same resources: share the snapshot's slice
-		}
+		pick = subscribedOf(all, ts.names.list())
 	}
 	if version == ts.known && covers(ts.returned, pick) {
 		return nil // the proxy has all of it
@@ -464,6 +456,41 @@ func (s *sotwStream) respond(typ string, ts *typeState) error {
 	ts.nonce, ts.sent, ts.pending, ts.returned = resp.Nonce, version, true, pick
 	s.srv.tracker.Sent(s.key(), typ, resp.Nonce, version, size, anys)
 	return s.st.Send(resp)
+}
+
+// subscribedOf returns the resources of all (sorted by name) that names
+// (sorted) subscribes to: all itself when that is every one of them (a
+// proxy that sees every service names every endpoint set), so the common
+// answer allocates nothing; a list of its own otherwise.
+func subscribedOf(all []*xds.Resource, names []string) []*xds.Resource {
+	var pick []*xds.Resource
+	shared := true // pick is all[:k] so far
+	k := 0
+	for i, j := 0, 0; i < len(names) && j < len(all); {
+		switch c := strings.Compare(names[i], all[j].Name); {
+		case c < 0: // a name the snapshot does not have
+			i++
+		case c > 0: // a resource not subscribed to
+			if shared {
+				shared, pick = false, append(make([]*xds.Resource, 0, len(names)), all[:k]...)
+			}
+			j++
+		default:
+			if shared && k == j {
+				k++
+			} else {
+				if shared {
+					shared, pick = false, append(make([]*xds.Resource, 0, len(names)), all[:k]...)
+				}
+				pick = append(pick, all[j])
+			}
+			i, j = i+1, j+1
+		}
+	}
+	if shared {
+		return all[:k]
+	}
+	return pick
 }
 
 // changedSince returns the resources of want (sorted by name) that have

@@ -24,6 +24,7 @@ import (
 
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/snapshot"
+	"github.com/meshd/meshd/xds"
 )
 
 // clientStream is a client stream (SotW or delta) whose responses a
@@ -513,3 +514,38 @@ func TestSotWPseudoDelta(t *testing.T) {
 }
 
 func shortType(typeURL string) string { return typeURL[strings.LastIndexByte(typeURL, '.')+1:] }
+
+// subscribedOf picks the subscribed resources, and shares the snapshot's
+// slice, allocating nothing, whenever that is exactly what is subscribed.
+func TestSubscribedOf(t *testing.T) {
+	all := []*xds.Resource{{Name: "a"}, {Name: "b"}, {Name: "c"}}
+	for _, tc := range []struct {
+		names  []string
+		want   []string
+		shared bool
+	}{
+		{[]string{"a", "b", "c"}, []string{"a", "b", "c"}, true},
+		{[]string{"a", "b", "c", "d"}, []string{"a", "b", "c"}, true},
+		{[]string{"a", "b"}, []string{"a", "b"}, true},
+		{[]string{"b", "c"}, []string{"b", "c"}, false},
+		{[]string{"a", "c"}, []string{"a", "c"}, false},
+		{[]string{"0", "c"}, []string{"c"}, false},
+		{[]string{"x"}, nil, true},
+		{nil, nil, true},
+	} {
+		got := subscribedOf(all, tc.names)
+		var names []string
+		for _, r := range got {
+			names = append(names, r.Name)
+		}
+		if !slices.Equal(names, tc.want) {
+			t.Errorf("subscribedOf(%v) = %v, want %v", tc.names, names, tc.want)
+		}
+		if shared := len(got) == 0 || &got[0] == &all[0]; shared != tc.shared {
+			t.Errorf("subscribedOf(%v): shares the snapshot's slice %v, want %v", tc.names, shared, tc.shared)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { subscribedOf(all, []string{"a", "b", "c"}) }); n != 0 {
+		t.Errorf("subscribing to everything allocates %.0f times", n)
+	}
+}
