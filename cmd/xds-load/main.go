@@ -23,10 +23,12 @@ import (
 const usage = `xds-load — a fleet of simulated Envoy proxies for measuring xDS control planes.
 
 Each simulated proxy opens one ADS stream (state of the world, or delta with
---delta), subscribes like Envoy (wildcard clusters and listeners, then the
-routes, endpoints and secrets they name), validates every resource against
-Envoy's protos (ValidateAll, descending into every Any) and ACKs it, or NACKs
-a response that fails. About 50 streams share one HTTP/2 connection.
+--delta) on an HTTP/2 connection of its own, as a real Envoy does
+(--streams-per-conn multiplexes several, and the result says so),
+subscribes like Envoy (wildcard clusters and listeners, then the routes,
+endpoints and secrets they name), validates every resource against Envoy's
+protos (ValidateAll, descending into every Any) and ACKs it, or NACKs a
+response that fails.
 
 Start meshd on a generated catalog and run every phase:
   xds-load --meshd bin/meshd --scenario M
@@ -84,7 +86,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 	fs.IntVar(&services, "services", 0, "number of services in the generated catalog (overrides the scenario's)")
 	fs.IntVar(&endpoints, "endpoints", -1, "endpoints per generated service (overrides the scenario's)")
 	fs.IntVar(&upstreams, "upstreams", -1, "upstream services per generated proxy (overrides the scenario's)")
-	fs.BoolVar(&allSvcs, "all-services", false, "make every other service an upstream of every proxy, as a control plane that does not scope configures every sidecar")
+	fs.BoolVar(&allSvcs, "all-services", false, "make every service visible to every proxy, as a control plane that does not scope configures every sidecar: transparent sidecars with upstreamNamespaces [\"*\"], every service with a virtual address (every service as an explicit upstream with a local port instead: --upstreams <services-1>)")
 	fs.StringVar(&writeCat, "write-catalog", "", "only write the generated catalog to this `file` and exit (to start meshd yourself)")
 	fs.StringVar(&catFormat, "catalog-format", "", "`format` of the catalog the tool writes (generated, and rewritten by churn): yaml or json, which meshd parses several times faster (default yaml, or the --catalog-file's own format; the started meshd's file is catalog.yaml or catalog.json)")
 	// Which control plane.
@@ -105,7 +107,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 	fs.BoolVar(&cfg.Plaintext, "plaintext", false, "connect without TLS (for control planes that serve plaintext xDS; meshd only with its development flag --insecure-xds)")
 	// Client behaviour.
 	fs.BoolVar(&cfg.Delta, "delta", false, "use incremental (delta) ADS instead of state of the world")
-	fs.IntVar(&cfg.StreamsPerConn, "streams-per-conn", 50, "proxies sharing one HTTP/2 connection; keep it at or below the server's max concurrent streams (meshd: 64)")
+	fs.IntVar(&cfg.StreamsPerConn, "streams-per-conn", 1, "proxies sharing one HTTP/2 connection: 1, as real Envoys connect; more multiplexes their streams (the result's title says so), at most the server's max concurrent streams (meshd: 64)")
 	fs.IntVar(&cfg.BufferSize, "buffer-size", 16<<10, "gRPC read and write buffer `bytes` per connection")
 	fs.BoolVar(&cfg.SubscribeSDS, "sds", true, "subscribe over ADS to the SDS secrets listeners and clusters name, as meshd's Envoy sidecars do (turn off for control planes that serve secrets elsewhere)")
 	fs.StringVar(&cfg.NodeIDTemplate, "node-id-template", "proxy-{{.I}}", "generic mode: Go template of each node id; {{.I}} is the proxy's index from 0")
@@ -157,7 +159,6 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 	sc.AllServices = allSvcs
 	if allSvcs {
 		sc.Name += "-all"
-		sc.Upstreams = sc.Services - 1
 	}
 	cfg.Scenario = sc
 	cfg.Proxies = proxies

@@ -185,6 +185,12 @@ func (ch *churner) serviceAdd() (*Change, error) {
 	for e := range 2 {
 		svc.Endpoints = append(svc.Endpoints, mesh.Endpoint{Address: fmt.Sprintf("10.251.%d.%d", ch.cat.extra%250, e+1), Port: publicPort})
 	}
+	if len(ch.cat.Services) > 0 && ch.cat.Services[0].VirtualAddress() {
+		// Services have virtual addresses (--all-services): so does this
+		// one, and the transparent sidecars that see every service capture
+		// it too.
+		svc.Address, svc.Port = fmt.Sprintf("10.95.%d.%d", ch.cat.extra/250%250, ch.cat.extra%250+1), servicePort
+	}
 	ch.cat.Services = append(ch.cat.Services, svc)
 	ch.newSvc = svc.Key()
 	ch.newUsers = nil
@@ -213,13 +219,20 @@ func (ch *churner) serviceAdd() (*Change, error) {
 	}
 	key := svc.Key()
 	cluster := xds.OutboundClusterName(key)
-	return &Change{Kind: "service-add", Affected: slices.Clone(ch.newUsers), Delivered: func(p *Proxy) bool {
+	// Every tenth proxy names it with a local port; proxies that see whole
+	// namespaces see it too.
+	return &Change{Kind: "service-add", Affected: ch.cat.Consumers(key), Delivered: func(p *Proxy) bool {
 		if !p.Synced() || p.Resource(resourcev3.ClusterType, cluster) == nil {
 			return false
 		}
-		u := mesh.Upstream{Service: key.Name, Namespace: key.Namespace, LocalPort: ports[p.ID]}
 		cla, _ := p.Resource(resourcev3.EndpointType, cluster).(*endpointv3.ClusterLoadAssignment)
-		return p.Resource(resourcev3.ListenerType, xds.OutboundListenerName(&u)) != nil && len(cla.GetEndpoints()) > 0
+		if port, named := ports[p.ID]; named {
+			u := mesh.Upstream{Service: key.Name, Namespace: key.Namespace, LocalPort: port}
+			if p.Resource(resourcev3.ListenerType, xds.OutboundListenerName(&u)) == nil {
+				return false
+			}
+		}
+		return len(cla.GetEndpoints()) > 0
 	}}, nil
 }
 
@@ -228,12 +241,12 @@ func (ch *churner) serviceRemove() (*Change, error) {
 		return nil, errors.New("service-remove needs a service-add before it")
 	}
 	key := ch.newSvc
+	users := ch.cat.Consumers(key)
 	for _, id := range ch.newUsers {
 		p := ch.cat.Proxy(id)
 		p.Upstreams = slices.DeleteFunc(p.Upstreams, func(u mesh.Upstream) bool { return u.Key() == key })
 	}
 	ch.cat.Services = slices.DeleteFunc(ch.cat.Services, func(s mesh.Service) bool { return s.Key() == key })
-	users := ch.newUsers
 	ch.newSvc, ch.newUsers = mesh.ServiceKey{}, nil
 	cluster := xds.OutboundClusterName(key)
 	return &Change{Kind: "service-remove", Affected: users, Delivered: func(p *Proxy) bool {

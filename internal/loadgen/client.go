@@ -90,7 +90,7 @@ type Fleet struct {
 // NewFleet prepares proxies and connections; Start opens the streams.
 func NewFleet(cfg ClientConfig, nodes []NodeSpec) (*Fleet, error) {
 	if cfg.StreamsPerConn <= 0 {
-		cfg.StreamsPerConn = 50
+		cfg.StreamsPerConn = 1
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -493,7 +493,7 @@ func (p *Proxy) handleSotW(resp *discoverygrpc.DiscoveryResponse) []*discoverygr
 	p.state[t], p.got[t], p.acked[t] = m, true, resp.GetVersionInfo()
 	p.f.ACKs.Add(1)
 	reqs := []*discoverygrpc.DiscoveryRequest{{TypeUrl: t, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce(), ResourceNames: p.subs[t]}}
-	for typ, names := range p.wanted() {
+	for typ, names := range p.wantedAfter(t) {
 		if slices.Equal(names, p.subs[typ]) {
 			continue
 		}
@@ -555,7 +555,7 @@ func (p *Proxy) handleDelta(resp *discoverygrpc.DeltaDiscoveryResponse) []*disco
 	p.got[t] = true
 	p.f.ACKs.Add(1)
 	reqs := []*discoverygrpc.DeltaDiscoveryRequest{{TypeUrl: t, ResponseNonce: resp.GetNonce()}}
-	for typ, names := range p.wanted() {
+	for typ, names := range p.wantedAfter(t) {
 		old := p.subs[typ]
 		var add, drop []string
 		for _, n := range names {
@@ -607,6 +607,18 @@ func (p *Proxy) nack(err error) {
 		p.nackMsg = msg
 		p.f.cfg.Logger.Warn("NACK", "proxy", p.ID, "err", err)
 	}
+}
+
+// wantedAfter is wanted after a response of type t: only listeners and
+// clusters name other resources, so after any other response the
+// subscriptions stand (as in Envoy, where an endpoint update subscribes to
+// nothing), and working them out again for every endpoint push would make
+// the tool, not the server, the cost of a change.
+func (p *Proxy) wantedAfter(t string) map[string][]string {
+	if !slices.Contains(wildcardTypes, t) {
+		return nil
+	}
+	return p.wanted()
 }
 
 // wanted derives the named subscriptions from what the proxy holds, as

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,13 +60,28 @@ func TestGenerateGivesValidCatalogs(t *testing.T) {
 			if len(cat.Proxies()) != sc.Proxies || len(cat.Services()) != sc.Services {
 				t.Fatalf("got %d proxies, %d services; want %d, %d", len(cat.Proxies()), len(cat.Services()), sc.Proxies, sc.Services)
 			}
-			want := sc.Upstreams
-			if sc.AllServices {
-				want = sc.Services - 1
-			}
 			for _, p := range cat.Proxies() {
-				if len(p.Upstreams) != want {
-					t.Fatalf("proxy %s has %d upstreams, want %d", p.ID, len(p.Upstreams), want)
+				if sc.AllServices {
+					// Every service visible through upstreamNamespaces: no
+					// list of upstreams that grows with the services.
+					if len(p.Upstreams) != 0 || !slices.Equal(p.UpstreamNamespaces, []string{mesh.AllNamespaces}) || !p.Transparent() {
+						t.Fatalf("proxy %s: %d upstreams, namespaces %v, mode %q; want a transparent sidecar seeing every namespace", p.ID, len(p.Upstreams), p.UpstreamNamespaces, p.Mode)
+					}
+					continue
+				}
+				if len(p.Upstreams) != sc.Upstreams {
+					t.Fatalf("proxy %s has %d upstreams, want %d", p.ID, len(p.Upstreams), sc.Upstreams)
+				}
+			}
+			if sc.AllServices {
+				for _, s := range cat.Services() {
+					if !s.VirtualAddress() {
+						t.Fatalf("service %s has no virtual address", s.Key())
+					}
+				}
+				// Every proxy calls every service, its own included.
+				if n := len(c.Consumers(cat.Services()[0].Key())); n != sc.Proxies {
+					t.Fatalf("a service has %d consumers, want all %d proxies", n, sc.Proxies)
 				}
 			}
 			// Churn targets the most consumed service; it must have consumers.

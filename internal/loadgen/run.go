@@ -120,7 +120,10 @@ type ChurnResult struct {
 	Responses  int64 // responses received by affected proxies
 	Bytes      int64 // bytes received by affected proxies
 	MeshdPush  float64
-	Note       string
+	// CPU is meshd's CPU from each change to the end of its settle time,
+	// summed over the changes.
+	CPU  float64
+	Note string
 }
 
 // Result is everything one run measured.
@@ -315,7 +318,7 @@ func (r *runner) setup(ctx context.Context) ([]NodeSpec, error) {
 	case sc.Name != "":
 		r.res.Title = fmt.Sprintf("scenario %s: %d proxies, %d services × %d endpoints, ", sc.Name, sc.Proxies, sc.Services, sc.Endpoints)
 		if sc.AllServices {
-			r.res.Title += "every service upstream of every proxy"
+			r.res.Title += "every service visible to every proxy (transparent sidecars, upstreamNamespaces [\"*\"])"
 		} else {
 			r.res.Title += fmt.Sprintf("%d upstreams per proxy", sc.Upstreams)
 		}
@@ -602,6 +605,20 @@ func (r *runner) cpu(ctx context.Context) (metric, proc float64) {
 	return metric, proc
 }
 
+// changeCPU reads meshd's CPU seconds for one change's figure: from /proc
+// when meshd runs here, so that reading it costs meshd nothing (a /metrics
+// scrape costs it the collection of every metric, which would count in
+// the change).
+func (r *runner) changeCPU(ctx context.Context) float64 {
+	if pid := r.pid(); pid > 0 {
+		if ps, err := ReadProc(pid); err == nil {
+			return ps.CPU.Seconds()
+		}
+	}
+	m, _ := r.cpu(ctx)
+	return m
+}
+
 func (r *runner) idle(ctx context.Context) {
 	if r.cfg.IdleWindow <= 0 {
 		return
@@ -647,7 +664,12 @@ func (r *runner) churn(ctx context.Context) {
 			// Go's profiler takes one CPU profile at a time.
 			<-r.coldProfile
 		}
+		done := make(chan struct{})
+		// A churn shorter than the profile waits for it, so that meshd is
+		// still there to send it.
+		defer func() { <-done }()
 		go func() {
+			defer close(done)
 			if err := r.admin.Profile(ctx, 20*time.Second, filepath.Join(r.cfg.ProfileDir, "meshd-churn.cpu.pprof")); err != nil {
 				r.log.Warn("churn CPU profile", "err", err)
 			}
@@ -734,6 +756,7 @@ func (r *runner) churnStep(ctx context.Context, step func() (*Change, error), cr
 			pushes0, builds0, accepted0 = m.Get("meshd_xds_pushes_total"), m.Get("meshd_snapshot_builds_total"), m.Get("meshd_catalog_reloads_accepted_total")
 		}
 	}
+	cpu0 := r.changeCPU(ctx)
 	var t0 time.Time
 	if c.Apply != nil {
 		t0 = time.Now()
@@ -758,6 +781,9 @@ func (r *runner) churnStep(ctx context.Context, step func() (*Change, error), cr
 		r.waitMetric(ctx, "meshd_snapshot_builds_total", builds0)
 	}
 	time.Sleep(r.cfg.ChurnSettle)
+	if cpu1 := r.changeCPU(ctx); cpu1 > 0 {
+		cr.CPU += cpu1 - cpu0
+	}
 	cr.Changes++
 	cr.Affected = len(affected)
 	for _, p := range r.fleet.Proxies {

@@ -16,6 +16,7 @@ import (
 	"github.com/meshd/meshd/discovery/file"
 	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/xds"
 )
 
 // Scenario is the shape of a generated mesh.
@@ -25,8 +26,12 @@ type Scenario struct {
 	Services  int
 	Endpoints int // per service
 	Upstreams int // per proxy (ignored with AllServices)
-	// AllServices makes every proxy's upstreams every other service, the way
-	// a control plane without scoping configures every sidecar.
+	// AllServices makes every service visible to every proxy, the way a
+	// control plane without scoping configures every sidecar: each sidecar
+	// is transparent (a capture listener) with upstreamNamespaces ["*"],
+	// and each service has a virtual address, so the catalog does not
+	// grow with proxies × services. (Every service as an explicit
+	// upstream with a local port is --upstreams <services-1>.)
 	AllServices bool
 }
 
@@ -48,8 +53,8 @@ func (s Scenario) Validate() error {
 		return fmt.Errorf("scenario %s: endpoints per service must be 0-250, got %d", s.Name, s.Endpoints)
 	case !s.AllServices && (s.Upstreams < 0 || s.Upstreams >= s.Services):
 		return fmt.Errorf("scenario %s: upstreams per proxy must be 0-%d (fewer than the services), got %d", s.Name, s.Services-1, s.Upstreams)
-	case s.AllServices && s.Services > 50000:
-		return fmt.Errorf("scenario %s: --all-services needs one local port per service; at most 50000 services", s.Name)
+	case s.AllServices && s.Services > 250000:
+		return fmt.Errorf("scenario %s: --all-services gives every service a virtual address in 10.96.0.0/12; at most 250000 services", s.Name)
 	}
 	return nil
 }
@@ -102,6 +107,8 @@ type Catalog struct {
 const (
 	publicPort    = 15001
 	appPort       = 8080
+	capturePort   = 15006
+	servicePort   = 80 // at a service's virtual address
 	firstUpstream = 10001
 )
 
@@ -121,6 +128,9 @@ func Generate(s Scenario) (*Catalog, error) {
 			proto = mesh.ProtocolTCP
 		}
 		svc := mesh.Service{Name: fmt.Sprintf("svc-%05d", i), Namespace: fmt.Sprintf("ns-%d", i%10), Protocol: proto}
+		if s.AllServices {
+			svc.Address, svc.Port = serviceVIP(i), servicePort
+		}
 		for e := range s.Endpoints {
 			svc.Endpoints = append(svc.Endpoints, mesh.Endpoint{
 				Address:  serviceEndpointAddr(i, e),
@@ -140,11 +150,8 @@ func Generate(s Scenario) (*Catalog, error) {
 		}
 		var ups []int
 		if s.AllServices {
-			for j := range s.Services {
-				if j != i%s.Services {
-					ups = append(ups, j)
-				}
-			}
+			p.Mode, p.CapturePort, p.Passthrough = mesh.ModeTransparent, capturePort, mesh.PassthroughAllow
+			p.UpstreamNamespaces = []string{mesh.AllNamespaces}
 		} else {
 			// A spread that gives every service about the same number of
 			// consumers and never the proxy's own service.
@@ -172,6 +179,12 @@ func localPort(k int) uint32 {
 		p++
 	}
 	return p
+}
+
+// serviceVIP is service i's virtual address (in 10.96.0.0/12, apart from
+// the endpoints' and proxies' addresses).
+func serviceVIP(i int) string {
+	return fmt.Sprintf("10.%d.%d.%d", 96+i/62500, (i/250)%250, i%250+1)
 }
 
 func serviceEndpointAddr(svc, ep int) string {
@@ -311,19 +324,29 @@ func (c *Catalog) ProxyIDs() []string {
 	return ids
 }
 
-// Consumers returns the ids of proxies with k as an upstream: exactly the
-// proxies whose configuration a change to k's endpoints alters.
+// Consumers returns the ids of proxies that call k (an upstream, or in
+// their visible service set): exactly the proxies whose configuration a
+// change to k's endpoints alters.
 func (c *Catalog) Consumers(k mesh.ServiceKey) []string {
 	var ids []string
+	svc := c.Service(k)
 	for i := range c.Proxies {
-		for _, u := range c.Proxies[i].Upstreams {
-			if u.Key() == k {
-				ids = append(ids, c.Proxies[i].ID)
-				break
-			}
+		if c.calls(&c.Proxies[i], k, svc) {
+			ids = append(ids, c.Proxies[i].ID)
 		}
 	}
 	return ids
+}
+
+// calls reports whether p calls service k (svc: its definition, nil if
+// the catalog has none), as meshd reads p.
+func (c *Catalog) calls(p *mesh.Proxy, k mesh.ServiceKey, svc *mesh.Service) bool {
+	if svc != nil {
+		if sel := xds.VisibleSelector(p); sel != nil {
+			return sel.Includes(svc)
+		}
+	}
+	return slices.ContainsFunc(p.Upstreams, func(u mesh.Upstream) bool { return u.Key() == k })
 }
 
 // Service returns the service with key k, or nil.
@@ -351,7 +374,16 @@ func (c *Catalog) Proxy(id string) *mesh.Proxy {
 func (c *Catalog) MostConsumed(avoid ...mesh.ServiceKey) *mesh.Service {
 	counts := map[mesh.ServiceKey]int{}
 	for i := range c.Proxies {
-		for _, u := range c.Proxies[i].Upstreams {
+		p := &c.Proxies[i]
+		if sel := xds.VisibleSelector(p); sel != nil {
+			for j := range c.Services {
+				if sel.Includes(&c.Services[j]) {
+					counts[c.Services[j].Key()]++
+				}
+			}
+			continue
+		}
+		for _, u := range p.Upstreams {
 			counts[u.Key()]++
 		}
 	}

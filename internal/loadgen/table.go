@@ -10,7 +10,12 @@ import (
 func (res *Result) Table() string {
 	var b strings.Builder
 	row := func(k, v string) { fmt.Fprintf(&b, "| %s | %s |\n", k, v) }
-	fmt.Fprintf(&b, "%s; %s, %d gRPC connections\n\n", res.Title, res.Mode, res.Conns)
+	conns := fmt.Sprintf("%d gRPC connections, one per proxy as real Envoys connect", res.Conns)
+	if res.Conns < res.Proxies {
+		conns = fmt.Sprintf("%d gRPC connections, MULTIPLEXED: about %d proxies' streams share each (real Envoys use one each)",
+			res.Conns, (res.Proxies+res.Conns-1)/max(res.Conns, 1))
+	}
+	fmt.Fprintf(&b, "%s; %s, %s\n\n", res.Title, res.Mode, conns)
 	b.WriteString("| figure | value |\n|---|---|\n")
 	row("cold connect + full sync, all proxies (p50 / max)", distText(res.Cold, false))
 	if res.Proxies > 0 {
@@ -52,6 +57,9 @@ func (res *Result) Table() string {
 		per := ""
 		if n := int64(c.Converge.N); n > 0 {
 			per = fmt.Sprintf("; %s in %.1f responses per affected proxy", bytesText(float64(c.Bytes)/float64(n)), float64(c.Responses)/float64(n))
+		}
+		if c.Changes > 0 && c.CPU > 0 {
+			per += fmt.Sprintf("; meshd CPU %.3f s per change", c.CPU/float64(c.Changes))
 		}
 		row(name, fmt.Sprintf("%s (%d changes × %d affected proxies%s; %d pushes to unaffected proxies)", v, c.Changes, c.Affected, per, c.Unaffected))
 	}
