@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/internal/suggest"
 	"github.com/meshd/meshd/mesh"
 )
@@ -286,13 +287,12 @@ func writeOutput(path string, data []byte, stdout io.Writer, perm os.FileMode) e
 		_, err := stdout.Write(data)
 		return err
 	}
-	if err := os.WriteFile(path, data, perm); err != nil {
-		return fmt.Errorf("writing %s: %w (check the directory exists and is writable)", path, err)
-	}
-	// WriteFile keeps an existing file's mode; a bootstrap carrying a token
-	// must not stay world-readable because an older one was.
-	if err := os.Chmod(path, perm); err != nil {
-		return fmt.Errorf("chmod %s: %w", path, err)
+	// A new file with perm from its first byte renamed over path: a
+	// bootstrap carrying a token must never be readable through an older,
+	// world-readable file (os.WriteFile keeps an existing file's mode, and
+	// a chmod afterwards leaves the token readable in between).
+	if err := atomicfile.Write(path, data, perm); err != nil {
+		return fmt.Errorf("writing the bootstrap: %w", err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshd/meshd/internal/atomicfile"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 )
@@ -88,8 +89,10 @@ func newTokenCreateCmd() *cobra.Command {
 			text := string(tok) + "\n"
 			if out == "" || out == "-" {
 				fmt.Fprint(cmd.OutOrStdout(), text)
-			} else if err := os.WriteFile(out, []byte(text), 0o600); err != nil {
-				return fmt.Errorf("writing %s: %w", out, err)
+			} else if err := atomicfile.Write(out, []byte(text), 0o600); err != nil {
+				// A new 0600 file renamed over the path: os.WriteFile kept
+				// an existing file's mode and wrote the token into it.
+				return fmt.Errorf("writing the token: %w", err)
 			}
 			recordToken(ta, claims, cmd.ErrOrStderr())
 			fmt.Fprintf(cmd.ErrOrStderr(), "token %s for %s/%s, valid until %s\n", claims.ID, claims.Namespace, claims.Service, claims.Expires.Format(time.RFC3339))

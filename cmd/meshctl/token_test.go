@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"log/slog"
 	"net"
 	"net/http"
@@ -216,4 +217,86 @@ func mustID(s string) mesh.Identity {
 		panic(err)
 	}
 	return id
+}
+
+// A token written over an existing world-readable file never lands in that
+// file: token create -o and bootstrap -o replace the path with a new file of
+// mode 0600 (internal/atomicfile), so the old inode (here kept reachable by a
+// hard link, as a reader holding it open would) keeps its old content, and
+// no reader of the old 0644 file can see the token even for a moment.
+// os.WriteFile kept the old file's mode; WriteFile then Chmod left the token
+// readable between the two.
+func TestSecretOutputReplacesReadableFile(t *testing.T) {
+	dataDir := t.TempDir()
+	if _, err := sds.LoadOrCreateTokens(dataDir, defaultTrustDomain, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "web.token")
+	bootFile := filepath.Join(dir, "web.yaml")
+	for _, c := range []struct {
+		name string
+		path string
+		args []string
+	}{
+		{"token create", tokFile, []string{"token", "create", "--service", "web", "--ttl", "1h", "--data-dir", dataDir, "-o", tokFile}},
+		{"bootstrap --token-file", bootFile, []string{"bootstrap", "--service", "web", "--ca-file", "x.pem", "--token-file", tokFile, "-o", bootFile}},
+		{"bootstrap --token-ttl", bootFile, []string{"bootstrap", "--service", "web", "--ca-file", "x.pem", "--data-dir", dataDir, "--token-ttl", "1h", "-o", bootFile}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			old := []byte("an older, readable file\n")
+			_ = os.Remove(c.path)
+			if err := os.WriteFile(c.path, old, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(c.path, 0o644); err != nil { // whatever the umask
+				t.Fatal(err)
+			}
+			link := c.path + ".old"
+			_ = os.Remove(link)
+			if err := os.Link(c.path, link); err != nil {
+				t.Fatal(err)
+			}
+			if r := runArgs(c.args...); r.code != exitOK {
+				t.Fatalf("%v: %d %s", c.args, r.code, r.stderr)
+			}
+			if m := fileMode(t, c.path); m != 0o600 {
+				t.Errorf("%s has mode %04o, want 0600", c.path, m)
+			}
+			got, err := os.ReadFile(link)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, old) {
+				t.Errorf("the old 0644 file was written in place (it now holds %d bytes, not the %d it had): the token was world-readable", len(got), len(old))
+			}
+			if m := fileMode(t, link); m != 0o644 {
+				t.Errorf("the old file's mode changed to %04o: it was written in place", m)
+			}
+			newFI, err := os.Stat(c.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			oldFI, err := os.Stat(link)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if os.SameFile(newFI, oldFI) {
+				t.Errorf("%s is still the old inode", c.path)
+			}
+			if b, _ := os.ReadFile(c.path); bytes.Equal(b, old) || len(b) == 0 {
+				t.Errorf("%s was not rewritten (%d bytes)", c.path, len(b))
+			}
+			// No temporary file is left beside it.
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				if strings.Contains(e.Name(), ".tmp-") {
+					t.Errorf("temporary file %s left behind", e.Name())
+				}
+			}
+		})
+	}
 }

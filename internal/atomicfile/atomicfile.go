@@ -17,7 +17,7 @@ func Write(path string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("write %s: create temp file: %w (check the directory is writable)", path, err)
+		return fmt.Errorf("write %s: create temp file: %w (check the directory exists and is writable)", path, err)
 	}
 	tmpName := tmp.Name()
 	defer func() {
