@@ -77,6 +77,8 @@ type authFixture struct {
 var (
 	recheckEvery time.Duration
 	noWatcher    bool
+	// maxStreams is the next startAuthServer's MaxStreamsPerNode.
+	maxStreams int
 )
 
 // counter reads a counter of the fixture's registry by its one label value.
@@ -120,7 +122,7 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 		t.Fatal(err)
 	}
 	cat, cache, pub, m, tr := publishQuickstart(t, ca, log)
-	au := &auth.Authenticator{RecheckEvery: recheckEvery,
+	au := &auth.Authenticator{RecheckEvery: recheckEvery, MaxStreamsPerNode: maxStreams,
 		Tokens: tokens, TrustDomain: "cluster.local", Logger: log, Insecure: insecureXDS,
 		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
 			px := cat.Proxy(node)

@@ -48,6 +48,17 @@ type Options struct {
 	// the answer. Dead peers (a VM that vanished) are detected in
 	// KeepaliveTime+KeepaliveTimeout rather than at TCP timeout.
 	KeepaliveTime, KeepaliveTimeout time.Duration
+	// HandshakeTimeout bounds a new connection's TLS and HTTP/2 handshakes
+	// (gRPC's default is 120 s; issue 13: stalled handshakes lived that
+	// long). Zero: 5 s.
+	HandshakeTimeout time.Duration
+	// MaxConnectionIdle closes a connection that has had no stream for
+	// this long (an agent between renewals, a proxy whose streams were
+	// ended); MaxConnectionAge sends a connection GOAWAY after about this
+	// long (±10%), so every proxy reconnects, re-authenticates and may land
+	// on another replica, and MaxConnectionAgeGrace is how long its streams
+	// may then continue. Zero: not enforced.
+	MaxConnectionIdle, MaxConnectionAge, MaxConnectionAgeGrace time.Duration
 	// Auth, when set, authenticates every xDS stream (auth.go). With
 	// Auth.Insecure the server speaks plaintext and TLS may be nil.
 	Auth *auth.Authenticator
@@ -83,10 +94,15 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 	if o.KeepaliveTimeout == 0 {
 		o.KeepaliveTimeout = 10 * time.Second
 	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = 5 * time.Second
+	}
 	pool := defaultBufferPool()
 	gs := grpc.NewServer(append(auth,
 		grpc.Creds(creds),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.KeepaliveTime, Timeout: o.KeepaliveTimeout}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.KeepaliveTime, Timeout: o.KeepaliveTimeout,
+			MaxConnectionIdle: o.MaxConnectionIdle, MaxConnectionAge: o.MaxConnectionAge, MaxConnectionAgeGrace: o.MaxConnectionAgeGrace}),
+		grpc.ConnectionTimeout(o.HandshakeTimeout),
 		// Proxies ping us too (Envoy's and gRPC's keepalives); allow it
 		// rather than closing their connections with ENHANCE_YOUR_CALM.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),

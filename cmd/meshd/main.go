@@ -101,6 +101,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.LivenessTimeout, "liveness-timeout", 30*time.Second, "/healthz fails (and logs why) when the publisher or the xDS stream machinery has had work pending this long without progress, so a supervisor restarts a wedged meshd; a publish of 10,000 proxies takes a few seconds, so keep it well above that")
 	fs.BoolVar(&c.Telemetry, "telemetry", true, "collect traffic telemetry: every Envoy sidecar streams its inbound access log to meshd (gRPC ALS on the xDS port, authenticated like xDS), for meshd_mesh_* metrics, meshctl stat, edges and tap (docs/operations.md). false: no access-log streams")
 	fs.IntVar(&c.TelemetryMaxEdges, "telemetry-max-edges", 10000, "most caller → service edges the telemetry store keeps (about 250 bytes each, and a few Prometheus series each); events of further edges still count for their service and in meshd_telemetry_dropped_events_total")
+	fs.IntVar(&c.MaxConnections, "max-connections", 0, "most open `connections` on the xDS port; when reached, a new one closes the oldest that has not authenticated (an authenticated one is never closed for it). 0: meshd's file-descriptor limit (raised to its hard limit at start) less a reserve for the admin API and files, logged at start")
+	fs.IntVar(&c.MaxPendingConnections, "max-pending-connections", 0, "most `connections` on the xDS port that have not yet authenticated a stream or call; beyond it a new one closes the oldest of them. 0: as --max-connections")
+	fs.DurationVar(&c.AuthTimeout, "xds-auth-timeout", 10*time.Second, "close an xDS connection that has not authenticated a stream or call this long after it was accepted (idle TCP, stalled TLS, HTTP/2 without a stream)")
+	fs.DurationVar(&c.HandshakeTimeout, "xds-handshake-timeout", 5*time.Second, "bound on a new xDS connection's TLS and HTTP/2 handshakes")
+	fs.DurationVar(&c.MaxConnectionIdle, "xds-max-connection-idle", 5*time.Minute, "close an xDS connection that has had no stream for this long (GOAWAY; clients reconnect when they need to). 0: never")
+	fs.DurationVar(&c.MaxConnectionAge, "xds-max-connection-age", 30*time.Minute, "send an xDS connection GOAWAY after about this long (±10%), so every proxy reconnects and re-authenticates now and then (and spreads over replicas). 0: never")
+	fs.DurationVar(&c.MaxConnectionAgeGrace, "xds-max-connection-age-grace", 10*time.Second, "how long the streams of a connection sent GOAWAY for its age may continue before they are closed (proxies reconnect meanwhile)")
+	fs.IntVar(&c.MaxStreamsPerProxy, "max-streams-per-proxy", 128, "most open `streams` one credential (a token, a certificate) may hold for one node id: xDS and access-log streams together (an Envoy holds one xDS stream and one access-log stream per worker thread). A credential grants only its service's proxies, so it holds at most this many per proxy of the service. 0: no limit")
 	fs.DurationVar(&c.CredentialCheck, "credential-check-interval", time.Second, "how often meshd checks the credentials of open xDS streams against the token revocation list and their expiry; a revocation (meshctl token revoke) is normally seen at once through a file-system event, so this bounds how long a revoked or expired credential's streams stay open when events are lost")
 	fs.BoolVar(&c.InsecureXDS, "insecure-xds", false, "DEVELOPMENT ONLY: serve xDS in plaintext without authenticating proxies; any client can fetch any proxy's configuration and certificates")
 	fs.Var(&c.memoryLimit, "memory-limit", "soft memory `limit` for the Go runtime (debug.SetMemoryLimit), in bytes or with a unit: B, KiB, MiB, GiB, TiB (e.g. 900MiB); the garbage collector works harder as the heap nears it instead of letting RSS follow GOGC's goal. 0 or off: no limit. Default: GOMEMLIMIT if set, otherwise no limit")
@@ -149,6 +157,18 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.LivenessTimeout < time.Second {
 		return nil, fmt.Errorf("--liveness-timeout %s is too short: use at least 1s (the default is 30s)", c.LivenessTimeout)
+	}
+	if c.MaxConnections < 0 || c.MaxPendingConnections < 0 || c.MaxStreamsPerProxy < 0 {
+		return nil, errors.New("--max-connections, --max-pending-connections and --max-streams-per-proxy cannot be negative (0 means the default)")
+	}
+	if c.MaxConnections > 0 && c.MaxConnections < 16 {
+		return nil, fmt.Errorf("--max-connections %d: use at least 16 (0: from the file-descriptor limit)", c.MaxConnections)
+	}
+	if c.AuthTimeout < time.Second || c.HandshakeTimeout < 100*time.Millisecond {
+		return nil, fmt.Errorf("--xds-auth-timeout (%s) must be at least 1s and --xds-handshake-timeout (%s) at least 100ms", c.AuthTimeout, c.HandshakeTimeout)
+	}
+	if c.MaxConnectionIdle < 0 || c.MaxConnectionAge < 0 || c.MaxConnectionAgeGrace < 0 {
+		return nil, errors.New("--xds-max-connection-idle, --xds-max-connection-age and --xds-max-connection-age-grace cannot be negative (0: not enforced)")
 	}
 	if c.CredentialCheck < 100*time.Millisecond || c.CredentialCheck > 10*time.Second {
 		return nil, fmt.Errorf("--credential-check-interval %s: use 100ms to 10s (the bound on how long a revoked token's streams stay open; default 1s)", c.CredentialCheck)

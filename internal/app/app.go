@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -79,6 +78,16 @@ type Config struct {
 	// addresses its requests may carry in Host (--admin-hosts).
 	AdminTokenFile string
 	AdminHosts     string
+	// Bounds on what clients may hold before and after authenticating
+	// (issue 13; limits.go): connections on the xDS port (0: from the
+	// file-descriptor limit), of them not yet authenticated (0: all), how
+	// long a connection may stay unauthenticated, the TLS handshake, idle
+	// and age limits of connections, and streams per credential and node.
+	MaxConnections, MaxPendingConnections int
+	AuthTimeout, HandshakeTimeout         time.Duration
+	MaxConnectionIdle, MaxConnectionAge   time.Duration
+	MaxConnectionAgeGrace                 time.Duration
+	MaxStreamsPerProxy                    int
 	// CredentialCheck: how often open streams' credentials are checked
 	// for revocation and expiry besides file events
 	// (--credential-check-interval; 0: auth.DefaultRecheck).
@@ -212,7 +221,7 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 	tr := tracker.NewTracker(log, m, func(id string) bool { return pub.View().Known(id) })
 	hosts := splitList(c.ServerHosts)
 	au := &auth.Authenticator{Tokens: tokens, TrustDomain: c.TrustDomain, Logger: log, Insecure: c.InsecureXDS,
-		RecheckEvery: c.CredentialCheck,
+		RecheckEvery: c.CredentialCheck, MaxStreamsPerNode: c.MaxStreamsPerProxy,
 		Lookup: func(node string) (mesh.ServiceKey, mesh.Identity, bool) {
 			cat := pub.View().Catalog
 			if cat == nil || cat.Proxy(node) == nil || cat.Service(cat.Proxy(node).ServiceKey()) == nil {
@@ -243,18 +252,15 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		adminRoutes = append(adminRoutes, api.Register)
 	}
 	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tr, Events: pub, Auth: au,
-		Register: register})
+		Register:         register,
+		HandshakeTimeout: c.HandshakeTimeout, MaxConnectionIdle: c.MaxConnectionIdle,
+		MaxConnectionAge: c.MaxConnectionAge, MaxConnectionAgeGrace: c.MaxConnectionAgeGrace})
 	if err != nil {
 		return err
 	}
-	xlis, err := net.Listen("tcp", c.XDSListen)
+	xlis, alis, err := listen(c, log, m, au)
 	if err != nil {
-		return fmt.Errorf("--xds-listen %s: %w", c.XDSListen, err)
-	}
-	alis, err := net.Listen("tcp", c.AdminListen)
-	if err != nil {
-		xlis.Close()
-		return fmt.Errorf("--admin-listen %s: %w", c.AdminListen, err)
+		return err
 	}
 	access := admin.NewAccess(adminToken, splitList(c.AdminHosts), log)
 	access.RegisterMetrics(m.Registry)

@@ -27,6 +27,7 @@ func testConfig(dir, catalog string) *Config {
 		CatalogHoldoff: 100 * time.Millisecond, MTLSMode: string(mesh.MTLSPermissive), RootNS: mesh.DefaultRootNamespace,
 		DefaultInbound: string(mesh.DefaultAllUnauthenticated), ClusterNetworks: strings.Join(policy.DefaultClusterNetworks, ","),
 		MigrationOverdue: time.Minute, LivenessTimeout: 30 * time.Second, ConsulDefaultIntention: "allow", ConsulSyncTimeout: 30 * time.Second,
+		AuthTimeout: 10 * time.Second, HandshakeTimeout: 5 * time.Second, MaxStreamsPerProxy: 128, CredentialCheck: time.Second,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -85,6 +86,11 @@ type Authenticator struct {
 	// RefusalLogEvery is the least time between two log lines of the same
 	// refusal (the counters count every one). Zero: 10 seconds.
 	RefusalLogEvery time.Duration
+	// OnAuthenticated, when set, is told the remote address of every
+	// connection on which a stream or call proved a credential (the
+	// connection limiter stops timing it out and never evicts it; package
+	// server/connlimit). It must not block.
+	OnAuthenticated func(net.Addr)
 
 	once          sync.Once
 	refused       *prometheus.CounterVec
@@ -291,8 +297,19 @@ func (a *Authenticator) AuthorizeCall(ctx context.Context, nodeID string) (Calle
 	if err != nil {
 		return Caller{}, err
 	}
+	a.authenticated(ctx)
 	svc, _, _ := a.Lookup(nodeID)
 	return Caller{Service: svc, Identity: id, Credential: cred.String(), Origin: cred.origin()}, nil
+}
+
+// authenticated tells OnAuthenticated about the connection of ctx.
+func (a *Authenticator) authenticated(ctx context.Context) {
+	if a.OnAuthenticated == nil {
+		return
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		a.OnAuthenticated(p.Addr)
+	}
 }
 
 // CountRefusal counts a refusal decided elsewhere (the CA service's bad
@@ -345,6 +362,7 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 		if a.Insecure {
 			a.Logger.Warn("INSECURE: serving an xDS stream without authentication (--insecure-xds); never use this outside development",
 				"method", info.FullMethod, "peer", peerAddr(ss.Context()))
+			a.authenticated(ss.Context())
 			return handler(srv, ss)
 		}
 		log := a.refusals
@@ -380,6 +398,7 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 			return err
 		}
 		defer a.release(sess)
+		a.authenticated(ss.Context())
 		// The session rides the stream's context (a value, not a
 		// cancellable child: that would cost every stream a Done channel
 		// and an entry in its parent); the stream loops take it from
@@ -405,6 +424,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		}
 		if a.Insecure {
 			a.Logger.Warn("INSECURE: serving an xDS fetch without authentication (--insecure-xds)", "method", info.FullMethod, "peer", peerAddr(ctx))
+			a.authenticated(ctx)
 			return handler(ctx, req)
 		}
 		cred, err := a.authenticate(ctx, a.refusals)
@@ -418,6 +438,7 @@ func (a *Authenticator) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if _, err := a.authorize(cred, node, a.refusals); err != nil {
 			return nil, err
 		}
+		a.authenticated(ctx)
 		as := &authStream{a: a, cred: cred, node: node}
 		as.filter(req)
 		return handler(ctx, req)
