@@ -72,7 +72,22 @@ func (t *Tracker) AgentFetchedBundle(node string, bundlePEM []byte) {
 	if t.bundles.agents == nil {
 		t.bundles.agents = map[string]agentBundle{}
 	}
-	t.bundles.agents[node] = agentBundle{roots: fps, seen: time.Now()}
+	t.bundles.agents[node] = agentBundle{roots: fps, seen: t.now()}
+}
+
+// forget drops what the tracker's forget dropped nodes ACKed, and the
+// agents that have not fetched for agentWindow (they no longer count).
+func (b *bundleAcks) forget(nodes []string, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, id := range nodes {
+		delete(b.acked, id)
+	}
+	for id, a := range b.agents {
+		if now.Sub(a.seen) >= agentWindow {
+			delete(b.agents, id)
+		}
+	}
 }
 
 // rootsOf returns the fingerprints of the roots in a ROOTCA secret, or nil
@@ -210,9 +225,10 @@ func (t *Tracker) BundleAcked(rootFingerprint string) (bool, []string) {
 			pending = append(pending, id)
 		}
 	}
+	now := t.now()
 	t.bundles.mu.Lock()
 	for id, a := range t.bundles.agents {
-		if time.Since(a.seen) < agentWindow && !slices.Contains(a.roots, rootFingerprint) && !slices.Contains(pending, id) {
+		if now.Sub(a.seen) < agentWindow && !slices.Contains(a.roots, rootFingerprint) && !slices.Contains(pending, id) {
 			pending = append(pending, id+" (mesh-agent)")
 		}
 	}

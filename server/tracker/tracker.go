@@ -33,12 +33,17 @@ type Tracker struct {
 	log *slog.Logger
 	m   *metrics.Metrics
 	// known reports whether a node id is in the published catalog (an
-	// unknown node is logged once per stream). Called without the lock.
+	// unknown node is logged once per stream, and forgotten a while after
+	// it disconnects). Called without the lock.
 	known func(nodeID string) bool
+	// now is the clock (a fake one in tests).
+	now func() time.Time
 
 	mu      sync.Mutex
 	streams map[StreamKey]*streamState
 	nodes   map[string]*nodeState
+	// nextSweep is when forget next looks for nodes to drop.
+	nextSweep time.Time
 
 	// bundles records the trust bundles proxies ACKed (bundle.go).
 	bundles bundleAcks
@@ -125,9 +130,74 @@ type TypeStatus struct {
 }
 
 // NewTracker returns a tracker; known reports whether a node id is in the
-// current catalog (an unknown node is logged once per stream).
+// current catalog (an unknown node is logged once per stream, and
+// forgotten ForgetAfter after it disconnects). With known nil, no node
+// counts as in the catalog.
 func NewTracker(log *slog.Logger, m *metrics.Metrics, known func(string) bool) *Tracker {
-	return &Tracker{log: log, m: m, known: known, streams: map[StreamKey]*streamState{}, nodes: map[string]*nodeState{}}
+	return &Tracker{log: log, m: m, known: known, now: time.Now, streams: map[StreamKey]*streamState{}, nodes: map[string]*nodeState{}}
+}
+
+// ForgetAfter is how long the tracker remembers a proxy that has no stream
+// open and whose node id is not in the catalog: /debug/status lists it as
+// disconnected (under unknownNodes) that long, then drops it. Without this
+// the tracker would keep every node id it ever saw, and some change on
+// every deploy (Consul instance ids), so its memory would grow without
+// bound. A proxy of the catalog is kept however long it has been gone
+// (the catalog bounds those), and so is a connected one.
+const ForgetAfter = 10 * time.Minute
+
+// sweepEvery is how often, at most, the tracker looks for nodes to forget.
+// It looks when a stream names its node (the only way the map grows) and
+// when its status is read, so a node is forgotten between ForgetAfter and
+// ForgetAfter+sweepEvery after its last stream closed: the tracker holds
+// the catalog's proxies, the connected ones, and those that disconnected
+// within the last ForgetAfter+sweepEvery.
+const sweepEvery = time.Minute
+
+// forget drops the nodes that have had no stream open for ForgetAfter and
+// are not in the catalog, with the trust bundles they ACKed and the
+// mesh-agents that stopped fetching. At most once per sweepEvery; the
+// catalog is asked without the lock held (it reads the publisher's
+// immutable view).
+func (t *Tracker) forget() {
+	now := t.now()
+	cutoff := now.Add(-ForgetAfter)
+	idle := func(n *nodeState) bool { return n.streams == 0 && n.seen.Before(cutoff) }
+	t.mu.Lock()
+	if now.Before(t.nextSweep) {
+		t.mu.Unlock()
+		return
+	}
+	t.nextSweep = now.Add(sweepEvery)
+	var stale []string
+	for id, n := range t.nodes {
+		if idle(n) {
+			stale = append(stale, id)
+		}
+	}
+	t.mu.Unlock()
+	gone := stale[:0]
+	for _, id := range stale {
+		if t.known == nil || !t.known(id) {
+			gone = append(gone, id)
+		}
+	}
+	t.mu.Lock()
+	// Checked again: a node may have reconnected meanwhile.
+	forgotten := gone[:0]
+	for _, id := range gone {
+		if n := t.nodes[id]; n != nil && idle(n) {
+			delete(t.nodes, id)
+			forgotten = append(forgotten, id)
+		}
+	}
+	// Still under t.mu (the one place the two locks nest, in this order):
+	// a forgotten node that reconnects cannot have its new ACK dropped.
+	t.bundles.forget(forgotten, now)
+	t.mu.Unlock()
+	if len(forgotten) > 0 {
+		t.log.Debug("forgot proxies that disconnected long ago and are not in the catalog", "nodes", len(forgotten), "after", ForgetAfter)
+	}
 }
 
 func flavorOf(n *corev3.Node) string {
@@ -167,11 +237,12 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 		t.nodes[id] = n
 	}
 	n.flavor = flavor
+	now := t.now()
 	if n.streams == 0 {
-		n.connected = time.Now()
+		n.connected = now
 	}
 	n.streams++
-	n.seen = time.Now()
+	n.seen = now
 	warnDrain := drain != "" && n.drainWarning != drain
 	n.drainWarning = drain
 	n.meta = metaOf(node)
@@ -187,6 +258,7 @@ func (t *Tracker) Identified(k StreamKey, node *corev3.Node) {
 		t.log.Warn("Envoy sidecar may run without meshd's drain settings: an mTLS mode or tcp policy change can take up to Envoy's default 600 s to reach its open connections",
 			"node", id, "reason", drain, "envoy_command", bootstrap.EnvoyCommand("FILE", 0))
 	}
+	t.forget()
 }
 
 // Probe takes and releases the tracker's locks: the liveness check's way to
@@ -207,7 +279,7 @@ func (t *Tracker) Closed(k StreamKey) {
 	if s != nil {
 		if n := t.nodes[s.node]; n != nil {
 			n.streams--
-			n.seen = time.Now()
+			n.seen = t.now()
 		}
 	}
 	t.mu.Unlock()
@@ -243,7 +315,7 @@ func (t *Tracker) typeStatus(k StreamKey, typeURL string) (string, *TypeStatus) 
 func (t *Tracker) Sent(k StreamKey, typeURL, nonce, version string, size int, secrets []*anypb.Any) {
 	t.mu.Lock()
 	if _, ts := t.typeStatus(k, typeURL); ts != nil {
-		ts.Sent, ts.SentAt = version, time.Now()
+		ts.Sent, ts.SentAt = version, t.now()
 		ts.Pushes++
 	}
 	t.mu.Unlock()
@@ -276,7 +348,7 @@ func (t *Tracker) Nacked(k StreamKey, typeURL, nonce, version, detail string) {
 	t.mu.Lock()
 	node, ts := t.typeStatus(k, typeURL)
 	if ts != nil {
-		ts.Nacked, ts.NackError, ts.NackAt = version, detail, time.Now()
+		ts.Nacked, ts.NackError, ts.NackAt = version, detail, t.now()
 	}
 	t.mu.Unlock()
 	short := shortType(typeURL)
@@ -303,8 +375,11 @@ type NodeStatus struct {
 	DrainWarning string `json:"drainWarning,omitempty"`
 }
 
-// Status returns every proxy that has connected since meshd started.
+// Status returns every proxy connected now, every proxy of the catalog that
+// connected since meshd started, and the others whose last stream closed
+// less than ForgetAfter (up to ForgetAfter+sweepEvery) ago.
 func (t *Tracker) Status() []NodeStatus {
+	t.forget()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]NodeStatus, 0, len(t.nodes))

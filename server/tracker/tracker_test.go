@@ -1,10 +1,13 @@
 package tracker
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -132,4 +135,95 @@ func TestTrackerDrainWarning(t *testing.T) {
 			t.Errorf("%s: the log does not give the command line:\n%s", c.node, logs.String())
 		}
 	}
+}
+
+// A node that disconnected ForgetAfter ago and is not in the catalog is
+// forgotten (Consul instance ids change on every deploy: keeping every id
+// ever seen grows without bound), with the bundle it ACKed; until then it
+// shows as disconnected. A catalog proxy is kept however long it has been
+// gone, a connected one always. The catalog is asked without the lock.
+func TestTrackerForgetsNodesGoneFromTheCatalog(t *testing.T) {
+	clock := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	var tr *Tracker
+	lockedInKnown := false
+	known := func(id string) bool {
+		if !tr.mu.TryLock() {
+			lockedInKnown = true
+		} else {
+			tr.mu.Unlock()
+		}
+		return id == "catalog"
+	}
+	tr = NewTracker(slog.New(slog.DiscardHandler), metrics.New(), known)
+	tr.now = func() time.Time { return clock }
+	ids := []string{"gone", "catalog", "connected", "recent"}
+	for i, id := range ids {
+		tr.Identified(StreamKey{ID: int64(i)}, &corev3.Node{Id: id})
+	}
+	tr.bundles.acked = map[string][]string{"gone": {"root"}, "catalog": {"root"}}
+	tr.AgentFetchedBundle("agent", nil)
+	tr.Closed(StreamKey{ID: 0}) // gone
+	tr.Closed(StreamKey{ID: 1}) // catalog
+	tracked := func() map[string]bool {
+		out := map[string]bool{}
+		for _, n := range tr.Status() {
+			out[n.ID] = n.Connected
+		}
+		return out
+	}
+
+	clock = clock.Add(ForgetAfter - time.Second)
+	tr.Closed(StreamKey{ID: 3}) // recent
+	if got, want := tracked(), map[string]bool{"gone": false, "catalog": false, "connected": true, "recent": false}; !maps.Equal(got, want) {
+		t.Fatalf("just under %s after the disconnect: %v, want %v", ForgetAfter, got, want)
+	}
+
+	clock = clock.Add(sweepEvery + time.Second)
+	if got, want := tracked(), map[string]bool{"catalog": false, "connected": true, "recent": false}; !maps.Equal(got, want) {
+		t.Fatalf("%s after the disconnect: %v, want %v", ForgetAfter+sweepEvery, got, want)
+	}
+	if lockedInKnown {
+		t.Error("the catalog was asked with the tracker's lock held")
+	}
+	if _, ok := tr.bundles.acked["gone"]; ok || len(tr.bundles.acked) != 1 {
+		t.Errorf("bundles ACKed after the sweep: %v, want the catalog proxy's only", tr.bundles.acked)
+	}
+	if len(tr.bundles.agents) != 0 {
+		t.Errorf("agents after %s without a fetch: %v", ForgetAfter, tr.bundles.agents)
+	}
+	// A forgotten node that comes back starts afresh.
+	tr.Identified(StreamKey{ID: 9}, &corev3.Node{Id: "gone"})
+	if st, ok := tr.Node("gone"); !ok || !st.Connected || !st.ConnectedSince.Equal(clock) {
+		t.Errorf("the node back: %+v %v", st, ok)
+	}
+}
+
+// The bound: with a new node id connecting and leaving every second (a
+// fleet redeployed continuously), the tracker holds the catalog's proxies
+// and those gone within ForgetAfter+sweepEvery, however long it runs.
+func TestTrackerMemoryBoundUnderChurn(t *testing.T) {
+	clock := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	tr := NewTracker(slog.New(slog.DiscardHandler), metrics.New(), func(id string) bool { return id == "catalog" })
+	tr.now = func() time.Time { return clock }
+	tr.Identified(StreamKey{ID: -1}, &corev3.Node{Id: "catalog"})
+	tr.Closed(StreamKey{ID: -1})
+	const churn = 3 * time.Hour
+	bound := int((ForgetAfter+sweepEvery)/time.Second) + 2
+	most := 0
+	for i := range int(churn / time.Second) {
+		k := StreamKey{ID: int64(i)}
+		tr.Identified(k, &corev3.Node{Id: fmt.Sprintf("instance-%d", i)})
+		tr.Closed(k)
+		tr.mu.Lock()
+		most = max(most, len(tr.nodes))
+		tr.mu.Unlock()
+		clock = clock.Add(time.Second)
+	}
+	if most > bound {
+		t.Errorf("the tracker held up to %d nodes after %s of churn, want at most %d", most, churn, bound)
+	}
+	if _, ok := tr.Node("catalog"); !ok {
+		t.Error("the catalog proxy was forgotten")
+	}
+	t.Logf("%s of one new node id a second: at most %d nodes held (bound %d)", churn, most, bound)
 }
