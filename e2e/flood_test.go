@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 // Flood limits of the meshd under test, scaled to a test (issue 13 saw
@@ -292,25 +293,43 @@ func TestPreAuthFloods(t *testing.T) {
 			}
 			return c, nil
 		})
-		// Meanwhile streams without a credential, as fast as they go.
-		cc := xdsClient(t, m, false)
-		attempts := 0
-		for time.Since(start) < 2*floodAuthWait {
-			if _, err := adsFirst(cc, "", "web.default", resourcev3.ListenerType); status.Code(err) == codes.Unauthenticated {
-				attempts++
-			}
-		}
-		// A proxy with a token still gets its configuration.
+		// A proxy with a token still gets its configuration during the
+		// flood. Like an Envoy, it tries again when its connection is
+		// evicted before it authenticated (the flood's connections are
+		// the newer ones only some of the time).
 		_, tok := m.token(t, "api", "1h")
-		if resp, err := adsFirst(xdsClient(t, m, false), tok, "api.default", resourcev3.ListenerType); err != nil || len(resp.GetResources()) == 0 {
-			t.Errorf("a proxy with a token during the flood: %v", err)
-		}
+		tokenStart, tries := time.Now(), 0
+		testwait.Until(t, 20*time.Second, func() error {
+			tries++
+			resp, err := adsFirst(xdsClient(t, m, false), tok, "api.default", resourcev3.ListenerType)
+			if err == nil && len(resp.GetResources()) == 0 {
+				err = fmt.Errorf("no listeners")
+			}
+			if err != nil {
+				return fmt.Errorf("a proxy with a token during the flood: %w", err)
+			}
+			return nil
+		})
+		t.Logf("a proxy with a token got its listeners %s into the flood, at try %d", time.Since(tokenStart).Round(time.Millisecond), tries)
+		// Let every flood connection outlive the auth timeout at least once.
+		testwait.For(t, 4*floodAuthWait+10*time.Second, "each idle HTTP/2 connection closed at least once", func() bool {
+			return f.closed.Load() >= int64(2*floodMaxPending)
+		})
 		f.end()
 		close(stop)
 		w.check(t, "idle HTTP/2 flood")
-		if f.closed.Load() < int64(2*floodMaxPending) {
-			t.Errorf("meshd closed %d idle HTTP/2 connections in %s, want each of the %d closed at least once (auth timeout %s)",
-				f.closed.Load(), time.Since(start).Round(time.Millisecond), 2*floodMaxPending, floodAuthWait)
+		// Then streams without a credential, as fast as they go, for two
+		// auth timeouts. They run after the flood: during it, this client's
+		// own connection is as unauthenticated as the flood's and is evicted
+		// like theirs, so how many attempts it made would measure the
+		// machine's load, not meshd's counting and logging.
+		streamStart := time.Now()
+		cc := xdsClient(t, m, false)
+		attempts := 0
+		for time.Since(streamStart) < 2*floodAuthWait {
+			if _, err := adsFirst(cc, "", "web.default", resourcev3.ListenerType); status.Code(err) == codes.Unauthenticated {
+				attempts++
+			}
 		}
 		counted := m.metric(t, `meshd_xds_auth_refused_total{reason="no_credential"}`) - before
 		log, _ := os.ReadFile(m.logPath)
