@@ -12,6 +12,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/server/auth"
@@ -69,7 +71,16 @@ type authFixture struct {
 	auth    *auth.Authenticator
 	logs    *lockedBuf
 	reg     *prometheus.Registry
+	// clock is the token authority's clock (expiry and issue times).
+	clock *skewClock
 }
+
+// skewClock is real time plus a skew a test moves forward: a token expires
+// without the test sleeping past its lifetime.
+type skewClock struct{ skew atomic.Int64 }
+
+func (c *skewClock) Now() time.Time          { return time.Now().Add(time.Duration(c.skew.Load())) }
+func (c *skewClock) Advance(d time.Duration) { c.skew.Add(int64(d)) }
 
 // recheckEvery is the sweep interval of the next startAuthServer's
 // revocation watcher (zero: the default); noWatcher starts none (tests of
@@ -117,7 +128,8 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokens, err := sds.LoadOrCreateTokens(dir, "cluster.local", false, nil)
+	clock := &skewClock{}
+	tokens, err := sds.LoadOrCreateTokens(dir, "cluster.local", false, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +171,7 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 		go func() { au.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
-	return &authFixture{pub: pub, als: als.nodes, addr: lis.Addr().String(), dataDir: dir, ca: ca, tokens: tokens, tracker: tr, auth: au, logs: logs, reg: m.Registry}
+	return &authFixture{pub: pub, als: als.nodes, addr: lis.Addr().String(), dataDir: dir, ca: ca, tokens: tokens, tracker: tr, auth: au, logs: logs, reg: m.Registry, clock: clock}
 }
 
 // dial connects over TLS, presenting clientCert when given.
@@ -310,7 +322,7 @@ func TestAuthRefusesBadTokens(t *testing.T) {
 	wantCode(t, "tampered", err, codes.Unauthenticated, "token refused")
 
 	short := f.token(t, "web", time.Second)
-	time.Sleep(1100 * time.Millisecond)
+	f.clock.Advance(time.Second) // expired at exactly its end (TokenClaims.expired)
 	_, err = firstResponse(cc, withToken(short), "web.default", resourcev3.ClusterType)
 	wantCode(t, "expired", err, codes.Unauthenticated, "expired")
 
@@ -436,20 +448,9 @@ func TestBundleAckedFollowsSDSACKs(t *testing.T) {
 		VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { ok, _ := f.tracker.BundleAcked(fp); return ok })
+	testwait.For(t, testwait.Timeout, "the trust bundle's ACK to count", func() bool { ok, _ := f.tracker.BundleAcked(fp); return ok })
 	if ok, _ := f.tracker.BundleAcked(strings.Repeat("0", 64)); ok {
 		t.Error("a root the proxy never received counts as ACKed")
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/internal/testwait"
 )
 
 // TestStreamsPerCredentialAndNode: one credential holds at most
@@ -48,7 +50,7 @@ func TestStreamsPerCredentialAndNode(t *testing.T) {
 		t.Errorf("%d streams hold the grant, want 3", streams)
 	}
 	cancel()
-	waitFor(t, func() bool { _, n := f.auth.Grants(); return n == 0 })
+	testwait.For(t, testwait.Timeout, "the ended streams to release the grant", func() bool { _, n := f.auth.Grants(); return n == 0 })
 	ctx2, cancel2 := context.WithCancel(withTokenCtx(context.Background(), tok))
 	defer cancel2()
 	if err := open(ctx2); err != nil {

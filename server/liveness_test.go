@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/server/tracker"
 )
 
@@ -19,10 +20,10 @@ func TestHealthzFailsWhenStreamLocksAreHeld(t *testing.T) {
 	if stalled, _ := check(time.Now(), bound); stalled {
 		t.Fatal("stalled with nothing held")
 	}
-	waitFor(t, func() bool { s, _ := check(time.Now(), bound); return !s })
+	testwait.For(t, testwait.Timeout, "the check to pass with nothing held", func() bool { s, _ := check(time.Now(), bound); return !s })
 	cache.mu.Lock()
 	check(time.Now(), bound) // starts a probe that waits for the lock
-	waitFor(t, func() bool { s, what := check(time.Now(), bound); return s && strings.Contains(what, "locked") })
+	testwait.For(t, testwait.Timeout, "the check to fail on the held lock", func() bool { s, what := check(time.Now(), bound); return s && strings.Contains(what, "locked") })
 	cache.mu.Unlock()
-	waitFor(t, func() bool { s, _ := check(time.Now(), bound); return !s })
+	testwait.For(t, testwait.Timeout, "the check to recover once the lock is free", func() bool { s, _ := check(time.Now(), bound); return !s })
 }
