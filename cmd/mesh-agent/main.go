@@ -3,7 +3,8 @@
 // it from meshd's CA with a CSR (authenticated by a bootstrap token the
 // first time, by the current certificate afterwards), renews it at half its
 // life, serves it to the local Envoy over SDS on a Unix socket and writes
-// cert.pem, key.pem and ca.pem for proxyless gRPC apps.
+// cert.pem, key.pem and ca.pem for proxyless gRPC apps. This command parses
+// flags; the agent itself is package agent.
 package main
 
 import (
@@ -19,26 +20,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshd/meshd/agent"
 	"github.com/meshd/meshd/internal/buildinfo"
 	"github.com/meshd/meshd/internal/datadir"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
 )
 
+// config is the agent's Config plus what only the command uses.
 type config struct {
-	xdsAddress     string
-	caFile         string
-	tokenFile      string
-	service        string
-	namespace      string
-	serviceAccount string
-	nodeID         string
-	trustDomain    string
-	sdsSocket      string
-	certDir        string
-	bundleRefresh  time.Duration
-	logLevel       string
-	version        bool // print the build and exit
+	agent.Config
+	logLevel string
+	version  bool // print the build and exit
 }
 
 const usage = `mesh-agent — keeps one workload's mesh identity, with its key generated locally.
@@ -59,17 +52,17 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("mesh-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
-	fs.StringVar(&c.xdsAddress, "xds-address", "127.0.0.1:15012", "`HOST:PORT` of meshd's xDS server, where its CA service listens (TLS)")
-	fs.StringVar(&c.caFile, "ca-file", filepath.Join(datadir.DefaultOr("."), "ca", "root-cert.pem"), "`PATH` of the mesh trust bundle to verify meshd with (default: where a meshd on this machine with the default --data-dir keeps it)")
-	fs.StringVar(&c.tokenFile, "token-file", "", "`FILE` with a bootstrap token for this service (meshctl token create); needed for the first certificate")
-	fs.StringVar(&c.service, "service", "", "catalog name of the workload's service (required)")
-	fs.StringVar(&c.namespace, "namespace", mesh.DefaultNamespace, "namespace of the service")
-	fs.StringVar(&c.serviceAccount, "service-account", "", "service account of the SPIFFE ID (default: the service name, as in the catalog)")
-	fs.StringVar(&c.nodeID, "node-id", "", "xDS node id of the workload's proxy in the catalog (default SERVICE.NAMESPACE)")
-	fs.StringVar(&c.trustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh")
-	fs.StringVar(&c.sdsSocket, "sds-socket", "", "`PATH` of the Unix socket to serve SDS on for the local Envoy")
-	fs.StringVar(&c.certDir, "cert-dir", "", "`DIR` to write cert.pem, key.pem (0600) and ca.pem into for proxyless gRPC apps")
-	fs.DurationVar(&c.bundleRefresh, "bundle-refresh", 30*time.Second, "how often to fetch the trust bundle between renewals (root rotations)")
+	fs.StringVar(&c.XDSAddress, "xds-address", "127.0.0.1:15012", "`HOST:PORT` of meshd's xDS server, where its CA service listens (TLS)")
+	fs.StringVar(&c.CAFile, "ca-file", filepath.Join(datadir.DefaultOr("."), "ca", "root-cert.pem"), "`PATH` of the mesh trust bundle to verify meshd with (default: where a meshd on this machine with the default --data-dir keeps it)")
+	fs.StringVar(&c.TokenFile, "token-file", "", "`FILE` with a bootstrap token for this service (meshctl token create); needed for the first certificate")
+	fs.StringVar(&c.Service, "service", "", "catalog name of the workload's service (required)")
+	fs.StringVar(&c.Namespace, "namespace", mesh.DefaultNamespace, "namespace of the service")
+	fs.StringVar(&c.ServiceAccount, "service-account", "", "service account of the SPIFFE ID (default: the service name, as in the catalog)")
+	fs.StringVar(&c.NodeID, "node-id", "", "xDS node id of the workload's proxy in the catalog (default SERVICE.NAMESPACE)")
+	fs.StringVar(&c.TrustDomain, "trust-domain", mesh.DefaultTrustDomain, "SPIFFE trust `domain` of the mesh")
+	fs.StringVar(&c.SDSSocket, "sds-socket", "", "`PATH` of the Unix socket to serve SDS on for the local Envoy")
+	fs.StringVar(&c.CertDir, "cert-dir", "", "`DIR` to write cert.pem, key.pem (0600) and ca.pem into for proxyless gRPC apps")
+	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", 30*time.Second, "how often to fetch the trust bundle between renewals (root rotations)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.BoolVar(&c.version, "version", false, "print mesh-agent's version, the commit it was built from and the Go version, and exit")
 	if err := fs.Parse(args); err != nil {
@@ -81,22 +74,22 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q: mesh-agent takes only flags", fs.Arg(0))
 	}
-	if c.service == "" {
+	if c.Service == "" {
 		return c, errors.New("--service is required, e.g. --service web")
 	}
-	if c.sdsSocket == "" && c.certDir == "" {
+	if c.SDSSocket == "" && c.CertDir == "" {
 		return c, errors.New("give --sds-socket (for Envoy), --cert-dir (for proxyless gRPC), or both: otherwise the identity goes nowhere")
 	}
-	if c.tokenFile == "" {
-		return c, errors.New("--token-file is required for the first certificate: create one with meshctl token create --service " + c.service)
+	if c.TokenFile == "" {
+		return c, errors.New("--token-file is required for the first certificate: create one with meshctl token create --service " + c.Service)
 	}
-	if c.serviceAccount == "" {
-		c.serviceAccount = c.service
+	if c.ServiceAccount == "" {
+		c.ServiceAccount = c.Service
 	}
-	if c.nodeID == "" {
-		c.nodeID = xds.DefaultNodeID(mesh.ServiceKey{Namespace: c.namespace, Name: c.service})
+	if c.NodeID == "" {
+		c.NodeID = xds.DefaultNodeID(mesh.ServiceKey{Namespace: c.Namespace, Name: c.Service})
 	}
-	if c.bundleRefresh <= 0 {
+	if c.BundleRefresh <= 0 {
 		return c, errors.New("--bundle-refresh must be positive")
 	}
 	return c, nil
@@ -123,39 +116,8 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, c, log); err != nil {
+	if err := agent.Run(ctx, c.Config, log); err != nil {
 		log.Error("mesh-agent stopped", "err", err)
 		os.Exit(1)
-	}
-}
-
-func run(ctx context.Context, c config, log *slog.Logger) error {
-	a, err := newAgent(c, log)
-	if err != nil {
-		return err
-	}
-	// The first certificate before serving anything: Envoy waits for SDS
-	// rather than getting an empty answer.
-	for attempt := 1; ; attempt++ {
-		err := a.refresh(ctx)
-		if err == nil {
-			break
-		}
-		if attempt == 5 || ctx.Err() != nil {
-			return err
-		}
-		log.Warn("first certificate failed; retrying", "err", err, "attempt", attempt)
-		time.Sleep(time.Duration(attempt) * time.Second)
-	}
-	errc := make(chan error, 2)
-	if c.sdsSocket != "" {
-		go func() { errc <- a.serveSDS(ctx, c.sdsSocket) }()
-	}
-	go func() { errc <- a.run(ctx) }()
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-errc:
-		return err
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -15,7 +16,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.nodeID != "api.default" || c.serviceAccount != "api" || c.namespace != "default" {
+	if c.NodeID != "api.default" || c.ServiceAccount != "api" || c.Namespace != "default" {
 		t.Errorf("defaults: %+v", c)
 	}
 	for _, tc := range []struct {
@@ -49,4 +50,36 @@ func TestEveryFlagIsDocumented(t *testing.T) {
 		t.Fatalf("-h: %v", err)
 	}
 	flagdoc.Check(t, "mesh-agent", help.String(), 10)
+}
+
+// mesh-agent runs on workload machines: of the server side it carries only
+// the CA service's client (server/caclient), and nothing of meshd's control
+// plane (docs/architecture.md, the import table). go list resolves the
+// imports without compiling.
+func TestImportsOnlyTheCAClientOfTheServer(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	const mod = "github.com/meshd/meshd/"
+	meshdOnly := []string{"server", "snapshot", "discovery", "policy", "telemetry", "internal/app", "internal/inputs", "internal/metrics"}
+	seen := 0
+	for _, pkg := range strings.Fields(string(out)) {
+		rel, ok := strings.CutPrefix(pkg, mod)
+		if !ok {
+			continue
+		}
+		seen++
+		if rel == "server/caclient" {
+			continue
+		}
+		for _, p := range meshdOnly {
+			if rel == p || strings.HasPrefix(rel, p+"/") {
+				t.Errorf("mesh-agent imports %s (of the server side it may import only server/caclient)", pkg)
+			}
+		}
+	}
+	if seen < 3 || !strings.Contains(string(out), mod+"agent\n") || !strings.Contains(string(out), mod+"server/caclient\n") {
+		t.Errorf("go list -deps does not show mesh-agent's own packages:\n%s", out)
+	}
 }

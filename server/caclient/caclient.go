@@ -1,5 +1,5 @@
 // Package caclient is the client side of meshd's CA service: node agents
-// (cmd/mesh-agent) have their CSRs signed and fetch the trust bundle on
+// (package agent, run by mesh-agent) have their CSRs signed and fetch the trust bundle on
 // meshd's xDS port. It is all a node agent imports of meshd's server side.
 //
 // The service is a hand-written gRPC service with a JSON codec

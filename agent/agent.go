@@ -1,4 +1,14 @@
-package main
+// Package agent is mesh-agent's node agent: it keeps one workload's mesh
+// identity with the key generated locally (it never leaves the machine),
+// gets it signed by meshd's CA with a CSR (authenticated by a bootstrap
+// token the first time, by the current certificate afterwards), renews it at
+// half its life, serves it to the local Envoy over SDS on a Unix socket and
+// writes cert.pem, key.pem and ca.pem for proxyless gRPC apps.
+//
+// Of the server side it imports only server/caclient, the CA service's
+// client: the agent runs on workload machines and must not carry meshd.
+// cmd/mesh-agent parses flags into a Config and calls Run.
+package agent
 
 import (
 	"context"
@@ -37,7 +47,7 @@ import (
 // sign a CSR for it, and hands certificate, key and bundle to the local
 // Envoy (SDS over a Unix socket) and to proxyless gRPC apps (files).
 type agent struct {
-	cfg   config
+	cfg   Config
 	log   *slog.Logger
 	id    mesh.Identity
 	token string
@@ -60,26 +70,26 @@ type oneNode struct{}
 
 func (oneNode) ID(*corev3.Node) string { return "agent" }
 
-func newAgent(cfg config, log *slog.Logger) (*agent, error) {
-	id := mesh.Identity{TrustDomain: cfg.trustDomain, Namespace: cfg.namespace, ServiceAccount: cfg.serviceAccount}
+func newAgent(cfg Config, log *slog.Logger) (*agent, error) {
+	id := mesh.Identity{TrustDomain: cfg.TrustDomain, Namespace: cfg.Namespace, ServiceAccount: cfg.ServiceAccount}
 	if _, err := mesh.ParseSPIFFEID(id.SPIFFEID()); err != nil {
 		return nil, err
 	}
 	a := &agent{cfg: cfg, log: log, id: id, cache: cachev3.NewSnapshotCache(false, oneNode{}, nil)}
-	if cfg.tokenFile != "" {
-		b, err := os.ReadFile(cfg.tokenFile)
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("--token-file: %w", err)
 		}
 		a.token = string(trimSpace(b))
 	}
-	ca, err := os.ReadFile(cfg.caFile)
+	ca, err := os.ReadFile(cfg.CAFile)
 	if err != nil {
 		return nil, fmt.Errorf("--ca-file: %w (point it at meshd's trust bundle, <data-dir>/ca/root-cert.pem)", err)
 	}
 	a.roots = x509.NewCertPool()
 	if !a.roots.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", cfg.caFile)
+		return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", cfg.CAFile)
 	}
 	return a, nil
 }
@@ -98,10 +108,10 @@ func (a *agent) dial() (*grpc.ClientConn, error) {
 	a.mu.Lock()
 	roots, cur := a.roots, a.cert
 	a.mu.Unlock()
-	want := mesh.ControlPlaneIdentity(a.cfg.trustDomain).SPIFFEID()
-	host, _, err := net.SplitHostPort(a.cfg.xdsAddress)
+	want := mesh.ControlPlaneIdentity(a.cfg.TrustDomain).SPIFFEID()
+	host, _, err := net.SplitHostPort(a.cfg.XDSAddress)
 	if err != nil {
-		return nil, fmt.Errorf("--xds-address %q: %w", a.cfg.xdsAddress, err)
+		return nil, fmt.Errorf("--xds-address %q: %w", a.cfg.XDSAddress, err)
 	}
 	tc := &tls.Config{
 		RootCAs:    roots,
@@ -121,7 +131,7 @@ func (a *agent) dial() (*grpc.ClientConn, error) {
 	if cur != nil {
 		tc.Certificates = []tls.Certificate{*cur}
 	}
-	return grpc.NewClient(a.cfg.xdsAddress, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	return grpc.NewClient(a.cfg.XDSAddress, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 }
 
 // refresh generates a new key, gets it signed and publishes the result.
@@ -131,12 +141,12 @@ func (a *agent) refresh(ctx context.Context) error {
 		return fmt.Errorf("generate key: %w", err)
 	}
 	u, _ := url.Parse(a.id.SPIFFEID())
-	dns := xds.DNSNames(mesh.ServiceKey{Namespace: a.cfg.namespace, Name: a.cfg.service}, a.cfg.trustDomain)
+	dns := xds.DNSNames(mesh.ServiceKey{Namespace: a.cfg.Namespace, Name: a.cfg.Service}, a.cfg.TrustDomain)
 	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: dns}, key)
 	if err != nil {
 		return fmt.Errorf("create CSR: %w", err)
 	}
-	req := &caclient.SignRequest{NodeID: a.cfg.nodeID, CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
+	req := &caclient.SignRequest{NodeID: a.cfg.NodeID, CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
 	cc, err := a.dial()
 	if err != nil {
 		return err
@@ -191,7 +201,7 @@ func (a *agent) refreshBundle(ctx context.Context) error {
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	b, err := caclient.Bundle(ctx, cc, "", a.cfg.nodeID)
+	b, err := caclient.Bundle(ctx, cc, "", a.cfg.NodeID)
 	if err != nil {
 		return err
 	}
@@ -216,8 +226,8 @@ func (a *agent) publish(bundle []byte) error {
 		a.roots = pool
 	}
 	a.mu.Unlock()
-	if a.cfg.certDir != "" {
-		if err := sds.WriteFiles(a.cfg.certDir, &sds.Leaf{Identity: a.id, CertPEM: chain, KeyPEM: key}, bundle); err != nil {
+	if a.cfg.CertDir != "" {
+		if err := sds.WriteFiles(a.cfg.CertDir, &sds.Leaf{Identity: a.id, CertPEM: chain, KeyPEM: key}, bundle); err != nil {
 			return err
 		}
 	}
@@ -306,7 +316,7 @@ func (a *agent) run(ctx context.Context) error {
 		due := a.renew
 		a.mu.Unlock()
 		wait := time.Until(due)
-		bundleTick := time.NewTimer(min(max(wait, 0), a.cfg.bundleRefresh))
+		bundleTick := time.NewTimer(min(max(wait, 0), a.cfg.BundleRefresh))
 		select {
 		case <-ctx.Done():
 			bundleTick.Stop()
