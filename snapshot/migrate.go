@@ -42,7 +42,10 @@ import (
 //
 // "Waiting on" counts only proxies that exist in the catalog and have a
 // stream open: a disconnected proxy gets the current configuration when it
-// reconnects, and a step with nobody to wait for proceeds at once. Every
+// reconnects, and a step with nobody to wait for proceeds at once. The
+// exception is a proxy whose last render failed: it keeps (and gets on
+// reconnect) its last good snapshot, from before the step, so it is waited
+// for, connected or not, until a render succeeds and it ACKs that. Every
 // ACK, disconnect, catalog or policy change and publish re-evaluates the
 // pending steps (the publisher's loop: drain and publish). A step waiting
 // longer than Options.MigrationOverdue is reported (log, metric, /debug
@@ -162,6 +165,10 @@ func (w *workload) step(waiting []string, forced bool, now time.Time) bool {
 // published (the publisher's index).
 func (p *Publisher) callersOf(k mesh.ServiceKey) []string { return p.idx.consumerIDs(k) }
 
+// renderFailed marks a proxy in a step's waiting list whose last render
+// failed (its status has the error).
+const renderFailed = " (render failed)"
+
 var (
 	serverTypes = []types.ResponseType{types.Listener}
 	callerTypes = []types.ResponseType{types.Cluster, types.Endpoint}
@@ -169,7 +176,8 @@ var (
 
 // waitingFor lists what w's current phase waits for: each connected proxy
 // concerned that has not ACKed the configuration carrying the step, as
-// "node (Type, Type)".
+// "node (Type, Type)", and each proxy concerned whose last render failed,
+// connected or not, as "node (render failed)".
 func (p *Publisher) waitingFor(w *workload) []string {
 	var nodes []string
 	var typs []types.ResponseType
@@ -183,13 +191,22 @@ func (p *Publisher) waitingFor(w *workload) []string {
 	}
 	var out []string
 	for _, id := range nodes {
+		var snap *Snapshot
+		st := p.proxies[id]
+		if st != nil {
+			snap = st.snap
+		}
+		if snap != nil && st.status.Error != "" {
+			// Its last render failed, so it keeps (and is served on
+			// reconnect) its last good snapshot, from before the step:
+			// an ACK of that says nothing about the step. Waiting also
+			// when disconnected, since a reconnect gets that snapshot.
+			out = append(out, id+renderFailed)
+			continue
+		}
 		n := p.nodes[id]
 		if n == nil || n.streams <= 0 {
 			continue // not connected: gets the current configuration on connect
-		}
-		var snap *Snapshot
-		if st := p.proxies[id]; st != nil {
-			snap = st.snap
 		}
 		if snap == nil && w.rendered {
 			continue // has nothing to ACK yet
@@ -426,9 +443,18 @@ type Transition struct {
 }
 
 func (w *workload) waitingFor() string {
+	failed := 0
+	for _, s := range w.waiting {
+		if strings.HasSuffix(s, renderFailed) {
+			failed++
+		}
+	}
 	switch {
 	case len(w.waiting) == 0:
 		return "nothing: proceeds at the next publish"
+	case failed > 0:
+		return fmt.Sprintf("%d proxies whose render failed (their status has the error) to be rendered and to ACK the step, and %d others to ACK it, before %s goes on to %s",
+			failed, len(w.waiting)-failed, w.id, w.target.server)
 	case w.phase == phaseServerOpen:
 		return fmt.Sprintf("server %s to ACK its PERMISSIVE listener before callers switch transport", w.id)
 	case w.phase == phaseCallersMoved && w.applied.caller == w.target.caller && w.applied.caller != callerView(w.from):

@@ -367,3 +367,59 @@ func TestMigrationPolicyRevertedMidway(t *testing.T) {
 	g.expect("web ACKed mTLS again", "mtls", "mtls")
 	g.done("reverted twice")
 }
+
+// A proxy whose render fails keeps its last good snapshot, so its ACK of
+// that (older) configuration says nothing about the step: it counts as
+// waiting ("render failed") until a render succeeds and it ACKs that. Here
+// the CA cannot issue api's certificate when api goes STRICT → DISABLE: api
+// keeps its STRICT listener, so web must keep sending mTLS.
+func TestMigrationWaitsWhileARenderFails(t *testing.T) {
+	g := newMigration(t, strict, time.Minute)
+	sec := g.pub.secrets.(*fakeSecrets)
+	g.pub.StreamOpened("api.default")
+	g.pub.StreamOpened("web.default")
+	g.ack("api.default")
+	g.ack("web.default")
+	g.publish()
+	g.expect("start", "mtls", "mtls")
+
+	sec.mu.Lock()
+	sec.failFor = "spiffe://cluster.local/ns/default/sa/api"
+	sec.mu.Unlock()
+	g.pub.Update(Update{Policy: apiMode(disable)})
+	for i := range 3 {
+		// Every publish retries api and fails again; ACKs of what api and
+		// web were last sent must not move the step either.
+		if _, err := g.pub.Publish(); err == nil || !strings.Contains(err.Error(), "CA unavailable") {
+			t.Fatalf("publish %d with the CA failing for api: %v, want its error", i, err)
+		}
+		g.ack("api.default")
+		g.ack("web.default")
+		g.expect("api's render fails", "mtls", "mtls")
+		if w := g.waitingOn(); !slices.Equal(w, []string{"api.default (render failed)"}) {
+			t.Fatalf("waiting on %v, want api's failed render", w)
+		}
+	}
+	tr := g.pub.Transitions()[0]
+	if tr.Phase != "server-open" || tr.ServerMode != permissive || tr.CallerMode != strict || !strings.Contains(tr.WaitingFor, "render failed") {
+		t.Fatalf("migration %+v, want api opening (PERMISSIVE) with web still on mTLS", tr)
+	}
+
+	// The CA recovers: api is rendered PERMISSIVE, ACKs it, and the
+	// migration runs to its end as usual.
+	sec.mu.Lock()
+	sec.failFor = ""
+	sec.mu.Unlock()
+	g.publish()
+	g.expect("CA recovered", "both", "mtls")
+	if w := g.waitingOn(); !slices.Equal(w, []string{"api.default (Listener)"}) {
+		t.Fatalf("waiting on %v, want api's new listener", w)
+	}
+	g.ack("api.default")
+	g.publish()
+	g.expect("api ACKed PERMISSIVE", "both", "plaintext")
+	g.ack("web.default")
+	g.publish()
+	g.expect("web ACKed plaintext", "plaintext", "plaintext")
+	g.done("recovered")
+}
