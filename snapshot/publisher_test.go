@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -393,44 +394,68 @@ func TestRemovedProxyIsCleared(t *testing.T) {
 	}
 }
 
-func TestDebounce(t *testing.T) {
+// runLoop starts a publisher's loop on the quickstart's publisher, with
+// the given debounce; inside a synctest bubble its timers run on the
+// bubble's clock. It stops when the test ends.
+func runLoop(t *testing.T, holdoff, maxDelay time.Duration) (pub *Publisher, builds func() int, cat *mesh.Catalog) {
+	t.Helper()
 	svcs, pxs := quickstart(t)
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	m := metrics.New()
-	pub := New(cache, &fakeSecrets{}, Options{
-		Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m,
-		Holdoff: 50 * time.Millisecond, MaxDelay: 300 * time.Millisecond,
+	pub = New(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), &fakeSecrets{}, Options{
+		Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: slog.New(slog.DiscardHandler),
+		Holdoff: holdoff, MaxDelay: maxDelay,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	go pub.Run(ctx)
-	cat := mustCatalog(t, svcs, pxs)
-	// A burst makes at most two builds: its first update at once (the
-	// publisher was quiet), the rest together after the holdoff.
-	for range 20 {
-		pub.Update(Update{Catalog: cat})
-	}
-	waitFor(t, func() bool { return pub.Ready() })
-	time.Sleep(150 * time.Millisecond)
-	if got := testutil.ToFloat64(m.SnapshotBuilds); got < 1 || got > 2 {
-		t.Fatalf("burst of 20 updates made %v builds, want 1 or 2", got)
-	}
-	// A steady trickle faster than the holdoff still flushes by MaxDelay.
-	stop := time.After(700 * time.Millisecond)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-trickle:
-	for {
-		select {
-		case <-tick.C:
-			pub.Update(Update{Catalog: cat})
-		case <-stop:
-			break trickle
+	return pub, func() int { return int(testutil.ToFloat64(m.SnapshotBuilds)) }, mustCatalog(t, svcs, pxs)
+}
+
+// The debounce, on synctest's clock: time moves only when the loop waits,
+// so every build is counted exactly, however loaded the machine.
+func TestDebounce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const holdoff, maxDelay = 50 * time.Millisecond, 300 * time.Millisecond
+		pub, builds, cat := runLoop(t, holdoff, maxDelay)
+		expect := func(when string, want int) {
+			t.Helper()
+			synctest.Wait() // the loop has taken everything and waits
+			if got := builds(); got != want {
+				t.Fatalf("%s: %d builds, want %d", when, got, want)
+			}
 		}
-	}
-	if got := testutil.ToFloat64(m.SnapshotBuilds); got < 2 {
-		t.Fatalf("a 700 ms trickle with 300 ms max delay made %v builds, want ≥ 2", got)
-	}
+		// A burst makes two builds: its first update at once (the
+		// publisher was quiet), the rest together after the holdoff.
+		pub.Update(Update{Catalog: cat})
+		expect("first update after a quiet period", 1)
+		for range 19 {
+			pub.Update(Update{Catalog: cat})
+		}
+		expect("rest of the burst, at once", 1)
+		time.Sleep(holdoff - time.Millisecond)
+		expect("rest of the burst, just before the holdoff", 1)
+		time.Sleep(2 * time.Millisecond)
+		expect("rest of the burst, after the holdoff", 2)
+		if !pub.Ready() {
+			t.Fatal("not ready after a publish")
+		}
+
+		// A steady trickle faster than the holdoff (every 40 ms for 680
+		// ms) still flushes by MaxDelay: at once (quiet before), then
+		// MaxDelay after the first change that followed a publish (at 40 +
+		// 300 ms, 360 + 300 ms), and its last change after the holdoff.
+		time.Sleep(time.Second)
+		before := builds()
+		for i := range 18 {
+			if i > 0 {
+				time.Sleep(40 * time.Millisecond)
+			}
+			pub.Update(Update{Catalog: cat})
+		}
+		expect("during a 680 ms trickle with a 300 ms max delay", before+3)
+		time.Sleep(holdoff + time.Millisecond)
+		expect("after the trickle", before+4)
+	})
 }
 
 // TestLeadingEdge: after a quiet period a change is published at once, not
