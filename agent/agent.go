@@ -249,21 +249,37 @@ func (a *agent) publish(bundle []byte) error {
 	return a.cache.SetSnapshot(context.Background(), "agent", snap)
 }
 
-// serveSDS serves the secrets to the local Envoy on a Unix socket.
+// serveSDS serves the secrets to the local Envoy on a Unix socket until ctx
+// ends (nil) or serving fails, and returns only once the socket is removed.
+//
+// The socket is reachable (renamed into place) before Serve runs, so ctx
+// may end, and the server be stopped, before Serve starts: Serve then
+// returns grpc.ErrServerStopped, which is the clean stop it looks like.
+// Serve runs in its own goroutine and this one stops it and waits for it,
+// so neither the result nor the socket's removal depends on which of the
+// two got there first.
 func (a *agent) serveSDS(ctx context.Context, path string) error {
 	lis, err := listenPrivate(path)
 	if err != nil {
 		return fmt.Errorf("--sds-socket %s: %w", path, err)
 	}
+	// listenPrivate's listener does not unlink on close (the name it was
+	// bound to is gone): the socket is removed here, whatever happens.
+	defer os.Remove(path)
 	gs := grpc.NewServer()
 	secretservice.RegisterSecretDiscoveryServiceServer(gs, serverv3.NewServer(ctx, a.cache, nil))
-	go func() {
-		<-ctx.Done()
-		gs.Stop()
-		os.Remove(path)
-	}()
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
 	a.log.Info("serving SDS to the local Envoy", "socket", path)
-	return gs.Serve(lis)
+	select {
+	case <-ctx.Done():
+		gs.Stop()
+		<-served // nil, or ErrServerStopped if Stop came first: both a clean stop
+		return nil
+	case err := <-served:
+		gs.Stop()
+		return fmt.Errorf("serving SDS on %s: %w", path, err)
+	}
 }
 
 // listenPrivate binds a Unix socket at path that only this user (Envoy

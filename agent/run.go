@@ -25,7 +25,8 @@ type Config struct {
 }
 
 // Run gets the first certificate, then serves and renews it until ctx ends
-// (nil) or serving fails.
+// (nil) or serving fails. It returns only once what it started has stopped:
+// the SDS socket is removed before the process exits.
 func Run(ctx context.Context, c Config, log *slog.Logger) error {
 	a, err := newAgent(c, log)
 	if err != nil {
@@ -42,17 +43,27 @@ func Run(ctx context.Context, c Config, log *slog.Logger) error {
 			return err
 		}
 		log.Warn("first certificate failed; retrying", "err", err, "attempt", attempt)
-		time.Sleep(time.Duration(attempt) * time.Second)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt) * time.Second):
+		}
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errc := make(chan error, 2)
+	started := 1
 	if c.SDSSocket != "" {
+		started++
 		go func() { errc <- a.serveSDS(ctx, c.SDSSocket) }()
 	}
 	go func() { errc <- a.run(ctx) }()
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-errc:
-		return err
+	// The first to return decides (nil if ctx ended); the others are
+	// stopped and waited for.
+	first := <-errc
+	cancel()
+	for range started - 1 {
+		<-errc
 	}
+	return first
 }
