@@ -325,3 +325,80 @@ func TestMerge(t *testing.T) {
 		}
 	})
 }
+
+// TestWithEndpoints checks that an endpoints-only change gives the catalog
+// NewCatalog builds from scratch, shares everything it did not change, and
+// leaves to NewCatalog every change that is more than endpoints.
+func TestWithEndpoints(t *testing.T) {
+	services := []mesh.Service{
+		{Name: "web", Protocol: mesh.ProtocolHTTP, Endpoints: []mesh.Endpoint{{Address: "10.0.0.1", Port: 15001}}},
+		{Name: "api", Namespace: "prod", Protocol: mesh.ProtocolHTTP, ServiceAccount: "api-sa",
+			Endpoints: []mesh.Endpoint{{Address: "10.0.1.1", Port: 15001}}},
+		{Name: "db", Namespace: "prod", Endpoints: []mesh.Endpoint{{Address: "10.0.2.1", Port: 5432}}},
+	}
+	proxies := []mesh.Proxy{
+		{Service: "web", PublicPort: 15001, AppPort: 8080,
+			Upstreams: []mesh.Upstream{{Service: "api", Namespace: "prod", LocalPort: 9001}}},
+		{Service: "api", Namespace: "prod", Address: "10.0.1.1", PublicPort: 15001, AppPort: 8080, Upstreams: []mesh.Upstream{{Service: "db", LocalPort: 9002}}},
+	}
+	c := catalog(t, services, proxies)
+	apiBefore := *c.Service(mesh.ServiceKey{Namespace: "prod", Name: "api"})
+
+	// api gets a second endpoint (listed first: the result is sorted); its
+	// other fields are as before.
+	changed := []mesh.Service{{Name: "api", Namespace: "prod", Protocol: mesh.ProtocolHTTP, ServiceAccount: "api-sa",
+		Endpoints: []mesh.Endpoint{{Address: "10.0.1.9", Port: 15001, Labels: map[string]string{"v": "2"}}, {Address: "10.0.1.1", Port: 15001}}}}
+	got, err := c.WithEndpoints(changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := catalog(t, []mesh.Service{services[0], changed[0], services[2]}, proxies)
+	if !reflect.DeepEqual(got.Services(), want.Services()) || !reflect.DeepEqual(got.Proxies(), want.Proxies()) {
+		t.Errorf("WithEndpoints differs from NewCatalog:\n got %+v\nwant %+v", got.Services(), want.Services())
+	}
+	for _, k := range []mesh.ServiceKey{{Namespace: "default", Name: "web"}, {Namespace: "prod", Name: "db"}} {
+		if got.Service(k) != c.Service(k) {
+			t.Errorf("unchanged service %s was copied, not shared", k)
+		}
+	}
+	if &got.Proxies()[0] != &c.Proxies()[0] || got.Proxy("web.default") != c.Proxy("web.default") {
+		t.Error("proxies were copied, not shared")
+	}
+	if !reflect.DeepEqual(*c.Service(mesh.ServiceKey{Namespace: "prod", Name: "api"}), apiBefore) {
+		t.Error("the original catalog changed")
+	}
+	changed[0].Endpoints[0].Labels["v"] = "3"
+	if got.Service(mesh.ServiceKey{Namespace: "prod", Name: "api"}).Endpoints[1].Labels["v"] != "2" {
+		t.Error("the new catalog shares its input's label maps")
+	}
+	// A defaulted namespace, protocol and account match the defaults.
+	if _, err := c.WithEndpoints([]mesh.Service{{Name: "db", Namespace: "prod"}}); err != nil {
+		t.Errorf("db with no endpoints: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		changed []mesh.Service
+		fast    bool // an endpoints-only change with invalid endpoints
+	}{
+		{"unknown service", []mesh.Service{{Name: "cache"}}, false},
+		{"protocol", []mesh.Service{{Name: "web", Protocol: mesh.ProtocolGRPC}}, false},
+		{"account", []mesh.Service{{Name: "web", Protocol: mesh.ProtocolHTTP, ServiceAccount: "other"}}, false},
+		{"address", []mesh.Service{{Name: "web", Protocol: mesh.ProtocolHTTP, Address: "10.96.0.1", Port: 80}}, false},
+		{"twice", []mesh.Service{{Name: "web", Protocol: mesh.ProtocolHTTP}, {Name: "web", Protocol: mesh.ProtocolHTTP}}, false},
+		{"bad endpoint", []mesh.Service{{Name: "web", Protocol: mesh.ProtocolHTTP, Endpoints: []mesh.Endpoint{{Address: "web-1", Port: 80}}}}, true},
+		{"duplicate endpoint", []mesh.Service{{Name: "web", Protocol: mesh.ProtocolHTTP,
+			Endpoints: []mesh.Endpoint{{Address: "10.0.0.1", Port: 80}, {Address: "10.0.0.1", Port: 80}}}}, true},
+	} {
+		_, err := c.WithEndpoints(tc.changed)
+		var verrs mesh.ValidationErrors
+		switch {
+		case err == nil:
+			t.Errorf("%s: accepted", tc.name)
+		case tc.fast && !errors.As(err, &verrs):
+			t.Errorf("%s: %v, want validation errors", tc.name, err)
+		case !tc.fast && !errors.Is(err, mesh.ErrNotEndpointsOnly):
+			t.Errorf("%s: %v, want ErrNotEndpointsOnly", tc.name, err)
+		}
+	}
+}

@@ -72,54 +72,16 @@ func ValidName(s string) error {
 func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 	v := &validator{}
 	byKey := make(map[ServiceKey]*Service, len(services))
-	type hostPort struct {
-		address string
-		port    uint32
-	}
 	vips := map[string]string{} // "address:port" → the service that has it
 	for i, s := range services {
 		obj := fmt.Sprintf("services[%d] %q", i, s.Key().String())
-		if err := ValidName(s.Name); err != nil {
-			v.add(obj, "name", "%v", err)
-		}
-		if err := ValidName(s.Namespace); err != nil {
-			v.add(obj, "namespace", "%v", err)
-		}
-		if !s.Protocol.valid() {
-			v.add(obj, "protocol", "unknown protocol %q: use http, http2, grpc or tcp", s.Protocol)
-		}
-		// A defaulted service account equals the name, already checked above.
-		if s.ServiceAccount != s.Name {
-			if err := ValidName(s.ServiceAccount); err != nil {
-				v.add(obj, "serviceAccount", "%v", err)
-			}
-		}
+		v.serviceNames(obj, s)
 		if _, dup := byKey[s.Key()]; dup {
 			v.add(obj, "name", "duplicate service %s: each name.namespace may be defined once", s.Key())
 		}
 		byKey[s.Key()] = s
 		v.virtualAddress(obj, s, vips)
-		seen := make(map[hostPort]int, len(s.Endpoints))
-		for j, e := range s.Endpoints {
-			f := func() string { return fmt.Sprintf("endpoints[%d]", j) }
-			if a, err := netip.ParseAddr(e.Address); err != nil || a.IsUnspecified() {
-				v.add(obj, f()+".address", "%q is not a usable IP address (hostnames are not resolved; use an IPv4 or IPv6 address)", e.Address)
-			}
-			if e.Port == 0 || e.Port > 65535 {
-				v.add(obj, f()+".port", "%d is not a port: use 1-65535", e.Port)
-			}
-			if d, ok := e.Labels[DefaultInboundPolicyLabel]; ok && !DefaultInboundPolicy(d).Valid() {
-				v.add(obj, f()+".labels."+DefaultInboundPolicyLabel, "unknown default inbound policy %q: use %s", d, joinPolicies(DefaultInboundPolicies))
-			}
-			if !e.Health.valid() {
-				v.add(obj, f()+".health", "unknown health %q: use healthy, unhealthy, draining or unknown", e.Health)
-			}
-			hp := hostPort{e.Address, e.Port}
-			if prev, dup := seen[hp]; dup {
-				v.add(obj, f(), "duplicate endpoint %s (also endpoints[%d])", e.HostPort(), prev)
-			}
-			seen[hp] = j
-		}
+		v.endpoints(obj, s)
 	}
 	for _, s := range services {
 		sortEndpoints(s)
@@ -273,6 +235,55 @@ func validate(services []*Service, proxies []*Proxy) ValidationErrors {
 		}
 	}
 	return v.errs
+}
+
+// serviceNames and endpoints check what of a service depends on no other
+// object: its names, protocol and identity, and its endpoints
+// (Catalog.WithEndpoints checks a changed service with them alone).
+func (v *validator) serviceNames(obj string, s *Service) {
+	if err := ValidName(s.Name); err != nil {
+		v.add(obj, "name", "%v", err)
+	}
+	if err := ValidName(s.Namespace); err != nil {
+		v.add(obj, "namespace", "%v", err)
+	}
+	if !s.Protocol.valid() {
+		v.add(obj, "protocol", "unknown protocol %q: use http, http2, grpc or tcp", s.Protocol)
+	}
+	// A defaulted service account equals the name, already checked above.
+	if s.ServiceAccount != s.Name {
+		if err := ValidName(s.ServiceAccount); err != nil {
+			v.add(obj, "serviceAccount", "%v", err)
+		}
+	}
+}
+
+func (v *validator) endpoints(obj string, s *Service) {
+	type hostPort struct {
+		address string
+		port    uint32
+	}
+	seen := make(map[hostPort]int, len(s.Endpoints))
+	for j, e := range s.Endpoints {
+		f := func() string { return fmt.Sprintf("endpoints[%d]", j) }
+		if a, err := netip.ParseAddr(e.Address); err != nil || a.IsUnspecified() {
+			v.add(obj, f()+".address", "%q is not a usable IP address (hostnames are not resolved; use an IPv4 or IPv6 address)", e.Address)
+		}
+		if e.Port == 0 || e.Port > 65535 {
+			v.add(obj, f()+".port", "%d is not a port: use 1-65535", e.Port)
+		}
+		if d, ok := e.Labels[DefaultInboundPolicyLabel]; ok && !DefaultInboundPolicy(d).Valid() {
+			v.add(obj, f()+".labels."+DefaultInboundPolicyLabel, "unknown default inbound policy %q: use %s", d, joinPolicies(DefaultInboundPolicies))
+		}
+		if !e.Health.valid() {
+			v.add(obj, f()+".health", "unknown health %q: use healthy, unhealthy, draining or unknown", e.Health)
+		}
+		hp := hostPort{e.Address, e.Port}
+		if prev, dup := seen[hp]; dup {
+			v.add(obj, f(), "duplicate endpoint %s (also endpoints[%d])", e.HostPort(), prev)
+		}
+		seen[hp] = j
+	}
 }
 
 // virtualAddress checks a service's virtual address and port: both or

@@ -269,9 +269,18 @@ func TestIncrementalDecodesOnlyChangedItems(t *testing.T) {
 	if p.decoded != 1200 {
 		t.Fatalf("first parse decoded %d items, want 1200", p.decoded)
 	}
+	first := p.cat
 	sameAsFull(t, &p, edited)
 	if p.decoded != 1 {
 		t.Fatalf("parse after a one-endpoint edit decoded %d items, want 1", p.decoded)
+	}
+	// Built from the last catalog (Catalog.WithEndpoints), not validated
+	// whole: the proxies and the other services are the same objects.
+	if first == nil || p.cat == nil {
+		t.Fatal("the fast path kept no catalog")
+	}
+	if p.cat.Proxies()[0] != first.Proxies()[0] || p.cat.Services()[1] != first.Services()[1] || p.cat.Services()[0] == first.Services()[0] {
+		t.Error("a one-endpoint edit did not share the unchanged services and proxies with the last catalog")
 	}
 	if len(p.services) != 200 || len(p.proxies) != 1000 {
 		t.Fatalf("cache holds %d services and %d proxies, want only the latest file's 200 and 1000",
@@ -320,7 +329,7 @@ func TestIncrementalCacheNotMutated(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(got, doc.Services[0]) {
+		if !reflect.DeepEqual(got.v, doc.Services[0]) {
 			t.Errorf("cached service changed:\n got %+v\nwant %+v", got, doc.Services[0])
 		}
 	}
@@ -329,7 +338,7 @@ func TestIncrementalCacheNotMutated(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(got, doc.Proxies[0]) {
+		if !reflect.DeepEqual(got.v, doc.Proxies[0]) {
 			t.Errorf("cached proxy changed:\n got %+v\nwant %+v", got, doc.Proxies[0])
 		}
 	}
@@ -455,6 +464,17 @@ func applyEdits(base uint8, ops []byte) (string, []byte) {
 //	go test -run '^$' -bench 'ParseM$|ParseMIncremental' -benchmem ./discovery/file/
 func BenchmarkParseMIncremental(b *testing.B) {
 	y, _ := mCatalogs(b)
+	benchIncremental(b, y)
+}
+
+// BenchmarkParseLIncremental is BenchmarkParseMIncremental on the L catalog
+// (10,000 proxies, 1,000 services × 10 endpoints, 5 upstreams each).
+func BenchmarkParseLIncremental(b *testing.B) {
+	y, _ := scenarioCatalogs(b, scenarioDocument(10000, 1000, 10, 5))
+	benchIncremental(b, y)
+}
+
+func benchIncremental(b *testing.B, y []byte) {
 	versions := [2][]byte{y, editOneEndpoint(b, y)}
 	var p incremental
 	if _, err := p.parse("catalog", y); err != nil {
@@ -576,6 +596,40 @@ func BenchmarkParseMIncrementalCold(b *testing.B) {
 		}
 		if p.decoded != 1200 {
 			b.Fatalf("decoded %d items, want 1200", p.decoded)
+		}
+	}
+}
+
+// TestIncrementalEndpointsOnlyEdits walks one parser through edits that the
+// endpoints-only build (Catalog.WithEndpoints) must take or must leave to
+// the whole build; after each, the result is the full parse's.
+func TestIncrementalEndpointsOnlyEdits(t *testing.T) {
+	web2 := strings.Replace(incService, "10.0.0.1", "10.0.0.9", 1)
+	steps := []struct {
+		name     string
+		data     string
+		withEnds bool // built from the last catalog
+	}{
+		{"base", incBase, false},
+		{"web's endpoint moved", "services:\n" + web2 + incService2 + "proxies:\n" + incProxy, true},
+		{"items reordered", "services:\n" + incService2 + web2 + "proxies:\n" + incProxy, true},
+		{"web's endpoint invalid", "services:\n" + strings.Replace(web2, "10.0.0.9", "web-1", 1) + incService2 + "proxies:\n" + incProxy, false},
+		{"back to base", incBase, false},
+		{"web replaced by a second api", "services:\n" + strings.Replace(incService2, "10.0.0.3", "10.0.0.4", 1) + incService2 + "proxies:\n" + incProxy, false},
+		{"back to base again", incBase, false},
+		{"web's protocol", "services:\n" + strings.Replace(incService, "name: web\n", "name: web\n    protocol: http\n", 1) + incService2 + "proxies:\n" + incProxy, false},
+		{"web's endpoint back, api's moved", "services:\n" + incService + strings.Replace(incService2, "10.0.0.3", "10.0.0.5", 1) + "proxies:\n" + incProxy, false},
+		{"api's moved again", "services:\n" + incService + strings.Replace(incService2, "10.0.0.3", "10.0.0.6", 1) + "proxies:\n" + incProxy, true},
+		{"and a proxy changed", "services:\n" + incService + strings.Replace(incService2, "10.0.0.3", "10.0.0.7", 1) + "proxies:\n" + strings.Replace(incProxy, "9001", "9002", 1), false},
+		{"a service removed and another added", "services:\n" + incService + strings.Replace(incService2, "name: api", "name: db", 1) + "proxies:\n" + strings.Replace(incProxy, "service: api", "service: db", 1), false},
+	}
+	var p incremental
+	for _, st := range steps {
+		prev := p.cat
+		sameAsFull(t, &p, []byte(st.data))
+		shared := prev != nil && p.cat != nil && p.cat.Proxies()[0] == prev.Proxies()[0]
+		if shared != st.withEnds {
+			t.Errorf("%s: built from the last catalog = %v, want %v", st.name, shared, st.withEnds)
 		}
 	}
 }

@@ -37,8 +37,11 @@ func yamlToJSON(t testing.TB, data []byte, indent string) []byte {
 // services × 10 endpoints, 5 upstreams each), built the same way. It is
 // repeated here rather than imported because internal/loadgen imports this
 // package.
-func mDocument() document {
-	const proxies, services, endpoints, upstreams = 1000, 200, 10, 5
+func mDocument() document { return scenarioDocument(1000, 200, 10, 5) }
+
+// scenarioDocument is a catalog generated as internal/loadgen's scenarios
+// are: L is scenarioDocument(10000, 1000, 10, 5).
+func scenarioDocument(proxies, services, endpoints, upstreams int) document {
 	var doc document
 	for i := range services {
 		proto := mesh.ProtocolHTTP
@@ -94,10 +97,15 @@ func hasUpstream(ups []mesh.Upstream, name string) bool {
 // with a two-space indent, and JSON with one service or proxy per line.
 func mCatalogs(t testing.TB) (yamlData, jsonData []byte) {
 	t.Helper()
+	return scenarioCatalogs(t, mDocument())
+}
+
+// scenarioCatalogs renders doc as mCatalogs renders M.
+func scenarioCatalogs(t testing.TB, doc document) (yamlData, jsonData []byte) {
+	t.Helper()
 	var y bytes.Buffer
 	enc := yaml.NewEncoder(&y)
 	enc.SetIndent(2)
-	doc := mDocument()
 	if err := enc.Encode(&doc); err != nil {
 		t.Fatal(err)
 	}
