@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -59,20 +60,21 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) (int, error) {
 	var (
-		cfg       loadgen.Config
-		scenario  string
-		proxies   int
-		services  int
-		endpoints int
-		upstreams int
-		allSvcs   bool
-		meshdArgs string
-		metadata  string
-		kinds     string
-		logLevel  string
-		writeCat  string
-		catFormat string
-		noRestart bool
+		cfg         loadgen.Config
+		scenario    string
+		proxies     int
+		services    int
+		endpoints   int
+		upstreams   int
+		allSvcs     bool
+		meshdArgs   string
+		metadata    string
+		kinds       string
+		logLevel    string
+		writeCat    string
+		catFormat   string
+		noRestart   bool
+		toolProfile string
 	)
 	fs := flag.NewFlagSet("xds-load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -122,6 +124,7 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 	fs.DurationVar(&cfg.ChurnSettle, "churn-settle", 300*time.Millisecond, "pause after each change before counting pushes to proxies it did not affect")
 	fs.BoolVar(&noRestart, "no-restart", false, "skip the reconnect storm (restart of the meshd the tool started)")
 	fs.StringVar(&cfg.ProfileDir, "profile-dir", "", "`directory` to save meshd's CPU profiles of the cold sync (10 s) and of churn (20 s) and its heap profile once synced (needs /debug/pprof on the admin server)")
+	fs.StringVar(&toolProfile, "tool-cpu-profile", "", "write xds-load's own CPU profile of the whole run to this `file` (it runs on the same cores as the server it measures)")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2, err
@@ -196,6 +199,17 @@ func run(args []string, stdout, stderr io.Writer) (int, error) {
 		return 2, errors.New("generic mode (no --catalog-file) needs --proxies")
 	}
 
+	if toolProfile != "" {
+		f, err := os.Create(toolProfile)
+		if err != nil {
+			return 2, fmt.Errorf("--tool-cpu-profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 2, fmt.Errorf("--tool-cpu-profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := loadgen.Run(ctx, cfg)

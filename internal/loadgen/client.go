@@ -1,11 +1,12 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -79,7 +80,7 @@ type Fleet struct {
 	conns   []*grpc.ClientConn
 	Proxies []*Proxy
 	byID    map[string]*Proxy
-	cache   resourceCache
+	cache   *resourceCache
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
@@ -105,6 +106,14 @@ func NewFleet(cfg ClientConfig, nodes []NodeSpec) (*Fleet, error) {
 		// the buffers are per connection, shared by its streams.
 		grpc.WithReadBufferSize(cfg.BufferSize),
 		grpc.WithWriteBufferSize(cfg.BufferSize),
+		// Envoy's HTTP/2 windows for its xDS cluster default to 256 MiB per
+		// stream and connection, so a server never waits for a window
+		// update while it sends a cold proxy its configuration (300 KiB
+		// when a sidecar sees 200 services). gRPC's 64 KiB would make
+		// every cold sync several round trips that real proxies never ask
+		// for; nothing is allocated for a window.
+		grpc.WithInitialWindowSize(256 << 20),
+		grpc.WithInitialConnWindowSize(256 << 20),
 		// Reconnect quickly after a control-plane restart; gRPC's default
 		// 1 s base and 120 s cap would measure our backoff, not the server.
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -115,7 +124,7 @@ func NewFleet(cfg ClientConfig, nodes []NodeSpec) (*Fleet, error) {
 		// mesh in one response; allow far more than gRPC's 4 MB default.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512 << 20)),
 	}
-	f := &Fleet{cfg: cfg, byID: map[string]*Proxy{}, cache: resourceCache{m: map[[32]byte]*entry{}}}
+	f := &Fleet{cfg: cfg, byID: map[string]*Proxy{}, cache: newResourceCache()}
 	for i, n := range nodes {
 		if i%cfg.StreamsPerConn == 0 {
 			cc, err := grpc.NewClient("passthrough:///"+cfg.Address, opts...)
@@ -180,31 +189,55 @@ func (f *Fleet) closeConns() {
 // resources, and validating each copy would make the tool heavier than the
 // server it measures.
 type entry struct {
-	name string
-	msg  proto.Message
-	refs []xdstest.Ref
-	err  error
+	// typeURL and value are the resource as received (the cache's key).
+	typeURL string
+	value   []byte
+	name    string
+	msg     proto.Message
+	refs    []xdstest.Ref
+	err     error
 }
 
 type resourceCache struct {
-	mu sync.Mutex
-	m  map[[32]byte]*entry
+	seed   maphash.Seed
+	shards [64]cacheShard
 }
 
-func (c *resourceCache) get(typeURL string, a *anypb.Any) *entry {
-	h := sha256.New()
-	h.Write([]byte(a.GetTypeUrl()))
-	h.Write([]byte{0})
-	h.Write(a.GetValue())
-	var key [32]byte
-	h.Sum(key[:0])
-	c.mu.Lock()
-	e := c.m[key]
-	c.mu.Unlock()
-	if e != nil {
-		return e
+type cacheShard struct {
+	mu sync.Mutex
+	m  map[uint64][]*entry
+}
+
+func newResourceCache() *resourceCache {
+	c := &resourceCache{seed: maphash.MakeSeed()}
+	for i := range c.shards {
+		c.shards[i].m = map[uint64][]*entry{}
 	}
-	e = &entry{}
+	return c
+}
+
+// get returns the entry of a resource by its type and bytes. It is keyed
+// by a fast hash and confirmed by comparing the bytes (a hash of every
+// resource the fleet receives would cost the tool more than meshd spends
+// sending them), in shards so that thousands of proxies do not queue on
+// one lock.
+func (c *resourceCache) get(typeURL string, a *anypb.Any) *entry {
+	var h maphash.Hash
+	h.SetSeed(c.seed)
+	h.WriteString(a.GetTypeUrl())
+	h.WriteByte(0)
+	h.Write(a.GetValue())
+	key := h.Sum64()
+	sh := &c.shards[key%uint64(len(c.shards))]
+	sh.mu.Lock()
+	for _, e := range sh.m[key] {
+		if e.typeURL == a.GetTypeUrl() && bytes.Equal(e.value, a.GetValue()) {
+			sh.mu.Unlock()
+			return e
+		}
+	}
+	sh.mu.Unlock()
+	e := &entry{typeURL: a.GetTypeUrl(), value: bytes.Clone(a.GetValue())}
 	switch msg, err := a.UnmarshalNew(); {
 	case a.GetTypeUrl() != typeURL:
 		e.err = fmt.Errorf("resource of type %s in a %s response", a.GetTypeUrl(), typeURL)
@@ -217,9 +250,9 @@ func (c *resourceCache) get(typeURL string, a *anypb.Any) *entry {
 		}
 		e.refs = xdstest.References(msg)
 	}
-	c.mu.Lock()
-	c.m[key] = e
-	c.mu.Unlock()
+	sh.mu.Lock()
+	sh.m[key] = append(sh.m[key], e)
+	sh.mu.Unlock()
 	return e
 }
 
