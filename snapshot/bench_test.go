@@ -47,6 +47,21 @@ func largeMesh(services, endpoints, proxies, upstreams int) ([]mesh.Service, []m
 	return svcs, pxs
 }
 
+// allServicesMesh is largeMesh with every service visible to every proxy:
+// transparent sidecars with upstreamNamespaces ["*"] and services with
+// virtual addresses (xds-load --all-services).
+func allServicesMesh(services, endpoints, proxies int) ([]mesh.Service, []mesh.Proxy) {
+	svcs, pxs := largeMesh(services, endpoints, proxies, 0)
+	for i := range svcs {
+		svcs[i].Address, svcs[i].Port = fmt.Sprintf("10.96.%d.%d", i/250, i%250+1), 80
+	}
+	for i := range pxs {
+		pxs[i].Mode, pxs[i].CapturePort, pxs[i].Passthrough = mesh.ModeTransparent, 15006, mesh.PassthroughAllow
+		pxs[i].UpstreamNamespaces = []string{mesh.AllNamespaces}
+	}
+	return svcs, pxs
+}
+
 // publishMesh publishes a catalog of svcs and pxs on pub.
 func publishMesh(tb testing.TB, pub *Publisher, svcs []mesh.Service, pxs []mesh.Proxy) *mesh.Catalog {
 	tb.Helper()
@@ -68,9 +83,25 @@ func benchPublisher() (*Publisher, cachev3.SnapshotCache) {
 
 // BenchmarkPublishCold renders and publishes 10,000 proxies (1,000 services
 // × 10 endpoints, 5 upstreams each) from nothing, and reports the heap the
-// publisher and cache retain per proxy afterwards.
+// publisher and cache retain per proxy afterwards (its rendered state).
 func BenchmarkPublishCold(b *testing.B) {
 	svcs, pxs := largeMesh(1000, 10, 10000, 5)
+	benchPublishCold(b, svcs, pxs)
+}
+
+// BenchmarkPublishColdAllServices is BenchmarkPublishCold with every
+// proxy seeing all 200 services (× 10 endpoints), at 1,000 and 3,000
+// proxies (issue 14).
+func BenchmarkPublishColdAllServices(b *testing.B) {
+	for _, n := range []int{1000, 3000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			svcs, pxs := allServicesMesh(200, 10, n)
+			benchPublishCold(b, svcs, pxs)
+		})
+	}
+}
+
+func benchPublishCold(b *testing.B, svcs []mesh.Service, pxs []mesh.Proxy) {
 	cat, err := mesh.NewCatalog(svcs, pxs)
 	if err != nil {
 		b.Fatal(err)
