@@ -90,6 +90,9 @@ var (
 	noWatcher    bool
 	// maxStreams is the next startAuthServer's MaxStreamsPerNode.
 	maxStreams int
+	// alsServer is the next startAuthServer's access log service (nil:
+	// testALS, which feeds authFixture.als).
+	alsServer alsv3.AccessLogServiceServer
 )
 
 // counter reads a counter of the fixture's registry by its one label value.
@@ -148,7 +151,11 @@ func startAuthServer(t *testing.T, insecureXDS bool) *authFixture {
 	als := &testALS{nodes: make(chan string, 16)}
 	o := Options{Logger: log, Tracker: tr, Auth: au, Register: []func(*grpc.Server){func(gs *grpc.Server) {
 		caservice.Register(gs, au, ca, func(k mesh.ServiceKey) []string { return xds.DNSNames(k, "cluster.local") }, tr)
-		alsv3.RegisterAccessLogServiceServer(gs, als)
+		if alsServer != nil {
+			alsv3.RegisterAccessLogServiceServer(gs, alsServer)
+		} else {
+			alsv3.RegisterAccessLogServiceServer(gs, als)
+		}
 	}}}
 	if !insecureXDS {
 		if o.TLS, err = ca.ServerTLSConfig(nil); err != nil {

@@ -2,11 +2,14 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
@@ -14,8 +17,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/internal/testwait"
+	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/server/caclient"
+	"github.com/meshd/meshd/telemetry"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -258,4 +264,80 @@ func leafFromSecret(t *testing.T, resp *discoveryv3.DiscoveryResponse) *sds.Leaf
 	}
 	t.Fatal("no identity certificate in the response")
 	return nil
+}
+
+// TestRevocationEndsAccessLogStream: a sidecar's access-log stream to the
+// telemetry collector is closed by meshd when its token is revoked, like
+// its xDS streams, while idle: the collector only reads, and nothing
+// waits for the sidecar's next flush.
+func TestRevocationEndsAccessLogStream(t *testing.T) {
+	recheckEvery = 200 * time.Millisecond
+	hub := &telemetry.Hub{}
+	alsServer = &telemetry.Collector{Store: telemetry.NewStore(telemetry.Options{}), Hub: hub, LogName: xds.TelemetryLogName,
+		Logger: slog.New(slog.DiscardHandler),
+		Resolve: func(node string) (telemetry.Target, bool) {
+			return telemetry.Target{Service: mesh.ServiceKey{Namespace: "default", Name: "web"}}, node == "web.default"
+		}}
+	t.Cleanup(func() { recheckEvery, alsServer = 0, nil })
+	f := startAuthServer(t, false)
+	tok, other := f.token(t, "web", time.Hour), f.token(t, "web", time.Hour)
+	cc := f.dial(t, nil)
+	tap := hub.Subscribe(telemetry.Filter{})
+	defer tap.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func(tok, path string) alsv3.AccessLogService_StreamAccessLogsClient {
+		t.Helper()
+		st, err := alsv3.NewAccessLogServiceClient(cc).StreamAccessLogs(withTokenCtx(ctx, tok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := alsFirst("web.default")
+		m.Identifier.LogName = xds.TelemetryLogName
+		m.LogEntries = &alsv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{
+			LogEntry: []*accesslogdatav3.HTTPAccessLogEntry{{Request: &accesslogdatav3.HTTPRequestProperties{Path: path}}}}}
+		if err := st.Send(m); err != nil {
+			t.Fatal(err)
+		}
+		// Recorded: the collector holds the stream, idle from now on.
+		if ev := testwait.Recv(t, tap.Events(), testwait.Timeout, "the access-log entry of "+path); ev.Path != path {
+			t.Fatalf("event %+v, want the entry of %s", ev, path)
+		}
+		return st
+	}
+	revoked, kept := open(tok, "/revoked"), open(other, "/kept")
+	if creds, streams := f.auth.Grants(); creds != 2 || streams != 2 {
+		t.Fatalf("grants: %d credentials, %d streams; want 2 and 2", creds, streams)
+	}
+
+	start := time.Now()
+	f.revoke(t, tok)
+	took := endsWith(t, "idle access-log stream of the revoked token", start, func() (any, error) {
+		// No CloseSend: the sidecar stays silent. Received aside, so that
+		// a stream left open fails the test rather than hanging it.
+		resp, ended := &alsv3.StreamAccessLogsResponse{}, make(chan error, 1)
+		go func() { ended <- revoked.RecvMsg(resp) }()
+		err := testwait.Recv(t, ended, revocationBound+testwait.Timeout, "end of the revoked token's idle access-log stream")
+		return resp, err
+	}, codes.Unauthenticated, "revoked")
+	t.Logf("the access-log stream ended %s after the revocation", took)
+	testwait.For(t, testwait.Timeout, "the ended stream to release its grant", func() bool {
+		creds, streams := f.auth.Grants()
+		return creds == 1 && streams == 1
+	})
+	if n := f.counter(t, "meshd_xds_streams_ended_total", "revoked"); n != 1 {
+		t.Errorf("meshd_xds_streams_ended_total{reason=revoked} = %v, want 1", n)
+	}
+	// The other token's stream still reports.
+	m := &alsv3.StreamAccessLogsMessage{LogEntries: &alsv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &alsv3.StreamAccessLogsMessage_HTTPAccessLogEntries{
+		LogEntry: []*accesslogdatav3.HTTPAccessLogEntry{{Request: &accesslogdatav3.HTTPRequestProperties{Path: "/still"}}}}}}
+	if err := kept.Send(m); err != nil {
+		t.Fatal(err)
+	}
+	if ev := testwait.Recv(t, tap.Events(), testwait.Timeout, "the other token's next entry"); ev.Path != "/still" {
+		t.Errorf("event %+v, want /still", ev)
+	}
+	if _, err := kept.CloseAndRecv(); err != nil {
+		t.Errorf("the other token's stream: %v", err)
+	}
 }

@@ -29,7 +29,9 @@ type Target struct {
 // Collector serves Envoy's gRPC access log service on meshd's xDS server.
 // Streams are authenticated there, like xDS streams: the node id of a
 // stream's first message must be one the stream's credential grants, so a
-// proxy can only report as itself.
+// proxy can only report as itself; and the stream ends when that
+// credential is revoked or expires (the authenticator's interceptor,
+// server/auth, receives for StreamAccessLogs and ends it then).
 type Collector struct {
 	alsv3.UnimplementedAccessLogServiceServer
 

@@ -407,6 +407,10 @@ func (a *Authenticator) StreamInterceptor() grpc.StreamServerInterceptor {
 			ctx: context.WithValue(ss.Context(), sessionKey{}, sess)}
 		as.filter(first)
 		as.pending = first
+		if info.FullMethod == accessLogMethod {
+			as.readAhead()
+			defer close(as.stop)
+		}
 		err = handler(srv, as)
 		if v := as.violation(); v != nil {
 			return v
@@ -480,8 +484,79 @@ type authStream struct {
 	sess *Session
 	ctx  context.Context
 
+	// reads, on an access-log stream, carries what a reader goroutine
+	// (readAhead) receives from the client, so that RecvMsg can also wait
+	// for the session to end: an access-log handler (telemetry.Collector)
+	// does nothing but read, so without this a revoked or expired
+	// credential would end an idle access-log stream only when the sidecar
+	// next flushed. xDS stream loops have readers of their own and select
+	// on the session themselves. stop ends the reader once the handler has
+	// returned.
+	reads chan received
+	stop  chan struct{}
+
 	mu  sync.Mutex
 	bad error
+}
+
+// received is one message (or the error) the reader goroutine got.
+type received struct {
+	m   *alsv3.StreamAccessLogsMessage
+	err error
+}
+
+// readAhead starts the goroutine that receives an access-log stream's
+// messages for RecvMsg, one at a time: it receives the next message only
+// once RecvMsg has taken the last, so at most one waits in memory. It ends
+// at the stream's first receive error (the client closing, or the stream
+// ending once the handler has returned) or when stop is closed.
+func (s *authStream) readAhead() {
+	s.reads, s.stop = make(chan received), make(chan struct{})
+	go func() {
+		for {
+			m := &alsv3.StreamAccessLogsMessage{}
+			err := s.ServerStream.RecvMsg(m)
+			select {
+			case s.reads <- received{m, err}:
+			case <-s.stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// recv receives the stream's next message into m: from the reader
+// goroutine on an access-log stream, ending the stream with the session's
+// error as soon as the credential ends; from the stream itself otherwise.
+func (s *authStream) recv(m any) error {
+	if s.reads == nil {
+		return s.ServerStream.RecvMsg(m)
+	}
+	select {
+	case r := <-s.reads:
+		if r.err != nil {
+			return r.err
+		}
+		dst, ok := m.(*alsv3.StreamAccessLogsMessage)
+		if !ok {
+			return status.Errorf(codes.Internal, "xDS: unexpected message type %T", m)
+		}
+		return replay(dst, r.m)
+	case <-s.sess.Done():
+		return s.fail(s.sess.Err())
+	}
+}
+
+// fail records err as the status the stream ends with (the handler may
+// return another error, or none) and returns it.
+func (s *authStream) fail(err error) error {
+	s.mu.Lock()
+	s.bad = err
+	s.mu.Unlock()
+	return err
 }
 
 // Context is the stream's context with its Session.
@@ -507,25 +582,19 @@ func (s *authStream) RecvMsg(m any) error {
 			return status.Errorf(codes.Internal, "xDS: unexpected message type %T", m)
 		}
 	}
-	if err := s.ServerStream.RecvMsg(m); err != nil {
+	if err := s.recv(m); err != nil {
 		return err
 	}
 	if id := nodeIDOf(m); id != "" && id != s.node {
 		err := s.a.refuse("node_changed", codes.PermissionDenied, "xDS: stream authenticated as node %q cannot switch to node %q", s.node, id)
 		s.a.refusals.Warn("xDS stream ended: node changed mid-stream", "node", s.node, "new_node", id, "credential", s.cred.String())
-		s.mu.Lock()
-		s.bad = err
-		s.mu.Unlock()
-		return err
+		return s.fail(err)
 	}
 	// A stream whose credential ended takes nothing more (the stream
-	// loops end it themselves; this covers streams, such as access logs,
-	// whose handlers only read).
+	// loops end it themselves, recv an idle access-log stream; this
+	// catches a message that arrived as the credential ended).
 	if err := s.sess.Err(); err != nil {
-		s.mu.Lock()
-		s.bad = err
-		s.mu.Unlock()
-		return err
+		return s.fail(err)
 	}
 	s.filter(m)
 	return nil
