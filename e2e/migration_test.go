@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/meshd/meshd/internal/envoytest"
+	"github.com/meshd/meshd/xds"
 )
 
 // Issue 11: "Migrations always finish". STRICT → DISABLE → STRICT on a
@@ -95,23 +97,43 @@ func runMigrations(t *testing.T, c migrationCase) {
 		}
 	}
 	eventually(t, 20*time.Second, served(false))
-	settled := func(step string) {
+	// settled waits until the server's migration to mode is done: meshd
+	// lists no migration of it, serves it a listener of mode (and of no
+	// step on the way: plaintext is served from PERMISSIVE on, so served
+	// alone does not tell DISABLE's last step happened), and the server
+	// has ACKed that listener. An empty migrations list alone would also
+	// pass before the migration began.
+	settled := func(step, mode string) {
 		t.Helper()
 		eventually(t, 15*time.Second, func() error {
-			if s := m.status(); len(s.Migrations) > 0 {
-				return fmt.Errorf("%s: migrations in progress: %+v", step, s.Migrations)
+			s := m.status()
+			for _, mg := range s.Migrations {
+				if mg.Proxy == c.server {
+					return fmt.Errorf("%s: %s's migration in progress: %+v", step, c.server, mg)
+				}
 			}
-			return nil
+			if got := m.servedMTLSMode(t, c.server); got != mode {
+				return fmt.Errorf("%s: meshd serves %s a %s listener, want %s", step, c.server, got, mode)
+			}
+			for _, p := range s.Proxies {
+				if p.ID == c.server && p.XDS != nil {
+					if ts := p.XDS.Types["Listener"]; ts.Acked != p.Versions["Listener"] {
+						return fmt.Errorf("%s: %s ACKed listener version %q, meshd serves %q", step, c.server, ts.Acked, p.Versions["Listener"])
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("%s: %s not connected", step, c.server)
 		})
 	}
 	flip := func(step string) {
 		t.Helper()
 		writePeerAuth(t, policyDir, c.selector, "DISABLE")
 		eventually(t, 20*time.Second, served(true))
-		settled(step + ": DISABLE")
+		settled(step+": DISABLE", "DISABLE")
 		writePeerAuth(t, policyDir, c.selector, "STRICT")
 		eventually(t, 20*time.Second, served(false))
-		settled(step + ": STRICT")
+		settled(step+": STRICT", "STRICT")
 	}
 
 	// No callers at all.
@@ -151,7 +173,64 @@ func runMigrations(t *testing.T, c migrationCase) {
 		t.Fatalf("force: HTTP %d %s", code, body)
 	}
 	eventually(t, 20*time.Second, served(true))
-	settled("forced")
+	settled("forced", "DISABLE")
+}
+
+// servedMTLSMode is the mTLS mode of the inbound listener meshd serves
+// proxy now, from its filter chains (xds/names.go): DISABLE has only the
+// plaintext chain, STRICT only mTLS chains, PERMISSIVE both.
+func (m *meshd) servedMTLSMode(t *testing.T, proxy string) string {
+	t.Helper()
+	code, body := m.adminGET("/debug/config_dump?proxy=" + proxy)
+	if code != 200 {
+		t.Fatalf("config_dump of %s: %d %s", proxy, code, body)
+	}
+	type chain struct {
+		Name            string          `json:"name"`
+		TransportSocket json.RawMessage `json:"transportSocket"`
+	}
+	var dump struct {
+		Configs []struct {
+			DynamicListeners []struct {
+				ActiveState struct {
+					Listener struct {
+						FilterChains       []chain `json:"filterChains"`
+						DefaultFilterChain *chain  `json:"defaultFilterChain"`
+					} `json:"listener"`
+				} `json:"activeState"`
+			} `json:"dynamicListeners"`
+		} `json:"configs"`
+	}
+	if err := json.Unmarshal([]byte(body), &dump); err != nil {
+		t.Fatalf("config_dump of %s: %v", proxy, err)
+	}
+	plain, mtls := false, false
+	for _, c := range dump.Configs {
+		for _, dl := range c.DynamicListeners {
+			l := dl.ActiveState.Listener
+			chains := l.FilterChains
+			if l.DefaultFilterChain != nil {
+				chains = append(chains, *l.DefaultFilterChain)
+			}
+			for _, ch := range chains {
+				switch {
+				case ch.Name == xds.FilterChainPlaintext && ch.TransportSocket == nil:
+					plain = true
+				case (ch.Name == xds.FilterChainMTLS || ch.Name == xds.FilterChainMTLSDefault) && ch.TransportSocket != nil:
+					mtls = true
+				}
+			}
+		}
+	}
+	switch {
+	case plain && mtls:
+		return "PERMISSIVE"
+	case plain:
+		return "DISABLE"
+	case mtls:
+		return "STRICT"
+	}
+	return "none"
 }
 
 func connected(st statusDoc, id string) bool {
