@@ -14,8 +14,9 @@ import (
 	"testing"
 )
 
-// flagLine is how flag.PrintDefaults starts the line of each flag.
-var flagLine = regexp.MustCompile(`(?m)^  -([a-z0-9][a-z0-9-]*)`)
+// flagLine is how flag.PrintDefaults starts the line of each flag: the
+// name, then its type or the end of the line (not cobra's "-o, --output").
+var flagLine = regexp.MustCompile(`(?m)^  -([a-z0-9][a-z0-9-]*)(?:[ \t]|$)`)
 
 // Names are the flags in a standard flag package's -h output, in order.
 func Names(help string) []string {
