@@ -339,6 +339,29 @@ func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	testwait.Until(t, timeout, f)
 }
 
+// waitLog waits until meshd's log contains every one of wants, and returns
+// the log. Reading it once is a race: meshd writes some lines after it
+// serves (the --insecure-xds warning follows "meshd started", a refusal is
+// logged as the client is answered).
+func (m *meshd) waitLog(t testing.TB, wants ...string) string {
+	t.Helper()
+	var log string
+	testwait.Until(t, testwait.Timeout, func() error {
+		b, err := os.ReadFile(m.logPath)
+		if err != nil {
+			return err
+		}
+		log = string(b)
+		for _, w := range wants {
+			if !strings.Contains(log, w) {
+				return fmt.Errorf("no %q in meshd's log:\n%s", w, log)
+			}
+		}
+		return nil
+	})
+	return log
+}
+
 // logWatcher is an io.Writer sink for processes whose output tests inspect.
 type logWatcher struct {
 	mu  sync.Mutex
