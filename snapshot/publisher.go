@@ -61,8 +61,9 @@ type Update struct {
 // message: Update, Republish, ForceMigration and the stream events
 // (StreamOpened, StreamClosed, Acked) are put in an inbox — a mutex held
 // only to store them, never while calling anything — and the loop is kicked
-// without blocking. Stream events coalesce per node, so a stream loop never
-// waits for the publisher. Readers (admin status, config dumps, the xDS
+// without blocking. Stream events coalesce per node into a fixed size
+// (nodeEvents), so a stream loop never waits for the publisher, and a
+// storm of them never grows the inbox. Readers (admin status, config dumps, the xDS
 // authenticator, the tracker) read the immutable View the loop publishes
 // after each change through an atomic pointer (View).
 type Publisher struct {
@@ -202,29 +203,105 @@ type inbox struct {
 	seq       uint64 // of the latest Update put
 	hasUpdate bool
 	republish bool
-	// events coalesces stream events per node, in arrival order within a
-	// node (they are applied in that order).
-	events map[string][]streamEvent
+	// events coalesces stream events per node (nodeEvents: a fixed size
+	// however many arrive).
+	events map[string]*nodeEvents
 	force  []forceRequest
 	// since is when the oldest message still waiting arrived (0: empty).
 	since time.Time
 }
 
-type streamEvent struct {
-	kind    uint8 // evOpen, evClose, evAck
-	typ     types.ResponseType
-	version string
+// nodeEvents is what one node's stream events since the loop last took
+// them do to what the loop knows of the node (its open streams, what it
+// ACKed), in a fixed size however many arrive: a proxy reconnecting in a
+// loop, or ACKing faster than the loop takes them, costs nothing more.
+//
+// Applied one by one, the events would be: an open adds a stream; a close
+// removes one, and the last one forgets the node with its ACKs (a proxy
+// that reconnects ACKs again what it is sent); an ACK records the version
+// of its type if the node has a stream open. Two rewrites keep the same
+// effect from any starting state, and leave at most one ACK per type and
+// the opens and closes as closes followed by opens:
+//   - only the latest ACK of a type counts: a later one overwrites it, or
+//     the node is forgotten in between and loses it anyway;
+//   - an open followed by a close, with only ACKs between them, is the
+//     ACKs alone: from a connected node the two cancel out; from a node
+//     without streams the close forgets it again with the ACKs, as the
+//     ACKs alone would be ignored.
+//
+// What remains is counted: closes, then opens, and each type's latest ACK
+// with where it arrived among them.
+type nodeEvents struct {
+	closes, opens int
+	acks          [types.UnknownType]pendingAck
 }
 
-const (
-	evOpen uint8 = iota
-	evClose
-	evAck
-)
+// pendingAck is an ACK not yet applied, after closes closes and opens opens
+// of its node's events (opens > 0 only once closes is final: no close
+// follows an open).
+type pendingAck struct {
+	set           bool
+	version       string
+	closes, opens int
+}
 
-// maxEventsPerNode bounds a node's queued events: past it, older ACKs are
-// dropped (a later ACK of the same type supersedes them anyway).
-const maxEventsPerNode = 64
+func (e *nodeEvents) open() { e.opens++ }
+
+func (e *nodeEvents) close() {
+	if e.opens == 0 {
+		e.closes++
+		return
+	}
+	// Cancels the last open; ACKs that arrived since then count as
+	// arrived before it.
+	e.opens--
+	for i := range e.acks {
+		if a := &e.acks[i]; a.set && a.opens > e.opens {
+			a.opens = e.opens
+		}
+	}
+}
+
+func (e *nodeEvents) ack(typ types.ResponseType, version string) {
+	e.acks[typ] = pendingAck{set: true, version: version, closes: e.closes, opens: e.opens}
+}
+
+// apply returns n (nil: no streams open) after the events.
+func (e *nodeEvents) apply(n *nodeAcks) *nodeAcks {
+	before := 0
+	if n != nil {
+		before = n.streams
+	}
+	// The closes come first: they end streams open before, and the last
+	// of them forgets the node.
+	forgotten := e.closes > 0 && e.closes >= before
+	after := 0
+	if !forgotten {
+		after = before - e.closes
+	}
+	streams := after + e.opens
+	if streams <= 0 {
+		return nil
+	}
+	if n == nil || forgotten {
+		n = &nodeAcks{}
+	}
+	n.streams = streams
+	for i, a := range e.acks {
+		switch {
+		case !a.set:
+		case a.closes < e.closes:
+			// Before the last close: it counts unless that close forgot
+			// the node (then n was replaced above).
+			if !forgotten {
+				n.acked[i] = a.version
+			}
+		case after+a.opens > 0: // a stream was open when it arrived
+			n.acked[i] = a.version
+		}
+	}
+	return n
+}
 
 type forceRequest struct {
 	proxy string
@@ -269,44 +346,35 @@ func (p *Publisher) Republish() {
 	p.put(func(in *inbox) { in.republish = true })
 }
 
-func (p *Publisher) event(node string, ev streamEvent) {
+func (p *Publisher) event(node string, f func(*nodeEvents)) {
 	if node == "" {
 		return
 	}
 	p.put(func(in *inbox) {
 		if in.events == nil {
-			in.events = map[string][]streamEvent{}
+			in.events = map[string]*nodeEvents{}
 		}
-		q := in.events[node]
-		if len(q) >= maxEventsPerNode {
-			if i := indexAck(q); i >= 0 {
-				q = append(q[:i], q[i+1:]...)
-			}
+		e := in.events[node]
+		if e == nil {
+			e = &nodeEvents{}
+			in.events[node] = e
 		}
-		in.events[node] = append(q, ev)
+		f(e)
 	})
-}
-
-func indexAck(q []streamEvent) int {
-	for i, e := range q {
-		if e.kind == evAck {
-			return i
-		}
-	}
-	return -1
 }
 
 // StreamOpened tells the publisher a stream of node was opened (the stream
 // loops call it once the stream names its node). Never blocks.
-func (p *Publisher) StreamOpened(node string) { p.event(node, streamEvent{kind: evOpen}) }
+func (p *Publisher) StreamOpened(node string) { p.event(node, (*nodeEvents).open) }
 
 // StreamClosed tells the publisher a stream of node ended. Never blocks.
-func (p *Publisher) StreamClosed(node string) { p.event(node, streamEvent{kind: evClose}) }
+func (p *Publisher) StreamClosed(node string) { p.event(node, (*nodeEvents).close) }
 
-// Acked tells the publisher node ACKed version of typeURL. Never blocks.
+// Acked tells the publisher node ACKed version of typeURL (on a stream it
+// opened: an ACK from a node with no stream open is ignored). Never blocks.
 func (p *Publisher) Acked(node, typeURL, version string) {
 	if i := cachev3.GetResponseType(typeURL); i != types.UnknownType {
-		p.event(node, streamEvent{kind: evAck, typ: i, version: version})
+		p.event(node, func(e *nodeEvents) { e.ack(i, version) })
 	}
 }
 
@@ -330,7 +398,7 @@ func (p *Publisher) ForceMigration(ctx context.Context, proxy string) error {
 }
 
 // take empties the inbox.
-func (p *Publisher) take() (u Update, seq uint64, hasUpdate, republish bool, events map[string][]streamEvent, force []forceRequest) {
+func (p *Publisher) take() (u Update, seq uint64, hasUpdate, republish bool, events map[string]*nodeEvents, force []forceRequest) {
 	p.in.mu.Lock()
 	defer p.in.mu.Unlock()
 	u, seq, hasUpdate, republish, events, force = p.in.update, p.in.seq, p.in.hasUpdate, p.in.republish, p.in.events, p.in.force
@@ -384,25 +452,13 @@ func (p *Publisher) drain() change {
 	return c
 }
 
-func (p *Publisher) applyEvents(node string, evs []streamEvent) {
-	n := p.nodes[node]
-	for _, e := range evs {
-		if n == nil {
-			n = &nodeAcks{}
-			p.nodes[node] = n
-		}
-		switch e.kind {
-		case evOpen:
-			n.streams++
-		case evClose:
-			if n.streams--; n.streams <= 0 {
-				// Forgotten: a reconnecting proxy ACKs again what it is sent.
-				delete(p.nodes, node)
-				n = nil
-			}
-		case evAck:
-			n.acked[e.typ] = e.version
-		}
+func (p *Publisher) applyEvents(node string, evs *nodeEvents) {
+	if n := evs.apply(p.nodes[node]); n != nil {
+		p.nodes[node] = n
+	} else {
+		// No stream open: forgotten, and a reconnecting proxy ACKs again
+		// what it is sent.
+		delete(p.nodes, node)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -627,4 +628,124 @@ func TestRenewalTimerStartsWithTheLoop(t *testing.T) {
 	defer cancel()
 	go pub.Run(ctx)
 	waitFor(t, func() bool { return testutil.ToFloat64(m.SnapshotBuilds) >= 2 })
+}
+
+// A node's stream events between two turns of the loop take a fixed size
+// however many arrive, and lose nothing: an ACK followed by any churn of
+// another stream of the same proxy (opened and closed again and again)
+// still counts, and the churn leaves nothing queued.
+func TestStreamEventChurnKeepsACKs(t *testing.T) {
+	g := newMigration(t, strict, time.Minute)
+	g.pub.StreamOpened("api.default")
+	g.pub.StreamOpened("web.default")
+	g.ack("api.default")
+	g.ack("web.default")
+	g.set(disable)
+	g.expect("disable requested", "both", "mtls")
+	// api ACKs its PERMISSIVE listener, then a second stream of its own
+	// comes and goes 10,000 times before the publisher takes the events
+	// (the old queue dropped the oldest ACK past 64 events).
+	g.ack("api.default")
+	for i := range 10_000 {
+		g.pub.StreamOpened("api.default")
+		g.pub.Acked("api.default", resourcev3.ClusterType, fmt.Sprintf("churn-%d", i))
+		g.pub.StreamClosed("api.default")
+	}
+	g.pub.in.mu.Lock()
+	e := *g.pub.in.events["api.default"]
+	g.pub.in.mu.Unlock()
+	if e.opens != 0 || e.closes != 0 {
+		t.Fatalf("10,000 open/close pairs left %d closes and %d opens queued, want none", e.closes, e.opens)
+	}
+	g.publish()
+	g.expect("api ACKed PERMISSIVE, then churned", "both", "plaintext")
+	if n := g.pub.nodes["api.default"]; n == nil || n.streams != 1 || n.acked[types.Cluster] != "churn-9999" {
+		t.Fatalf("api after the churn: %+v, want its one stream and the last ACK of each type", n)
+	}
+
+	// web reconnects 10,000 times (its one stream closed and opened
+	// again): each reconnect forgets what it ACKed before, so only an ACK
+	// after the last one counts.
+	for range 10_000 {
+		g.ack("web.default")
+		g.pub.StreamClosed("web.default")
+		g.pub.StreamOpened("web.default")
+	}
+	g.publish()
+	g.expect("web reconnected without ACKing since", "both", "plaintext")
+	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default (") {
+		t.Fatalf("waiting on %v, want web", w)
+	}
+	g.ack("web.default")
+	g.publish()
+	g.expect("web ACKed plaintext", "plaintext", "plaintext")
+	g.done("after churn")
+}
+
+// The coalesced events (nodeEvents) have the effect of the same events
+// applied one by one, from any state, for random sequences.
+func TestNodeEventsSameAsOneByOne(t *testing.T) {
+	type state struct {
+		streams int
+		acked   [3]string
+	}
+	// oneByOne is the definition: an open adds a stream, a close removes
+	// one and the last forgets the node's ACKs, an ACK counts only while
+	// a stream is open.
+	oneByOne := func(s state, evs []func(*state)) state {
+		for _, ev := range evs {
+			ev(&s)
+		}
+		return s
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 50_000 {
+		var start state
+		start.streams = rng.IntN(4)
+		var n *nodeAcks
+		if start.streams > 0 {
+			n = &nodeAcks{streams: start.streams}
+			for typ := range start.acked {
+				start.acked[typ] = fmt.Sprint("old", typ)
+				n.acked[typ] = start.acked[typ]
+			}
+		}
+		var evs []func(*state)
+		var desc []string
+		coalesced := &nodeEvents{}
+		for j := range rng.IntN(24) {
+			switch k := rng.IntN(3); k {
+			case 0:
+				evs = append(evs, func(s *state) { s.streams++ })
+				coalesced.open()
+				desc = append(desc, "open")
+			case 1:
+				evs = append(evs, func(s *state) {
+					if s.streams--; s.streams <= 0 {
+						*s = state{}
+					}
+				})
+				coalesced.close()
+				desc = append(desc, "close")
+			default:
+				typ, v := rng.IntN(3), fmt.Sprint("v", j)
+				evs = append(evs, func(s *state) {
+					if s.streams > 0 {
+						s.acked[typ] = v
+					}
+				})
+				coalesced.ack(types.ResponseType(typ), v)
+				desc = append(desc, fmt.Sprintf("ack %d %s", typ, v))
+			}
+		}
+		want := oneByOne(start, evs)
+		var got state
+		if n = coalesced.apply(n); n != nil {
+			got.streams = n.streams
+			copy(got.acked[:], n.acked[:3])
+		}
+		if got != want {
+			t.Fatalf("case %d: from %+v, events %v: coalesced %+v, one by one %+v", i, start, desc, got, want)
+		}
+	}
 }
