@@ -282,29 +282,32 @@ func grpcClient(t testing.TB, port uint32) testgrpc.TestServiceClient {
 
 // waitApplied waits until meshd has published a new version of typ for
 // proxy (other than before) and the proxy has ACKed it, and returns the
-// time it saw the ACK and the version.
+// time it saw the ACK and the version. /debug/status is polled
+// (testwait's back-off, at most 50 ms between looks), so that time is up
+// to 50 ms after the ACK: callers judge the calls that start after it,
+// which that only makes surer to follow the ACK.
 func (m *meshd) waitApplied(t testing.TB, proxy, typ, before string) (time.Time, string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		s := m.status()
-		for _, p := range s.Proxies {
+	var at time.Time
+	var applied string
+	testwait.Until(t, 30*time.Second, func() error {
+		for _, p := range m.status().Proxies {
 			if p.ID != proxy || p.XDS == nil {
 				continue
 			}
 			v := p.Versions[typ]
-			if ts, ok := p.XDS.Types[typ]; ok && v != before && ts.Acked == v {
-				return time.Now(), v
+			ts, ok := p.XDS.Types[typ]
+			if ok && v != before && ts.Acked == v {
+				at, applied = time.Now(), v
+				return nil
 			}
-			if ts, ok := p.XDS.Types[typ]; ok && ts.Nacked != "" {
+			if ok && ts.Nacked != "" {
 				t.Fatalf("%s NACKed %s: %s", proxy, typ, ts.NackError)
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not ACK a new %s (was %s) within 30s", proxy, typ, before)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("%s has not ACKed a new %s (was %s)", proxy, typ, before)
+	})
+	return at, applied
 }
 
 // version is proxy's current version of typ in meshd's status.
@@ -472,7 +475,7 @@ func startTCPSession(t testing.TB, port uint32) *tcpSession {
 			if s.echoes.Add(1) == 3 {
 				ready <- true
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // pacing: the session is a slow, steady echo, not a wait
 		}
 		if s.echoes.Load() < 3 {
 			ready <- false

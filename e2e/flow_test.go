@@ -37,7 +37,7 @@ func startFlow(interval time.Duration, request func() error) *flow {
 			} else {
 				f.ok.Add(1)
 			}
-			time.Sleep(interval)
+			time.Sleep(interval) // pacing the flow's load, not a wait
 		}
 	}()
 	return f

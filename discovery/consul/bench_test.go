@@ -136,7 +136,9 @@ func TestScaleHealthFlip(t *testing.T) {
 	pp := func(q float64) time.Duration { return pubLat[min(len(pubLat)-1, int(q*float64(len(pubLat))))] }
 
 	// Idle: nothing changes in Consul; the watcher's queries stay parked.
-	// The watcher is the only thing running in this process now.
+	// The watcher is the only thing running in this process now. The
+	// sleeps are what is measured (CPU while idle; the first lets the last
+	// flip's work drain, which has no event), not waits for a condition.
 	time.Sleep(2 * time.Second)
 	cpu0, agent0 := processCPU(b), agentCPU(b, a)
 	time.Sleep(idle)

@@ -206,6 +206,8 @@ func TestNoDeadlockUnderMigrationChurn(t *testing.T) {
 	end := time.Now().Add(dur)
 	var wedged string
 	for wedged == "" && time.Now().Before(end) {
+		// The watchdog's period over the whole run, not a wait: the run
+		// lasts dur whatever happens, and each round checks for a wedge.
 		time.Sleep(200 * time.Millisecond)
 		for i := range waitingSince {
 			if since := waitingSince[i].Load(); since != 0 && time.Since(time.Unix(0, since)) > bound {
