@@ -561,5 +561,49 @@ func TestLabWalkthrough(t *testing.T) {
 		ok, _ := stopLoad(t, load)
 		t.Logf("payments-2 out of and back into rotation: %d calls, 0 failed", ok)
 	})
+	t.Run("status, tap and check", func(t *testing.T) {
+		// Every proxy SYNCED once the health change's pushes are ACKed.
+		var status string
+		eventually(t, 30*time.Second, func() error {
+			out, err := r.exec(lab.StepStatus)
+			if err != nil {
+				return fmt.Errorf("%s: %v\n%s", lab.StepStatus.Compose(), err, out)
+			}
+			status = out
+			for _, in := range lab.Instances {
+				row := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(in.ID) + `\s.*$`).FindString(out)
+				if row == "" || !strings.Contains(row, "SYNCED") || strings.Contains(row, "STALE") || strings.Contains(row, "NACKED") {
+					return fmt.Errorf("%s: %s is not SYNCED:\n%s", lab.StepStatus.Compose(), in.ID, out)
+				}
+			}
+			return nil
+		})
+		t.Logf("%s\n%s", lab.StepStatus.Compose(), status)
+
+		// Requests orders sends payments, live, with orders' identity and
+		// the sidecar's decision.
+		load := r.start("load-tap", lab.StepLoad)
+		out, err := r.exec(lab.StepTap)
+		stopLoad(t, load)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", lab.StepTap.Compose(), err, out)
+		}
+		t.Logf("%s\n%s", lab.StepTap.Compose(), out)
+		want := regexp.MustCompile(`(?m)^\S+ ` + regexp.QuoteMeta(spiffe("orders")) + ` -> payments\.default GET / 200 .* mtls allow`)
+		if got := len(want.FindAllString(out, -1)); got != lab.TapCount {
+			t.Errorf("%s: %d lines of orders' calls to payments allowed over mTLS, want %d:\n%s", lab.StepTap.Compose(), got, lab.TapCount, out)
+		}
+
+		var check string
+		eventually(t, 30*time.Second, func() error {
+			out, err := r.exec(lab.StepCheck)
+			check = out
+			if err != nil || strings.Contains(out, "✗") || !strings.Contains(out, "✓") {
+				return fmt.Errorf("%s: %v\n%s", lab.StepCheck.Compose(), err, out)
+			}
+			return nil
+		})
+		t.Logf("%s\n%s", lab.StepCheck.Compose(), check)
+	})
 	t.Logf("walkthrough done in %s", time.Since(start).Round(time.Millisecond))
 }

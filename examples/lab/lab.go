@@ -307,9 +307,20 @@ var (
 	StepMaintOff = Step{"consul", []string{"consul", "maint", "-disable", "-service", "payments-2"}}
 	// StepCalls: ten calls, to see which payments instances answer.
 	StepCalls = Step{"frontend", call("/", "--count", "10")}
+	// StepStatus: every proxy's xDS sync state.
+	StepStatus = Step{"meshd", []string{"meshctl", "status"}}
+	// StepTap: a few of the requests payments serves, live, with the
+	// caller and the decision (while StepLoad runs); it ends by itself.
+	StepTap = Step{"meshd", []string{"meshctl", "tap", "payments", "--count", fmt.Sprint(TapCount)}}
+	// StepCheck: meshd, the CA and every proxy, each check passed or not.
+	StepCheck = Step{"meshd", []string{"meshctl", "check"}}
 )
+
+// TapCount is how many requests StepTap shows.
+const TapCount = 5
 
 // Steps is every step, for the test that finds each in the README.
 func Steps() []Step {
-	return []Step{StepCall, StepPlaintext, StepDenied, StepLoad, StepRotate, StepCAStatus, StepMaintOn, StepCalls, StepMaintOff}
+	return []Step{StepCall, StepPlaintext, StepDenied, StepLoad, StepRotate, StepCAStatus, StepMaintOn, StepCalls, StepMaintOff,
+		StepStatus, StepTap, StepCheck}
 }
