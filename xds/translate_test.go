@@ -12,6 +12,7 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -490,5 +491,32 @@ func TestServiceChangeEndpointsOnlyChangesEndpoints(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A STRICT and a PERMISSIVE workload's inbound listeners differ only in the
+// default filter chain: Envoy updates such a change in place (only the
+// replaced chain's connections drain), and replaces the whole listener when
+// any other field differs. That is also why the listener filter timeout is
+// Envoy's default (15 s, then close) in both modes (docs/policy.md, "PERMISSIVE
+// and clients that say little or nothing first"): continuing after it could
+// not be set for PERMISSIVE alone.
+func TestStrictAndPermissiveListenersDifferOnlyInTheDefaultChain(t *testing.T) {
+	for _, proxy := range []string{"db-1", "api-1"} { // tcp and http
+		strict, _ := rendered(t, authzCase, proxy, mesh.MTLSStrict)
+		permissive, _ := rendered(t, authzCase, proxy, mesh.MTLSPermissive)
+		if proto.Equal(strict.DefaultFilterChain, permissive.DefaultFilterChain) {
+			t.Fatalf("%s: STRICT and PERMISSIVE have the same default chain %s", proxy, strict.DefaultFilterChain.GetName())
+		}
+		s, p := proto.Clone(strict).(*listenerv3.Listener), proto.Clone(permissive).(*listenerv3.Listener)
+		s.DefaultFilterChain, p.DefaultFilterChain = nil, nil
+		if !proto.Equal(s, p) {
+			t.Errorf("%s: STRICT and PERMISSIVE listeners differ beyond the default chain:\nSTRICT %v\nPERMISSIVE %v", proxy, s, p)
+		}
+		if len(p.ListenerFilters) != 1 || p.ListenerFilters[0].GetName() != listenerTLSInspector ||
+			p.ListenerFiltersTimeout != nil || p.ContinueOnListenerFiltersTimeout {
+			t.Errorf("%s: PERMISSIVE listener filters %v, timeout %v, continue %v; docs/policy.md says: the TLS inspector alone, Envoy's default timeout, close at the timeout",
+				proxy, p.ListenerFilters, p.ListenerFiltersTimeout, p.ContinueOnListenerFiltersTimeout)
+		}
 	}
 }
