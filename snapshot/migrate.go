@@ -436,7 +436,8 @@ type Transition struct {
 	WaitingOn  []string  `json:"waitingOn,omitempty"`
 	Since      time.Time `json:"since"`
 	// StepSince is when the current step began to wait; PendingSeconds its
-	// age; Overdue is set once that exceeds the reporting bound.
+	// age; Overdue is set once that reaches the reporting bound (when it
+	// is logged).
 	StepSince      time.Time `json:"stepSince"`
 	PendingSeconds float64   `json:"pendingSeconds"`
 	Overdue        bool      `json:"overdue"`
@@ -477,7 +478,7 @@ func (p *Publisher) transitions() []Transition {
 		out = append(out, Transition{Proxy: w.id, From: w.from, To: w.target.server,
 			ServerMode: w.applied.server, CallerMode: w.applied.caller, Phase: w.phase.String(),
 			WaitingFor: w.waitingFor(), WaitingOn: slices.Clone(w.waiting), Since: w.since,
-			StepSince: w.stepSince, PendingSeconds: age.Seconds(), Overdue: age > p.opts.MigrationOverdue})
+			StepSince: w.stepSince, PendingSeconds: age.Seconds(), Overdue: age >= p.opts.MigrationOverdue})
 		if len(w.waiting) > 0 && (oldest.IsZero() || w.stepSince.Before(oldest)) {
 			oldest = w.stepSince
 		}

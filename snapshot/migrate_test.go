@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -302,40 +303,49 @@ func TestMigrationCallerDisconnectsMidStep(t *testing.T) {
 
 // A caller that never ACKs holds its step back; past the bound the step is
 // reported (status, metric) and an operator can force it (through the
-// running loop, as the admin endpoint does).
+// running loop, as the admin endpoint does). On synctest's clock, so the
+// bound is met exactly.
 func TestMigrationCallerNeverACKsIsReportedAndForced(t *testing.T) {
-	g := newMigration(t, strict, 50*time.Millisecond)
-	g.pub.StreamOpened("web.default")
-	g.ack("web.default")
-	g.pub.Update(Update{Policy: apiMode(disable)})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go g.pub.Run(ctx)
-	waitFor(t, func() bool {
+	synctest.Test(t, func(t *testing.T) {
+		const overdue = 50 * time.Millisecond
+		g := newMigration(t, strict, overdue)
+		g.pub.StreamOpened("web.default")
+		g.ack("web.default")
+		g.pub.Update(Update{Policy: apiMode(disable)})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go g.pub.Run(ctx)
+		synctest.Wait() // published at once (leading edge): the step waits for web
+		time.Sleep(overdue - time.Millisecond)
+		synctest.Wait()
+		if tr := g.pub.Transitions(); len(tr) != 1 || tr[0].CallerMode != disable || tr[0].Overdue {
+			t.Fatalf("before the bound: %+v, want api's migration waiting, not overdue", tr)
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
 		tr := g.pub.Transitions()
-		return len(tr) == 1 && tr[0].Overdue && tr[0].CallerMode == disable
+		if len(tr) != 1 || !tr[0].Overdue || tr[0].Phase != "callers-moved" || len(tr[0].WaitingOn) != 1 ||
+			!strings.HasPrefix(tr[0].WaitingOn[0], "web.default (") || tr[0].PendingSeconds != overdue.Seconds() {
+			t.Fatalf("at the bound: %+v, want api's migration overdue, waiting on web", tr)
+		}
+		if got := testutil.ToFloat64(g.m.MigrationsPending); got != 1 {
+			t.Errorf("meshd_mtls_migrations_in_progress = %v, want 1", got)
+		}
+		if since := g.m.MigrationWaitingSince.Load(); since == 0 || time.Since(time.Unix(0, since)) != overdue {
+			t.Errorf("meshd_mtls_migration_pending_seconds source = %v, want the step's start", since)
+		}
+		if err := g.pub.ForceMigration(ctx, "db.default"); !errors.Is(err, ErrNoMigration) {
+			t.Errorf("forcing a proxy with no migration: %v", err)
+		}
+		if err := g.pub.ForceMigration(ctx, "api.default"); err != nil {
+			t.Fatal(err)
+		}
+		g.expect("forced", "plaintext", "plaintext")
+		g.done("forced")
+		if got := g.m.MigrationWaitingSince.Load(); got != 0 {
+			t.Error("pending age still exported after the migration finished")
+		}
 	})
-	tr := g.pub.Transitions()[0]
-	if tr.Phase != "callers-moved" || len(tr.WaitingOn) != 1 || !strings.HasPrefix(tr.WaitingOn[0], "web.default (") || tr.PendingSeconds < 0.05 {
-		t.Fatalf("overdue migration reported as %+v", tr)
-	}
-	if got := testutil.ToFloat64(g.m.MigrationsPending); got != 1 {
-		t.Errorf("meshd_mtls_migrations_in_progress = %v, want 1", got)
-	}
-	if since := g.m.MigrationWaitingSince.Load(); since == 0 || time.Since(time.Unix(0, since)) < 50*time.Millisecond {
-		t.Errorf("meshd_mtls_migration_pending_seconds source = %v, want the step's start", since)
-	}
-	if err := g.pub.ForceMigration(ctx, "db.default"); !errors.Is(err, ErrNoMigration) {
-		t.Errorf("forcing a proxy with no migration: %v", err)
-	}
-	if err := g.pub.ForceMigration(ctx, "api.default"); err != nil {
-		t.Fatal(err)
-	}
-	g.expect("forced", "plaintext", "plaintext")
-	g.done("forced")
-	if got := g.m.MigrationWaitingSince.Load(); got != 0 {
-		t.Error("pending age still exported after the migration finished")
-	}
 }
 
 // A policy reverted mid-migration goes back without passing through the

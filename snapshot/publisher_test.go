@@ -21,6 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/meshd/meshd/internal/metrics"
+	"github.com/meshd/meshd/internal/testwait"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/xds"
 )
@@ -460,50 +461,39 @@ func TestDebounce(t *testing.T) {
 }
 
 // TestLeadingEdge: after a quiet period a change is published at once, not
-// after the holdoff; and a catalog with its policy is one change.
+// after the holdoff; and a catalog with its policy is one change. On
+// synctest's clock: "at once" is no time at all, and the debounced change
+// is published exactly at the holdoff.
 func TestLeadingEdge(t *testing.T) {
-	svcs, pxs := quickstart(t)
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	m := metrics.New()
-	const holdoff = 3 * time.Second
-	pub := New(cache, &fakeSecrets{}, Options{
-		Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m,
-		Holdoff: holdoff, MaxDelay: 10 * time.Second,
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go pub.Run(ctx)
-	start := time.Now()
-	// The catalog and a policy arrive as one change, published once and
-	// with both.
-	strictPolicy := &mesh.PolicySet{DefaultMode: mesh.MTLSStrict}
-	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs), Policy: strictPolicy})
-	waitFor(t, func() bool { return pub.Ready() })
-	if took := time.Since(start); took >= holdoff {
-		t.Fatalf("first change after a quiet period published after %v, not at once (holdoff %v)", took, holdoff)
-	}
-	if got := testutil.ToFloat64(m.SnapshotBuilds); got != 1 || pub.View().Policy != strictPolicy {
-		t.Fatalf("a catalog with its policy made %v builds (policy %v), want 1 with the policy", got, pub.View().Policy)
-	}
-	// A second change right after is debounced: not published before the
-	// holdoff has passed.
-	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
-	time.Sleep(holdoff / 3)
-	if got := testutil.ToFloat64(m.SnapshotBuilds); got != 1 {
-		t.Fatalf("a change %v after a publish was not debounced (%v builds)", holdoff/3, got)
-	}
-	waitFor(t, func() bool { return testutil.ToFloat64(m.SnapshotBuilds) == 2 })
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
+	synctest.Test(t, func(t *testing.T) {
+		const holdoff = 3 * time.Second
+		pub, builds, cat := runLoop(t, holdoff, 10*time.Second)
+		start := time.Now()
+		// The catalog and a policy arrive as one change, published once and
+		// with both.
+		strictPolicy := &mesh.PolicySet{DefaultMode: mesh.MTLSStrict}
+		pub.Update(Update{Catalog: cat, Policy: strictPolicy})
+		synctest.Wait()
+		if took := time.Since(start); !pub.Ready() || took != 0 {
+			t.Fatalf("first change after a quiet period: ready %v after %v, want published at once", pub.Ready(), took)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		if got := builds(); got != 1 || pub.View().Policy != strictPolicy {
+			t.Fatalf("a catalog with its policy made %v builds (policy %v), want 1 with the policy", got, pub.View().Policy)
+		}
+		// A second change right after is debounced: published once the
+		// holdoff has passed, not before.
+		pub.Update(Update{Catalog: cat})
+		time.Sleep(holdoff - time.Millisecond)
+		synctest.Wait()
+		if got := builds(); got != 1 {
+			t.Fatalf("a change %v after a publish was not debounced (%v builds)", holdoff-time.Millisecond, got)
+		}
+		time.Sleep(2 * time.Millisecond)
+		synctest.Wait()
+		if got := builds(); got != 2 {
+			t.Fatalf("a debounced change not published after the holdoff (%v builds)", got)
+		}
+	})
 }
 
 // Updates sent concurrently from several goroutines are applied in the
@@ -594,7 +584,7 @@ func TestConcurrentUpdatesApplyInOrder(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, func() bool { return pub.View().Seq == lastSeq })
+	testwait.For(t, testwait.Timeout, "the last update to be published", func() bool { return pub.View().Seq == lastSeq })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(bad) > 0 {
@@ -614,20 +604,33 @@ func (r *renewingSecrets) NextRenewal() time.Time { return time.Now() }
 
 // The renewal timer runs from the loop's start, also when the first publish
 // was made before Run (as meshd publishes its first catalog before serving):
-// leaves due are reissued without any other change.
+// leaves due are reissued without any other change, no more often than
+// once a second (the floor that keeps a failing renewal from spinning).
 func TestRenewalTimerStartsWithTheLoop(t *testing.T) {
-	svcs, pxs := quickstart(t)
-	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
-	m := metrics.New()
-	pub := New(cache, &renewingSecrets{}, Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
-	pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
-	if _, err := pub.Publish(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go pub.Run(ctx)
-	waitFor(t, func() bool { return testutil.ToFloat64(m.SnapshotBuilds) >= 2 })
+	synctest.Test(t, func(t *testing.T) {
+		svcs, pxs := quickstart(t)
+		cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+		m := metrics.New()
+		pub := New(cache, &renewingSecrets{}, Options{Translate: xds.Options{TrustDomain: "cluster.local"}, Metrics: m, Logger: slog.New(slog.DiscardHandler)})
+		pub.Update(Update{Catalog: mustCatalog(t, svcs, pxs)})
+		if _, err := pub.Publish(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go pub.Run(ctx)
+		builds := func() float64 { return testutil.ToFloat64(m.SnapshotBuilds) }
+		time.Sleep(time.Second - time.Millisecond)
+		synctest.Wait()
+		if got := builds(); got != 1 {
+			t.Fatalf("%v builds before the renewal floor of 1s, want 1", got)
+		}
+		time.Sleep(2 * time.Millisecond)
+		synctest.Wait()
+		if got := builds(); got != 2 {
+			t.Fatalf("%v builds once the due leaf's timer fired, want 2", got)
+		}
+	})
 }
 
 // A node's stream events between two turns of the loop take a fixed size
