@@ -197,6 +197,32 @@ func (g *migration) ack(node string) {
 	}
 }
 
+// connect opens a stream for each node, which ACKs what it was last sent.
+func (g *migration) connect(nodes ...string) {
+	g.t.Helper()
+	for _, n := range nodes {
+		g.pub.StreamOpened(n)
+		g.ack(n)
+	}
+}
+
+// openedThenCallers finishes api's move to DISABLE from the step where it
+// accepts both and waits for its listener ACK: it ACKs, web is switched to
+// plaintext and waited for, then api goes DISABLE.
+func (g *migration) openedThenCallers() {
+	g.t.Helper()
+	g.ack("api.default")
+	g.publish()
+	g.expect("server ACKed PERMISSIVE", "both", "plaintext")
+	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default (") {
+		g.t.Fatalf("waiting on %v, want web", w)
+	}
+	g.ack("web.default")
+	g.publish()
+	g.expect("web ACKed plaintext", "plaintext", "plaintext")
+	g.done("disable")
+}
+
 func (g *migration) expect(step, server, caller string) {
 	g.t.Helper()
 	if got := serverAccepts(g.t, g.cache); got != server {
@@ -226,10 +252,7 @@ func (g *migration) done(step string) {
 // needs, in both directions.
 func TestMigrationWaitsForConnectedProxies(t *testing.T) {
 	g := newMigration(t, permissive, time.Minute)
-	g.pub.StreamOpened("api.default")
-	g.pub.StreamOpened("web.default")
-	g.ack("api.default")
-	g.ack("web.default")
+	g.connect("api.default", "web.default")
 	g.publish()
 	g.expect("start", "both", "mtls")
 
@@ -248,16 +271,7 @@ func TestMigrationWaitsForConnectedProxies(t *testing.T) {
 	}
 	g.publish()
 	g.expect("server has not ACKed", "both", "mtls")
-	g.ack("api.default")
-	g.publish()
-	g.expect("server ACKed PERMISSIVE", "both", "plaintext")
-	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default (") {
-		t.Fatalf("waiting on %v, want web", w)
-	}
-	g.ack("web.default")
-	g.publish()
-	g.expect("web ACKed plaintext", "plaintext", "plaintext")
-	g.done("disable")
+	g.openedThenCallers()
 }
 
 // A server nobody calls and nobody serves (no stream open) completes STRICT
@@ -268,8 +282,7 @@ func TestMigrationWithNoCallersCompletesAtOnce(t *testing.T) {
 		g := newMigration(t, strict, time.Minute)
 		if connected {
 			// The server itself connected and ACKing; web disconnected.
-			g.pub.StreamOpened("api.default")
-			g.ack("api.default")
+			g.connect("api.default")
 		}
 		for _, to := range []mesh.MTLSMode{disable, strict} {
 			g.set(to)
@@ -288,8 +301,7 @@ func TestMigrationWithNoCallersCompletesAtOnce(t *testing.T) {
 // alone re-evaluates the step.
 func TestMigrationCallerDisconnectsMidStep(t *testing.T) {
 	g := newMigration(t, strict, time.Minute)
-	g.pub.StreamOpened("web.default")
-	g.ack("web.default")
+	g.connect("web.default")
 	g.set(disable)
 	g.expect("server not connected: callers switch at once", "both", "plaintext")
 	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default") {
@@ -309,8 +321,7 @@ func TestMigrationCallerNeverACKsIsReportedAndForced(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const overdue = 50 * time.Millisecond
 		g := newMigration(t, strict, overdue)
-		g.pub.StreamOpened("web.default")
-		g.ack("web.default")
+		g.connect("web.default")
 		g.pub.Update(Update{Policy: apiMode(disable)})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -352,10 +363,7 @@ func TestMigrationCallerNeverACKsIsReportedAndForced(t *testing.T) {
 // abandoned target, and without waiting for what no longer matters.
 func TestMigrationPolicyRevertedMidway(t *testing.T) {
 	g := newMigration(t, strict, time.Minute)
-	g.pub.StreamOpened("api.default")
-	g.pub.StreamOpened("web.default")
-	g.ack("api.default")
-	g.ack("web.default")
+	g.connect("api.default", "web.default")
 	g.set(disable)
 	g.expect("disable requested", "both", "mtls")
 	// Back to STRICT before the server ACKed PERMISSIVE: web still sends
@@ -386,10 +394,7 @@ func TestMigrationPolicyRevertedMidway(t *testing.T) {
 func TestMigrationWaitsWhileARenderFails(t *testing.T) {
 	g := newMigration(t, strict, time.Minute)
 	sec := g.pub.secrets.(*fakeSecrets)
-	g.pub.StreamOpened("api.default")
-	g.pub.StreamOpened("web.default")
-	g.ack("api.default")
-	g.ack("web.default")
+	g.connect("api.default", "web.default")
 	g.publish()
 	g.expect("start", "mtls", "mtls")
 
@@ -425,11 +430,5 @@ func TestMigrationWaitsWhileARenderFails(t *testing.T) {
 	if w := g.waitingOn(); !slices.Equal(w, []string{"api.default (Listener)"}) {
 		t.Fatalf("waiting on %v, want api's new listener", w)
 	}
-	g.ack("api.default")
-	g.publish()
-	g.expect("api ACKed PERMISSIVE", "both", "plaintext")
-	g.ack("web.default")
-	g.publish()
-	g.expect("web ACKed plaintext", "plaintext", "plaintext")
-	g.done("recovered")
+	g.openedThenCallers()
 }

@@ -639,10 +639,7 @@ func TestRenewalTimerStartsWithTheLoop(t *testing.T) {
 // still counts, and the churn leaves nothing queued.
 func TestStreamEventChurnKeepsACKs(t *testing.T) {
 	g := newMigration(t, strict, time.Minute)
-	g.pub.StreamOpened("api.default")
-	g.pub.StreamOpened("web.default")
-	g.ack("api.default")
-	g.ack("web.default")
+	g.connect("api.default", "web.default")
 	g.set(disable)
 	g.expect("disable requested", "both", "mtls")
 	// api ACKs its PERMISSIVE listener, then a second stream of its own
