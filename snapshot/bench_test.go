@@ -138,7 +138,10 @@ func benchPublishCold(b *testing.B, svcs []mesh.Service, pxs []mesh.Proxy) {
 //     (scenarios M and L of docs/performance.md), so the change concerns
 //     about 25/25/50 callers;
 //   - all: every proxy calls every other one of 200 services × 10
-//     endpoints, so the change concerns every proxy but the service's own.
+//     endpoints, so the change concerns every proxy but the service's own;
+//   - visible: the same services all visible to every proxy without
+//     listing them (transparent sidecars with upstreamNamespaces ["*"],
+//     xds-load --all-services), so the change concerns every proxy.
 //
 // It reports the proxies the publish looked at (visited), rendered and
 // patched, the bytes of resources the publish newly encoded, and the bytes
@@ -154,13 +157,19 @@ func BenchmarkPublishEndpointChange(b *testing.B) {
 	}{
 		{"scoped/1000", 1000, 200, 5}, {"scoped/3000", 3000, 600, 5}, {"scoped/10000", 10000, 1000, 5},
 		{"all/1000", 1000, 200, -1}, {"all/3000", 3000, 200, -1}, {"all/10000", 10000, 200, -1},
+		{"visible/1000", 1000, 200, 0}, {"visible/3000", 3000, 200, 0}, {"visible/10000", 10000, 200, 0},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			ups := c.upstreams
-			if ups < 0 {
-				ups = c.services - 1
+			var svcs []mesh.Service
+			var pxs []mesh.Proxy
+			switch c.upstreams {
+			case 0:
+				svcs, pxs = allServicesMesh(c.services, 10, c.proxies)
+			case -1:
+				svcs, pxs = largeMesh(c.services, 10, c.proxies, c.services-1)
+			default:
+				svcs, pxs = largeMesh(c.services, 10, c.proxies, c.upstreams)
 			}
-			svcs, pxs := largeMesh(c.services, 10, c.proxies, ups)
 			pub, cache := benchPublisher()
 			cat := publishMesh(b, pub, svcs, pxs)
 			// Two catalogs that differ by one endpoint of the most called
