@@ -36,25 +36,28 @@ type pseudoDeltaMesh struct {
 	withDB              bool // db is an upstream of web
 }
 
+// catalog is written in block style, so that meshd's watcher re-reads it
+// incrementally and an endpoint edit is built from the last catalog
+// (mesh.Catalog.WithEndpoints); TestPseudoDeltaProxylessGRPC's flow-style
+// catalog takes the full parse.
 func (e *pseudoDeltaMesh) catalog() string {
 	var b strings.Builder
 	b.WriteString("services:\n")
-	fmt.Fprintf(&b, "  - name: web\n    protocol: http\n    endpoints: [{address: 127.0.0.1, port: %d}]\n", e.web.public)
+	fmt.Fprintf(&b, "  - name: web\n    protocol: http\n    endpoints:\n      - address: 127.0.0.1\n        port: %d\n", e.web.public)
 	for _, s := range []struct {
 		name, proto string
 		ports       []uint32
 	}{{"api", "http", e.api}, {"greeter", "grpc", e.greeter}, {"db", "tcp", e.db}} {
 		fmt.Fprintf(&b, "  - name: %s\n    protocol: %s\n    endpoints:\n", s.name, s.proto)
 		for _, p := range s.ports {
-			fmt.Fprintf(&b, "      - {address: 127.0.0.1, port: %d, locality: {region: local, zone: a}}\n", p)
+			fmt.Fprintf(&b, "      - address: 127.0.0.1\n        port: %d\n        locality:\n          region: local\n          zone: a\n", p)
 		}
 	}
-	b.WriteString("proxies:\n")
-	ups := fmt.Sprintf("{service: api, localPort: %d}, {service: greeter, localPort: %d}", e.toAPI, e.toGRPC)
+	fmt.Fprintf(&b, "proxies:\n  - service: web\n    address: 127.0.0.1\n    publicPort: %d\n    appPort: %d\n    upstreams:\n", e.web.public, e.web.app)
+	fmt.Fprintf(&b, "      - service: api\n        localPort: %d\n      - service: greeter\n        localPort: %d\n", e.toAPI, e.toGRPC)
 	if e.withDB {
-		ups += fmt.Sprintf(", {service: db, localPort: %d}", e.toDB)
+		fmt.Fprintf(&b, "      - service: db\n        localPort: %d\n", e.toDB)
 	}
-	fmt.Fprintf(&b, "  - {service: web, address: 127.0.0.1, publicPort: %d, appPort: %d, upstreams: [%s]}\n", e.web.public, e.web.app, ups)
 	return b.String()
 }
 
