@@ -589,9 +589,26 @@ func TestLabWalkthrough(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", lab.StepTap.Compose(), err, out)
 		}
 		t.Logf("%s\n%s", lab.StepTap.Compose(), out)
-		want := regexp.MustCompile(`(?m)^\S+ ` + regexp.QuoteMeta(spiffe("orders")) + ` -> payments\.default GET / 200 .* mtls allow`)
-		if got := len(want.FindAllString(out, -1)); got != lab.TapCount {
-			t.Errorf("%s: %d lines of orders' calls to payments allowed over mTLS, want %d:\n%s", lab.StepTap.Compose(), got, lab.TapCount, out)
+		// Every line is a call of orders to payments, over mTLS and
+		// allowed. One may have no status (0: the caller went away before
+		// the answer, as the previous step's load does with the call it is
+		// in when stopped, which the sidecar reports a moment later).
+		line := regexp.MustCompile(`^\S+ ` + regexp.QuoteMeta(spiffe("orders")) + ` -> payments\.default GET / (\d+) \S+ mtls allow$`)
+		lines, answered := 0, 0
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if strings.HasPrefix(l, "tapping ") {
+				continue
+			}
+			lines++
+			switch m := line.FindStringSubmatch(l); {
+			case m == nil || m[1] != "200" && m[1] != "0":
+				t.Errorf("%s: not an allowed mTLS call of orders to payments: %q", lab.StepTap.Compose(), l)
+			case m[1] == "200":
+				answered++
+			}
+		}
+		if lines != lab.TapCount || answered < lab.TapCount-1 {
+			t.Errorf("%s: %d lines, %d of them answered 200; want %d lines, at most one cut short:\n%s", lab.StepTap.Compose(), lines, answered, lab.TapCount, out)
 		}
 
 		var check string

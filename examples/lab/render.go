@@ -146,6 +146,15 @@ func ComposeYAML() ([]byte, error) {
 func ConsulServices() []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# The lab's services, registered with the Consul server at start.\n# %s\n", generatedBy)
+	b.WriteString(`
+# meshd reads no central service configuration (service-defaults,
+# proxy-defaults). With it on, the agent registers the services below before
+# the server has elected itself, then registers each again once it can
+# fetch that configuration, seconds later: the new registration restarts the
+# instance's checks as critical until their next run, which takes it out of
+# every caller's endpoints for up to a check interval.
+enable_central_service_config = false
+`)
 	for _, in := range Instances {
 		fmt.Fprintf(&b, `
 services {
