@@ -166,7 +166,9 @@ func (t *deltaType) had(f func(name string)) {
 }
 
 // setNames replaces the explicit subscriptions by the shared list of names.
-func (t *deltaType) setNames(names []string) { t.names = internNameList(names) }
+func (t *deltaType) setNames(lists *nameLists, names []string) {
+	t.names = lists.replace(t.names, names)
+}
 
 // deltaState is one delta stream.
 type deltaState struct {
@@ -181,6 +183,13 @@ type deltaState struct {
 func (s *sotwServer) serveDelta(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse], defaultType string) error {
 	ds := &deltaState{srv: s, st: st, id: s.deltaIDs.Add(1), sotw: &sotwStream{wake: make(chan struct{}, 1), sess: auth.SessionFrom(st.Context())}}
 	defer s.ended(ds.key(), ds.sotw)
+	defer func() {
+		for _, t := range ds.types {
+			if t != nil {
+				t.setNames(&s.cache.names, nil)
+			}
+		}
+	}()
 	reqs := receive(s.ctx, st)
 	for {
 		select {
@@ -233,13 +242,13 @@ func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType
 	}
 	internNames(req.ResourceNamesSubscribe)
 	t.pending = false
-	t.subscribe(typ, req)
+	t.subscribe(&d.srv.cache.names, typ, req)
 	return d.respond(typ, t)
 }
 
 // subscribe applies a request's subscriptions (xDS protocol, "how the
 // client specifies what resources to return", delta variant).
-func (t *deltaType) subscribe(typ string, req *discoveryv3.DeltaDiscoveryRequest) {
+func (t *deltaType) subscribe(lists *nameLists, typ string, req *discoveryv3.DeltaDiscoveryRequest) {
 	sub, unsub := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
 	if !t.subscribed {
 		t.subscribed = true
@@ -290,7 +299,7 @@ func (t *deltaType) subscribe(typ string, req *discoveryv3.DeltaDiscoveryRequest
 		}
 	}
 	if changed {
-		t.setNames(names)
+		t.setNames(lists, names)
 	}
 }
 

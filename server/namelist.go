@@ -2,10 +2,8 @@ package server
 
 import (
 	"crypto/sha256"
-	"runtime"
 	"slices"
 	"sync"
-	"weak"
 )
 
 // nameList is one sorted list of subscribed resource names, shared by every
@@ -17,20 +15,24 @@ import (
 // Never modified once interned.
 type nameList struct {
 	names []string
+	key   [sha256.Size]byte
+	refs  int // streams holding the list; guarded by nameLists.mu
 }
 
-// nameLists finds the interned list of given names. Entries are weak: a
-// list lives as long as a stream holds it, and its entry is deleted once
-// the collector has freed it.
-var nameLists = struct {
+// nameLists is the table of one server's shared name lists, owned by its
+// Cache. Streams hold lists by reference count: a stream acquires the list
+// of the names it subscribes to and releases the one it held, and releases
+// every list when it ends, so a list leaves the table with its last
+// stream (no process-wide table, nothing left to the collector).
+type nameLists struct {
 	mu sync.Mutex
-	m  map[[sha256.Size]byte]weak.Pointer[nameList]
-}{m: map[[sha256.Size]byte]weak.Pointer[nameList]{}}
+	m  map[[sha256.Size]byte]*nameList
+}
 
-// internNameList returns the shared list holding exactly sorted (sorted,
-// without duplicates), interning sorted (and its strings) if none exists.
-// nil for no names.
-func internNameList(sorted []string) *nameList {
+// acquire returns the shared list holding exactly sorted (sorted, without
+// duplicates), interning sorted (and its strings) if none exists, with one
+// more reference for the caller. nil for no names.
+func (t *nameLists) acquire(sorted []string) *nameList {
 	if len(sorted) == 0 {
 		return nil
 	}
@@ -41,22 +43,50 @@ func internNameList(sorted []string) *nameList {
 	}
 	var key [sha256.Size]byte
 	h.Sum(key[:0])
-	nameLists.mu.Lock()
-	defer nameLists.mu.Unlock()
-	if l := nameLists.m[key].Value(); l != nil && slices.Equal(l.names, sorted) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if l := t.m[key]; l != nil && slices.Equal(l.names, sorted) {
+		l.refs++
 		return l
 	}
+	// A list under this key with other names (a hash collision) keeps its
+	// holders and is left out of the table.
 	internNames(sorted)
-	l := &nameList{names: sorted}
-	nameLists.m[key] = weak.Make(l)
-	runtime.AddCleanup(l, func(key [sha256.Size]byte) {
-		nameLists.mu.Lock()
-		defer nameLists.mu.Unlock()
-		if nameLists.m[key].Value() == nil {
-			delete(nameLists.m, key)
-		}
-	}, key)
+	l := &nameList{names: sorted, key: key, refs: 1}
+	if t.m == nil {
+		t.m = map[[sha256.Size]byte]*nameList{}
+	}
+	t.m[key] = l
 	return l
+}
+
+// release gives back one reference to l (nil: nothing), removing l from
+// the table when no stream holds it.
+func (t *nameLists) release(l *nameList) {
+	if l == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l.refs--
+	if l.refs <= 0 && t.m[l.key] == l {
+		delete(t.m, l.key)
+	}
+}
+
+// replace acquires the list of sorted and releases old: what a stream does
+// when its subscription changes.
+func (t *nameLists) replace(old *nameList, sorted []string) *nameList {
+	l := t.acquire(sorted)
+	t.release(old)
+	return l
+}
+
+// size counts the lists held (for tests).
+func (t *nameLists) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }
 
 // list returns the names (nil for a nil list).
@@ -71,11 +101,4 @@ func (l *nameList) list() []string {
 func (l *nameList) contains(name string) bool {
 	_, found := slices.BinarySearch(l.list(), name)
 	return found
-}
-
-// internedNameLists counts the lists currently interned (for tests).
-func internedNameLists() int {
-	nameLists.mu.Lock()
-	defer nameLists.mu.Unlock()
-	return len(nameLists.m)
 }

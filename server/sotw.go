@@ -36,6 +36,8 @@ type Cache struct {
 	// streams lists each node's open SotW streams (usually one), linked
 	// through sotwStream.next: no slice per node.
 	streams map[string]*sotwStream
+	// names is the streams' shared subscribed-name lists.
+	names nameLists
 }
 
 // NewCache returns an empty cache.
@@ -268,6 +270,14 @@ func (s *sotwStream) notify() {
 func (s *sotwServer) serve(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse], defaultType string) error {
 	ss := &sotwStream{srv: s, st: st, id: s.ids.Add(1), wake: make(chan struct{}, 1), sess: auth.SessionFrom(st.Context())}
 	defer s.ended(ss.key(), ss)
+	defer func() {
+		for _, ts := range ss.types {
+			if ts != nil {
+				s.cache.names.release(ts.names)
+				ts.names = nil
+			}
+		}
+	}()
 	reqs := receive(s.ctx, st)
 	for {
 		select {
@@ -336,13 +346,13 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest, defaultType stri
 		s.srv.events.Acked(s.node, typ, ts.sent)
 	}
 	ts.pending = false
-	ts.subscribe(typ, req.GetResourceNames())
+	ts.subscribe(&s.srv.cache.names, typ, req.GetResourceNames())
 	return s.respond(typ, ts)
 }
 
 // subscribe applies a request's resource names (xDS protocol, "how the
 // client specifies what resources to return").
-func (ts *typeState) subscribe(typ string, names []string) {
+func (ts *typeState) subscribe(lists *nameLists, typ string, names []string) {
 	if !ts.subscribed {
 		ts.subscribed, ts.resubscribed = true, true
 		ts.legacy = typ == resourcev3.ListenerType || typ == resourcev3.ClusterType
@@ -360,13 +370,14 @@ func (ts *typeState) subscribe(typ string, names []string) {
 	switch {
 	case ts.wildcard || len(names) == 0:
 		if ts.names != nil {
+			lists.release(ts.names)
 			ts.names, ts.resubscribed = nil, true
 		}
 	case !slices.Equal(ts.names.list(), names):
 		// Every ACK repeats the names: only a real change allocates.
 		sorted := slices.Compact(slices.Sorted(slices.Values(names)))
 		if !slices.Equal(ts.names.list(), sorted) {
-			ts.names, ts.resubscribed = internNameList(sorted), true
+			ts.names, ts.resubscribed = lists.replace(ts.names, sorted), true
 		}
 	}
 	if ts.wildcard {
