@@ -134,6 +134,33 @@ func (t *deltaType) version(name string) (string, bool) {
 	return "", false
 }
 
+// cursor answers version for names asked in ascending order, walking
+// t.changes and t.have once rather than searching both for every name: a
+// proxy that sees 200 services has 200 endpoint sets compared on every
+// push, and the searches were a third of meshd's CPU per endpoint change
+// at 1,000 delta proxies (issue 14).
+type cursor struct {
+	t    *deltaType
+	c, h int
+}
+
+func (k *cursor) version(name string) (string, bool) {
+	t := k.t
+	for k.c < len(t.changes) && t.changes[k.c].name < name {
+		k.c++
+	}
+	if k.c < len(t.changes) && t.changes[k.c].name == name {
+		return t.changes[k.c].version, !t.changes[k.c].gone
+	}
+	for k.h < len(t.have) && t.have[k.h].Name < name {
+		k.h++
+	}
+	if k.h < len(t.have) && t.have[k.h].Name == name {
+		return t.have[k.h].Hash, true
+	}
+	return "", false
+}
+
 func (t *deltaType) override(h held) {
 	i, found := slices.BinarySearchFunc(t.changes, h.name, byHeldName)
 	if found {
@@ -339,6 +366,9 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 	// from it.
 	var next []*xds.Resource
 	shared := true
+	// Resources are considered in name order (all is sorted, and so are
+	// the subscribed names), so what the proxy has is walked alongside.
+	had := cursor{t: t}
 	consider := func(r *xds.Resource) error {
 		v, w := r.Hash, r.Wire
 		if v == "" || w == nil {
@@ -354,7 +384,7 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 			}
 			w = &anypb.Any{TypeUrl: typ, Value: b}
 		}
-		if have, found := t.version(r.Name); !found || have != v {
+		if have, found := had.version(r.Name); !found || have != v {
 			out = append(out, &discoveryv3.Resource{Name: r.Name, Version: v, Resource: w})
 		}
 		k := len(next)
@@ -387,12 +417,16 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 		})
 		slices.Sort(removed)
 	} else {
+		i := 0
 		for _, n := range t.names.list() {
-			if i, found := slices.BinarySearchFunc(all, n, byName); found {
+			for i < len(all) && all[i].Name < n {
+				i++
+			}
+			if i < len(all) && all[i].Name == n {
 				if err := consider(all[i]); err != nil {
 					return err
 				}
-			} else if _, had := t.version(n); had {
+			} else if _, was := had.version(n); was {
 				removed = append(removed, n)
 			}
 		}
