@@ -100,7 +100,25 @@ type Judge struct {
 	counts []LoopCounts
 	epochs []epoch
 	bad    []Violation
+	late   []Late
 }
+
+// Late is a call that met the verdict from before a change although it
+// started after the change had settled (accepted within the grace).
+type Late struct {
+	Loop  LoopKey
+	Call  Call
+	After time.Duration // from the settle to the call's start
+	Steps []int
+}
+
+func (l Late) String() string {
+	return fmt.Sprintf("%s call at %s was %s %s after step(s) %v settled", l.Loop, l.Call.Start.Format("15:04:05.000"),
+		l.Call.Outcome, l.After.Round(time.Millisecond), l.Steps)
+}
+
+// maxLateKept bounds the late calls kept for the record.
+const maxLateKept = 200
 
 type epoch struct {
 	step             int
@@ -158,6 +176,9 @@ func (j *Judge) Record(c Call) *Violation {
 	if lag > 0 && (c.Outcome == OK && strict&MayAllow == 0 || c.Outcome == Denied && strict&MayDeny == 0) {
 		cnt.Late++
 		cnt.MaxLate = max(cnt.MaxLate, lag)
+		if len(j.late) < maxLateKept {
+			j.late = append(j.late, Late{Loop: j.loops[c.Loop], Call: c, After: lag, Steps: steps})
+		}
 	}
 	var reason string
 	switch {
@@ -244,6 +265,13 @@ func (j *Judge) Counts() []LoopCounts {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return append([]LoopCounts(nil), j.counts...)
+}
+
+// Lates returns the late calls kept (the first maxLateKept).
+func (j *Judge) Lates() []Late {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return append([]Late(nil), j.late...)
 }
 
 // Violations returns every violation so far.

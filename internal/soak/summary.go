@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -64,13 +65,15 @@ type KindFigures struct {
 
 // LoopFigures are one continuous caller's calls.
 type LoopFigures struct {
-	Caller         string `json:"caller"`
-	Server         string `json:"server"`
-	Protocol       string `json:"protocol"`
-	OK             int    `json:"ok"`
-	ExpectedDenied int    `json:"expectedDenied"`
-	Failed         int    `json:"failed"`
-	InWindow       int    `json:"inWindow"`
+	Caller         string        `json:"caller"`
+	Server         string        `json:"server"`
+	Protocol       string        `json:"protocol"`
+	OK             int           `json:"ok"`
+	ExpectedDenied int           `json:"expectedDenied"`
+	Failed         int           `json:"failed"`
+	InWindow       int           `json:"inWindow"`
+	Late           int           `json:"late"`
+	MaxLate        time.Duration `json:"maxLateNs"`
 }
 
 // Range is a sampled figure's first, largest and last value.
@@ -142,7 +145,7 @@ func (r *runner) finish() (*Summary, error) {
 		for i, l := range r.loops {
 			c := counts[i]
 			s.Loops = append(s.Loops, LoopFigures{Caller: l.key.Caller, Server: l.key.Server, Protocol: string(l.proto),
-				OK: c.OK, ExpectedDenied: c.ExpectedDenied, Failed: c.Failed, InWindow: c.InWindow})
+				OK: c.OK, ExpectedDenied: c.ExpectedDenied, Failed: c.Failed, InWindow: c.InWindow, Late: c.Late, MaxLate: c.MaxLate})
 			s.Late += c.Late
 			s.MaxLate = max(s.MaxLate, c.MaxLate)
 		}
@@ -154,6 +157,18 @@ func (r *runner) finish() (*Summary, error) {
 				break
 			}
 			s.ViolationsShown = append(s.ViolationsShown, v.String()+": "+v.Call.Detail)
+		}
+	}
+	if r.judge != nil {
+		var b strings.Builder
+		for _, l := range r.judge.Lates() {
+			fmt.Fprintln(&b, l.String())
+		}
+		if err := os.WriteFile(filepath.Join(r.dir, "late.txt"), []byte(b.String()), 0o644); err != nil {
+			r.log.Warn("late calls not written", "err", err)
+		}
+		if err := os.WriteFile(filepath.Join(r.dir, "steps.txt"), []byte(r.stepsText()), 0o644); err != nil {
+			r.log.Warn("steps not written", "err", err)
 		}
 	}
 	r.samples.load(time.Now())
@@ -233,16 +248,16 @@ func (s *Summary) Table() string {
 
 	b.WriteString("\ncalls by caller:\n")
 	w = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "caller\tserver\tprotocol\tok\texpected-denied\tfailed\tduring changes\t")
+	fmt.Fprintln(w, "caller\tserver\tprotocol\tok\texpected-denied\tfailed\tduring changes\tlate (longest)\t")
 	var tot LoopFigures
 	for _, l := range s.Loops {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t\n", l.Caller, l.Server, l.Protocol, l.OK, l.ExpectedDenied, l.Failed, l.InWindow)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d (%s)\t\n", l.Caller, l.Server, l.Protocol, l.OK, l.ExpectedDenied, l.Failed, l.InWindow, l.Late, l.MaxLate.Round(time.Millisecond))
 		tot.OK += l.OK
 		tot.ExpectedDenied += l.ExpectedDenied
 		tot.Failed += l.Failed
 		tot.InWindow += l.InWindow
 	}
-	fmt.Fprintf(w, "all\t\t\t%d\t%d\t%d\t%d\t\n", tot.OK, tot.ExpectedDenied, tot.Failed, tot.InWindow)
+	fmt.Fprintf(w, "all\t\t\t%d\t%d\t%d\t%d\t%d\t\n", tot.OK, tot.ExpectedDenied, tot.Failed, tot.InWindow, s.Late)
 	w.Flush()
 	for _, v := range s.ViolationsShown {
 		fmt.Fprintf(&b, "violation: %s\n", v)

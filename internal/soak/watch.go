@@ -240,19 +240,8 @@ func (r *runner) dump(why error) string {
 		write("envoy-"+e.ID+"-stats.txt", b)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "failure: %v\nseed: %d\n\n", why, r.cfg.Seed)
-	for _, s := range r.steps {
-		fmt.Fprintf(&b, "step %d %s applied %s", s.Step.N, s.Step.Kind, s.Applied.Format("15:04:05.000"))
-		if !s.Settled.IsZero() {
-			fmt.Fprintf(&b, " settled %s (%s)", s.Settled.Format("15:04:05.000"), s.Converge.Round(time.Millisecond))
-		} else {
-			b.WriteString(" NOT SETTLED")
-		}
-		if s.Refused != "" {
-			fmt.Fprintf(&b, " refused: %s", s.Refused)
-		}
-		fmt.Fprintf(&b, "\n  %s\n  state after: %s\n", s.Step.Desc, s.Step.After.Describe())
-	}
+	fmt.Fprintf(&b, "failure: %v\n", why)
+	b.WriteString(r.stepsText())
 	write("steps.txt", []byte(b.String()))
 	b.Reset()
 	if r.judge != nil {
@@ -271,6 +260,27 @@ func (r *runner) dump(why error) string {
 	}
 	write("logs.txt", []byte(b.String()))
 	return dir
+}
+
+// stepsText lists every step as it ran: times, convergence, refusals and
+// the state after it, for steps.txt (a passing run's too, to attribute late
+// calls) and a failure's dump.
+func (r *runner) stepsText() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed: %d\n\n", r.cfg.Seed)
+	for _, s := range r.steps {
+		fmt.Fprintf(&b, "step %d %s applied %s", s.Step.N, s.Step.Kind, s.Applied.Format("15:04:05.000"))
+		if !s.Settled.IsZero() {
+			fmt.Fprintf(&b, " settled %s (%s)", s.Settled.Format("15:04:05.000"), s.Converge.Round(time.Millisecond))
+		} else {
+			b.WriteString(" NOT SETTLED")
+		}
+		if s.Refused != "" {
+			fmt.Fprintf(&b, " refused: %s", s.Refused)
+		}
+		fmt.Fprintf(&b, "\n  %s\n  state after: %s\n", s.Step.Desc, s.Step.After.Describe())
+	}
+	return b.String()
 }
 
 // envoyDumpResource is the /config_dump?resource= of each xDS type a
