@@ -82,6 +82,10 @@ func TestSoakShort(t *testing.T) {
 	if ok == 0 || denied == 0 {
 		t.Errorf("%d calls allowed, %d denied: the schedule never exercised both", ok, denied)
 	}
+	if sum.LiveHeapStart == 0 || sum.LiveHeapEnd == 0 || sum.Goroutines.Last == 0 {
+		t.Errorf("meshd's live heap %.0f → %.0f bytes, %.0f goroutines at the end: the soak did not read meshd's figures",
+			sum.LiveHeapStart, sum.LiveHeapEnd, sum.Goroutines.Last)
+	}
 	if sum.FleetStreams <= int64(cfg.Fleet) {
 		t.Errorf("the fleet opened %d streams for %d proxies: no reconnect storm reached it", sum.FleetStreams, cfg.Fleet)
 	}

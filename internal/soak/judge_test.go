@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -152,5 +153,13 @@ func TestJudgeGrace(t *testing.T) {
 	got := j.Counts()[0]
 	if got.Late != 3 || got.MaxLate != 450*time.Millisecond {
 		t.Errorf("late %d, max %s; want 3 and 450ms", got.Late, got.MaxLate)
+	}
+	// late.txt lists each late call with its delay and the step it followed.
+	lates := j.Lates()
+	if len(lates) != 3 {
+		t.Fatalf("%d late calls kept, want 3", len(lates))
+	}
+	if l := lates[2]; l.After != 450*time.Millisecond || !slices.Equal(l.Steps, []int{1}) {
+		t.Errorf("last late call: %s after steps %v, want 450ms after [1]", l.After, l.Steps)
 	}
 }

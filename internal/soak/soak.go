@@ -178,7 +178,11 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		r.sum.WorkDir = r.dir
 		return r.sum, err
 	}
+	r.sum.LiveHeapStart = r.liveHeap(r.ctx)
 	r.soak()
+	if r.failure() == nil {
+		r.sum.LiveHeapEnd = r.liveHeap(r.ctx)
+	}
 	return r.finish()
 }
 

@@ -42,10 +42,15 @@ type Summary struct {
 	Late    int           `json:"lateEnforcement"`
 	MaxLate time.Duration `json:"maxLateNs"`
 	// Rotations: CA rotations seen to end, and the longest.
-	Rotations       int           `json:"rotationsEnded"`
-	MaxRotation     time.Duration `json:"maxRotationNs"`
-	Hangs           int           `json:"hangs"`
-	RSS             Range         `json:"meshdRssBytes"`
+	Rotations   int           `json:"rotationsEnded"`
+	MaxRotation time.Duration `json:"maxRotationNs"`
+	Hangs       int           `json:"hangs"`
+	RSS         Range         `json:"meshdRssBytes"`
+	Heap        Range         `json:"meshdHeapInuseBytes"`
+	// LiveHeapStart and LiveHeapEnd are meshd's live heap after a full
+	// collection once the set-up settled and when the schedule ended.
+	LiveHeapStart   float64       `json:"meshdLiveHeapStartBytes"`
+	LiveHeapEnd     float64       `json:"meshdLiveHeapEndBytes"`
 	Goroutines      Range         `json:"meshdGoroutines"`
 	LoadAverage     Range         `json:"loadAverage1m"`
 	Grace           time.Duration `json:"graceNs"`
@@ -173,7 +178,7 @@ func (r *runner) finish() (*Summary, error) {
 	}
 	r.samples.load(time.Now())
 	r.samples.mu.Lock()
-	s.RSS, s.Goroutines, s.LoadAverage = rangeOf(r.samples.rss), rangeOf(r.samples.goroutines), rangeOf(r.samples.loadav)
+	s.RSS, s.Heap, s.Goroutines, s.LoadAverage = rangeOf(r.samples.rss), rangeOf(r.samples.heap), rangeOf(r.samples.goroutines), rangeOf(r.samples.loadav)
 	r.samples.mu.Unlock()
 	err := r.failure()
 	if err == nil {
@@ -222,6 +227,8 @@ func (s *Summary) Table() string {
 	fmt.Fprintf(w, "late enforcement\t%d calls met the previous verdict after their change settled (longest %s after; grace %s)\n", s.Late, s.MaxLate.Round(time.Millisecond), s.Grace)
 	fmt.Fprintf(w, "CA rotations\t%d ended, longest %s\n", s.Rotations, s.MaxRotation.Round(time.Millisecond))
 	fmt.Fprintf(w, "meshd RSS\t%.0f MiB first, %.0f MiB max, %.0f MiB last\n", s.RSS.First/(1<<20), s.RSS.Max/(1<<20), s.RSS.Last/(1<<20))
+	fmt.Fprintf(w, "meshd heap in use\t%.0f MiB first, %.0f MiB max, %.0f MiB last\n", s.Heap.First/(1<<20), s.Heap.Max/(1<<20), s.Heap.Last/(1<<20))
+	fmt.Fprintf(w, "meshd live heap after GC\t%.1f MiB after set-up, %.1f MiB at the end\n", s.LiveHeapStart/(1<<20), s.LiveHeapEnd/(1<<20))
 	fmt.Fprintf(w, "meshd goroutines\t%.0f first, %.0f max, %.0f last\n", s.Goroutines.First, s.Goroutines.Max, s.Goroutines.Last)
 	fmt.Fprintf(w, "load average (1 min)\t%.1f first, %.1f mean, %.1f max, %.1f last\n", s.LoadAverage.First, s.LoadAverage.Mean, s.LoadAverage.Max, s.LoadAverage.Last)
 	w.Flush()

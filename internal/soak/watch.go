@@ -21,8 +21,8 @@ import (
 
 // samples are meshd's resources and the machine's load over the run.
 type samples struct {
-	mu                      sync.Mutex
-	rss, goroutines, loadav []float64
+	mu                            sync.Mutex
+	rss, heap, goroutines, loadav []float64
 }
 
 func (s *samples) add(dst *[]float64, v float64) {
@@ -178,8 +178,8 @@ func (r *runner) exited() error {
 	return nil
 }
 
-// sample records meshd's RSS and goroutines and the load average, and
-// counts NACKs meshd saw.
+// sample records meshd's RSS, heap in use and goroutines and the load
+// average, and counts NACKs meshd saw.
 func (r *runner) sample(ctx context.Context) {
 	r.samples.load(time.Now())
 	body, err := r.admin.Do(ctx, http.MethodGet, "/metrics", nil)
@@ -188,10 +188,26 @@ func (r *runner) sample(ctx context.Context) {
 	}
 	m := loadgen.ParseMetrics(string(body))
 	r.samples.add(&r.samples.rss, m.Get("process_resident_memory_bytes"))
+	r.samples.add(&r.samples.heap, m.Get("go_memstats_heap_inuse_bytes"))
 	r.samples.add(&r.samples.goroutines, m.Get("go_goroutines"))
 	if n := m.Get("meshd_xds_nacks_total"); n > 0 {
 		r.fail(fmt.Errorf("meshd_xds_nacks_total is %.0f", n))
 	}
+}
+
+// liveHeap is meshd's live heap right after a full collection (POST
+// /debug/gc), the figure that shows whether memory stays flat: the heap in
+// use between collections follows the garbage of the moment. 0 when meshd
+// does not answer.
+func (r *runner) liveHeap(ctx context.Context) float64 {
+	var h struct {
+		Live uint64 `json:"heapLiveBytes"`
+	}
+	if err := r.admin.PostJSON(ctx, "/debug/gc", nil, &h); err != nil {
+		r.log.Warn("meshd's heap after a collection not read", "err", err)
+		return 0
+	}
+	return float64(h.Live)
 }
 
 // dump writes what explains a failure into a directory of the work dir:
