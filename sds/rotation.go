@@ -121,6 +121,11 @@ var ErrRotationInProgress = errors.New("a CA rotation is already in progress: wa
 // ErrNoRotation is returned by AbortRotation when there is nothing to abort.
 var ErrNoRotation = errors.New("no CA rotation is in progress")
 
+// ErrTooManyRoots is returned by RotateRoot while maxTrustedRoots roots
+// are trusted: a refusal to wait out (old roots retire as their leaves
+// expire), not a fault.
+var ErrTooManyRoots = errors.New("root rotation refused")
+
 // ErrAbortRefused is returned by AbortRotation when the rotation in
 // progress cannot be aborted as asked (another kind, or already rolling back).
 var ErrAbortRefused = errors.New("abort refused")
@@ -195,7 +200,7 @@ func (a *Authority) beginRotationLocked(g *generation) error {
 	if g.rootFP == from.rootFP {
 		r.Kind = "intermediate"
 	} else if n := len(a.trustedRootsLocked()); n >= maxTrustedRoots {
-		return fmt.Errorf("%d roots are already trusted (old ones stay until their leaves expire; see meshctl ca status): wait for one to retire before rotating the root again", n)
+		return fmt.Errorf("%w: %d roots are already trusted (old ones stay until their leaves expire; see meshctl ca status): wait for one to retire before rotating the root again", ErrTooManyRoots, n)
 	}
 	next := a.state.clone()
 	next.Rotation = r

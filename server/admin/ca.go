@@ -32,10 +32,7 @@ func (a *Admin) registerCA(mux *http.ServeMux) {
 	rotate := func(kind string, f func() error) http.HandlerFunc {
 		return func(w http.ResponseWriter, _ *http.Request) {
 			if err := f(); err != nil {
-				code := http.StatusInternalServerError
-				if errors.Is(err, sds.ErrRotationInProgress) || errors.Is(err, sds.ErrNoRotation) || errors.Is(err, sds.ErrAbortRefused) {
-					code = http.StatusConflict
-				}
+				code := rotationErrorStatus(err)
 				a.Logger.Error("CA rotation request failed", "kind", kind, "err", err)
 				http.Error(w, err.Error(), code)
 				return
@@ -114,4 +111,16 @@ func (c *caCollector) Collect(ch chan<- prometheus.Metric) {
 		v = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.rotation, prometheus.GaugeValue, v, st.Phase)
+}
+
+// rotationErrorStatus is the HTTP status of a refused rotation or abort:
+// 409 when the CA's state refuses it (one running, none to abort, four
+// roots trusted), which waiting resolves; 500 for a fault.
+func rotationErrorStatus(err error) int {
+	for _, refusal := range []error{sds.ErrRotationInProgress, sds.ErrNoRotation, sds.ErrAbortRefused, sds.ErrTooManyRoots} {
+		if errors.Is(err, refusal) {
+			return http.StatusConflict
+		}
+	}
+	return http.StatusInternalServerError
 }

@@ -1,8 +1,10 @@
 package admin
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -35,5 +37,24 @@ meshd_identity_cert_not_after_seconds{generation=%q,spiffe_id=%q} %g
 	}
 	if n, err := testutil.GatherAndCount(reg, "meshd_ca_cert_not_after_seconds", "meshd_ca_rotation_in_progress"); err != nil || n != 3 {
 		t.Errorf("CA series: %d %v, want intermediate, root and rotation", n, err)
+	}
+}
+
+// TestRotationErrorStatus: refusals the CA's state explains (and waiting
+// resolves) are 409, wrapped or not; anything else is a fault, 500.
+func TestRotationErrorStatus(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{sds.ErrRotationInProgress, http.StatusConflict},
+		{sds.ErrNoRotation, http.StatusConflict},
+		{fmt.Errorf("%w: the rotation in progress is a root rotation", sds.ErrAbortRefused), http.StatusConflict},
+		{fmt.Errorf("%w: 4 roots are already trusted", sds.ErrTooManyRoots), http.StatusConflict},
+		{errors.New("write bundle: disk full"), http.StatusInternalServerError},
+	} {
+		if got := rotationErrorStatus(c.err); got != c.want {
+			t.Errorf("%v: %d, want %d", c.err, got, c.want)
+		}
 	}
 }
