@@ -228,7 +228,7 @@ func (s *Summary) Table() string {
 	fmt.Fprintf(w, "CA rotations\t%d ended, longest %s\n", s.Rotations, s.MaxRotation.Round(time.Millisecond))
 	fmt.Fprintf(w, "meshd RSS\t%.0f MiB first, %.0f MiB max, %.0f MiB last\n", s.RSS.First/(1<<20), s.RSS.Max/(1<<20), s.RSS.Last/(1<<20))
 	fmt.Fprintf(w, "meshd heap in use\t%.0f MiB first, %.0f MiB max, %.0f MiB last\n", s.Heap.First/(1<<20), s.Heap.Max/(1<<20), s.Heap.Last/(1<<20))
-	fmt.Fprintf(w, "meshd live heap after GC\t%.1f MiB after set-up, %.1f MiB at the end\n", s.LiveHeapStart/(1<<20), s.LiveHeapEnd/(1<<20))
+	fmt.Fprintf(w, "meshd live heap after GC\t%s after set-up, %s at the end\n", mib(s.LiveHeapStart), mib(s.LiveHeapEnd))
 	fmt.Fprintf(w, "meshd goroutines\t%.0f first, %.0f max, %.0f last\n", s.Goroutines.First, s.Goroutines.Max, s.Goroutines.Last)
 	fmt.Fprintf(w, "load average (1 min)\t%.1f first, %.1f mean, %.1f max, %.1f last\n", s.LoadAverage.First, s.LoadAverage.Mean, s.LoadAverage.Max, s.LoadAverage.Last)
 	w.Flush()
@@ -274,4 +274,13 @@ func (s *Summary) Table() string {
 		fmt.Fprintf(&b, "failure dump: %s\n", s.DumpDir)
 	}
 	return b.String()
+}
+
+// mib shows a live heap reading; 0 is one not taken (meshd did not answer,
+// or the run failed before the end).
+func mib(b float64) string {
+	if b == 0 {
+		return "not read"
+	}
+	return fmt.Sprintf("%.1f MiB", b/(1<<20))
 }
