@@ -57,7 +57,7 @@ type nodeStatus struct {
 // statusCheck is what one /debug/status says about convergence.
 type statusCheck struct {
 	// Faults end the soak at once: NACKs, render errors, a refused input
-	// file, an overdue migration, a real sidecar without its stream.
+	// file, an overdue migration.
 	Faults []string
 	// Pending says why the mesh has not converged yet: proxies not
 	// connected or not having ACKed what meshd serves them, migrations in
@@ -71,13 +71,18 @@ type statusCheck struct {
 	// the proxy no longer subscribes to the type (an Envoy whose inbound
 	// listener became plaintext drops its SDS subscription; meshd's status
 	// keeps the type) or a push is stuck; the caller tells which.
-	Idle      map[string]bool
-	Connected int
+	Idle map[string]bool
+	// Disconnected are the real sidecars without an xDS stream. meshd
+	// ends streams on purpose (--xds-max-connection-age: GOAWAY, then the
+	// streams after the grace), and Envoy reconnects after a back-off, so
+	// this is pending; the watchdog bounds how long it may last.
+	Disconnected []string
+	Connected    int
 }
 
 // checkStatus reads a status against the proxies that must be connected
-// (real: the soak's own sidecars, whose loss is a fault; fleet: simulated
-// proxies, which reconnect storms disconnect on purpose).
+// (real: the soak's own sidecars, which must reconnect within a bound;
+// fleet: simulated proxies, which reconnect storms disconnect on purpose).
 func checkStatus(st *meshdStatus, real, fleet []string) statusCheck {
 	var c statusCheck
 	c.Lagging, c.Idle = map[string]string{}, map[string]bool{}
@@ -146,7 +151,8 @@ func checkStatus(st *meshdStatus, real, fleet []string) statusCheck {
 	for id := range want {
 		if !seen[id] {
 			if isReal[id] {
-				c.Faults = append(c.Faults, "real sidecar "+id+" has no xDS stream")
+				c.Disconnected = append(c.Disconnected, id)
+				c.Pending = append(c.Pending, "real sidecar "+id+" has no xDS stream (reconnecting)")
 			} else {
 				missing = append(missing, id)
 			}
@@ -157,7 +163,43 @@ func checkStatus(st *meshdStatus, real, fleet []string) statusCheck {
 		c.Pending = append(c.Pending, fmt.Sprintf("%d fleet proxies not connected, e.g. %s", len(missing), missing[0]))
 	}
 	sort.Strings(c.Faults)
+	sort.Strings(c.Disconnected)
 	return c
+}
+
+// goneTracker bounds how long a real sidecar may be without its xDS
+// stream.
+type goneTracker struct {
+	bound time.Duration
+	since map[string]time.Time
+}
+
+func newGoneTracker(bound time.Duration) *goneTracker {
+	return &goneTracker{bound: bound, since: map[string]time.Time{}}
+}
+
+// observe records the sidecars disconnected at now and returns those
+// disconnected for longer than the bound, with how long.
+func (g *goneTracker) observe(disconnected []string, now time.Time) []string {
+	gone := map[string]bool{}
+	var long []string
+	for _, id := range disconnected {
+		gone[id] = true
+		t, ok := g.since[id]
+		if !ok {
+			g.since[id] = now
+			continue
+		}
+		if d := now.Sub(t); d > g.bound {
+			long = append(long, fmt.Sprintf("real sidecar %s has had no xDS stream for %s", id, d.Round(time.Second)))
+		}
+	}
+	for id := range g.since {
+		if !gone[id] {
+			delete(g.since, id)
+		}
+	}
+	return long
 }
 
 // lagText is how a lagging type reads in pending lists; resolveIdle

@@ -76,10 +76,38 @@ func TestCheckStatusFaults(t *testing.T) {
 }`)
 	c := checkStatus(st, []string{"api-0.default", "web.default"}, nil)
 	joined := strings.Join(c.Faults, "\n")
-	for _, w := range []string{"policy directory refused", "could not be rendered", "NACK: api-0.default rejected Listener", "overdue migration", "real sidecar web.default has no xDS stream"} {
+	for _, w := range []string{"policy directory refused", "could not be rendered", "NACK: api-0.default rejected Listener", "overdue migration"} {
 		if !strings.Contains(joined, w) {
 			t.Errorf("faults lack %q:\n%s", w, joined)
 		}
+	}
+	// A real sidecar without its stream is reconnecting (meshd's
+	// --xds-max-connection-age ends streams on purpose): pending, and
+	// bounded by the watchdog, not a fault at once.
+	if strings.Contains(joined, "web.default") {
+		t.Errorf("a disconnected real sidecar is a fault:\n%s", joined)
+	}
+	if !slices.Equal(c.Disconnected, []string{"web.default"}) || !strings.Contains(strings.Join(c.Pending, "\n"), "real sidecar web.default has no xDS stream") {
+		t.Errorf("disconnected %v, pending %v: want web.default in both", c.Disconnected, c.Pending)
+	}
+}
+
+func TestGoneTracker(t *testing.T) {
+	g := newGoneTracker(10 * time.Second)
+	t0 := time.Now()
+	if l := g.observe([]string{"web.default"}, t0); len(l) != 0 {
+		t.Fatalf("too long at once: %v", l)
+	}
+	if l := g.observe([]string{"web.default"}, t0.Add(9*time.Second)); len(l) != 0 {
+		t.Fatalf("too long within the bound: %v", l)
+	}
+	// Reconnected, then gone again: a fresh start.
+	g.observe(nil, t0.Add(10*time.Second))
+	if l := g.observe([]string{"web.default"}, t0.Add(15*time.Second)); len(l) != 0 {
+		t.Fatalf("too long after reconnecting: %v", l)
+	}
+	if l := g.observe([]string{"web.default"}, t0.Add(26*time.Second)); len(l) != 1 || !strings.Contains(l[0], "web.default has had no xDS stream for 11s") {
+		t.Fatalf("not too long past the bound: %v", l)
 	}
 }
 

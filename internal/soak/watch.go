@@ -52,6 +52,7 @@ func (s *samples) load(time.Time) {
 // exit, callers that stall, and samples of meshd's memory and goroutines.
 func (r *runner) watchdog(ctx context.Context) {
 	lag := newLagTracker(r.cfg.ConvergeTimeout)
+	gone := newGoneTracker(r.cfg.ConvergeTimeout)
 	lastReady, lastHealthy := time.Now(), time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -96,6 +97,10 @@ func (r *runner) watchdog(ctx context.Context) {
 				c.dropResolved(r.resolveIdle(ctx, c.Idle))
 				if len(c.Faults) > 0 {
 					r.fail(fmt.Errorf("meshd reports: %s", strings.Join(c.Faults, "; ")))
+					return
+				}
+				if long := gone.observe(c.Disconnected, now); len(long) > 0 {
+					r.fail(fmt.Errorf("hang: %s", strings.Join(long, "; ")))
 					return
 				}
 				if stuck := lag.observe(c.Lagging, now); len(stuck) > 0 {
