@@ -43,8 +43,10 @@ meshd renders it, every proxy has ACKed it and no migration is pending.
 It fails (exit status 1, and a dump of meshd's status, goroutine stacks,
 metrics and each sidecar's configuration in the work directory) on:
   - a hang: /readyz or /healthz not answering, a proxy leaving a served
-    version un-ACKed, a change not settling within --converge-timeout, a
-    caller whose call never ends;
+    version un-ACKed or a real sidecar without its xDS stream (meshd ends
+    streams at --xds-max-connection-age; Envoy reconnects) for
+    --converge-timeout, a change not settling within it, a caller whose
+    call never ends;
   - any NACK, render error, refused input file or overdue migration;
   - a call whose outcome the policy in force does not allow: an allowed
     caller's call that fails, a denied caller's call that succeeds (from the
@@ -98,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.IntVar(&cfg.FleetServices, "fleet-services", 0, "services of the simulated fleet (default a quarter of --fleet, at least 2)")
 	fs.DurationVar(&cfg.MinDwell, "min-dwell", 500*time.Millisecond, "shortest pause after a change settled before the next")
 	fs.DurationVar(&cfg.MaxDwell, "max-dwell", 3*time.Second, "longest such pause")
-	fs.DurationVar(&cfg.ConvergeTimeout, "converge-timeout", time.Minute, "longest a change may take to settle, and a proxy to ACK a version it is served (the stream-progress watchdog)")
+	fs.DurationVar(&cfg.ConvergeTimeout, "converge-timeout", time.Minute, "longest a change may take to settle, a proxy to ACK a version it is served (the stream-progress watchdog), and a real sidecar to reconnect its xDS stream")
 	fs.DurationVar(&cfg.HangTimeout, "hang-timeout", 20*time.Second, "longest meshd's /readyz or /healthz may go unanswered")
 	fs.DurationVar(&cfg.RotationTimeout, "rotation-timeout", 3*time.Minute, "longest a CA rotation may take from start to end (rotations run beside the rest of the schedule)")
 	fs.DurationVar(&cfg.EnforceGrace, "enforce-grace", time.Second, "how long after a change settled (every proxy ACKed it) a call may still meet the previous verdict: Envoy ACKs from its main thread and applies on its workers asynchronously; the summary reports how late calls actually were")

@@ -168,12 +168,15 @@ func (j *Judge) Record(c Call) *Violation {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.starts[c.Loop] = append(j.starts[c.Loop], c.Start)
-	acc, strict, lag, steps, window := j.acceptable(c)
+	acc, strict, inFlight, lag, steps, window := j.acceptable(c)
 	cnt := &j.counts[c.Loop]
 	if window {
 		cnt.InWindow++
 	}
-	if lag > 0 && (c.Outcome == OK && strict&MayAllow == 0 || c.Outcome == Denied && strict&MayDeny == 0) {
+	// Late: neither the settled verdict nor a change still in flight when
+	// the call started explains the outcome, only a change that had
+	// settled before it (within the grace).
+	if explained := strict | inFlight; lag > 0 && (c.Outcome == OK && explained&MayAllow == 0 || c.Outcome == Denied && explained&MayDeny == 0) {
 		cnt.Late++
 		cnt.MaxLate = max(cnt.MaxLate, lag)
 		if len(j.late) < maxLateKept {
@@ -207,10 +210,11 @@ func (j *Judge) Record(c Call) *Violation {
 }
 
 // acceptable is the union of verdicts c may meet (see Judge), the part of
-// it from settled states alone, how long after the latest settle of an
-// open window c started (0 if none had settled before it), the steps
-// involved, and whether a change window was among them.
-func (j *Judge) acceptable(c Call) (acc, strict Verdicts, lag time.Duration, steps []int, inWindow bool) {
+// it from settled states alone, the part from the windows of changes not
+// yet settled when c started, how long after the latest settle of an open
+// window c started (0 if none had settled before it), the steps involved,
+// and whether a change window was among them.
+func (j *Judge) acceptable(c Call) (acc, strict, inFlight Verdicts, lag time.Duration, steps []int, inWindow bool) {
 	hi := sort.Search(len(j.epochs), func(i int) bool { return j.epochs[i].applied.After(c.End) }) - 1
 	hi = max(hi, 0)
 	for i := hi; i >= 0; i-- {
@@ -227,6 +231,8 @@ func (j *Judge) acceptable(c Call) (acc, strict Verdicts, lag time.Duration, ste
 			inWindow = true
 			if !e.settled.IsZero() && c.Start.After(e.settled) {
 				lag = max(lag, c.Start.Sub(e.settled))
+			} else {
+				inFlight |= e.window[c.Loop]
 			}
 		}
 		if active || (open && i > 0) {
@@ -239,7 +245,7 @@ func (j *Judge) acceptable(c Call) (acc, strict Verdicts, lag time.Duration, ste
 		}
 	}
 	sort.Ints(steps)
-	return acc, strict, lag, steps, inWindow
+	return acc, strict, inFlight, lag, steps, inWindow
 }
 
 // graceEnd is G for a loop and a settle time: the start of the loop's

@@ -137,6 +137,31 @@ func TestJudgeWindowCarriesIntoTheNextEpoch(t *testing.T) {
 	}
 }
 
+// TestJudgeNotLateWhileTheNextChangeIsInFlight: a call that meets the
+// previous verdict after its change settled is not late when the next
+// change, still in flight when the call started, explains it (the DENY is
+// being removed: "denied" is one of its verdicts).
+func TestJudgeNotLateWhileTheNextChangeIsInFlight(t *testing.T) {
+	j, c := newTestJudge(t) // DENY applied at 1000 ms, settled at 1200 ms
+	j.Grace = time.Second
+	st2 := Step{N: 2, Kind: KindAuthzRemove, Before: denyWeb(1, InitialState()).After, After: InitialState()}
+	i := j.Begin(&st2)
+	j.epochs[i].applied = c.at(1500)
+	// Allowed (under the grace) while step 1 settled and nothing is in
+	// flight: late.
+	if v := j.Record(c.call(1300, 1310, OK)); v != nil {
+		t.Fatalf("call within the grace: %s", v)
+	}
+	// Denied after step 2 was applied: step 1's verdict, and step 2's
+	// before it settles. Not late.
+	if v := j.Record(c.call(1550, 1560, Denied)); v != nil {
+		t.Fatalf("denied while the DENY is being removed: %s", v)
+	}
+	if got := j.Counts()[0]; got.Late != 1 || got.MaxLate != 100*time.Millisecond {
+		t.Errorf("late %d (longest %s), want only the allowed call, 100ms", got.Late, got.MaxLate)
+	}
+}
+
 // TestJudgeGrace: with a grace, calls up to the grace after the settle may
 // still meet the old verdict; they are counted as late, with the delay.
 func TestJudgeGrace(t *testing.T) {
