@@ -61,6 +61,17 @@ func (a *Authority) ServerTLSConfig(hosts []string) (*tls.Config, error) {
 		NextProtos:     []string{"h2"},
 		GetCertificate: s.get,
 		ClientAuth:     tls.VerifyClientCertIfGiven,
+		// No session resumption: a resumed session carries the server
+		// certificate of the session's first full handshake (and the
+		// client certificate verified then), not the current ones. Envoy
+		// resumes when it reconnects (after --xds-max-connection-age,
+		// every 30 minutes by default) and re-verifies that old
+		// certificate: once it has expired, every reconnect fails with
+		// "certificate has expired" and the proxy never gets its
+		// configuration again (found by meshd-soak with a 3-minute
+		// --leaf-ttl). A full handshake per connection costs a signature
+		// per proxy per reconnect.
+		SessionTicketsDisabled: true,
 		// The CA's clock, so tests that fake time see consistent ticket
 		// and client-certificate validity checks.
 		Time: a.opts.Clock,

@@ -3,6 +3,7 @@ package sds
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -154,6 +155,66 @@ func TestServerTLSConfigRejectsBadHosts(t *testing.T) {
 	for _, h := range []string{"meshd.example.com:443", "bad host"} {
 		if _, err := ca.ServerTLSConfig([]string{h}); err == nil {
 			t.Errorf("host %q accepted", h)
+		}
+	}
+}
+
+// TestServerTLSConfigNoResumption: a client that reconnects gets a full
+// handshake and the current certificate, never a resumed session that
+// carries the certificate of its first handshake (Envoy re-verifies that
+// one on resumption and fails for good once it has expired).
+func TestServerTLSConfigNoResumption(t *testing.T) {
+	ca := newTestCA(t)
+	cfg, err := ca.ServerTLSConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// A byte after the handshake, so that the client also reads
+			// the TLS 1.3 session tickets the server sends after it; then
+			// wait for the client to close first.
+			s := tls.Server(conn, cfg)
+			if s.Handshake() == nil {
+				if _, err := s.Write([]byte{1}); err == nil {
+					_, _ = io.Copy(io.Discard, s)
+				}
+			}
+			_ = s.Close()
+		}
+	}()
+	for _, maxVersion := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		cache := tls.NewLRUClientSessionCache(4)
+		connect := func() tls.ConnectionState {
+			t.Helper()
+			c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: ca.RootPool(), ServerName: "localhost",
+				NextProtos: []string{"h2"}, Time: ca.clock.Now, MaxVersion: maxVersion, ClientSessionCache: cache})
+			if err != nil {
+				t.Fatalf("TLS %x: %v", maxVersion, err)
+			}
+			defer c.Close()
+			if _, err := c.Read(make([]byte, 1)); err != nil {
+				t.Fatalf("TLS %x: read: %v", maxVersion, err)
+			}
+			return c.ConnectionState()
+		}
+		first := connect()
+		ca.clock.Advance(13 * time.Hour) // past half of the 24h life: reissued
+		second := connect()
+		if second.DidResume {
+			t.Errorf("TLS %x: the second connection resumed the first one's session", maxVersion)
+		}
+		if second.PeerCertificates[0].Equal(first.PeerCertificates[0]) {
+			t.Errorf("TLS %x: the second connection got the first one's certificate after it was reissued", maxVersion)
 		}
 	}
 }
