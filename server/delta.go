@@ -90,6 +90,15 @@ type deltaType struct {
 	// unsubscribed (gone) or to be told again (version "").
 	have    []*xds.Resource
 	changes []held
+	// from is the snapshot's slice the last respond compared with, while
+	// fromOK: nothing the answer depends on has changed since (names,
+	// versions, what the proxy has), so the same slice gives the same
+	// answer and a push skips the type without walking it (a change of
+	// one endpoint set left the proxy's listeners, clusters, routes and
+	// secrets to be compared again, and its own inbound listener encoded
+	// again, on every push).
+	from   []*xds.Resource
+	fromOK bool
 	// sent are the unanswered responses, oldest first (at most
 	// maxUnanswered: answers come in order, so older ones never will).
 	sent []sentResponse
@@ -162,6 +171,7 @@ func (k *cursor) version(name string) (string, bool) {
 }
 
 func (t *deltaType) override(h held) {
+	t.fromOK = false
 	i, found := slices.BinarySearchFunc(t.changes, h.name, byHeldName)
 	if found {
 		t.changes[i] = h
@@ -277,6 +287,7 @@ func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType
 // client specifies what resources to return", delta variant).
 func (t *deltaType) subscribe(lists *nameLists, typ string, req *discoveryv3.DeltaDiscoveryRequest) {
 	sub, unsub := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
+	t.fromOK = false
 	if !t.subscribed {
 		t.subscribed = true
 		t.legacy = typ == resourcev3.ListenerType || typ == resourcev3.ClusterType
@@ -359,6 +370,9 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 	}
 	version := snap.GetVersion(typ)
 	all := resourcesOf(snap, typ, version)
+	if t.fromOK && t.answered && len(t.changes) == 0 && sameSlice(t.from, all) {
+		return nil
+	}
 	var out []*discoveryv3.Resource
 	var removed []string
 	// next is what the proxy will have: all, or a subsequence of it, in
@@ -432,6 +446,9 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 		}
 	}
 	if len(out) == 0 && len(removed) == 0 && !(t.wildcard && !t.answered) {
+		if len(t.changes) == 0 {
+			t.from, t.fromOK = all, true
+		}
 		return nil
 	}
 	if err := checkSession(d.sotw.sess, typ); err != nil {
@@ -442,6 +459,7 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 		TypeUrl: typ, Nonce: strconv.FormatInt(d.nonce, 10)}
 	// next is in name order: built from sorted resources or sorted names.
 	t.have, t.changes, t.pending, t.answered = next, nil, true, true
+	t.from, t.fromOK = all, true
 	if len(t.sent) == maxUnanswered {
 		t.sent = slices.Delete(t.sent, 0, 1)
 	}
@@ -456,4 +474,9 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 	}
 	d.srv.tracker.Sent(d.key(), typ, resp.Nonce, version, size, secrets)
 	return d.st.Send(resp)
+}
+
+// sameSlice reports whether a and b are the same slice of the same array.
+func sameSlice(a, b []*xds.Resource) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
