@@ -52,6 +52,12 @@ type Options struct {
 	// (gRPC's default is 120 s; issue 13: stalled handshakes lived that
 	// long). Zero: 5 s.
 	HandshakeTimeout time.Duration
+	// PaceHandshake, when set, is given each new connection before its
+	// handshake and returns the connection the handshake is to use and a
+	// function called when it is over (server/connlimit's PaceHandshake:
+	// a bound on handshakes computed at once, each with its own deadline
+	// from its start).
+	PaceHandshake func(raw net.Conn) (paced net.Conn, end func())
 	// MaxConnectionIdle closes a connection that has had no stream for
 	// this long (an agent between renewals, a proxy whose streams were
 	// ended); MaxConnectionAge sends a connection GOAWAY after about this
@@ -83,6 +89,9 @@ func NewXDS(cache *Cache, o Options) (*XDS, error) {
 		creds = credentials.NewTLS(o.TLS)
 	case o.Auth == nil || !o.Auth.Insecure:
 		return nil, errors.New("xDS server needs a TLS configuration (plaintext only with --insecure-xds)")
+	}
+	if o.PaceHandshake != nil {
+		creds = pacedCreds{TransportCredentials: creds, pace: o.PaceHandshake}
 	}
 	var auth []grpc.ServerOption
 	if o.Auth != nil {
@@ -200,4 +209,21 @@ func (x *XDS) Stop(timeout time.Duration) {
 	case <-time.After(timeout):
 		x.grpc.Stop()
 	}
+}
+
+// pacedCreds runs each server handshake on the connection PaceHandshake
+// gives, and tells it when the handshake is over.
+type pacedCreds struct {
+	credentials.TransportCredentials
+	pace func(net.Conn) (net.Conn, func())
+}
+
+func (p pacedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	paced, end := p.pace(raw)
+	defer end()
+	return p.TransportCredentials.ServerHandshake(paced)
+}
+
+func (p pacedCreds) Clone() credentials.TransportCredentials {
+	return pacedCreds{TransportCredentials: p.TransportCredentials.Clone(), pace: p.pace}
 }

@@ -103,8 +103,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.TelemetryMaxEdges, "telemetry-max-edges", 10000, "most caller → service edges the telemetry store keeps (about 250 bytes each, and a few Prometheus series each); events of further edges still count for their service and in meshd_telemetry_dropped_events_total")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "most open `connections` on the xDS port; when reached, a new one closes the oldest that has not authenticated (an authenticated one is never closed for it). 0: meshd's file-descriptor limit (raised to its hard limit at start) less a reserve for the admin API and files, logged at start")
 	fs.IntVar(&c.MaxPendingConnections, "max-pending-connections", 0, "most `connections` on the xDS port that have not yet authenticated a stream or call; beyond it a new one closes the oldest of them. 0: as --max-connections")
-	fs.DurationVar(&c.AuthTimeout, "xds-auth-timeout", 10*time.Second, "close an xDS connection that has not authenticated a stream or call this long after it was accepted (idle TCP, stalled TLS, HTTP/2 without a stream)")
-	fs.DurationVar(&c.HandshakeTimeout, "xds-handshake-timeout", 5*time.Second, "bound on a new xDS connection's TLS and HTTP/2 handshakes")
+	fs.DurationVar(&c.AuthTimeout, "xds-auth-timeout", 10*time.Second, "close an xDS connection that has not authenticated a stream or call this long after its TLS handshake ended (HTTP/2 without a stream, clients whose streams are all refused)")
+	fs.DurationVar(&c.HandshakeTimeout, "xds-handshake-timeout", 5*time.Second, "bound on a new xDS connection's TLS and HTTP/2 handshakes, from the handshake's start (its first turn among --max-concurrent-handshakes); a client that sends nothing is closed this long after it was accepted")
+	fs.IntVar(&c.MaxHandshakes, "max-concurrent-handshakes", 0, "most TLS `handshakes` on the xDS port computed at once; others wait their turn (counted in --max-pending-connections, not yet charged --xds-handshake-timeout), so a reconnect storm of thousands of proxies finishes a few handshakes at a time instead of timing all of them out. 0: 8 per CPU (GOMAXPROCS)")
 	fs.DurationVar(&c.MaxConnectionIdle, "xds-max-connection-idle", 5*time.Minute, "close an xDS connection that has had no stream for this long (GOAWAY; clients reconnect when they need to). 0: never")
 	fs.DurationVar(&c.MaxConnectionAge, "xds-max-connection-age", 30*time.Minute, "send an xDS connection GOAWAY after about this long (±10%), so every proxy reconnects and re-authenticates now and then (and spreads over replicas). 0: never")
 	fs.DurationVar(&c.MaxConnectionAgeGrace, "xds-max-connection-age-grace", 10*time.Second, "how long the streams of a connection sent GOAWAY for its age may continue before they are closed (proxies reconnect meanwhile)")
@@ -158,8 +159,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if c.LivenessTimeout < time.Second {
 		return nil, fmt.Errorf("--liveness-timeout %s is too short: use at least 1s (the default is 30s)", c.LivenessTimeout)
 	}
-	if c.MaxConnections < 0 || c.MaxPendingConnections < 0 || c.MaxStreamsPerProxy < 0 {
-		return nil, errors.New("--max-connections, --max-pending-connections and --max-streams-per-proxy cannot be negative (0 means the default)")
+	if c.MaxConnections < 0 || c.MaxPendingConnections < 0 || c.MaxStreamsPerProxy < 0 || c.MaxHandshakes < 0 {
+		return nil, errors.New("--max-connections, --max-pending-connections, --max-streams-per-proxy and --max-concurrent-handshakes cannot be negative (0 means the default)")
 	}
 	if c.MaxConnections > 0 && c.MaxConnections < 16 {
 		return nil, fmt.Errorf("--max-connections %d: use at least 16 (0: from the file-descriptor limit)", c.MaxConnections)

@@ -85,9 +85,13 @@ type Config struct {
 	// and age limits of connections, and streams per credential and node.
 	MaxConnections, MaxPendingConnections int
 	AuthTimeout, HandshakeTimeout         time.Duration
-	MaxConnectionIdle, MaxConnectionAge   time.Duration
-	MaxConnectionAgeGrace                 time.Duration
-	MaxStreamsPerProxy                    int
+	// MaxHandshakes bounds the TLS handshakes meshd computes at once (0:
+	// DefaultMaxHandshakes), so that a reconnect storm finishes a few
+	// handshakes at a time instead of timing all of them out.
+	MaxHandshakes                       int
+	MaxConnectionIdle, MaxConnectionAge time.Duration
+	MaxConnectionAgeGrace               time.Duration
+	MaxStreamsPerProxy                  int
 	// CredentialCheck: how often open streams' credentials are checked
 	// for revocation and expiry besides file events
 	// (--credential-check-interval; 0: auth.DefaultRecheck).
@@ -251,15 +255,17 @@ func Run(ctx context.Context, c *Config, log *slog.Logger, ready func(xdsAddr, a
 		register = append(register, col.Register)
 		adminRoutes = append(adminRoutes, api.Register)
 	}
-	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tr, Events: pub, Auth: au,
-		Register:         register,
-		HandshakeTimeout: c.HandshakeTimeout, MaxConnectionIdle: c.MaxConnectionIdle,
-		MaxConnectionAge: c.MaxConnectionAge, MaxConnectionAgeGrace: c.MaxConnectionAgeGrace})
+	xlis, alis, err := listen(c, log, m, au)
 	if err != nil {
 		return err
 	}
-	xlis, alis, err := listen(c, log, m, au)
+	xs, err := server.NewXDS(cache, server.Options{TLS: tlsConf, Logger: log, Tracker: tr, Events: pub, Auth: au,
+		Register:         register,
+		HandshakeTimeout: c.HandshakeTimeout, PaceHandshake: xlis.PaceHandshake, MaxConnectionIdle: c.MaxConnectionIdle,
+		MaxConnectionAge: c.MaxConnectionAge, MaxConnectionAgeGrace: c.MaxConnectionAgeGrace})
 	if err != nil {
+		xlis.Close()
+		alis.Close()
 		return err
 	}
 	access := admin.NewAccess(adminToken, splitList(c.AdminHosts), log)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 
 	"github.com/meshd/meshd/internal/fdlimit"
 	"github.com/meshd/meshd/internal/metrics"
@@ -32,6 +33,16 @@ func DefaultMaxConnections(fdLimit uint64) int {
 	return int(fdLimit - fdReserve(fdLimit))
 }
 
+// DefaultMaxHandshakes is --max-concurrent-handshakes when not set: 8 per
+// CPU meshd may use. A slot is held only while a handshake has bytes to
+// work on (about a millisecond of CPU at a time), so a few per CPU keep
+// every CPU busy even when some holders are descheduled, and at 8 per CPU
+// a handshake gets at least an eighth of a CPU: tens of milliseconds of
+// wall time, far inside --xds-handshake-timeout, even on a loaded machine.
+// Unbounded, 10,000 handshakes that start together each get a
+// ten-thousandth and none finishes in time (issue 14).
+func DefaultMaxHandshakes() int { return 8 * runtime.GOMAXPROCS(0) }
+
 // listen opens the xDS and admin listeners within meshd's connection
 // limits, after raising the file-descriptor limit to its maximum.
 func listen(c *Config, log *slog.Logger, m *metrics.Metrics, au *auth.Authenticator) (*connlimit.Listener, *connlimit.Listener, error) {
@@ -47,8 +58,13 @@ func listen(c *Config, log *slog.Logger, m *metrics.Metrics, au *auth.Authentica
 		log.Warn("--max-connections leaves almost no file descriptors for the admin API and files; lower it or raise meshd's limit (LimitNOFILE, ulimit -n)",
 			"max_connections", max, "fd_limit", soft)
 	}
+	handshakes := c.MaxHandshakes
+	if handshakes <= 0 {
+		handshakes = DefaultMaxHandshakes()
+	}
 	log.Info("connection limits", "fd_limit", soft, "fd_hard_limit", hard, "max_connections", max,
-		"max_pending_connections", c.MaxPendingConnections, "auth_timeout", c.AuthTimeout, "admin_max_connections", AdminMaxConnections)
+		"max_pending_connections", c.MaxPendingConnections, "auth_timeout", c.AuthTimeout,
+		"max_concurrent_handshakes", handshakes, "handshake_timeout", c.HandshakeTimeout, "admin_max_connections", AdminMaxConnections)
 	xraw, err := net.Listen("tcp", c.XDSListen)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--xds-listen %s: %w", c.XDSListen, err)
@@ -59,7 +75,7 @@ func listen(c *Config, log *slog.Logger, m *metrics.Metrics, au *auth.Authentica
 		return nil, nil, fmt.Errorf("--admin-listen %s: %w", c.AdminListen, err)
 	}
 	xlis := connlimit.New(xraw, connlimit.Options{Max: max, MaxPending: c.MaxPendingConnections,
-		PendingTimeout: c.AuthTimeout, Logger: log, What: "xds"})
+		PendingTimeout: c.AuthTimeout, MaxHandshakes: handshakes, HandshakeTimeout: c.HandshakeTimeout, Logger: log, What: "xds"})
 	xlis.RegisterMetrics(m.Registry)
 	au.OnAuthenticated = xlis.Authenticated
 	// The admin API has no authenticated state to protect: every
