@@ -148,18 +148,17 @@ const (
 // conn is an accepted connection.
 type conn struct {
 	net.Conn
-	l           *Listener
-	key         string
-	pl          links         // in the pending list of its phase while pending (l.mu)
-	wl          links         // in a wait queue while waiting (l.mu)
-	phase       int           // l.mu
-	pending     bool          // l.mu
-	closed      bool          // l.mu
-	holds       bool          // holds a handshake slot (l.mu)
-	deadlineSet bool          // its handshake deadline is set (l.mu)
-	waiting     bool          // in a wait queue (l.mu)
-	wake        chan struct{} // closed when a slot is granted or the connection closed
-	timer       *time.Timer
+	l       *Listener
+	key     string
+	pl      links         // in the pending list of its phase while pending (l.mu)
+	wl      links         // in a wait queue while waiting (l.mu)
+	phase   int           // l.mu
+	pending bool          // l.mu
+	closed  bool          // l.mu
+	holds   bool          // holds a handshake slot (l.mu)
+	waiting bool          // in a wait queue (l.mu)
+	wake    chan struct{} // closed when a slot is granted or the connection closed
+	timer   *time.Timer
 }
 
 // New wraps inner.
@@ -369,6 +368,9 @@ func (p *pacedConn) Read(b []byte) (int, error) {
 			}
 			_ = p.c.Conn.SetReadDeadline(until)
 			n, err := p.c.Conn.Read(b)
+			// The handshake's deadline again, for what reads next (the
+			// HTTP/2 preface, once the handshake is over).
+			_ = p.c.Conn.SetReadDeadline(p.deadline)
 			var ne net.Error
 			if !errors.As(err, &ne) || !ne.Timeout() || (!p.deadline.IsZero() && !time.Now().Before(p.deadline)) {
 				return n, err
@@ -376,7 +378,6 @@ func (p *pacedConn) Read(b []byte) (int, error) {
 		}
 		// The peer has not kept up: its slot goes to others.
 		p.yield()
-		_ = p.c.Conn.SetReadDeadline(p.deadline)
 	}
 	n, err := p.c.Conn.Read(b)
 	if n > 0 {
