@@ -148,17 +148,18 @@ const (
 // conn is an accepted connection.
 type conn struct {
 	net.Conn
-	l       *Listener
-	key     string
-	pl      links         // in the pending list of its phase while pending (l.mu)
-	wl      links         // in a wait queue while waiting (l.mu)
-	phase   int           // l.mu
-	pending bool          // l.mu
-	closed  bool          // l.mu
-	holds   bool          // holds a handshake slot (l.mu)
-	waiting bool          // in a wait queue (l.mu)
-	wake    chan struct{} // closed when a slot is granted or the connection closed
-	timer   *time.Timer
+	l        *Listener
+	key      string
+	pl       links         // in the pending list of its phase while pending (l.mu)
+	wl       links         // in a wait queue while waiting (l.mu)
+	phase    int           // l.mu
+	pending  bool          // l.mu
+	closed   bool          // l.mu
+	holds    bool          // holds a handshake slot (l.mu)
+	waiting  bool          // in a wait queue (l.mu)
+	wake     chan struct{} // closed when a slot is granted or the connection closed
+	shakenAt time.Time     // its handshake ended (l.mu)
+	timer    *time.Timer
 }
 
 // New wraps inner.
@@ -245,18 +246,24 @@ func (l *Listener) gauge(state string, delta float64) {
 // (evict, in the state it was counted in); it returns a nil c if nothing
 // can be evicted.
 //
-// The one evicted is the oldest that has not begun its handshake (nothing
-// was spent on it, and a flood of idle connections is all of this kind),
-// else the oldest whose handshake is over but which has not authenticated
-// (an idle HTTP/2 flood), and only else the oldest mid-handshake: closing
-// those would throw away the CPU already spent and, in a reconnect storm,
-// send their proxies to the back to spend it again. Each is bounded
-// anyway, by its handshake timeout.
+// The one evicted is the oldest whose handshake ended more than
+// shakenGrace ago without it authenticating (a proxy authenticates
+// milliseconds after its handshake: these are idle HTTP/2 floods), else
+// the oldest that has not begun its handshake (nothing was spent on it; a
+// flood of idle connections is all of this kind), else the oldest
+// handshaken one, and only else the oldest mid-handshake: closing those
+// would throw away the CPU already spent and, in a reconnect storm, send
+// their proxies to the back to spend it again. Each is bounded anyway, by
+// its handshake timeout.
 func (l *Listener) admit(nc net.Conn) (c *conn, evict *conn, evictedState string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.open >= l.o.Max || l.npending >= l.o.MaxPending {
-		for _, ph := range []*list{&l.fresh, &l.shaken, &l.shaking} {
+		order := []*list{&l.fresh, &l.shaken, &l.shaking}
+		if h := l.shaken.head; h != nil && time.Since(h.shakenAt) >= shakenGrace {
+			order[0], order[1] = &l.shaken, &l.fresh
+		}
+		for _, ph := range order {
 			if evict = ph.head; evict != nil {
 				break
 			}
@@ -321,6 +328,12 @@ func (l *Listener) setPhaseLocked(c *conn, phase int) {
 // while meshd has its bytes to work on, so stalled handshakes cannot keep
 // the slots from others.
 const slotBudget = 100 * time.Millisecond
+
+// shakenGrace is how long after its handshake a connection that has not
+// authenticated is spared eviction while one that has not begun its
+// handshake can go instead: a proxy opens its stream at once, and on a
+// loaded machine within a second.
+const shakenGrace = time.Second
 
 // PaceHandshake returns the connection a handshake on nc (a connection l
 // accepted) is to use, and end, to be called when the handshake is over
@@ -481,6 +494,7 @@ func (l *Listener) endHandshake(c *conn) {
 		return
 	}
 	l.yieldLocked(c)
+	c.shakenAt = time.Now()
 	if c.pending {
 		l.setPhaseLocked(c, phaseShaken)
 		l.armLocked(c)

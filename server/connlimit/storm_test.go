@@ -221,8 +221,8 @@ func stall(t *testing.T, l *Listener, addr string) net.Conn {
 // TestPacedHandshakes: a stalled handshake does not keep the only slot
 // from a proxy (it gives it back after slotBudget); for a newcomer, the
 // connection evicted is the oldest that has not begun its handshake, else
-// one whose handshake is over, never one mid-handshake while another kind
-// is pending.
+// one whose handshake is over (first, once past shakenGrace), never one
+// mid-handshake while another kind is pending.
 func TestPacedHandshakes(t *testing.T) {
 	pki := newStormPKI(t)
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
@@ -281,11 +281,23 @@ func TestPacedHandshakes(t *testing.T) {
 	waitPending(3)
 	// Nothing pending has not begun: a newcomer evicts the oldest
 	// handshaken connection, not the older one mid-handshake.
-	_ = dial(t, addr)
+	fresh := dial(t, addr)
 	if !closedByServer(t, shaken, 2*time.Second) {
 		t.Fatal("a newcomer did not evict the oldest handshaken, unauthenticated connection")
 	}
 	if closedByServer(t, stalled, 100*time.Millisecond) || closedByServer(t, shaken2, 100*time.Millisecond) {
 		t.Error("a newcomer evicted the connection mid-handshake or the newer handshaken one")
+	}
+	// A handshaken connection that has not authenticated within
+	// shakenGrace goes before one that has not begun: an idle HTTP/2
+	// flood does not make new connections evict each other.
+	waitPending(3)
+	time.Sleep(shakenGrace)
+	_ = dial(t, addr)
+	if !closedByServer(t, shaken2, 2*time.Second) {
+		t.Fatal("a handshaken connection past shakenGrace was not evicted before a fresh one")
+	}
+	if closedByServer(t, fresh, 100*time.Millisecond) {
+		t.Error("a fresh connection was evicted while a handshaken one was past shakenGrace")
 	}
 }
