@@ -33,8 +33,10 @@ import (
 // subscription even if empty (Envoy waits for it). Per-resource versions
 // are the resources' content hashes (xds.Resource.Hash: go-control-plane's
 // full SHA-256), so a proxy reconnecting with initial_resource_versions
-// (to this or another replica) is sent nothing it has. What was sent counts
-// as had, so a NACKed resource is not resent until it changes. After a
+// (to this or another replica) is sent nothing it has; when that is all of
+// a type, the stream reports the version as held, as an ACK would (respond).
+// What was sent counts as had, so a NACKed resource is not resent until it
+// changes. After a
 // response, the next one for the type waits for the proxy's next request.
 // A client may ask for more before answering a response, and is then sent
 // another: the loop remembers the last few unanswered responses of each
@@ -81,6 +83,11 @@ type deltaType struct {
 	pending          bool      // a response was sent and no request has come since
 	answered         bool      // a response for the type was sent on this stream
 	names            *nameList // explicitly subscribed, sorted, without "*" (shared)
+	// declared: the stream's first request of the type declared what the
+	// proxy has (initial_resource_versions). held is the last version
+	// reported as held while nothing was sent (respond).
+	declared bool
+	held     string
 	// have is what the proxy has, sorted by name, each resource at its
 	// content hash (xds.Resource.Hash): what the last response considered,
 	// usually the snapshot's own shared slice, so a proxy keeps no list of
@@ -294,6 +301,7 @@ func (t *deltaType) subscribe(lists *nameLists, typ string, req *discoveryv3.Del
 		t.wildcard = len(sub) == 0 && t.legacy
 		for name, v := range req.GetInitialResourceVersions() {
 			t.setVersion(name, v)
+			t.declared = true
 		}
 	}
 	if t.legacy {
@@ -448,6 +456,18 @@ func (d *deltaState) respond(typ string, t *deltaType) error {
 	if len(out) == 0 && len(removed) == 0 && !(t.wildcard && !t.answered) {
 		if len(t.changes) == 0 {
 			t.from, t.fromOK = all, true
+		}
+		if t.declared && !t.answered && t.held != version {
+			// A reconnecting proxy declared every subscribed resource at
+			// the version served: it holds this version but, sent
+			// nothing, will ACK nothing. Report it as its ACK would be
+			// (the publisher forgot the node's ACKs when its last stream
+			// closed, and an mTLS migration step may wait for this one).
+			// Only before any response: after one, what was sent counts
+			// as had even when NACKed.
+			t.held = version
+			d.srv.tracker.Holds(d.key(), typ, version)
+			d.srv.events.Acked(d.sotw.node, typ, version)
 		}
 		return nil
 	}

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -13,8 +15,13 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/config"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/meshd/meshd/internal/testwait"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/snapshot"
 )
 
 type deltaClient = clientStream[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
@@ -197,4 +204,166 @@ func TestDeltaAnswersOlderResponse(t *testing.T) {
 	if len(dt.sent) > maxUnanswered {
 		t.Errorf("%d unanswered responses kept, want at most %d", len(dt.sent), maxUnanswered)
 	}
+}
+
+// A delta proxy that reconnects holding every resource of a type at the
+// version served is sent nothing, and so ACKs nothing: the stream reports
+// the version as held, as an ACK would, so an mTLS migration waiting for
+// that proxy completes (the soak's defect, issue 12: it stayed waiting on
+// "ops.default (ClusterLoadAssignment)" until overdue). A reconnect that
+// holds only part of it is sent the rest and waited for until it ACKs.
+func TestDeltaReconnectHoldingEverythingCountsAsACK(t *testing.T) {
+	f := startServer(t)
+	apiMode := func(mode mesh.MTLSMode) {
+		t.Helper()
+		f.pub.Update(snapshot.Update{Policy: &mesh.PolicySet{RootNamespace: "meshd-system", DefaultMode: mesh.MTLSPermissive,
+			Peer: []mesh.PeerAuthentication{{Name: "api", Namespace: "default", Mode: mode, Selector: map[string]string{"version": "v1"}}}}})
+		if _, err := f.pub.Publish(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apiMode(mesh.MTLSPermissive)
+	snap, err := f.cache.GetSnapshot("web.default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eds []string
+	for n := range snap.GetResources(resourcev3.EndpointType) {
+		eds = append(eds, n)
+	}
+	slices.Sort(eds)
+	cc := f.dial(t)
+	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
+	// held is what web has of each type, from every response it was sent.
+	held := map[string]map[string]string{}
+	hold := func(r *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.DeltaDiscoveryResponse {
+		m := held[r.GetTypeUrl()]
+		if m == nil {
+			m = map[string]string{}
+			held[r.GetTypeUrl()] = m
+		}
+		for _, x := range r.GetResources() {
+			m[x.GetName()] = x.GetVersion()
+		}
+		for _, n := range r.GetRemovedResources() {
+			delete(m, n)
+		}
+		return r
+	}
+	open := func() (*deltaClient, context.CancelFunc) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		return pump(st), cancel
+	}
+	ask := func(c *deltaClient, typ string, sub []string, have map[string]string) *discoveryv3.DeltaDiscoveryResponse {
+		t.Helper()
+		c.request(t, &discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: typ, ResourceNamesSubscribe: sub, InitialResourceVersions: have})
+		return hold(c.next(t))
+	}
+	ack := func(c *deltaClient, r *discoveryv3.DeltaDiscoveryResponse) {
+		t.Helper()
+		c.request(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.GetTypeUrl(), ResponseNonce: r.GetNonce()})
+	}
+	// settled publishes (the stream events are the loop's to apply) until
+	// no migration is pending.
+	settled := func(what string) {
+		t.Helper()
+		err := testwait.Wait(5*time.Second, func() error {
+			if _, err := f.pub.Publish(); err != nil {
+				return err
+			}
+			if tr := f.pub.Transitions(); len(tr) != 0 {
+				return fmt.Errorf("migration still waiting on %v", tr[0].WaitingOn)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	waitingOnWeb := func(what string) {
+		t.Helper()
+		tr := f.pub.Transitions()
+		if len(tr) != 1 || !slices.Equal(tr[0].WaitingOn, []string{"web.default (ClusterLoadAssignment)"}) {
+			t.Fatalf("%s: migrations %+v, want api's waiting on web's endpoints", what, tr)
+		}
+	}
+
+	// web connects and ACKs everything; then api's endpoints change and
+	// web gets them but does not ACK, so api's PERMISSIVE → STRICT waits
+	// for web.
+	a, closeA := open()
+	for _, r := range []*discoveryv3.DeltaDiscoveryResponse{
+		ask(a, resourcev3.ClusterType, nil, nil),
+		ask(a, resourcev3.EndpointType, eds, nil),
+		ask(a, resourcev3.ListenerType, nil, nil),
+	} {
+		ack(a, r)
+	}
+	settled("connected")
+	f.publishAPIEndpointAdded(t)
+	if r := hold(a.next(t)); r.GetTypeUrl() != resourcev3.EndpointType || len(r.GetResources()) != 1 {
+		t.Fatalf("endpoint change pushed %v", deltaSummary(r))
+	}
+	apiMode(mesh.MTLSStrict)
+	waitingOnWeb("web has not ACKed its new endpoints")
+
+	// web's stream ends and it reconnects, declaring everything it holds:
+	// the empty answers of its wildcard types are ACKed, its endpoints
+	// are not answered at all (the listeners' answer is the point by which
+	// the server has handled the endpoints request).
+	closeA()
+	b, closeB := open()
+	ack(b, ask(b, resourcev3.ClusterType, nil, held[resourcev3.ClusterType]))
+	b.request(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: eds, InitialResourceVersions: held[resourcev3.EndpointType]})
+	if r := ask(b, resourcev3.ListenerType, nil, held[resourcev3.ListenerType]); r.GetTypeUrl() != resourcev3.ListenerType || len(r.GetResources()) != 0 {
+		t.Fatalf("reconnect: %v, want the listeners' empty answer (nothing resent)", deltaSummary(r))
+	} else {
+		ack(b, r)
+	}
+	settled("web reconnected holding every resource")
+	snap, err = f.cache.GetSnapshot("web.default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := f.tracker.Node("web.default"); st.Types["ClusterLoadAssignment"] == nil ||
+		st.Types["ClusterLoadAssignment"].Acked != snap.GetVersion(resourcev3.EndpointType) {
+		t.Errorf("status of web's endpoints %+v, want version %s held", st.Types["ClusterLoadAssignment"], snap.GetVersion(resourcev3.EndpointType))
+	}
+	if got := testutil.ToFloat64(f.metrics.ACKs.WithLabelValues("ClusterLoadAssignment")); got != 1 {
+		t.Errorf("%v endpoint ACKs counted, want 1 (a held version is no ACK on the wire)", got)
+	}
+
+	// Again from no stream at all (the publisher forgets web's ACKs), with
+	// one endpoint set declared at an old version: web is sent that one,
+	// and a migration waits for its ACK.
+	apiMode(mesh.MTLSPermissive)
+	settled("back to PERMISSIVE")
+	closeB()
+	testwait.For(t, 5*time.Second, "web's stream to end", func() bool {
+		st, _ := f.tracker.Node("web.default")
+		return st.Streams == 0
+	})
+	if _, err := f.pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	c, closeC := open()
+	defer closeC()
+	ack(c, ask(c, resourcev3.ClusterType, nil, held[resourcev3.ClusterType]))
+	stale := maps.Clone(held[resourcev3.EndpointType])
+	stale[eds[0]] = "stale"
+	e := ask(c, resourcev3.EndpointType, eds, stale)
+	if len(e.GetResources()) != 1 || e.GetResources()[0].GetName() != eds[0] || len(e.GetRemovedResources()) != 0 {
+		t.Fatalf("reconnect holding one stale endpoint set was sent %v, want that set", deltaSummary(e))
+	}
+	ack(c, ask(c, resourcev3.ListenerType, nil, held[resourcev3.ListenerType]))
+	apiMode(mesh.MTLSStrict)
+	waitingOnWeb("web has not ACKed the endpoint set it was sent")
+	ack(c, e)
+	settled("web ACKed the endpoint set")
 }

@@ -71,7 +71,8 @@ func publishQuickstart(t testing.TB, ca *sds.Authority, log *slog.Logger) (*mesh
 }
 
 // startServer runs the real xDS server (TLS, go-control-plane, tracker,
-// publisher) on loopback with the quickstart catalog.
+// publisher, which it tells of stream events as meshd does) on loopback
+// with the quickstart catalog. The test publishes (Publisher.Publish).
 func startServer(t testing.TB) *fixture {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -84,7 +85,7 @@ func startServer(t testing.TB) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xs, err := NewXDS(cache, Options{TLS: tlsConf, Logger: log, Tracker: tr})
+	xs, err := NewXDS(cache, Options{TLS: tlsConf, Logger: log, Tracker: tr, Events: pub})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -330,16 +330,27 @@ func (t *Tracker) Sent(k StreamKey, typeURL, nonce, version string, size int, se
 // Acked records that the proxy accepted the response with nonce, which
 // carried version.
 func (t *Tracker) Acked(k StreamKey, typeURL, nonce, version string) {
+	node := t.holds(k, typeURL, version)
+	t.m.ACKs.WithLabelValues(shortType(typeURL)).Inc()
+	t.bundles.replied(k, node, typeURL, nonce, false)
+}
+
+// Holds records that the proxy holds version, as an ACK does, without a
+// response or an answer on the wire: a delta proxy whose new stream
+// declared every subscribed resource at the version served (it is sent
+// nothing, so it has nothing to ACK). Not counted as an ACK.
+func (t *Tracker) Holds(k StreamKey, typeURL, version string) { t.holds(k, typeURL, version) }
+
+func (t *Tracker) holds(k StreamKey, typeURL, version string) (node string) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	node, ts := t.typeStatus(k, typeURL)
 	if ts != nil {
 		ts.Acked = version
 		// Accepting any later version supersedes an earlier rejection.
 		ts.Nacked, ts.NackError = "", ""
 	}
-	t.mu.Unlock()
-	t.m.ACKs.WithLabelValues(shortType(typeURL)).Inc()
-	t.bundles.replied(k, node, typeURL, nonce, false)
+	return node
 }
 
 // Nacked records that the proxy rejected the response with nonce, which
