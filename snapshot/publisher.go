@@ -457,7 +457,8 @@ func (p *Publisher) applyEvents(node string, evs *nodeEvents) {
 		p.nodes[node] = n
 	} else {
 		// No stream open: forgotten, and a reconnecting proxy ACKs again
-		// what it is sent.
+		// what it is sent (a delta proxy sent nothing, because it declared
+		// everything served, is reported as holding it: server/delta.go).
 		delete(p.nodes, node)
 	}
 }
