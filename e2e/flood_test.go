@@ -274,6 +274,17 @@ func TestPreAuthFloods(t *testing.T) {
 			}
 		}
 		t.Logf("%d stalled TLS handshakes: the longest lived %s (handshake timeout %s)", n, worst.Round(time.Millisecond), floodHandshake)
+		// They held no handshake slot once they stalled, and none is left
+		// held or waited for.
+		if _, body := m.adminGET("/metrics"); !strings.Contains(body, `meshd_tls_handshakes{listener="xds",state="waiting"}`) {
+			t.Error("meshd does not export meshd_tls_handshakes")
+		}
+		eventually(t, 10*time.Second, func() error {
+			if n := m.metric(t, "meshd_tls_handshakes"); n != 0 {
+				return fmt.Errorf("%v handshakes active or waiting after the stalled ones ended", n)
+			}
+			return nil
+		})
 	})
 
 	t.Run("idle HTTP/2 and unauthenticated streams", func(t *testing.T) {

@@ -84,6 +84,7 @@ type Listener struct {
 	// Handshake slots: how many are held, and who waits for one, with
 	// handshakes already begun served first.
 	active               int
+	nwaiting             int
 	waitBegun, waitFresh list
 
 	conns   *prometheus.GaugeVec
@@ -193,6 +194,30 @@ func New(inner net.Listener, o Options) *Listener {
 // RegisterMetrics adds the listener's gauge and counter to reg.
 func (l *Listener) RegisterMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(l.conns, l.refused)
+	if l.o.MaxHandshakes <= 0 {
+		return
+	}
+	for _, state := range []string{"active", "waiting"} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "meshd_tls_handshakes",
+			Help:        "TLS handshakes being computed (active, at most --max-concurrent-handshakes) and waiting for their turn, by listener.",
+			ConstLabels: prometheus.Labels{"listener": l.o.What, "state": state},
+		}, func() float64 {
+			active, waiting := l.Handshakes()
+			if state == "active" {
+				return float64(active)
+			}
+			return float64(waiting)
+		}))
+	}
+}
+
+// Handshakes returns how many connections hold a handshake slot and how
+// many wait for one.
+func (l *Listener) Handshakes() (active, waiting int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.active, l.nwaiting
 }
 
 // Counts returns the open and the pending connections.
@@ -437,6 +462,7 @@ func (l *Listener) acquire(c *conn) error {
 			l.waitBegun.push(c)
 		}
 		c.waiting = true
+		l.nwaiting++
 		c.wake = make(chan struct{})
 		l.grantLocked()
 	}
@@ -478,6 +504,7 @@ func (l *Listener) grantLocked() {
 			return
 		}
 		w.waiting, w.holds = false, true
+		l.nwaiting--
 		l.active++
 		if w.phase == phaseFresh {
 			l.setPhaseLocked(w, phaseShaking)
@@ -534,6 +561,7 @@ func (l *Listener) releaseLocked(c *conn) string {
 	l.yieldLocked(c)
 	if c.waiting {
 		c.waiting = false
+		l.nwaiting--
 		if c.phase == phaseFresh {
 			l.waitFresh.remove(c)
 		} else {

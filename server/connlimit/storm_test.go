@@ -155,13 +155,37 @@ func storm(t *testing.T, pki stormPKI, n, maxHandshakes int, timeout time.Durati
 			}
 		}()
 	}
+	// The slots are held at most maxHandshakes at a time, and none is
+	// left held or waited for once the storm is over.
+	most, sampled := 0, make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+				active, _ := l.Handshakes()
+				most = max(most, active)
+			}
+		}
+	}()
 	start := time.Now()
 	close(gate)
 	clients.Wait()
 	took = time.Since(start)
+	close(done)
+	<-sampled
 	l.Close()
 	if err, n := wait(); err != nil {
 		failed = fmt.Errorf("%d handshakes failed on the server, the first: %w", n, err)
+	}
+	if maxHandshakes > 0 && most > maxHandshakes {
+		t.Errorf("%d handshakes held a slot at once, limit %d", most, maxHandshakes)
+	}
+	if active, waiting := l.Handshakes(); active != 0 || waiting != 0 {
+		t.Errorf("after the storm, %d slots held and %d waiting; want none", active, waiting)
 	}
 	return int(ok.Load()), took, failed
 }
