@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -459,6 +460,109 @@ func TestBundleAckedFollowsSDSACKs(t *testing.T) {
 	if ok, _ := f.tracker.BundleAcked(strings.Repeat("0", 64)); ok {
 		t.Error("a root the proxy never received counts as ACKed")
 	}
+}
+
+// TestRootRotationSkipsProxiesWithoutBundle: a proxy that no longer
+// subscribes to the trust bundle (an Envoy whose configuration references
+// no validation context, such as a server-only sidecar under DISABLE, drops
+// its SDS subscriptions) does not hold a root rotation in its propagating
+// phase; once it subscribes again it is waited for until it ACKs the new
+// bundle. A SotW and a delta stream, on the real server, tracker and CA.
+func TestRootRotationSkipsProxiesWithoutBundle(t *testing.T) {
+	f := startAuthServer(t, false)
+	names := []string{xds.TrustBundleSecretName, xds.IdentitySecretName}
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(f.dial(t, nil))
+	// Streams that last the whole test (withToken's end after 10 s: a
+	// proxy that disconnects is not waited for either).
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	as := func(svc string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, caclient.TokenMetadataKey, "Bearer "+f.token(t, svc, time.Hour))
+	}
+
+	sotw, err := ads.StreamAggregatedResources(as("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := &corev3.Node{Id: "web.default"}
+	sotwRequest := func(names []string, answered *discoveryv3.DiscoveryResponse) {
+		t.Helper()
+		if err := sotw.Send(&discoveryv3.DiscoveryRequest{Node: web, TypeUrl: resourcev3.SecretType, ResourceNames: names,
+			VersionInfo: answered.GetVersionInfo(), ResponseNonce: answered.GetNonce()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sotwRequest(names, nil)
+	resp, err := sotw.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sotwRequest(names, resp) // ACK
+
+	delta, err := ads.DeltaAggregatedResources(as("api"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := &corev3.Node{Id: "api.default"}
+	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: api, TypeUrl: resourcev3.SecretType, ResourceNamesSubscribe: names}); err != nil {
+		t.Fatal(err)
+	}
+	dresp, err := delta.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: api, TypeUrl: resourcev3.SecretType, ResponseNonce: dresp.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	old := f.ca.Fingerprint()
+	testwait.For(t, testwait.Timeout, "both proxies' bundle ACKs to count", func() bool { ok, _ := f.tracker.BundleAcked(old); return ok })
+
+	// Both drop every secret, as Envoy does when its last TLS context goes.
+	sotwRequest(nil, resp)
+	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: api, TypeUrl: resourcev3.SecretType, ResourceNamesUnsubscribe: names}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ca.RotateRoot(); err != nil {
+		t.Fatal(err)
+	}
+	st := f.ca.Status(f.tracker)
+	if st.Rotation == nil || st.Rotation.Phase != sds.PhasePropagating {
+		t.Fatalf("after RotateRoot: %+v, want phase %s", st.Rotation, sds.PhasePropagating)
+	}
+	// The new root: the one trusted that is not the old.
+	var fresh string
+	for _, r := range st.TrustedRoots {
+		if r.SHA256 != old {
+			fresh = r.SHA256
+		}
+	}
+	if fresh == "" {
+		t.Fatalf("no new root among %+v", st.TrustedRoots)
+	}
+	testwait.For(t, testwait.Timeout, "the rotation to leave "+sds.PhasePropagating+" (neither proxy subscribes to the bundle)", func() bool {
+		if _, err := f.ca.Advance(f.tracker); err != nil {
+			t.Fatal(err)
+		}
+		st := f.ca.Status(f.tracker)
+		return st.Rotation == nil || st.Rotation.Phase != sds.PhasePropagating
+	})
+
+	// Subscribing again makes web.default count, until it ACKs the bundle
+	// with the new root.
+	f.pub.Republish()
+	if _, err := f.pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	sotwRequest(names, resp)
+	resp, err = sotw.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, pending := f.tracker.BundleAcked(fresh); ok || !slices.Equal(pending, []string{"web.default"}) {
+		t.Fatalf("resubscribed, before its ACK: %v %v, want web.default pending", ok, pending)
+	}
+	sotwRequest(names, resp)
+	testwait.For(t, testwait.Timeout, "the new bundle's ACK to count", func() bool { ok, _ := f.tracker.BundleAcked(fresh); return ok })
 }
 
 // testALS is an access log service that reports the node of each message's

@@ -287,6 +287,7 @@ func (d *deltaState) request(req *discoveryv3.DeltaDiscoveryRequest, defaultType
 	internNames(req.ResourceNamesSubscribe)
 	t.pending = false
 	t.subscribe(&d.srv.cache.names, typ, req)
+	d.srv.bundleSubscription(d.key(), typ, t.wildcard, t.names)
 	return d.respond(typ, t)
 }
 

@@ -347,7 +347,17 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest, defaultType stri
 	}
 	ts.pending = false
 	ts.subscribe(&s.srv.cache.names, typ, req.GetResourceNames())
+	s.srv.bundleSubscription(s.key(), typ, ts.wildcard, ts.names)
 	return s.respond(typ, ts)
+}
+
+// bundleSubscription tells the tracker, after an SDS request, whether the
+// stream subscribes to the trust bundle: a CA root rotation waits only for
+// proxies that do (tracker.BundleAcked).
+func (s *sotwServer) bundleSubscription(k tracker.StreamKey, typ string, wildcard bool, names *nameList) {
+	if typ == resourcev3.SecretType {
+		s.tracker.BundleSubscribed(k, wildcard || names.contains(xds.TrustBundleSecretName))
+	}
 }
 
 // subscribe applies a request's resource names (xDS protocol, "how the

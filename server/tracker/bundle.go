@@ -203,24 +203,26 @@ func (b *bundleAcks) has(node, fp string) bool {
 	return slices.Contains(b.acked[node], fp)
 }
 
-// BundleAcked implements sds.BundleGate: every connected proxy that takes
-// secrets over SDS must have ACKed a trust bundle containing the root with
-// this fingerprint. Proxyless gRPC apps (no SDS) are not waited for: they
-// read the bundle from files.
+// BundleAcked implements sds.BundleGate: every proxy with a stream that
+// subscribes to the trust bundle now must have ACKed a bundle containing
+// the root with this fingerprint. A proxy that subscribes to no bundle is
+// not waited for: it validates no peer, so it can trust no old root, and
+// when it subscribes again it is sent the bundle of that moment and is
+// waited for from then on. That covers proxyless gRPC apps (no SDS: they
+// read the bundle from files) and an Envoy whose configuration references
+// no validation context (a server-only sidecar under DISABLE: Envoy drops
+// its SDS subscriptions), which would otherwise hold a rotation forever.
 func (t *Tracker) BundleAcked(rootFingerprint string) (bool, []string) {
 	t.mu.Lock()
-	var nodes []string
-	for id, n := range t.nodes {
-		if n.streams == 0 {
-			continue
-		}
-		if n.status(resourcev3.SecretType) != nil {
-			nodes = append(nodes, id)
+	nodes := map[string]struct{}{} // a node may have several such streams
+	for _, s := range t.streams {
+		if s.bundle {
+			nodes[s.node] = struct{}{}
 		}
 	}
 	t.mu.Unlock()
 	var pending []string
-	for _, id := range nodes {
+	for id := range nodes {
 		if !t.bundles.has(id, rootFingerprint) {
 			pending = append(pending, id)
 		}

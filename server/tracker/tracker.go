@@ -59,6 +59,10 @@ type StreamKey struct {
 type streamState struct {
 	node   string
 	flavor string
+	// bundle: the stream subscribes to the trust bundle now, as its loop
+	// last said (BundleSubscribed). The CA's root rotation waits only for
+	// the nodes of such streams (bundle.go).
+	bundle bool
 }
 
 type nodeState struct {
@@ -307,6 +311,18 @@ func (t *Tracker) typeStatus(k StreamKey, typeURL string) (string, *TypeStatus) 
 		n.types[i] = &TypeStatus{}
 	}
 	return s.node, n.types[i]
+}
+
+// BundleSubscribed records whether a stream subscribes to the trust bundle
+// (xds.TrustBundleSecretName) after its latest SDS request. The stream
+// loop owns the subscription; this is the tracker's copy of one fact of
+// it, for the rotation gate. A stream that never named its node is ignored.
+func (t *Tracker) BundleSubscribed(k StreamKey, subscribed bool) {
+	t.mu.Lock()
+	if s := t.streams[k]; s != nil {
+		s.bundle = subscribed
+	}
+	t.mu.Unlock()
 }
 
 // Sent records a response: its nonce, the version it carried, the bytes of

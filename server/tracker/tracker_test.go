@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -226,4 +227,33 @@ func TestTrackerMemoryBoundUnderChurn(t *testing.T) {
 		t.Error("the catalog proxy was forgotten")
 	}
 	t.Logf("%s of one new node id a second: at most %d nodes held (bound %d)", churn, most, bound)
+}
+
+// The rotation gate waits for a node while one of its streams subscribes
+// to the trust bundle, whatever it was sent before: a node whose every
+// stream dropped the subscription (or closed) is not waited for.
+func TestBundleGateFollowsSubscriptions(t *testing.T) {
+	tr := NewTracker(slog.New(slog.NewTextHandler(io.Discard, nil)), metrics.New(), nil)
+	ads, sds := StreamKey{ID: 1}, StreamKey{Delta: true, ID: 1}
+	tr.Identified(ads, &corev3.Node{Id: "n"})
+	tr.Identified(sds, &corev3.Node{Id: "n"})
+	tr.BundleSubscribed(ads, true)
+	tr.BundleSubscribed(sds, true)
+	tr.BundleSubscribed(StreamKey{ID: 99}, true) // never named its node: ignored
+	want := func(step string, pending ...string) {
+		t.Helper()
+		ok, got := tr.BundleAcked("fp")
+		if ok != (len(pending) == 0) || !slices.Equal(got, pending) {
+			t.Errorf("%s: BundleAcked = %v %v, want pending %v", step, ok, got, pending)
+		}
+	}
+	want("both streams subscribed", "n")
+	tr.BundleSubscribed(ads, false)
+	want("one stream still subscribed", "n")
+	tr.BundleSubscribed(sds, false)
+	want("no stream subscribed")
+	tr.BundleSubscribed(ads, true)
+	want("subscribed again", "n")
+	tr.Closed(ads)
+	want("the subscribed stream closed")
 }
