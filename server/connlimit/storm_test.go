@@ -193,33 +193,39 @@ func storm(t *testing.T, pki stormPKI, n, maxHandshakes int, timeout time.Durati
 // TestHandshakeStorm (issue 14): n clients start mutual-TLS handshakes at
 // once, with more handshake CPU in all than three times the handshake timeout (n
 // doubles until it is so: the race detector and the machine's load change
-// the cost). Paced 4 at a time, every handshake completes: a connection
+// the cost). Paced 4 at a time, the handshakes complete: a connection
 // waiting for a slot is not charged the timeout. Unbounded (meshd before
 // the fix, and the control that shows the storm is one), they share the
-// CPU, many take longer than the timeout from accept and are closed: the
+// CPU, most take longer than the timeout from accept and are closed: the
 // wedge of a meshd restart in front of a large fleet.
+//
+// A paced handshake still needs its own CPU within the timeout, and its
+// client (in this process) shares the cores with everything else the
+// machine runs: at load 11 on two cores, 4 of 200 paced handshakes once
+// took longer than a 500 ms timeout. So the timeout is 1 s and up to 2 %
+// of the paced handshakes may miss it; unbounded, more than half do.
 func TestHandshakeStorm(t *testing.T) {
-	const timeout, slots = 500 * time.Millisecond, 4
+	const timeout, slots = time.Second, 4
 	pki := newStormPKI(t)
 	n := 200
 	for {
 		synced, took, failed := storm(t, pki, n, slots, timeout)
-		t.Logf("%d clients, %d handshakes at a time, timeout %s: %d completed in %s", n, slots, timeout, synced, took.Round(time.Millisecond))
-		if synced != n {
-			t.Fatalf("%d of %d handshakes completed with the handshakes paced; want all (%v)", synced, n, failed)
+		t.Logf("%d clients, %d handshakes at a time, timeout %s: %d completed in %s (%v)", n, slots, timeout, synced, took.Round(time.Millisecond), failed)
+		if missed := n - synced; missed > n/50 {
+			t.Fatalf("%d of %d handshakes completed with the handshakes paced; want at least %d (%v)", synced, n, n-n/50, failed)
 		}
 		if took >= 3*timeout {
 			break
 		}
-		if n >= 3200 {
+		if n >= 6400 {
 			t.Fatalf("%d handshakes took %s, under three times the handshake timeout %s: the storm does not test the bound", n, took, timeout)
 		}
 		n *= 2
 	}
 	synced, took, failed := storm(t, pki, n, 0, timeout)
 	t.Logf("%d clients, unbounded: %d completed in %s (%v)", n, synced, took.Round(time.Millisecond), failed)
-	if synced == n {
-		t.Errorf("unbounded, all %d of %d handshakes completed within the timeout: the storm does not show what pacing fixes", synced, n)
+	if synced >= n/2 {
+		t.Errorf("unbounded, %d of %d handshakes completed within the timeout: the storm does not show what pacing fixes", synced, n)
 	}
 }
 
