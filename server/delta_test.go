@@ -102,15 +102,7 @@ func TestDeltaAnswersAsGoControlPlane(t *testing.T) {
 	if len(cds.GetResources()) == 0 {
 		t.Fatal("no clusters")
 	}
-	snap, err := f.cache.GetSnapshot(node.Id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var eds []string
-	for n := range snap.GetResources(resourcev3.EndpointType) {
-		eds = append(eds, n)
-	}
-	slices.Sort(eds)
+	eds := endpointNames(t, f.cache, node.Id)
 	e1 := both("EDS first name", &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: eds[:1]})
 	e2 := both("EDS second name", &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: eds[1:2], ResponseNonce: e1.GetNonce()})
 	if len(e2.GetResources()) != 1 || e2.GetResources()[0].GetName() != eds[1] {
@@ -223,15 +215,7 @@ func TestDeltaReconnectHoldingEverythingCountsAsACK(t *testing.T) {
 		}
 	}
 	apiMode(mesh.MTLSPermissive)
-	snap, err := f.cache.GetSnapshot("web.default")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var eds []string
-	for n := range snap.GetResources(resourcev3.EndpointType) {
-		eds = append(eds, n)
-	}
-	slices.Sort(eds)
+	eds := endpointNames(t, f.cache, "web.default")
 	cc := f.dial(t)
 	node := &corev3.Node{Id: "web.default", UserAgentName: "envoy"}
 	// held is what web has of each type, from every response it was sent.
@@ -327,7 +311,7 @@ func TestDeltaReconnectHoldingEverythingCountsAsACK(t *testing.T) {
 		ack(b, r)
 	}
 	settled("web reconnected holding every resource")
-	snap, err = f.cache.GetSnapshot("web.default")
+	snap, err := f.cache.GetSnapshot("web.default")
 	if err != nil {
 		t.Fatal(err)
 	}

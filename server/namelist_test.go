@@ -62,14 +62,7 @@ func TestNameListsAreSharedAndForgotten(t *testing.T) {
 // when the streams end, SotW and delta alike.
 func TestStreamsReleaseTheirNameLists(t *testing.T) {
 	f := startServer(t)
-	snap, err := f.cache.GetSnapshot("web.default")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var eds []string
-	for n := range snap.GetResources(resourcev3.EndpointType) {
-		eds = append(eds, n)
-	}
+	eds := endpointNames(t, f.cache, "web.default")
 	if len(eds) < 2 {
 		t.Fatalf("web's endpoint sets: %v", eds)
 	}

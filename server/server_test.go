@@ -304,3 +304,19 @@ func TestEmptySubscriptionIsNotAnswered(t *testing.T) {
 		t.Fatal("named secret request not answered")
 	}
 }
+
+// endpointNames is the sorted names of the endpoint sets in node's
+// snapshot.
+func endpointNames(t *testing.T, cache *Cache, node string) []string {
+	t.Helper()
+	snap, err := cache.GetSnapshot(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eds []string
+	for n := range snap.GetResources(resourcev3.EndpointType) {
+		eds = append(eds, n)
+	}
+	slices.Sort(eds)
+	return eds
+}
