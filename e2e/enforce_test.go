@@ -99,6 +99,12 @@ func startEnforceMesh(t testing.TB, mode, docs string) *enforceMesh {
 
 // startEnforceMeshWith is startEnforceMesh with more meshd flags.
 func startEnforceMeshWith(t testing.TB, mode, docs string, meshdArgs ...string) *enforceMesh {
+	return startEnforceMeshVia(t, mode, docs, nil, meshdArgs...)
+}
+
+// startEnforceMeshVia is startEnforceMeshWith where web's sidecar is
+// bootstrapped with the xDS address webXDS gives for meshd's (nil: meshd's).
+func startEnforceMeshVia(t testing.TB, mode, docs string, webXDS func(string) string, meshdArgs ...string) *enforceMesh {
 	envoytest.Binary(t)
 	e := &enforceMesh{api: ports(t), greeter: ports(t), db: ports(t),
 		webAdmin: envoytest.FreePort(t), opsAdmin: envoytest.FreePort(t),
@@ -113,7 +119,13 @@ func startEnforceMeshWith(t testing.TB, mode, docs string, meshdArgs ...string) 
 	e.apiEnvoy = startSidecar(t, e.m, "api", "", e.api.admin)
 	e.greeterEnvoy = startSidecar(t, e.m, "greeter", "", e.greeter.admin)
 	e.dbEnvoy = startSidecar(t, e.m, "db", "", e.db.admin)
-	e.webEnvoy = startSidecar(t, e.m, "web", "", e.webAdmin)
+	webM := e.m
+	if webXDS != nil {
+		c := *e.m
+		c.xdsAddr = webXDS(e.m.xdsAddr)
+		webM = &c
+	}
+	e.webEnvoy = startSidecar(t, webM, "web", "", e.webAdmin)
 	e.opsEnvoy = startSidecar(t, e.m, "ops", "", e.opsAdmin)
 	return e
 }
@@ -435,6 +447,215 @@ func TestStrictClosesOpenPlaintextConnections(t *testing.T) {
 	if n, _ := e.apiEnvoy.Stat(t, "listener_manager.listener_in_place_updated"); n != inPlace+1 {
 		t.Errorf("listener_in_place_updated went from %d to %d, want one in-place filter chain update", inPlace, n)
 	}
+}
+
+// DISABLE → PERMISSIVE (soak defect 5): a caller's sidecar that moves to
+// mTLS applies its new transport to new connections only, so a plaintext
+// connection it opened to api while api was already PERMISSIVE (here: web's
+// sidecar reconnects after api's listener changes, while what meshd sends
+// web is held, so web still sends plaintext) would carry on without a
+// principal, and a DENY for that principal would not match for as long as
+// it lived. The migration's last step, once the callers have ACKed mTLS,
+// changes api's plaintext chain (xds.FilterChainPlaintextCallers back to
+// its usual name); Envoy drains that chain in place and web's next
+// connection is mTLS: its calls are denied within the drain bound of the
+// migration's end. ops, which the DENY does not name, loses no request.
+func TestPermissiveDrainsPlaintextCallers(t *testing.T) {
+	var gate *xdsGate
+	e := startEnforceMeshVia(t, "DISABLE", denyWeb("api"), func(meshdAddr string) string {
+		var addr string
+		gate, addr = startXDSGate(t, meshdAddr)
+		return addr
+	})
+	viaWeb := fmt.Sprintf("http://127.0.0.1:%d/web", e.webAPI)
+	viaOps := fmt.Sprintf("http://127.0.0.1:%d/ops", e.opsAPI)
+	eventually(t, 20*time.Second, func() error {
+		for _, u := range []string{viaWeb, viaOps} {
+			// Plaintext calls carry no principal: the DENY cannot match.
+			if code, err := do("GET", u, nil); err != nil || code != 200 {
+				return fmt.Errorf("%s under DISABLE: %d %v", u, code, err)
+			}
+		}
+		return nil
+	})
+	webClient, opsClient := keepAliveClient(), keepAliveClient()
+	web := startCaller(t, "web", 100*time.Millisecond, func() callRecord { return httpCall(webClient, viaWeb) })
+	ops := startCaller(t, "ops", 100*time.Millisecond, func() callRecord { return httpCall(opsClient, viaOps) })
+	for _, r := range web.after(t, time.Now(), 3) {
+		if r.outcome != "ok" {
+			t.Fatalf("web under DISABLE: %+v", r)
+		}
+	}
+	webToAPIConns := "cluster." + xds.ClusterStatName(xds.OutboundClusterName(mesh.ServiceKey{Name: "api", Namespace: "default"})) + ".upstream_cx_total"
+	webConns, _ := e.webEnvoy.Stat(t, webToAPIConns)
+	inPlace, _ := e.apiEnvoy.Stat(t, "listener_manager.listener_in_place_updated")
+	before := e.m.version(t, "api.default", "Listener")
+	webEDS := e.m.version(t, "web.default", "ClusterLoadAssignment")
+
+	// Hold what meshd sends web (its stream stays open), change the mode,
+	// and wait until api has ACKed its PERMISSIVE listener and web's sidecar
+	// has reconnected to it, in plaintext.
+	gate.hold(true)
+	changed := e.writePolicy(t, "PERMISSIVE", denyWeb("api"))
+	e.m.waitApplied(t, "api.default", "Listener", before)
+	eventually(t, 2*drainBound, func() error {
+		if n, _ := e.webEnvoy.Stat(t, webToAPIConns); n <= webConns {
+			return fmt.Errorf("web's sidecar has not reconnected to api (%d connections)", n)
+		}
+		return nil
+	})
+	// api's HTTP connection manager stats, per chain.
+	mtlsStat := "http." + xds.InboundStatPrefix(mesh.ServiceKey{Name: "api", Namespace: "default"}, true) + "."
+	plainStat := "http." + xds.InboundStatPrefix(mesh.ServiceKey{Name: "api", Namespace: "default"}, false) + "."
+	mtlsOpen, _ := e.apiEnvoy.Stat(t, mtlsStat+"downstream_cx_active")
+	plainDrained, _ := e.apiEnvoy.Stat(t, plainStat+"downstream_cx_drain_close")
+	gate.hold(false)
+
+	// The migration ends: web has ACKed mTLS, nothing is pending, and api
+	// has ACKed its last listener.
+	e.m.waitApplied(t, "web.default", "ClusterLoadAssignment", webEDS)
+	var settled time.Time
+	eventually(t, 60*time.Second, func() error {
+		s := e.m.status()
+		if len(s.Migrations) > 0 {
+			return fmt.Errorf("migrations in progress: %+v", s.Migrations)
+		}
+		for _, p := range s.Proxies {
+			if p.ID == "api.default" && p.XDS != nil {
+				if v := p.Versions["Listener"]; p.XDS.Types["Listener"].Acked != v {
+					return fmt.Errorf("api.default: listener %s, ACKed %s", v, p.XDS.Types["Listener"].Acked)
+				}
+				settled = time.Now()
+				return nil
+			}
+		}
+		return fmt.Errorf("api.default not connected")
+	})
+	t.Logf("migration ended %s after the policy change", settled.Sub(changed).Round(time.Millisecond))
+
+	// Within the drain bound of the end, web's calls carry its principal:
+	// every one is denied.
+	for i, r := range web.after(t, settled.Add(drainBound), 5) {
+		if r.outcome != "denied" {
+			t.Errorf("web's call %d started %s after the migration ended: %q, want denied (its plaintext connection outlived the migration)",
+				i, r.start.Sub(settled).Round(time.Millisecond), r.outcome)
+		}
+	}
+	for _, r := range web.all() {
+		if r.start.After(settled) && r.outcome == "denied" {
+			t.Logf("web's first denied call started %s after the migration ended", r.start.Sub(settled).Round(time.Millisecond))
+			break
+		}
+	}
+	// The last step is a filter chain update in place: Envoy drained only
+	// the chain that changed (plaintext connections closed by the drain),
+	// never an mTLS connection (ops's, if it had reconnected in mTLS
+	// before the last step: logged).
+	if n, _ := e.apiEnvoy.Stat(t, "listener_manager.listener_in_place_updated"); n <= inPlace {
+		t.Errorf("listener_in_place_updated stayed at %d, want the plaintext chain's change made in place", n)
+	}
+	if n, _ := e.apiEnvoy.Stat(t, plainStat+"downstream_cx_drain_close"); n <= plainDrained {
+		t.Errorf("no plaintext connection closed by a drain after web ACKed mTLS (%d before, %d after)", plainDrained, n)
+	}
+	if n, _ := e.apiEnvoy.Stat(t, mtlsStat+"downstream_cx_drain_close"); n != 0 {
+		t.Errorf("%d mTLS connections closed by a drain; only the plaintext chain changed", n)
+	}
+	t.Logf("mTLS connections open on api before the last step: %d", mtlsOpen)
+	ops.after(t, time.Now(), 3)
+	ops.stop()
+	web.stop()
+	for _, r := range ops.all() {
+		if r.outcome != "ok" {
+			t.Errorf("ops: %s at %s", r.outcome, r.start.Format(time.StampMilli))
+		}
+	}
+	for _, r := range web.all() {
+		if r.outcome != "ok" && r.outcome != "denied" {
+			t.Logf("web: %s at %s", r.outcome, r.start.Format(time.StampMilli))
+		}
+	}
+}
+
+// xdsGate relays a sidecar's xDS connections to meshd and can hold what
+// meshd sends: the stream stays open (the proxy counts as connected) but
+// the proxy receives, and so ACKs, nothing new until released.
+type xdsGate struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	held bool
+}
+
+func startXDSGate(t testing.TB, target string) (*xdsGate, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &xdsGate{}
+	g.cond = sync.NewCond(&g.mu)
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		g.hold(false)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, up)
+			mu.Unlock()
+			go func() {
+				io.Copy(up, c)
+				up.Close()
+			}()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := up.Read(buf)
+					if n > 0 {
+						g.wait()
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return g, ln.Addr().String()
+}
+
+func (g *xdsGate) hold(on bool) {
+	g.mu.Lock()
+	g.held = on
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}
+
+func (g *xdsGate) wait() {
+	g.mu.Lock()
+	for g.held {
+		g.cond.Wait()
+	}
+	g.mu.Unlock()
 }
 
 // tcpSession is a long-lived tcp connection through a caller's sidecar that

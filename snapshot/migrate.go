@@ -29,16 +29,22 @@ import (
 //	phase          condition (applied → target)             transition
 //	any            forced                                   applied := target; settled
 //	any            applied == target                        settled
-//	settled, open  callers' transport changes, Envoy        server := PERMISSIVE; → serverOpen
-//	  server       server, server not PERMISSIVE
+//	settled, open  callers' transport changes, Envoy        server := PERMISSIVE, plaintext chain
+//	  server       server, server not PERMISSIVE (or its      renamed iff callers send plaintext
+//	               plaintext chain's name not yet that)       and the target is PERMISSIVE
+//	                                                          (plainCallers); → serverOpen
 //	serverOpen     waiting on the server's listener ACK     stay (reported when overdue)
 //	any but        callers' transport changes, server       callers := target transport; → callersMoved
 //	  callersMoved ready (ACKed, gone, or gRPC: no step)
-//	any            same transport, target PERMISSIVE        server := PERMISSIVE; settled
-//	not            same transport, target STRICT/DISABLE    → callersMoved (callers must ACK what
-//	  callersMoved                                            they send now)
+//	any            same transport, target PERMISSIVE,       server := PERMISSIVE; settled
+//	               no plainCallers
+//	not            same transport, target STRICT/DISABLE,   → callersMoved (callers must ACK what
+//	  callersMoved   or plainCallers                          they send now)
 //	callersMoved   waiting on callers' ACKs                 stay (reported when overdue)
-//	callersMoved   callers ready                            server := target; settled
+//	callersMoved   callers ready                            applied := target (server's mode; the
+//	                                                          plaintext chain's usual name, so Envoy
+//	                                                          drains the callers' plaintext
+//	                                                          connections); settled
 //
 // "Waiting on" counts only proxies that exist in the catalog and have a
 // stream open: a disconnected proxy gets the current configuration when it
@@ -53,7 +59,17 @@ import (
 
 // modes is what is rendered for one workload: the server side and the
 // callers' view (STRICT: callers send mTLS; DISABLE: plaintext).
-type modes struct{ server, caller mesh.MTLSMode }
+// plainCallers is set while a sidecar's callers move from plaintext to
+// mTLS: its PERMISSIVE plaintext chain is then rendered under its own name
+// (xds.Overrides.PlaintextCallers), so that the step that ends the move,
+// once the callers have ACKed mTLS, changes that chain and Envoy drains
+// the plaintext connections they opened before (a caller's new transport
+// applies only to new connections; its pooled plaintext ones would carry
+// no principal for as long as they lived).
+type modes struct {
+	server, caller mesh.MTLSMode
+	plainCallers   bool
+}
 
 func targetOf(m mesh.MTLSMode) modes { return modes{server: m, caller: callerView(m)} }
 
@@ -129,8 +145,11 @@ func (w *workload) step(waiting []string, forced bool, now time.Time) bool {
 		}
 		enter(phaseSettled, false)
 	case w.applied.caller != w.target.caller:
-		if w.envoy && w.applied.server != mesh.MTLSPermissive {
-			w.applied.server = mesh.MTLSPermissive
+		// Plaintext callers moving to mTLS for good (a STRICT server
+		// closes plaintext connections anyway).
+		moving := w.envoy && w.applied.caller == mesh.MTLSDisable && w.target.server == mesh.MTLSPermissive
+		if w.envoy && (w.applied.server != mesh.MTLSPermissive || w.applied.plainCallers != moving) {
+			w.applied.server, w.applied.plainCallers = mesh.MTLSPermissive, moving
 			enter(phaseServerOpen, true)
 			return true
 		}
@@ -144,18 +163,21 @@ func (w *workload) step(waiting []string, forced bool, now time.Time) bool {
 		}
 		w.applied.caller = w.target.caller
 		enter(phaseCallersMoved, true)
-	case w.target.server == mesh.MTLSPermissive:
+	case w.target.server == mesh.MTLSPermissive && !w.applied.plainCallers:
 		// Loosening to accept both transports is always safe.
 		w.applied.server = w.target.server
 		enter(phaseSettled, true)
 	case w.phase != phaseCallersMoved:
 		// STRICT or DISABLE: the callers must have ACKed the transport
-		// they send now before the server accepts only that.
+		// they send now before the server accepts only that. PERMISSIVE
+		// after plaintext callers: they must have ACKed mTLS before their
+		// plaintext connections are drained, or they reconnect plaintext.
 		enter(phaseCallersMoved, false)
 	case len(waiting) > 0:
 		return false
 	default:
-		w.applied.server = w.target.server
+		// The server's target mode; its plaintext chain's usual name.
+		w.applied = w.target
 		enter(phaseSettled, true)
 	}
 	return true
@@ -323,11 +345,14 @@ func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet, all bool, d cata
 			p.evaluate(w, now)
 		}
 	}
-	ov := &xds.Overrides{ServerMode: map[string]mesh.MTLSMode{}, CallerMode: map[string]mesh.MTLSMode{}}
+	ov := &xds.Overrides{ServerMode: map[string]mesh.MTLSMode{}, CallerMode: map[string]mesh.MTLSMode{}, PlaintextCallers: map[string]bool{}}
 	serviceOf := map[string]mesh.ServiceKey{}
 	for _, w := range p.migrating {
 		if w.pending() {
 			ov.ServerMode[w.id] = w.applied.server
+			if w.applied.plainCallers {
+				ov.PlaintextCallers[w.id] = true
+			}
 			ov.CallerMode[w.endpoint] = w.applied.caller
 			serviceOf[w.endpoint] = w.svc
 		}
@@ -338,7 +363,7 @@ func (p *Publisher) plan(cat *mesh.Catalog, ps *mesh.PolicySet, all bool, d cata
 		last.ov = &xds.Overrides{}
 	}
 	for id, m := range ov.ServerMode {
-		if old, ok := last.ov.ServerMode[id]; !ok || old != m {
+		if old, ok := last.ov.ServerMode[id]; !ok || old != m || last.ov.PlaintextCallers[id] != ov.PlaintextCallers[id] {
 			proxies[id] = true
 		}
 	}
@@ -458,6 +483,8 @@ func (w *workload) waitingFor() string {
 			failed, len(w.waiting)-failed, w.id, w.target.server)
 	case w.phase == phaseServerOpen:
 		return fmt.Sprintf("server %s to ACK its PERMISSIVE listener before callers switch transport", w.id)
+	case w.phase == phaseCallersMoved && w.applied.plainCallers && w.target.server == mesh.MTLSPermissive:
+		return fmt.Sprintf("callers to ACK mTLS (%d waiting) before %s drains their plaintext connections", len(w.waiting), w.id)
 	case w.phase == phaseCallersMoved && w.applied.caller == w.target.caller && w.applied.caller != callerView(w.from):
 		return fmt.Sprintf("callers to ACK their new transport (%d waiting) before %s goes %s", len(w.waiting), w.id, w.target.server)
 	default:

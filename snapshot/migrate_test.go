@@ -32,6 +32,7 @@ const (
 func TestMigrationTransitions(t *testing.T) {
 	type state struct {
 		server, caller mesh.MTLSMode
+		plainCallers   bool
 		phase          phase
 	}
 	cases := []struct {
@@ -47,31 +48,40 @@ func TestMigrationTransitions(t *testing.T) {
 		// published configuration (no mode changed).
 		rendered bool
 	}{
-		{"settled stays settled", true, state{strict, strict, phaseSettled}, strict, nil, false, state{strict, strict, phaseSettled}, false, true},
-		{"tighten with caller change opens the server first", true, state{disable, disable, phaseSettled}, strict, nil, false, state{permissive, disable, phaseServerOpen}, true, false},
-		{"loosen to DISABLE opens the server first", true, state{strict, strict, phaseSettled}, disable, nil, false, state{permissive, strict, phaseServerOpen}, true, false},
-		{"server already PERMISSIVE: its ACK is waited for, nothing re-rendered", true, state{permissive, strict, phaseSettled}, disable, nil, false, state{permissive, strict, phaseServerOpen}, true, true},
-		{"open server not yet ACKed: stay", true, state{permissive, strict, phaseServerOpen}, disable, []string{"api (Listener)"}, false, state{permissive, strict, phaseServerOpen}, false, false},
-		{"open server ACKed (or gone): callers switch", true, state{permissive, strict, phaseServerOpen}, disable, nil, false, state{permissive, disable, phaseCallersMoved}, true, false},
-		{"proxyless server: callers switch at once, no PERMISSIVE step", false, state{strict, strict, phaseSettled}, disable, nil, false, state{strict, disable, phaseCallersMoved}, true, false},
-		{"callers not yet ACKed: stay", true, state{permissive, disable, phaseCallersMoved}, disable, []string{"web (Cluster)"}, false, state{permissive, disable, phaseCallersMoved}, false, false},
-		{"callers ACKed (or gone): server to DISABLE", true, state{permissive, disable, phaseCallersMoved}, disable, nil, false, state{disable, disable, phaseSettled}, true, false},
-		{"callers ACKed mTLS: server to STRICT", true, state{permissive, strict, phaseCallersMoved}, strict, nil, false, state{strict, strict, phaseSettled}, true, false},
-		{"tighten without caller change waits for callers' current ACKs", true, state{permissive, strict, phaseSettled}, strict, nil, false, state{permissive, strict, phaseCallersMoved}, true, true},
-		{"loosen to PERMISSIVE at once", true, state{strict, strict, phaseSettled}, permissive, nil, false, state{permissive, strict, phaseSettled}, true, false},
-		{"policy reverted while the server is open", true, state{permissive, strict, phaseServerOpen}, strict, nil, false, state{permissive, strict, phaseCallersMoved}, true, true},
-		{"policy reverted after callers moved", true, state{permissive, disable, phaseCallersMoved}, strict, nil, false, state{permissive, disable, phaseServerOpen}, true, true},
-		{"policy reverted to what is rendered: settles", true, state{permissive, strict, phaseServerOpen}, permissive, nil, false, state{permissive, strict, phaseSettled}, true, true},
-		{"forced while waiting", true, state{permissive, strict, phaseServerOpen}, disable, []string{"api (Listener)"}, true, state{disable, disable, phaseSettled}, true, false},
-		{"forced when settled: nothing", true, state{strict, strict, phaseSettled}, strict, nil, true, state{strict, strict, phaseSettled}, false, true},
+		{"settled stays settled", true, state{strict, strict, false, phaseSettled}, strict, nil, false, state{strict, strict, false, phaseSettled}, false, true},
+		{"tighten with caller change opens the server first", true, state{disable, disable, false, phaseSettled}, strict, nil, false, state{permissive, disable, false, phaseServerOpen}, true, false},
+		{"loosen to DISABLE opens the server first", true, state{strict, strict, false, phaseSettled}, disable, nil, false, state{permissive, strict, false, phaseServerOpen}, true, false},
+		{"server already PERMISSIVE: its ACK is waited for, nothing re-rendered", true, state{permissive, strict, false, phaseSettled}, disable, nil, false, state{permissive, strict, false, phaseServerOpen}, true, true},
+		{"open server not yet ACKed: stay", true, state{permissive, strict, false, phaseServerOpen}, disable, []string{"api (Listener)"}, false, state{permissive, strict, false, phaseServerOpen}, false, false},
+		{"open server ACKed (or gone): callers switch", true, state{permissive, strict, false, phaseServerOpen}, disable, nil, false, state{permissive, disable, false, phaseCallersMoved}, true, false},
+		{"proxyless server: callers switch at once, no PERMISSIVE step", false, state{strict, strict, false, phaseSettled}, disable, nil, false, state{strict, disable, false, phaseCallersMoved}, true, false},
+		{"callers not yet ACKed: stay", true, state{permissive, disable, false, phaseCallersMoved}, disable, []string{"web (Cluster)"}, false, state{permissive, disable, false, phaseCallersMoved}, false, false},
+		{"callers ACKed (or gone): server to DISABLE", true, state{permissive, disable, false, phaseCallersMoved}, disable, nil, false, state{disable, disable, false, phaseSettled}, true, false},
+		{"callers ACKed mTLS: server to STRICT", true, state{permissive, strict, false, phaseCallersMoved}, strict, nil, false, state{strict, strict, false, phaseSettled}, true, false},
+		{"tighten without caller change waits for callers' current ACKs", true, state{permissive, strict, false, phaseSettled}, strict, nil, false, state{permissive, strict, false, phaseCallersMoved}, true, true},
+		{"loosen to PERMISSIVE at once", true, state{strict, strict, false, phaseSettled}, permissive, nil, false, state{permissive, strict, false, phaseSettled}, true, false},
+		{"policy reverted while the server is open", true, state{permissive, strict, false, phaseServerOpen}, strict, nil, false, state{permissive, strict, false, phaseCallersMoved}, true, true},
+		{"policy reverted after callers moved", true, state{permissive, disable, false, phaseCallersMoved}, strict, nil, false, state{permissive, disable, false, phaseServerOpen}, true, true},
+		{"reverted to PERMISSIVE after callers moved to plaintext: the plaintext chain is renamed", true, state{permissive, disable, false, phaseCallersMoved}, permissive, nil, false, state{permissive, disable, true, phaseServerOpen}, true, false},
+		// DISABLE → PERMISSIVE: the callers' pooled plaintext connections
+		// are drained once they have ACKed mTLS (soak defect 5).
+		{"DISABLE to PERMISSIVE opens the server with the plaintext chain renamed", true, state{disable, disable, false, phaseSettled}, permissive, nil, false, state{permissive, disable, true, phaseServerOpen}, true, false},
+		{"open server ACKed: plaintext callers move to mTLS", true, state{permissive, disable, true, phaseServerOpen}, permissive, nil, false, state{permissive, strict, true, phaseCallersMoved}, true, false},
+		{"callers not yet ACKed mTLS: the plaintext chain keeps its migration name", true, state{permissive, strict, true, phaseCallersMoved}, permissive, []string{"web (Cluster)"}, false, state{permissive, strict, true, phaseCallersMoved}, false, false},
+		{"callers ACKed mTLS: the plaintext chain's usual name drains their plaintext connections", true, state{permissive, strict, true, phaseCallersMoved}, permissive, nil, false, state{permissive, strict, false, phaseSettled}, true, false},
+		{"reverted to DISABLE while callers move to mTLS: usual plaintext chain", true, state{permissive, strict, true, phaseCallersMoved}, disable, nil, false, state{permissive, strict, false, phaseServerOpen}, true, false},
+		{"proxyless server: no plaintext chain to rename", false, state{disable, disable, false, phaseSettled}, strict, nil, false, state{disable, strict, false, phaseCallersMoved}, true, false},
+		{"policy reverted to what is rendered: settles", true, state{permissive, strict, false, phaseServerOpen}, permissive, nil, false, state{permissive, strict, false, phaseSettled}, true, true},
+		{"forced while waiting", true, state{permissive, strict, false, phaseServerOpen}, disable, []string{"api (Listener)"}, true, state{disable, disable, false, phaseSettled}, true, false},
+		{"forced when settled: nothing", true, state{strict, strict, false, phaseSettled}, strict, nil, true, state{strict, strict, false, phaseSettled}, false, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			now := time.Unix(1000, 0)
-			w := &workload{id: "api", envoy: c.envoy, applied: modes{c.from.server, c.from.caller}, target: targetOf(c.target),
+			w := &workload{id: "api", envoy: c.envoy, applied: modes{c.from.server, c.from.caller, c.from.plainCallers}, target: targetOf(c.target),
 				phase: c.from.phase, rendered: true, stepSince: now.Add(-time.Hour), reported: true}
 			changed := w.step(c.waiting, c.forced, now)
-			got := state{w.applied.server, w.applied.caller, w.phase}
+			got := state{w.applied.server, w.applied.caller, w.applied.plainCallers, w.phase}
 			if got != c.want || changed != c.changed {
 				t.Fatalf("→ %+v (changed %v), want %+v (changed %v)", got, changed, c.want, c.changed)
 			}
@@ -431,4 +441,46 @@ func TestMigrationWaitsWhileARenderFails(t *testing.T) {
 		t.Fatalf("waiting on %v, want api's new listener", w)
 	}
 	g.openedThenCallers()
+}
+
+// plaintextChain is the name of api's PERMISSIVE plaintext (default) chain.
+func plaintextChain(t *testing.T, cache cachev3.SnapshotCache) string {
+	t.Helper()
+	s, _ := cache.GetSnapshot("api.default")
+	return s.GetResources(resourcev3.ListenerType)["inbound|15102"].(*listenerv3.Listener).GetDefaultFilterChain().GetName()
+}
+
+// DISABLE → PERMISSIVE (soak defect 5): web's pooled plaintext connections
+// outlive its move to mTLS unless api's plaintext chain changes once web
+// has ACKed mTLS. The chain has its own name while web moves and its usual
+// name after, so Envoy drains the plaintext connections then.
+func TestMigrationToPermissiveDrainsPlaintextCallers(t *testing.T) {
+	g := newMigration(t, disable, time.Minute)
+	g.connect("api.default", "web.default")
+	g.set(permissive)
+	g.expect("permissive requested", "both", "plaintext")
+	if got := plaintextChain(t, g.cache); got != xds.FilterChainPlaintextCallers {
+		t.Fatalf("server open: plaintext chain %q, want %q", got, xds.FilterChainPlaintextCallers)
+	}
+	g.ack("api.default")
+	g.publish()
+	g.expect("server ACKed PERMISSIVE", "both", "mtls")
+	if got := plaintextChain(t, g.cache); got != xds.FilterChainPlaintextCallers {
+		t.Fatalf("callers moved: plaintext chain %q, want %q until web ACKs mTLS", got, xds.FilterChainPlaintextCallers)
+	}
+	if w := g.waitingOn(); len(w) != 1 || !strings.HasPrefix(w[0], "web.default (") {
+		t.Fatalf("waiting on %v, want web", w)
+	}
+	if tr := g.pub.Transitions()[0]; !strings.Contains(tr.WaitingFor, "drains their plaintext connections") {
+		t.Errorf("waiting for %q", tr.WaitingFor)
+	}
+	g.publish()
+	g.expect("web has not ACKed", "both", "mtls")
+	g.ack("web.default")
+	g.publish()
+	g.expect("web ACKed mTLS", "both", "mtls")
+	if got := plaintextChain(t, g.cache); got != xds.FilterChainPlaintext {
+		t.Fatalf("settled: plaintext chain %q, want %q", got, xds.FilterChainPlaintext)
+	}
+	g.done("permissive")
 }

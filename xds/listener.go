@@ -29,8 +29,11 @@ import (
 //   - PERMISSIVE: the same, but the default chain is plaintext, with its
 //     own stat prefix (an application's own TLS passes through it);
 //   - DISABLE: one plaintext chain.
-func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, opts Options, mode mesh.MTLSMode, rbac *rbacSets) (*Resource, error) {
-	parts, refs, err := inboundListenerParts(s, self, opts, mode, rbac, !p.SecretsFromMeshd())
+//
+// plain names the plaintext chain (FilterChainPlaintext, or
+// FilterChainPlaintextCallers while callers move from plaintext to mTLS).
+func buildEnvoyInboundListener(s *mesh.Service, p *mesh.Proxy, self mesh.Identity, opts Options, mode mesh.MTLSMode, plain string, rbac *rbacSets) (*Resource, error) {
+	parts, refs, err := inboundListenerParts(s, self, opts, mode, plain, rbac, !p.SecretsFromMeshd())
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +59,7 @@ func inboundListener(p *mesh.Proxy, parts *listenerv3.Listener, refs []Ref) (*Re
 // inboundListenerParts renders everything of an inbound listener but its
 // name and address (see buildEnvoyInboundListener), with the references the
 // filter chains make. The result depends only on its arguments.
-func inboundListenerParts(s *mesh.Service, self mesh.Identity, opts Options, mode mesh.MTLSMode, rbac *rbacSets, agent bool) (*listenerv3.Listener, []Ref, error) {
+func inboundListenerParts(s *mesh.Service, self mesh.Identity, opts Options, mode mesh.MTLSMode, plain string, rbac *rbacSets, agent bool) (*listenerv3.Listener, []Ref, error) {
 	secret := IdentitySecretName
 	l := &listenerv3.Listener{}
 	var refs []Ref
@@ -83,7 +86,7 @@ func inboundListenerParts(s *mesh.Service, self mesh.Identity, opts Options, mod
 			return nil, err
 		}
 		refs = append(refs, frefs...)
-		return &listenerv3.FilterChain{Name: FilterChainPlaintext, Filters: filters}, nil
+		return &listenerv3.FilterChain{Name: plain, Filters: filters}, nil
 	}
 	if mode == mesh.MTLSDisable {
 		c, err := plainChain()

@@ -59,6 +59,11 @@ const (
 	FilterChainMTLS        = "mtls"
 	FilterChainMTLSDefault = "mtls-default"
 	FilterChainPlaintext   = "plaintext"
+	// FilterChainPlaintextCallers is a PERMISSIVE listener's plaintext
+	// chain while its callers move from plaintext to mTLS (a migration
+	// from DISABLE): the step that ends the move renames it back, and
+	// Envoy drains the plaintext connections left on it.
+	FilterChainPlaintextCallers = "plaintext-callers-moving"
 	// FilterChainTLS is a gateway listener's chain terminating clients'
 	// (one-way) TLS.
 	FilterChainTLS = "tls"

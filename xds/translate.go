@@ -133,6 +133,10 @@ type Overrides struct {
 	// CallerMode is the mode callers assume for an endpoint (only DISABLE
 	// matters: plaintext instead of mTLS), by EndpointKey.
 	CallerMode map[string]mesh.MTLSMode
+	// PlaintextCallers names the proxies whose PERMISSIVE plaintext chain
+	// is rendered as FilterChainPlaintextCallers (their callers are moving
+	// from plaintext to mTLS), by proxy id.
+	PlaintextCallers map[string]bool
 }
 
 // EndpointKey names one endpoint of one service for Overrides.
@@ -356,7 +360,7 @@ func (g *Generation) Fingerprints(p *mesh.Proxy) (structural string, endpoints u
 	}
 	if p.Inbound() {
 		w := g.cat.WorkloadOf(p)
-		deps = append(deps, string(g.serverMode(p, w)))
+		deps = append(deps, string(g.serverMode(p, w)), g.plaintextChain(p))
 		for _, a := range g.ps.AuthorizationsFor(w) {
 			deps = append(deps, g.policyFP[a])
 		}
@@ -514,19 +518,20 @@ func (g *Generation) shareInboundParts(l *listenerv3.Listener) error {
 // never replaces it. Each listener is still validated and hashed whole.
 func (g *Generation) inboundListener(p *mesh.Proxy, self *mesh.Service, id mesh.Identity, mode mesh.MTLSMode, authz []*mesh.AuthorizationPolicy, port uint32, rbac *rbacSets) (*Resource, error) {
 	agent := !p.SecretsFromMeshd()
-	key := "lds-in|" + g.shapeFP[self.Key()] + "|" + string(mode) + "|" + strconv.FormatBool(agent)
+	plain := g.plaintextChain(p)
+	key := "lds-in|" + g.shapeFP[self.Key()] + "|" + string(mode) + "|" + plain + "|" + strconv.FormatBool(agent)
 	if self.Protocol == mesh.ProtocolTCP {
 		pk, ok := g.policyKey(authz, port)
 		if !ok {
 			// Not policies of this generation's set: no content key, so
 			// render this listener on its own.
-			return buildEnvoyInboundListener(self, p, id, g.t.opts, mode, rbac)
+			return buildEnvoyInboundListener(self, p, id, g.t.opts, mode, plain, rbac)
 		}
 		key += "|" + pk
 	}
 	// A template holding the shared parts; a memo entry, never served.
 	tmpl, err := g.memo(key, func() (*Resource, error) {
-		parts, refs, err := inboundListenerParts(self, id, g.t.opts, mode, rbac, agent)
+		parts, refs, err := inboundListenerParts(self, id, g.t.opts, mode, plain, rbac, agent)
 		if err != nil {
 			return nil, err
 		}
@@ -925,6 +930,14 @@ func (g *Generation) serverMode(p *mesh.Proxy, w mesh.Workload) mesh.MTLSMode {
 		return m
 	}
 	return g.ps.MTLSModeFor(w)
+}
+
+// plaintextChain is the name of a proxy's inbound plaintext chain.
+func (g *Generation) plaintextChain(p *mesh.Proxy) string {
+	if g.ov.PlaintextCallers[p.ID] {
+		return FilterChainPlaintextCallers
+	}
+	return FilterChainPlaintext
 }
 
 // endpoints returns the shared EDS resource of a service.
