@@ -219,7 +219,8 @@ for svc in web api greeter db; do
     fail "meshctl bootstrap --service $svc failed" "$LOGS/meshctl.log"
   say "      envoy -c $svc.yaml --drain-time-s 5 --drain-strategy immediate (token and bootstrap from meshctl token create / meshctl bootstrap; admin on 127.0.0.1:${ENVOY_ADMIN[$svc]})"
   start "$svc sidecar" "$LOGS/$svc-envoy.log" "$ENVOY" -c "$WORK/$svc.yaml" \
-    --concurrency 1 --disable-hot-restart --drain-time-s 5 --drain-strategy immediate --log-level warn
+    --concurrency 1 --disable-hot-restart --drain-time-s 5 --drain-strategy immediate --log-level warn \
+    --file-flush-interval-msec 200
 done
 for svc in web api greeter db; do
   wait_for 60 http_is "http://127.0.0.1:${ENVOY_ADMIN[$svc]}/ready" LIVE ||
