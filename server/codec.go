@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 )
@@ -31,6 +32,16 @@ func (c poolCodec) Marshal(v any) (mem.BufferSlice, error) {
 			return nil, fmt.Errorf("encoding %T: %w", v, err)
 		}
 		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	switch r := m.(type) {
+	case *discoveryv3.DiscoveryResponse:
+		if out, ok := marshalSotW(r); ok {
+			return out, nil
+		}
+	case *discoveryv3.DeltaDiscoveryResponse:
+		if out, ok := marshalDelta(r); ok {
+			return out, nil
+		}
 	}
 	size := proto.Size(m)
 	opts := proto.MarshalOptions{UseCachedSize: true}

@@ -2,25 +2,29 @@ package server
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/meshd/meshd/server/caclient"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// The codec encodes as gRPC's proto codec does (same bytes as
-// proto.Marshal), takes buffers above gRPC's pooling threshold from the
-// bounded pool and gives them back when gRPC frees them, and decodes.
+// The codec encodes messages other than responses as gRPC's proto codec
+// does (same bytes as proto.Marshal), takes buffers above gRPC's pooling
+// threshold from the bounded pool and gives them back when gRPC frees
+// them, and decodes.
 func TestPoolCodec(t *testing.T) {
 	pool := newBoundedPool([2]int{256, 4}, [2]int{64 << 10, 4})
 	c := poolCodec{pool: pool}
 	for _, size := range []int{10, 5000} {
-		in := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: "t", Nonce: "7",
-			Resources: []*anypb.Any{{TypeUrl: "x", Value: []byte(strings.Repeat("a", size))}}}
+		in := &discoveryv3.DiscoveryRequest{VersionInfo: "v1", TypeUrl: "t", ResponseNonce: "7",
+			ResourceNames: []string{strings.Repeat("a", size)}}
 		data, err := c.Marshal(in)
 		if err != nil {
 			t.Fatal(err)
@@ -32,7 +36,7 @@ func TestPoolCodec(t *testing.T) {
 		if got := data.Materialize(); !bytes.Equal(got, want) {
 			t.Fatalf("size %d: encoding differs from proto.Marshal", size)
 		}
-		var out discoveryv3.DiscoveryResponse
+		var out discoveryv3.DiscoveryRequest
 		if err := c.Unmarshal(data, &out); err != nil {
 			t.Fatal(err)
 		}
@@ -62,5 +66,71 @@ func TestPoolCodec(t *testing.T) {
 	}
 	if _, err := c.Marshal(func() {}); err == nil {
 		t.Fatal("a func marshalled")
+	}
+}
+
+// Responses are encoded as pieces that reference each large resource value
+// instead of copying it (wire.go), and parse to the same message; a
+// resource the piece encoder cannot write exactly (an Any with unknown
+// fields) falls back to proto.Marshal.
+func TestResponsesReferenceResources(t *testing.T) {
+	c := poolCodec{pool: newBoundedPool([2]int{256, 4})}
+	big := []byte(strings.Repeat("b", 5000))
+	anys := []*anypb.Any{
+		{TypeUrl: "type.googleapis.com/x", Value: []byte("small")},
+		{TypeUrl: "type.googleapis.com/x", Value: big},
+		{TypeUrl: "type.googleapis.com/x"},
+		{Value: big[:refMin]},
+	}
+	sotw := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", Resources: anys, TypeUrl: "t", Nonce: "7", Canary: true,
+		ControlPlane: &corev3.ControlPlane{Identifier: "meshd"}}
+	var wrapped []*discoveryv3.Resource
+	for i, a := range anys {
+		wrapped = append(wrapped, &discoveryv3.Resource{Name: fmt.Sprint("r", i), Version: "h", Resource: a, Aliases: []string{"x"}})
+	}
+	delta := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: "v1", Resources: wrapped, RemovedResources: []string{"gone"}, TypeUrl: "t", Nonce: "8"}
+	for _, tc := range []struct {
+		in  proto.Message
+		out proto.Message
+	}{{sotw, &discoveryv3.DiscoveryResponse{}}, {delta, &discoveryv3.DeltaDiscoveryResponse{}}} {
+		before := proto.Clone(tc.in)
+		data, err := c.Marshal(tc.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(tc.in, before) {
+			t.Fatalf("%T changed by encoding", tc.in)
+		}
+		if data.Len() != proto.Size(tc.in) {
+			t.Fatalf("%T: %d bytes, proto.Size says %d", tc.in, data.Len(), proto.Size(tc.in))
+		}
+		refs := 0
+		for _, b := range data {
+			if d := b.ReadOnlyData(); len(d) > 0 && &d[0] == &big[0] {
+				refs++
+			}
+		}
+		if refs != 2 {
+			t.Fatalf("%T: the large value is referenced by %d pieces, want 2 (copied instead?)", tc.in, refs)
+		}
+		if err := c.Unmarshal(data, tc.out); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(tc.in, tc.out) {
+			t.Fatalf("%T: round trip differs:\n%v\n%v", tc.in, tc.in, tc.out)
+		}
+	}
+	// An Any with unknown fields is encoded by proto.Marshal, unknown
+	// fields included.
+	odd := &anypb.Any{TypeUrl: "type.googleapis.com/x", Value: big}
+	odd.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 1))
+	in := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", Resources: []*anypb.Any{odd}, TypeUrl: "t"}
+	data, err := c.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := proto.Marshal(in)
+	if !bytes.Equal(data.Materialize(), want) {
+		t.Fatal("an Any with unknown fields was not encoded by proto.Marshal")
 	}
 }

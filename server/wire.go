@@ -1,0 +1,165 @@
+package server
+
+import (
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Responses are encoded without copying their large resources, and in
+// chunks rather than one buffer the size of the response (issue 14). A
+// resource's encoding (xds.Resource.Wire) is made once and shared by every
+// response that carries it; proto.Marshal copied all of them into one
+// buffer per response — 300 KiB for a proxy that sees 200 services, a
+// fresh large allocation for every cold proxy — which gRPC's framer then
+// copied again into its write buffer. Here a response is a list of pieces:
+// the small fields and small resources copied into 32 KiB chunks (an
+// ordinary size class, reused as soon as the write is done), each large
+// resource's value referenced where it is. Small resources are not
+// referenced one by one: gRPC keeps a slice per connection as long as the
+// most pieces one HTTP/2 frame ever took, which was a kilobyte per proxy
+// when every endpoint set was a piece of its own.
+//
+// The bytes parse to the same message as proto.Marshal's; only the order
+// of the top-level fields differs (resources last), which protobuf
+// parsers accept by definition.
+
+const (
+	// refMin is the smallest resource value referenced rather than copied.
+	refMin = 4 << 10
+	// chunkSize is the size of the buffers the copied bytes go into.
+	chunkSize = 32 << 10
+)
+
+// pieceWriter builds the pieces of one response.
+type pieceWriter struct {
+	buf   []byte // the current chunk
+	start int    // buf[start:] is not yet a piece
+	out   mem.BufferSlice
+}
+
+// cut makes the chunk's bytes written since the last cut a piece.
+func (w *pieceWriter) cut() {
+	if len(w.buf) > w.start {
+		w.out = append(w.out, mem.SliceBuffer(w.buf[w.start:len(w.buf):len(w.buf)]))
+		w.start = len(w.buf)
+	}
+}
+
+// room makes sure the current chunk has n more bytes: a new chunk when it
+// has not (written bytes are never moved: pieces point into them).
+func (w *pieceWriter) room(n int) {
+	if cap(w.buf)-len(w.buf) >= n {
+		return
+	}
+	w.cut()
+	w.buf, w.start = make([]byte, 0, max(chunkSize, n)), 0
+}
+
+// anySize is the encoded size of a as a message (not as a field).
+func anySize(a *anypb.Any) int {
+	n := 0
+	if a.TypeUrl != "" {
+		n += protowire.SizeTag(1) + protowire.SizeBytes(len(a.TypeUrl))
+	}
+	if len(a.Value) > 0 {
+		n += protowire.SizeTag(2) + protowire.SizeBytes(len(a.Value))
+	}
+	return n
+}
+
+// anyField writes a as field num, its value referenced when large enough.
+// Any has no fields but these two, and meshd sets no unknown fields on it.
+func (w *pieceWriter) anyField(num protowire.Number, a *anypb.Any) {
+	// Tags and lengths: at most 3 × (tag 1 + varint 10), and the type URL.
+	w.room(33 + len(a.TypeUrl))
+	w.buf = protowire.AppendTag(w.buf, num, protowire.BytesType)
+	w.buf = protowire.AppendVarint(w.buf, uint64(anySize(a)))
+	if a.TypeUrl != "" {
+		w.buf = protowire.AppendTag(w.buf, 1, protowire.BytesType)
+		w.buf = protowire.AppendString(w.buf, a.TypeUrl)
+	}
+	if len(a.Value) == 0 {
+		return
+	}
+	w.buf = protowire.AppendTag(w.buf, 2, protowire.BytesType)
+	w.buf = protowire.AppendVarint(w.buf, uint64(len(a.Value)))
+	if len(a.Value) < refMin {
+		w.room(len(a.Value))
+		w.buf = append(w.buf, a.Value...)
+		return
+	}
+	w.cut()
+	w.out = append(w.out, mem.SliceBuffer(a.Value))
+}
+
+// usable reports whether a's encoding is what anyField writes: unknown
+// fields (none that meshd makes) would be lost.
+func usable(a *anypb.Any) bool {
+	return a != nil && len(a.ProtoReflect().GetUnknown()) == 0
+}
+
+// marshalSotW encodes a state-of-the-world response as pieces. The
+// response is briefly without its resources while its other fields are
+// encoded: it belongs to the sending stream, which is blocked in Send.
+func marshalSotW(m *discoveryv3.DiscoveryResponse) (mem.BufferSlice, bool) {
+	rs := m.Resources
+	for _, a := range rs {
+		if !usable(a) {
+			return nil, false
+		}
+	}
+	m.Resources = nil
+	var w pieceWriter
+	w.room(proto.Size(m))
+	var err error
+	w.buf, err = proto.MarshalOptions{}.MarshalAppend(w.buf, m)
+	m.Resources = rs
+	if err != nil {
+		return nil, false
+	}
+	for _, a := range rs {
+		w.anyField(2, a)
+	}
+	w.cut()
+	return w.out, true
+}
+
+// marshalDelta is marshalSotW for delta responses: each resource's
+// wrapper (name, version) is encoded into the scratch buffer, its Any as
+// above. The wrappers are made for this response alone (delta.go).
+func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse) (mem.BufferSlice, bool) {
+	rs := m.Resources
+	for _, r := range rs {
+		if r == nil || !usable(r.Resource) || len(r.ProtoReflect().GetUnknown()) != 0 {
+			return nil, false
+		}
+	}
+	m.Resources = nil
+	var w pieceWriter
+	w.room(proto.Size(m))
+	var err error
+	w.buf, err = proto.MarshalOptions{}.MarshalAppend(w.buf, m)
+	m.Resources = rs
+	if err != nil {
+		return nil, false
+	}
+	for _, r := range rs {
+		a := r.Resource
+		r.Resource = nil
+		shell := proto.Size(r)
+		w.room(20 + shell)
+		w.buf = protowire.AppendTag(w.buf, 2, protowire.BytesType)
+		w.buf = protowire.AppendVarint(w.buf, uint64(shell+protowire.SizeTag(2)+protowire.SizeBytes(anySize(a))))
+		w.buf, err = proto.MarshalOptions{}.MarshalAppend(w.buf, r)
+		r.Resource = a
+		if err != nil {
+			return nil, false
+		}
+		w.anyField(2, a)
+	}
+	w.cut()
+	return w.out, true
+}
