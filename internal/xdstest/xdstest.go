@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -22,21 +24,14 @@ import (
 
 type validator interface{ ValidateAll() error }
 
-// DeepValidate runs ValidateAll on m and on every message nested in it,
-// unpacking every Any (which ValidateAll itself skips). An Any whose type is
-// not linked into the test binary is an error: it could not be checked.
+// DeepValidate runs ValidateAll on m and on the message inside every Any
+// nested in it, which ValidateAll itself skips (it does descend into every
+// other nested message, so calling it once per Any's content covers all).
+// An Any whose type is not linked into the test binary is an error: it
+// could not be checked.
 func DeepValidate(m proto.Message) error {
-	var errs []error
-	walk(m.ProtoReflect(), func(msg protoreflect.Message, path string) {
-		if v, ok := msg.Interface().(validator); ok {
-			if err := v.ValidateAll(); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", path, err))
-			}
-		}
-	}, func(a *anypb.Any, path string, err error) {
-		errs = append(errs, fmt.Errorf("%s: cannot unpack Any %s: %w", path, a.GetTypeUrl(), err))
-	}, string(m.ProtoReflect().Descriptor().Name()))
-	return errors.Join(errs...)
+	_, err := Check(m)
+	return err
 }
 
 // Ref is a reference found in a resource.
@@ -48,9 +43,26 @@ type Ref struct {
 // References extracts every name m refers to by reading the protos: RDS
 // route names, route and tcp_proxy clusters, EDS service names, SDS secrets.
 func References(m proto.Message) []Ref {
-	var refs []Ref
+	refs, _ := Check(m)
+	return refs
+}
+
+// Check is DeepValidate and References in one walk of m.
+func Check(m proto.Message) ([]Ref, error) {
+	var (
+		refs []Ref
+		errs []error
+	)
 	add := func(t, n string) { refs = append(refs, Ref{TypeURL: t, Name: n}) }
-	walk(m.ProtoReflect(), func(msg protoreflect.Message, _ string) {
+	w := walker{root: func(msg protoreflect.Message, path func() string) {
+		if v, ok := msg.Interface().(validator); ok {
+			if err := v.ValidateAll(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", path(), err))
+			}
+		}
+	}, bad: func(a *anypb.Any, path func() string, err error) {
+		errs = append(errs, fmt.Errorf("%s: cannot unpack Any %s: %w", path(), a.GetTypeUrl(), err))
+	}, visit: func(msg protoreflect.Message) {
 		switch x := msg.Interface().(type) {
 		case *hcmv3.Rds:
 			add(resourcev3.RouteType, x.GetRouteConfigName())
@@ -77,7 +89,8 @@ func References(m proto.Message) []Ref {
 				add(resourcev3.SecretType, x.GetName())
 			}
 		}
-	}, func(*anypb.Any, string, error) {}, "")
+	}}
+	w.run(m.ProtoReflect())
 	slices.SortFunc(refs, func(a, b Ref) int {
 		if a.TypeURL != b.TypeURL {
 			if a.TypeURL < b.TypeURL {
@@ -93,7 +106,7 @@ func References(m proto.Message) []Ref {
 		}
 		return 0
 	})
-	return slices.Compact(refs)
+	return slices.Compact(refs), errors.Join(errs...)
 }
 
 // CheckReferences verifies, from the protos alone, that every reference in
@@ -118,32 +131,95 @@ func CheckReferences(sets map[string][]proto.Message, nameOf func(proto.Message)
 	return errors.Join(errs...)
 }
 
-func walk(m protoreflect.Message, visit func(protoreflect.Message, string), bad func(*anypb.Any, string, error), path string) {
+// walker visits every message nested in a message, through Anys. The
+// path of the message being visited is kept as segments and only made a
+// string when asked for (an error): building it for every field was most
+// of the cost of checking a resource.
+type walker struct {
+	visit func(protoreflect.Message)                // every message
+	root  func(protoreflect.Message, func() string) // the top message and each Any's content
+	bad   func(*anypb.Any, func() string, error)    // an Any that does not unpack
+	segs  []seg
+}
+
+// seg is one step of a path: a field, an element of one, or an Any's content.
+type seg struct {
+	text  string // a field's name, a map key, or the type inside an Any
+	index int    // a list element's index, or -1
+	kind  byte   // '.' field, '[' list element or map value, '<' Any content
+}
+
+func (w *walker) path() string {
+	var b strings.Builder
+	for _, s := range w.segs {
+		switch s.kind {
+		case '.':
+			b.WriteString("." + s.text)
+		case '[':
+			if s.index >= 0 {
+				b.WriteString("[" + strconv.Itoa(s.index) + "]")
+			} else {
+				b.WriteString("[" + s.text + "]")
+			}
+		case '<':
+			b.WriteString("<" + s.text + ">")
+		default:
+			b.WriteString(s.text)
+		}
+	}
+	return b.String()
+}
+
+func (w *walker) run(m protoreflect.Message) {
+	w.segs = append(w.segs[:0], seg{text: string(m.Descriptor().Name())})
+	if w.root != nil {
+		w.root(m, w.path)
+	}
+	w.walk(m)
+}
+
+func (w *walker) walk(m protoreflect.Message) {
 	if a, ok := m.Interface().(*anypb.Any); ok {
 		inner, err := a.UnmarshalNew()
 		if err != nil {
-			bad(a, path, err)
+			if w.bad != nil {
+				w.bad(a, w.path, err)
+			}
 			return
 		}
-		walk(inner.ProtoReflect(), visit, bad, path+"<"+string(inner.ProtoReflect().Descriptor().Name())+">")
+		im := inner.ProtoReflect()
+		w.segs = append(w.segs, seg{text: string(im.Descriptor().Name()), kind: '<'})
+		if w.root != nil {
+			w.root(im, w.path)
+		}
+		w.walk(im)
+		w.segs = w.segs[:len(w.segs)-1]
 		return
 	}
-	visit(m, path)
+	if w.visit != nil {
+		w.visit(m)
+	}
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		p := path + "." + string(fd.Name())
+		field := seg{text: string(fd.Name()), kind: '.'}
 		switch {
 		case fd.IsList() && fd.Message() != nil:
 			l := v.List()
 			for i := 0; i < l.Len(); i++ {
-				walk(l.Get(i).Message(), visit, bad, fmt.Sprintf("%s[%d]", p, i))
+				w.segs = append(w.segs, field, seg{index: i, kind: '['})
+				w.walk(l.Get(i).Message())
+				w.segs = w.segs[:len(w.segs)-2]
 			}
 		case fd.IsMap() && fd.MapValue().Message() != nil:
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				walk(mv.Message(), visit, bad, fmt.Sprintf("%s[%v]", p, k))
+				w.segs = append(w.segs, field, seg{text: k.String(), index: -1, kind: '['})
+				w.walk(mv.Message())
+				w.segs = w.segs[:len(w.segs)-2]
 				return true
 			})
 		case fd.Message() != nil && !fd.IsList() && !fd.IsMap():
-			walk(v.Message(), visit, bad, p)
+			w.segs = append(w.segs, field)
+			w.walk(v.Message())
+			w.segs = w.segs[:len(w.segs)-1]
 		}
 		return true
 	})
