@@ -122,7 +122,7 @@ func NewFleet(cfg ClientConfig, nodes []NodeSpec) (*Fleet, error) {
 		}),
 		// A control plane that does not scope may send every cluster of the
 		// mesh in one response; allow far more than gRPC's 4 MB default.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512 << 20)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512<<20), grpc.ForceCodecV2(newResponseCodec())),
 	}
 	f := &Fleet{cfg: cfg, byID: map[string]*Proxy{}, cache: newResourceCache()}
 	for i, n := range nodes {
@@ -245,10 +245,11 @@ func (c *resourceCache) get(typeURL string, a *anypb.Any) *entry {
 		e.err = fmt.Errorf("cannot decode %s: %w", typeURL, err)
 	default:
 		e.msg, e.name = msg, cachev3.GetResourceName(msg)
-		if err := xdstest.DeepValidate(msg); err != nil {
+		refs, err := xdstest.Check(msg)
+		if err != nil {
 			e.err = fmt.Errorf("%s %q is invalid: %w", shortType(typeURL), e.name, err)
 		}
-		e.refs = xdstest.References(msg)
+		e.refs = refs
 	}
 	sh.mu.Lock()
 	sh.m[key] = append(sh.m[key], e)
@@ -674,27 +675,29 @@ func (p *Proxy) wantedAfter(t string) map[string][]string {
 // wanted derives the named subscriptions from what the proxy holds, as
 // Envoy does: RDS from listeners, EDS from clusters, SDS from both.
 func (p *Proxy) wanted() map[string][]string {
-	sets := map[string]map[string]bool{resourcev3.RouteType: {}, resourcev3.EndpointType: {}}
+	// Lists sorted and compacted at the end, not sets: a proxy that sees
+	// every service names 600 resources, and map inserts for them on every
+	// listener and cluster response were a tenth of the tool's CPU in a
+	// cold sync.
+	out := map[string][]string{resourcev3.RouteType: nil, resourcev3.EndpointType: nil}
 	if p.f.cfg.SubscribeSDS {
-		sets[resourcev3.SecretType] = map[string]bool{}
+		out[resourcev3.SecretType] = nil
 	}
 	for _, t := range wildcardTypes {
 		for _, e := range p.state[t] {
 			for _, r := range e.refs {
-				if s, ok := sets[r.TypeURL]; ok && (r.TypeURL != resourcev3.RouteType || t == resourcev3.ListenerType) {
-					s[r.Name] = true
+				if names, ok := out[r.TypeURL]; ok && (r.TypeURL != resourcev3.RouteType || t == resourcev3.ListenerType) {
+					out[r.TypeURL] = append(names, r.Name)
 				}
 			}
 		}
 	}
-	out := make(map[string][]string, len(sets))
-	for t, s := range sets {
-		names := make([]string, 0, len(s))
-		for n := range s {
-			names = append(names, n)
-		}
+	for t, names := range out {
 		slices.Sort(names)
-		out[t] = names
+		out[t] = slices.Clip(slices.Compact(names))
+		if out[t] == nil {
+			out[t] = []string{}
+		}
 	}
 	return out
 }

@@ -234,6 +234,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r.res.Proxies, r.res.Conns = len(nodes), r.fleet.Conns()
 
 	r.base = r.heapScrape(ctx, &r.res.HeapBefore, &r.res.LiveBefore)
+	if r.cfg.ProfileDir != "" && r.admin != nil {
+		// What meshd holds before any proxy connects (catalog, rendered
+		// configuration), to compare with the synced profile.
+		if err := r.admin.HeapProfile(ctx, filepath.Join(r.cfg.ProfileDir, "meshd-before.heap.pprof")); err != nil {
+			r.log.Warn("heap profile", "err", err)
+		}
+	}
 	r.coldSync(ctx)
 	r.heapScrape(ctx, &r.res.HeapAfter, &r.res.LiveAfter)
 	r.memory(ctx)
