@@ -39,6 +39,20 @@ func TestMaxFileSizeFlag(t *testing.T) {
 	if _, err := parseFlags([]string{"--catalog", "c.yaml", "--memory-limit", "9XB"}, io.Discard); err == nil || !strings.Contains(err.Error(), "or 0 for no limit") {
 		t.Errorf("--memory-limit 9XB: %v", err)
 	}
+	// --gc-percent: GOGC's values; unset, the default applies at start.
+	for in, want := range map[string]int{"50": 50, " 400 ": 400, "off": -1} {
+		if c, err := parseFlags([]string{"--catalog", "c.yaml", "--gc-percent", in}, io.Discard); err != nil || c.gcPercent.percent != want || !c.gcPercent.set {
+			t.Errorf("--gc-percent %q: %v, %+v", in, err, c.gcPercent)
+		}
+	}
+	for _, bad := range []string{"0", "-5", "lots"} {
+		if _, err := parseFlags([]string{"--catalog", "c.yaml", "--gc-percent", bad}, io.Discard); err == nil || !strings.Contains(err.Error(), "gc-percent") {
+			t.Errorf("--gc-percent %s: %v", bad, err)
+		}
+	}
+	if c, _ := parseFlags([]string{"--catalog", "c.yaml"}, io.Discard); c.gcPercent.set {
+		t.Errorf("--gc-percent set without the flag: %+v", c.gcPercent)
+	}
 }
 
 // The flags fill meshd's configuration with the documented defaults, and
