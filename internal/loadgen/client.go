@@ -407,9 +407,12 @@ func (p *Proxy) runStream(ctx context.Context) error {
 	if p.token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+p.token)
 	}
-	client := discoverygrpc.NewAggregatedDiscoveryServiceClient(p.conn)
+	// Raw streams rather than the generated client's, so that a response
+	// is read into a received value (codec.go) and its buffer released
+	// once handled.
+	streams := discoverygrpc.AggregatedDiscoveryService_ServiceDesc.Streams
 	if p.f.cfg.Delta {
-		st, err := client.DeltaAggregatedResources(ctx, grpc.WaitForReady(true))
+		st, err := p.conn.NewStream(ctx, &streams[1], "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources", grpc.WaitForReady(true))
 		if err != nil {
 			return fmt.Errorf("opening delta ADS stream: %w", err)
 		}
@@ -419,23 +422,26 @@ func (p *Proxy) runStream(ctx context.Context) error {
 			if i == 0 {
 				req.Node = p.node
 			}
-			if err := st.Send(req); err != nil {
+			if err := st.SendMsg(req); err != nil {
 				return fmt.Errorf("subscribing to %s: %w", shortType(t), err)
 			}
 		}
+		r := &received{delta: &discoverygrpc.DeltaDiscoveryResponse{}}
+		defer r.release()
 		for {
-			resp, err := st.Recv()
-			if err != nil {
+			if err := st.RecvMsg(r); err != nil {
 				return fmt.Errorf("delta ADS stream: %w", err)
 			}
-			for _, req := range p.handleDelta(resp) {
-				if err := st.Send(req); err != nil {
+			reqs := p.handleDelta(r.delta)
+			r.release()
+			for _, req := range reqs {
+				if err := st.SendMsg(req); err != nil {
 					return fmt.Errorf("delta ADS send: %w", err)
 				}
 			}
 		}
 	}
-	st, err := client.StreamAggregatedResources(ctx, grpc.WaitForReady(true))
+	st, err := p.conn.NewStream(ctx, &streams[0], "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources", grpc.WaitForReady(true))
 	if err != nil {
 		return fmt.Errorf("opening ADS stream: %w", err)
 	}
@@ -445,17 +451,20 @@ func (p *Proxy) runStream(ctx context.Context) error {
 		if i == 0 {
 			req.Node = p.node
 		}
-		if err := st.Send(req); err != nil {
+		if err := st.SendMsg(req); err != nil {
 			return fmt.Errorf("subscribing to %s: %w", shortType(t), err)
 		}
 	}
+	r := &received{sotw: &discoverygrpc.DiscoveryResponse{}}
+	defer r.release()
 	for {
-		resp, err := st.Recv()
-		if err != nil {
+		if err := st.RecvMsg(r); err != nil {
 			return fmt.Errorf("ADS stream: %w", err)
 		}
-		for _, req := range p.handleSotW(resp) {
-			if err := st.Send(req); err != nil {
+		reqs := p.handleSotW(r.sotw)
+		r.release()
+		for _, req := range reqs {
+			if err := st.SendMsg(req); err != nil {
 				return fmt.Errorf("ADS send: %w", err)
 			}
 		}
@@ -683,6 +692,15 @@ func (p *Proxy) wanted() map[string][]string {
 	if p.f.cfg.SubscribeSDS {
 		out[resourcev3.SecretType] = nil
 	}
+	n := 0
+	for _, t := range wildcardTypes {
+		for _, e := range p.state[t] {
+			n += len(e.refs)
+		}
+	}
+	for t := range out {
+		out[t] = make([]string, 0, n)
+	}
 	for _, t := range wildcardTypes {
 		for _, e := range p.state[t] {
 			for _, r := range e.refs {
@@ -695,9 +713,6 @@ func (p *Proxy) wanted() map[string][]string {
 	for t, names := range out {
 		slices.Sort(names)
 		out[t] = slices.Clip(slices.Compact(names))
-		if out[t] == nil {
-			out[t] = []string{}
-		}
 	}
 	return out
 }
