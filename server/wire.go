@@ -1,6 +1,9 @@
 package server
 
 import (
+	"encoding/binary"
+	"unicode/utf8"
+
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -148,6 +151,24 @@ func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse) (mem.BufferSlice, bool)
 	}
 	for _, r := range rs {
 		a := r.Resource
+		if plainWrapper(r) {
+			// What meshd sends: a name, a version and the resource,
+			// written here rather than by proto.Marshal per resource (a
+			// quarter of meshd's CPU in a delta cold sync of 3,000 proxies
+			// that see every service).
+			inner := protowire.SizeTag(1) + protowire.SizeBytes(len(r.Version)) +
+				protowire.SizeTag(3) + protowire.SizeBytes(len(r.Name)) +
+				protowire.SizeTag(2) + protowire.SizeBytes(anySize(a))
+			w.room(3*protowire.SizeTag(3) + 4*binary.MaxVarintLen64 + len(r.Version) + len(r.Name))
+			w.buf = protowire.AppendTag(w.buf, 2, protowire.BytesType)
+			w.buf = protowire.AppendVarint(w.buf, uint64(inner))
+			w.buf = protowire.AppendTag(w.buf, 1, protowire.BytesType)
+			w.buf = protowire.AppendString(w.buf, r.Version)
+			w.buf = protowire.AppendTag(w.buf, 3, protowire.BytesType)
+			w.buf = protowire.AppendString(w.buf, r.Name)
+			w.anyField(2, a)
+			continue
+		}
 		r.Resource = nil
 		shell := proto.Size(r)
 		w.room(20 + shell)
@@ -162,4 +183,13 @@ func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse) (mem.BufferSlice, bool)
 	}
 	w.cut()
 	return w.out, true
+}
+
+// plainWrapper reports whether a delta resource has only a name and a
+// version besides its resource, both set and valid UTF-8 (as proto.Marshal
+// would insist), and nothing proto.Marshal would write that marshalDelta's
+// fast path does not.
+func plainWrapper(r *discoveryv3.Resource) bool {
+	return r.Name != "" && r.Version != "" && r.ResourceName == nil && len(r.Aliases) == 0 && r.Ttl == nil &&
+		r.CacheControl == nil && r.Metadata == nil && utf8.ValidString(r.Name) && utf8.ValidString(r.Version)
 }
