@@ -65,6 +65,15 @@ func TestResponseCodecDecodesAsProto(t *testing.T) {
 			t.Fatalf("%T: a truncated message decoded without an error", tc.in)
 		}
 	}
+	// A name that is not UTF-8 is refused, as proto.Unmarshal refuses it.
+	bad := protowire.AppendString(protowire.AppendTag(nil, 3, protowire.BytesType), "\xff")
+	resp := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), bad)
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(resp)}, rd); err == nil {
+		t.Fatal("a delta resource named with invalid UTF-8 decoded")
+	}
+	if err := proto.Unmarshal(resp, &discoverygrpc.DeltaDiscoveryResponse{}); err == nil {
+		t.Fatal("proto.Unmarshal decodes the invalid name: the test's premise is wrong")
+	}
 	r.release()
 	rd.release()
 	if r.buf != nil || rd.buf != nil {
