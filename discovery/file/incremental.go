@@ -2,6 +2,7 @@ package file
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,8 @@ import (
 	"github.com/meshd/meshd/mesh"
 )
 
-// The incremental YAML path.
+// The incremental path (YAML here; JSON catalogs the same way through
+// splitJSON and decodeJSON below).
 //
 // The Watcher re-parses the whole file on every change, and on the M catalog
 // (1,000 proxies, 200 services × 10 endpoints) yaml.v3 takes about 70 ms,
@@ -105,12 +107,10 @@ type freshService struct {
 // returns exactly what Parse returns.
 func (p *incremental) parse(path string, data []byte) (*mesh.Catalog, error) {
 	p.decoded = 0
-	if !looksLikeJSON(data) {
-		if cat, err := p.fast(path, data); err == nil {
-			return cat, nil
-		}
-		// Whatever the reason, the full parse decides and explains.
+	if cat, err := p.fast(path, data); err == nil {
+		return cat, nil
 	}
+	// Whatever the reason, the full parse decides and explains.
 	return Parse(path, data)
 }
 
@@ -189,6 +189,9 @@ func catalogKey(s *mesh.Service) mesh.ServiceKey {
 // only the items not seen in the last call, or says why the full parse must
 // run. It never returns an empty document.
 func (p *incremental) decode(data []byte) (document, error) {
+	if looksLikeJSON(data) {
+		return p.decodeJSON(data)
+	}
 	svcItems, proxyItems, err := splitCatalog(data)
 	if err != nil {
 		return document{}, err
@@ -225,6 +228,49 @@ func (p *incremental) decode(data []byte) (document, error) {
 	if err != nil {
 		return document{}, err
 	}
+	return p.keep(svcItems, proxyItems, services, proxies, svcs, pxs, freshSvcs, freshProxies), nil
+}
+
+// decodeJSON is decode for a JSON catalog: splitJSON checks the file as
+// the JSON fast path does (decodeJSON in json.go) and cuts it into items,
+// and a new item is decoded alone by encoding/json (issue 14: a
+// one-endpoint edit of a JSON catalog decoded and validated the whole file).
+func (p *incremental) decodeJSON(data []byte) (document, error) {
+	svcItems, proxyItems, err := splitJSON(data)
+	if err != nil {
+		return document{}, fmt.Errorf("%w: %w", errNotIncremental, err)
+	}
+	if len(svcItems) == 0 && len(proxyItems) == 0 {
+		return document{}, fmt.Errorf("%w: no items", errNotIncremental)
+	}
+	services, svcs, freshSvcs, err := reuseOrDecode(svcItems, p.services, jsonItem[mesh.Service](p))
+	if err != nil {
+		return document{}, err
+	}
+	proxies, pxs, freshProxies, err := reuseOrDecode(proxyItems, p.proxies, jsonItem[mesh.Proxy](p))
+	if err != nil {
+		return document{}, err
+	}
+	return p.keep(svcItems, proxyItems, services, proxies, svcs, pxs, freshSvcs, freshProxies), nil
+}
+
+// jsonItem decodes one JSON item, as json.Unmarshal decodes it inside the
+// whole file (the keys are exactly the fields' names: splitJSON checked).
+func jsonItem[T any](p *incremental) func([]byte) (T, error) {
+	return func(text []byte) (T, error) {
+		p.decoded++
+		var v T
+		if err := json.Unmarshal(text, &v); err != nil {
+			return v, fmt.Errorf("%w: decoding an item alone: %w", errNotIncremental, err)
+		}
+		return v, nil
+	}
+}
+
+// keep records what a decode found, for the next call and for fast, and
+// returns the document.
+func (p *incremental) keep(svcItems, proxyItems [][]byte, services map[string]cached[mesh.Service], proxies map[string]cached[mesh.Proxy],
+	svcs []mesh.Service, pxs []mesh.Proxy, freshSvcs, freshProxies []int) document {
 	doc := document{Services: svcs, Proxies: pxs}
 	// Every item decoded, so the next call can reuse them whether or not
 	// the catalog validates (a fix usually follows a bad edit). Items of
@@ -240,7 +286,7 @@ func (p *incremental) decode(data []byte) (document, error) {
 		p.fresh = append(p.fresh, freshService{text: services[string(svcItems[i])].text, svc: svcs[i]})
 	}
 	p.services, p.proxies = services, proxies
-	return doc, nil
+	return doc
 }
 
 // cached is an item's decoded value with its text, the key it is cached

@@ -475,7 +475,13 @@ func BenchmarkParseLIncremental(b *testing.B) {
 }
 
 func benchIncremental(b *testing.B, y []byte) {
-	versions := [2][]byte{y, editOneEndpoint(b, y)}
+	benchIncrementalVersions(b, y, editOneEndpoint(b, y))
+}
+
+// benchIncrementalVersions re-parses alternately y and edited, which
+// differ in one service's item.
+func benchIncrementalVersions(b *testing.B, y, edited []byte) {
+	versions := [2][]byte{y, edited}
 	var p incremental
 	if _, err := p.parse("catalog", y); err != nil {
 		b.Fatal(err)

@@ -226,6 +226,27 @@ func decodeJSON(data []byte) (document, error) {
 // it lets through, encoding/json still checks.
 func checkJSON(data []byte) error {
 	c := checker{data: data}
+	return c.check()
+}
+
+// splitJSON is checkJSON that also returns the text of every item of the
+// services and proxies lists, in file order (subslices of data), for the
+// incremental path: an item that checkJSON let through means alone what it
+// means in the file, since encoding/json decodes a list element by element
+// into zero values and nothing in one element refers to another.
+func splitJSON(data []byte) (services, proxies [][]byte, err error) {
+	if schemaErr != nil {
+		return nil, nil, fmt.Errorf("%w: the catalog types cannot be decoded from JSON: %w", errNotPlainJSON, schemaErr)
+	}
+	c := checker{data: data, record: true}
+	if err := c.check(); err != nil {
+		return nil, nil, err
+	}
+	return c.services, c.proxies, nil
+}
+
+func (c *checker) check() error {
+	data := c.data
 	c.skipTopSpace()
 	if c.pos >= len(data) || data[c.pos] != '{' {
 		return c.fail("the file does not start with '{'")
@@ -247,6 +268,12 @@ const maxDepth = 16
 type checker struct {
 	data []byte
 	pos  int
+	// With record set, the walk also keeps the text of every element of
+	// the top-level services and proxies lists (splitJSON); top is the
+	// top-level field being walked.
+	record            bool
+	top               string
+	services, proxies [][]byte
 	// keys holds the keys of the map objects being walked, for the
 	// duplicate check; reused so that walking a catalog does not allocate.
 	keys []string
@@ -393,6 +420,9 @@ func (c *checker) object(s *schema, depth int) error {
 			}
 			seen |= 1 << i
 			vs = s.fields[i].schema
+			if depth == 0 {
+				c.top = s.fields[i].name
+			}
 		case kindMap:
 			if n++; n > yamlkeys.MaxKeys {
 				return c.fail("too many keys")
@@ -438,8 +468,18 @@ func (c *checker) list(s *schema, depth int) error {
 		return nil
 	}
 	for {
+		c.skipSpace()
+		start := c.pos
 		if err := c.value(s.elem, depth+1); err != nil {
 			return err
+		}
+		if c.record && depth == 1 {
+			switch c.top {
+			case "services":
+				c.services = append(c.services, c.data[start:c.pos])
+			case "proxies":
+				c.proxies = append(c.proxies, c.data[start:c.pos])
+			}
 		}
 		if done, err := c.separator(']'); done || err != nil {
 			return err
