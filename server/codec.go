@@ -68,5 +68,8 @@ func (c poolCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return json.Unmarshal(buf.ReadOnlyData(), v)
 	}
+	if r, ok := m.(*discoveryv3.DiscoveryRequest); ok {
+		return unmarshalRequest(buf.ReadOnlyData(), r)
+	}
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }

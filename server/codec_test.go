@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/meshd/meshd/server/caclient"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -181,5 +182,59 @@ func BenchmarkMarshalColdResponse(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Requests decode as proto.Unmarshal decodes them, resource names included
+// (made from one string: an ACK of 200 names allocates a handful of times,
+// not 200), and invalid UTF-8 in a name is refused as proto.Unmarshal
+// refuses it.
+func TestRequestsDecodeAsProto(t *testing.T) {
+	c := poolCodec{pool: newBoundedPool([2]int{256, 4}, [2]int{16 << 10, 4})}
+	var names []string
+	for i := range 200 {
+		names = append(names, fmt.Sprintf("outbound|svc-%04d.ns-%d", i, i%10))
+	}
+	odd := &discoveryv3.DiscoveryRequest{VersionInfo: "v"}
+	odd.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 7))
+	for _, in := range []*discoveryv3.DiscoveryRequest{
+		{},
+		{VersionInfo: "v1", ResourceNames: names, TypeUrl: "t", ResponseNonce: "3"},
+		{Node: &corev3.Node{Id: "web.default", Cluster: "web"}, ResourceNames: []string{"", "*", "é"}, TypeUrl: "t"},
+		{ResourceNames: []string{"a"}, ErrorDetail: &statuspb.Status{Code: 3, Message: "bad"}, ResourceLocators: []*discoveryv3.ResourceLocator{{Name: "x"}}},
+		odd,
+	} {
+		b, err := proto.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := &discoveryv3.DiscoveryRequest{VersionInfo: "stale", ResourceNames: []string{"stale"}}
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(in, got) {
+			t.Fatalf("decoded as\n%v\nwant\n%v", got, in)
+		}
+		if len(b) > 0 {
+			if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b[:len(b)-1])}, got); err == nil {
+				t.Fatalf("truncated %v decoded", in)
+			}
+		}
+	}
+	bad := protowire.AppendString(protowire.AppendTag(nil, 3, protowire.BytesType), "\xff")
+	if err := proto.Unmarshal(bad, &discoveryv3.DiscoveryRequest{}); err == nil {
+		t.Fatal("proto.Unmarshal accepts invalid UTF-8: the test's premise is wrong")
+	}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &discoveryv3.DiscoveryRequest{}); err == nil {
+		t.Fatal("a name with invalid UTF-8 decoded")
+	}
+	ack, _ := proto.Marshal(&discoveryv3.DiscoveryRequest{VersionInfo: "v1", ResourceNames: names, TypeUrl: "t", ResponseNonce: "3"})
+	allocs := testing.AllocsPerRun(50, func() {
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(ack)}, &discoveryv3.DiscoveryRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 20 {
+		t.Fatalf("an ACK of 200 names took %.0f allocations, want a handful", allocs)
 	}
 }
