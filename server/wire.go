@@ -201,14 +201,20 @@ func plainWrapper(r *discoveryv3.Resource) bool {
 // (issue 14). Every ACK repeats the names a proxy subscribes to: 200 for a
 // proxy that sees every service, so an endpoint change at 3,000 such
 // proxies made 600,000 strings to compare with the subscriptions and
-// drop, a seventh of meshd's CPU for the change. The other fields go to
-// proto.Unmarshal; names are checked for UTF-8 as it checks them.
+// drop (decoding ACKs was a tenth of meshd's CPU profile for such a
+// change). BenchmarkDecodeACK: 9 allocations instead of 213, and a little
+// less time. The other fields go to proto.Unmarshal; names are checked for
+// UTF-8 as it checks them.
 func unmarshalRequest(b []byte, m *discoveryv3.DiscoveryRequest) error {
 	var (
 		rest  []byte
 		spans [][2]int // of the names in b
 		total int
 	)
+	// Names are most of an ACK: size the list for as many as it could hold
+	// (each takes at least two bytes), up to what a proxy seeing every
+	// service names, rather than growing it by doubling.
+	spans = make([][2]int, 0, min(len(b)/2, 256))
 	for off := 0; off < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[off:])
 		if n < 0 {
