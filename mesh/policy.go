@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"cmp"
+	"reflect"
 	"slices"
 )
 
@@ -297,4 +298,58 @@ func (c *Catalog) WorkloadOf(p *Proxy) Workload {
 		w.Labels = match.Labels
 	}
 	return w
+}
+
+// AuthorizationChange compares two policy sets (nil: no policies) for a
+// publish that must know which workloads a change can concern (issue 14:
+// a change visits only what it concerns). If the sets differ in their
+// authorization policies alone — the same root namespace, default mode,
+// PeerAuthentications and Linkerd policy — ok is true and namespaces holds
+// the namespace of every authorization policy added, removed or changed:
+// only workloads in those namespaces can have different authorizations
+// (AuthorizationsFor), and their mTLS modes are the same. everywhere is
+// true when one of them is in the root namespace, which applies to every
+// workload. Anything else is not ok: any workload's mode may have moved.
+func AuthorizationChange(a, b *PolicySet) (namespaces map[string]bool, everywhere, ok bool) {
+	empty := &PolicySet{RootNamespace: DefaultRootNamespace}
+	if a == nil {
+		a = empty
+	}
+	if b == nil {
+		b = empty
+	}
+	if a.RootNamespace != b.RootNamespace || a.DefaultMode != b.DefaultMode ||
+		!reflect.DeepEqual(a.Peer, b.Peer) || !reflect.DeepEqual(a.Linkerd, b.Linkerd) {
+		return nil, false, false
+	}
+	type key struct{ ns, name string }
+	byKey := func(ps *PolicySet) (map[key]*AuthorizationPolicy, bool) {
+		m := make(map[key]*AuthorizationPolicy, len(ps.Authorizations))
+		for i := range ps.Authorizations {
+			p := &ps.Authorizations[i]
+			k := key{p.Namespace, p.Name}
+			if _, dup := m[k]; dup {
+				return nil, false // not told apart by name: compare nothing
+			}
+			m[k] = p
+		}
+		return m, true
+	}
+	old, ok1 := byKey(a)
+	now, ok2 := byKey(b)
+	if !ok1 || !ok2 {
+		return nil, false, false
+	}
+	namespaces = map[string]bool{}
+	for k, p := range old {
+		if q, ok := now[k]; !ok || !reflect.DeepEqual(p, q) {
+			namespaces[k.ns] = true
+		}
+	}
+	for k := range now {
+		if _, ok := old[k]; !ok {
+			namespaces[k.ns] = true
+		}
+	}
+	return namespaces, namespaces[a.RootNamespace], true
 }
