@@ -389,10 +389,10 @@ func TestTypeSetsAreForgotten(t *testing.T) {
 
 // BenchmarkPublishPolicyChange publishes an authorization policy of one
 // service changed (the namespaces it allows, alternating), at 1,000, 3,000
-// and 10,000 proxies, scoped and with every service visible. A policy
-// change visits every proxy (any of them could be selected); input
-// fingerprints then skip the ones it does not concern, so what it costs
-// beyond the service's own proxies is one fingerprint check per proxy.
+// and 10,000 proxies, scoped and with every service visible. A change of
+// authorization policies alone visits the proxies of the policies'
+// namespaces (a tenth of the fleet here); input fingerprints then skip the
+// ones it does not concern.
 //
 //	go test -run '^$' -bench PublishPolicyChange -benchtime 20x ./snapshot/
 func BenchmarkPublishPolicyChange(b *testing.B) {

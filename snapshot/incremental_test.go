@@ -196,6 +196,31 @@ func (m *randomMesh) policy() *mesh.PolicySet {
 	return ps
 }
 
+// withAuthorizations is ps with its authorization policies replaced by a
+// random few (ALLOW and DENY, by namespace, selector or service, some in
+// the root namespace): a change of authorizations alone, which visits only
+// the namespaces it concerns.
+func (m *randomMesh) withAuthorizations(ps *mesh.PolicySet) *mesh.PolicySet {
+	next := *ps
+	next.Authorizations = nil
+	for i := range m.rnd.IntN(4) {
+		a := mesh.AuthorizationPolicy{Name: fmt.Sprintf("authz-%d", i),
+			Namespace: []string{"a", "b", mesh.DefaultRootNamespace, "a"}[m.rnd.IntN(4)],
+			Action:    []mesh.AuthzAction{mesh.ActionAllow, mesh.ActionDeny}[m.rnd.IntN(2)],
+			Rules:     []mesh.Rule{{From: []mesh.Source{{Namespaces: []string{[]string{"a", "b"}[m.rnd.IntN(2)]}}}}}}
+		switch m.rnd.IntN(3) {
+		case 0:
+			a.Selector = map[string]string{"v": fmt.Sprint(m.rnd.IntN(2))}
+		case 1:
+			if s := m.svcs[m.rnd.IntN(len(m.svcs))]; a.Namespace != mesh.DefaultRootNamespace {
+				a.Service, a.Namespace = s.Name, s.Namespace
+			}
+		}
+		next.Authorizations = append(next.Authorizations, a)
+	}
+	return &next
+}
+
 // A publisher that follows a sequence of changes, visiting only what each
 // concerns, serves exactly what a new publisher serves for the same inputs
 // when it renders everything: same types, same versions, same resources.
@@ -211,10 +236,15 @@ func TestIncrementalPublishEqualsFullPublish(t *testing.T) {
 		for step := range 40 {
 			what := m.mutate()
 			u := Update{Catalog: m.catalog(t)}
-			if step%10 == 9 {
+			switch {
+			case step%10 == 9:
 				ps = m.policy()
 				u.Policy = ps
 				what += ", policy replaced"
+			case step%3 == 1:
+				ps = m.withAuthorizations(ps)
+				u.Policy = ps
+				what += ", authorizations replaced"
 			}
 			pub.Update(u)
 			if _, err := pub.Publish(); err != nil {
@@ -352,4 +382,45 @@ func deepCopy(v any) any {
 		return &c
 	}
 	panic(fmt.Sprintf("deepCopy of %T", v))
+}
+
+// A change of authorization policies alone visits the proxies of the
+// namespaces they are in; one in the root namespace, or any other policy
+// change, visits every proxy.
+func TestAuthorizationChangeVisitsItsNamespaces(t *testing.T) {
+	svcs, pxs := largeMesh(50, 2, 200, 3) // namespaces ns-0 … ns-9
+	pub, _ := benchPublisher()
+	publishMesh(t, pub, svcs, pxs)
+	inNS := 0
+	for _, p := range pxs {
+		if p.Namespace == "ns-1" {
+			inNS++
+		}
+	}
+	allow := func(ns string) mesh.AuthorizationPolicy {
+		return mesh.AuthorizationPolicy{Name: "allow", Namespace: ns, Action: mesh.ActionAllow,
+			Rules: []mesh.Rule{{From: []mesh.Source{{Namespaces: []string{"ns-2"}}}}}}
+	}
+	base := &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace}
+	for _, step := range []struct {
+		name  string
+		ps    *mesh.PolicySet
+		visit int
+	}{
+		{"an authorization in ns-1", &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace, Authorizations: []mesh.AuthorizationPolicy{allow("ns-1")}}, inNS},
+		{"the same set again (a new pointer)", &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace, Authorizations: []mesh.AuthorizationPolicy{allow("ns-1")}}, 0},
+		{"removed", base, inNS},
+		{"one in the root namespace", &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace, Authorizations: []mesh.AuthorizationPolicy{allow(mesh.DefaultRootNamespace)}}, len(pxs)},
+		{"a PeerAuthentication", &mesh.PolicySet{RootNamespace: mesh.DefaultRootNamespace, Authorizations: []mesh.AuthorizationPolicy{allow(mesh.DefaultRootNamespace)},
+			Peer: []mesh.PeerAuthentication{{Name: "p", Namespace: "ns-3", Mode: mesh.MTLSStrict}}}, len(pxs)},
+	} {
+		pub.Update(Update{Policy: step.ps})
+		st, err := pub.Publish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Visited != step.visit {
+			t.Errorf("%s: visited %d proxies, want %d", step.name, st.Visited, step.visit)
+		}
+	}
 }

@@ -30,8 +30,13 @@ import (
 //	                                        or its service's consumers (caller
 //	                                        side)
 //	a leaf reissued                         the proxies of that identity
-//	the policy set or the trust bundle      every proxy (fingerprints then skip
-//	                                        the ones whose inputs are unchanged)
+//	authorization policies alone            the proxies of the namespaces of
+//	                                        those added, removed or changed
+//	                                        (mesh.AuthorizationChange); every
+//	                                        proxy if one is in the root
+//	                                        namespace
+//	any other policy change, or the trust   every proxy (fingerprints then skip
+//	bundle                                  the ones whose inputs are unchanged)
 //
 // Proxies are numbered (slots) so that the consumer lists stay small: at
 // 1,000 proxies that each call 199 services the lists hold 199,000 int32s.

@@ -83,10 +83,21 @@ func (p *Publisher) publishOnce() (Stats, error) {
 	if err != nil {
 		return st, fmt.Errorf("trust bundle: %w", err)
 	}
-	// Everything is looked at the first time, after a policy change (it
-	// can change any workload's mode and authorizations) and after a new
-	// trust bundle (every sidecar's secrets).
-	all := p.gen == nil || p.policy != p.genPolicy || bundle != p.genBundle
+	// Everything is looked at the first time, after a policy change that
+	// can change any workload's mode, and after a new trust bundle (every
+	// sidecar's secrets). A change of authorization policies alone
+	// concerns the workloads of the namespaces they are in (authzNS), or
+	// every workload when one is in the root namespace.
+	var (
+		authzOnly bool
+		authzNS   map[string]bool
+	)
+	if p.gen != nil && p.policy != p.genPolicy && bundle == p.genBundle {
+		var everywhere bool
+		authzNS, everywhere, authzOnly = mesh.AuthorizationChange(p.genPolicy, p.policy)
+		authzOnly = authzOnly && !everywhere
+	}
+	all := p.gen == nil || (p.policy != p.genPolicy && !authzOnly) || bundle != p.genBundle
 	diff := p.idx.update(cat)
 	ov, ovProxies, ovServices := p.plan(cat, p.policy, all, diff)
 	changed := map[mesh.ServiceKey]bool{}
@@ -100,7 +111,7 @@ func (p *Publisher) publishOnce() (Stats, error) {
 		changed[k] = true
 	}
 	gen := p.tr.GenerationFrom(cat, p.policy, ov, xds.Reuse{Prev: p.gen, Members: p.idx.membersOf,
-		Changed: func(k mesh.ServiceKey) bool { return changed[k] }})
+		Changed: func(k mesh.ServiceKey) bool { return changed[k] }, AuthorizationsOnly: authzOnly})
 	defer gen.Close()
 	if p.rendered != nil {
 		p.rendered(cat, p.policy)
@@ -134,6 +145,16 @@ func (p *Publisher) publishOnce() (Stats, error) {
 			visit[p.idx.slots[px.ID]] = visitReason{why: visitRender}
 		}
 	} else {
+		if authzOnly {
+			// The proxies of every service in a namespace whose
+			// authorization policies changed (a workload's namespace is
+			// its proxy's, which is its service's).
+			for k, slots := range p.idx.members {
+				if authzNS[k.Namespace] {
+					mark(slots, visitRender)
+				}
+			}
+		}
 		markIDs(slices.Values(diff.proxies))
 		markIDs(maps.Keys(ovProxies))
 		markIDs(maps.Keys(p.failed))

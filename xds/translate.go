@@ -162,8 +162,13 @@ func (t *Translator) GenerationWith(cat *mesh.Catalog, ps *mesh.PolicySet, ov *O
 // 14).
 type Reuse struct {
 	// Prev is the previous generation (nil: nothing to reuse). Nothing is
-	// reused if the policy set differs from Prev's (by pointer).
+	// reused if the policy set differs from Prev's (by pointer), unless
+	// AuthorizationsOnly.
 	Prev *Generation
+	// AuthorizationsOnly says the policy set differs from Prev's in its
+	// authorization policies alone (mesh.AuthorizationChange): every
+	// service's endpoint modes, and so its fingerprints, are Prev's.
+	AuthorizationsOnly bool
 	// Changed reports whether the inputs of a service's per-service data
 	// may differ from Prev's: its definition, the proxies serving its
 	// endpoints (their workloads decide the endpoints' mTLS modes), or the
@@ -181,7 +186,7 @@ func (t *Translator) GenerationFrom(cat *mesh.Catalog, ps *mesh.PolicySet, ov *O
 		ov = &Overrides{}
 	}
 	prev := reuse.Prev
-	if prev != nil && (prev.psIn != ps || prev.t != t) {
+	if prev != nil && ((prev.psIn != ps && !reuse.AuthorizationsOnly) || prev.t != t) {
 		prev = nil
 	}
 	psIn := ps
@@ -250,7 +255,7 @@ func (t *Translator) GenerationFrom(cat *mesh.Catalog, ps *mesh.PolicySet, ov *O
 		g.fullFP[k] = f.service(s, true)
 		g.shapeFP[k] = f.service(s, false)
 	}
-	if prev != nil {
+	if prev != nil && prev.psIn == psIn {
 		g.policyFP = prev.policyFP // the same policy set: read-only from here
 	} else {
 		g.policyFP = make(map[*mesh.AuthorizationPolicy]string, len(ps.Authorizations))
