@@ -106,26 +106,33 @@ func usable(a *anypb.Any) bool {
 	return a != nil && len(a.ProtoReflect().GetUnknown()) == 0
 }
 
-// marshalSotW encodes a state-of-the-world response as pieces. The
-// response is briefly without its resources while its other fields are
-// encoded: it belongs to the sending stream, which is blocked in Send.
-func marshalSotW(m *discoveryv3.DiscoveryResponse) (mem.BufferSlice, bool) {
-	rs := m.Resources
-	for _, a := range rs {
-		if !usable(a) {
-			return nil, false
+// startWithout checks every resource in *rs with ok, then returns a writer
+// holding m's encoding without them (they are written after it, as
+// pieces). m is briefly without its resources: it belongs to the sending
+// stream, which is blocked in Send.
+func startWithout[R any](m proto.Message, rs *[]R, ok func(R) bool) (pieceWriter, bool) {
+	var w pieceWriter
+	for _, r := range *rs {
+		if !ok(r) {
+			return w, false
 		}
 	}
-	m.Resources = nil
-	var w pieceWriter
+	saved := *rs
+	*rs = nil
 	w.room(proto.Size(m))
 	var err error
 	w.buf, err = proto.MarshalOptions{}.MarshalAppend(w.buf, m)
-	m.Resources = rs
-	if err != nil {
+	*rs = saved
+	return w, err == nil
+}
+
+// marshalSotW encodes a state-of-the-world response as pieces.
+func marshalSotW(m *discoveryv3.DiscoveryResponse) (mem.BufferSlice, bool) {
+	w, ok := startWithout(m, &m.Resources, usable)
+	if !ok {
 		return nil, false
 	}
-	for _, a := range rs {
+	for _, a := range m.Resources {
 		w.anyField(2, a)
 	}
 	w.cut()
@@ -136,22 +143,14 @@ func marshalSotW(m *discoveryv3.DiscoveryResponse) (mem.BufferSlice, bool) {
 // wrapper (name, version) is encoded into the scratch buffer, its Any as
 // above. The wrappers are made for this response alone (delta.go).
 func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse) (mem.BufferSlice, bool) {
-	rs := m.Resources
-	for _, r := range rs {
-		if r == nil || !usable(r.Resource) || len(r.ProtoReflect().GetUnknown()) != 0 {
-			return nil, false
-		}
-	}
-	m.Resources = nil
-	var w pieceWriter
-	w.room(proto.Size(m))
-	var err error
-	w.buf, err = proto.MarshalOptions{}.MarshalAppend(w.buf, m)
-	m.Resources = rs
-	if err != nil {
+	w, ok := startWithout(m, &m.Resources, func(r *discoveryv3.Resource) bool {
+		return r != nil && usable(r.Resource) && len(r.ProtoReflect().GetUnknown()) == 0
+	})
+	if !ok {
 		return nil, false
 	}
-	for _, r := range rs {
+	var err error
+	for _, r := range m.Resources {
 		a := r.Resource
 		if plainWrapper(r) {
 			// What meshd sends: a name, a version and the resource,

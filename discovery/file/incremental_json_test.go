@@ -27,18 +27,7 @@ func TestIncrementalJSON(t *testing.T) {
 	edited := editOneEndpointJSON(t, j)
 
 	var p incremental
-	sameAsFull(t, &p, j)
-	if p.decoded != 1200 {
-		t.Fatalf("first parse decoded %d items, want 1200", p.decoded)
-	}
-	first := p.cat
-	sameAsFull(t, &p, edited)
-	if p.decoded != 1 {
-		t.Fatalf("parse after a one-endpoint edit decoded %d items, want 1", p.decoded)
-	}
-	if first == nil || p.cat == nil || p.cat.Proxies()[0] != first.Proxies()[0] || p.cat.Services()[1] != first.Services()[1] {
-		t.Fatal("a one-endpoint edit did not share the unchanged services and proxies with the last catalog")
-	}
+	firstThenOneEndpoint(t, &p, j, edited)
 	cat, err := p.parse("catalog.json", edited)
 	if err != nil {
 		t.Fatal(err)

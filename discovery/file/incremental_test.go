@@ -262,28 +262,35 @@ func editOneEndpoint(t testing.TB, data []byte) []byte {
 	return bytes.Replace(data, old, []byte("address: 10.0.0.99\n"), 1)
 }
 
-func TestIncrementalDecodesOnlyChangedItems(t *testing.T) {
-	y, _ := mCatalogs(t)
-	edited := editOneEndpoint(t, y)
-
-	var p incremental
-	sameAsFull(t, &p, y)
+// firstThenOneEndpoint has p read the M catalog m (every item decoded),
+// then edited, which differs in one endpoint: one item decoded, and the
+// catalog built from the last one (Catalog.WithEndpoints), not validated
+// whole: the proxies and the other services are the same objects.
+func firstThenOneEndpoint(t *testing.T, p *incremental, m, edited []byte) {
+	t.Helper()
+	sameAsFull(t, p, m)
 	if p.decoded != 1200 {
 		t.Fatalf("first parse decoded %d items, want 1200", p.decoded)
 	}
 	first := p.cat
-	sameAsFull(t, &p, edited)
+	sameAsFull(t, p, edited)
 	if p.decoded != 1 {
 		t.Fatalf("parse after a one-endpoint edit decoded %d items, want 1", p.decoded)
 	}
-	// Built from the last catalog (Catalog.WithEndpoints), not validated
-	// whole: the proxies and the other services are the same objects.
 	if first == nil || p.cat == nil {
 		t.Fatal("the fast path kept no catalog")
 	}
 	if p.cat.Proxies()[0] != first.Proxies()[0] || p.cat.Services()[1] != first.Services()[1] || p.cat.Services()[0] == first.Services()[0] {
 		t.Error("a one-endpoint edit did not share the unchanged services and proxies with the last catalog")
 	}
+}
+
+func TestIncrementalDecodesOnlyChangedItems(t *testing.T) {
+	y, _ := mCatalogs(t)
+	edited := editOneEndpoint(t, y)
+
+	var p incremental
+	firstThenOneEndpoint(t, &p, y, edited)
 	if len(p.services) != 200 || len(p.proxies) != 1000 {
 		t.Fatalf("cache holds %d services and %d proxies, want only the latest file's 200 and 1000",
 			len(p.services), len(p.proxies))
